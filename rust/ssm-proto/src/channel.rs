@@ -1,0 +1,781 @@
+//! The reliable delivery layer (§4), sans-IO.
+//!
+//! Each side numbers its own stream messages from 0, the receiver acks every one of them
+//! individually, and the sender keeps unacked messages for retransmission. The caller drives a
+//! [`Channel`] with the frames it receives ([`Channel::handle_frame`]) and the passage of time
+//! ([`Channel::handle_timeout`]), and drains what to send ([`Channel::poll_transmit`]) and what
+//! happened ([`Channel::poll_event`]). Time is always passed in; nothing here reads a clock.
+//!
+//! Differences from the official client, each a fix of a §9 weak point:
+//! - unacked messages live in a map keyed by sequence number (item 8);
+//! - every expired message is resent, each on its own timer with exponential backoff, and RTT
+//!   samples skip retransmitted messages (Karn's rule; items 2 and 3);
+//! - a full send window refuses new data instead of evicting unacked messages (item 4);
+//! - duplicates are re-acked (item 5);
+//! - pause/start publication are honoured as the agent does (item 14, §4.7).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::error::{DecodeError, SendError};
+use crate::frame::{FLAG_SYN, FLAGS_ACK, Frame, MessageId, MessageType, PayloadType};
+use crate::payload::{Acknowledge, ChannelClosed};
+
+/// Which end of the data channel this is; it decides which message type is ours (§3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Sends `input_stream_data`, receives `output_stream_data`.
+    Client,
+    /// Sends `output_stream_data`, receives `input_stream_data` (the emulator).
+    Agent,
+}
+
+impl Role {
+    fn outgoing(self) -> MessageType {
+        match self {
+            Role::Client => MessageType::InputStreamData,
+            Role::Agent => MessageType::OutputStreamData,
+        }
+    }
+
+    fn incoming(self) -> MessageType {
+        match self {
+            Role::Client => MessageType::OutputStreamData,
+            Role::Agent => MessageType::InputStreamData,
+        }
+    }
+}
+
+/// How unacked messages are retransmitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetransmitPolicy {
+    /// Every message on its own timer (RTO doubled per attempt, capped): ours.
+    PerMessage,
+    /// Only the oldest unacked message, checked on a fixed tick: the agent's way (§4.5), kept
+    /// so the emulator can behave like the real thing.
+    HeadOnly {
+        /// Scheduler tick (100 ms in the agent).
+        tick: Duration,
+    },
+}
+
+/// Tunables of a [`Channel`]. [`Config::client`] and [`Config::agent`] give the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our side.
+    pub role: Role,
+    /// Most unacked messages at once; beyond it [`Channel::send`] refuses (back-pressure).
+    pub send_window: usize,
+    /// Most out-of-order messages buffered; beyond it they are dropped unacked (§4.3).
+    pub receive_buffer: usize,
+    /// Initial smoothed RTT (§4.5: 100 ms).
+    pub initial_rtt: Duration,
+    /// Initial retransmission timeout (§4.5: 200 ms).
+    pub initial_rto: Duration,
+    /// Upper bound of the retransmission timeout (§4.5: 1 s).
+    pub max_rto: Duration,
+    /// Clock granularity G (§4.5: 10 ms).
+    pub clock_granularity: Duration,
+    /// Retransmission strategy.
+    pub retransmit: RetransmitPolicy,
+    /// Set SYN on our sequence-0 message, as the agent does (§3.5).
+    pub syn_on_first: bool,
+}
+
+impl Config {
+    /// Client defaults.
+    pub fn client() -> Self {
+        Self {
+            role: Role::Client,
+            send_window: 4096,
+            receive_buffer: 10_000,
+            initial_rtt: Duration::from_millis(100),
+            initial_rto: Duration::from_millis(200),
+            max_rto: Duration::from_secs(1),
+            clock_granularity: Duration::from_millis(10),
+            retransmit: RetransmitPolicy::PerMessage,
+            syn_on_first: false,
+        }
+    }
+
+    /// Agent defaults, as §4.4/§4.5 describe the real agent (head-only resend every 100 ms).
+    pub fn agent() -> Self {
+        Self {
+            role: Role::Agent,
+            send_window: 100_000,
+            receive_buffer: 100_000,
+            retransmit: RetransmitPolicy::HeadOnly {
+                tick: Duration::from_millis(100),
+            },
+            syn_on_first: true,
+            ..Self::client()
+        }
+    }
+}
+
+/// Something the caller must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// An in-order stream message from the peer, already acked.
+    Stream {
+        /// Payload type (§3.4).
+        payload_type: PayloadType,
+        /// Payload bytes.
+        payload: Vec<u8>,
+        /// Its sequence number.
+        sequence_number: i64,
+    },
+    /// The service closed the channel (§4.8).
+    ChannelClosed(ChannelClosed),
+    /// `pause_publication` received: we hold new data and retransmissions (§4.7).
+    Paused,
+    /// Publication resumed (`start_publication`, or any stream data/ack from the peer).
+    Resumed,
+    /// A message type we do not handle (logged by callers).
+    Ignored(MessageType),
+}
+
+/// Counters for diagnostics and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Stream messages handed to [`Channel::send`].
+    pub messages_sent: u64,
+    /// Retransmitted frames.
+    pub retransmissions: u64,
+    /// Stream messages delivered in order.
+    pub messages_received: u64,
+    /// Duplicates received (and re-acked).
+    pub duplicates_received: u64,
+    /// Frames rejected by the decoder.
+    pub frames_rejected: u64,
+    /// In-order messages refused because the receiver was not ready (left unacked).
+    pub refused_not_ready: u64,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    frame: Vec<u8>,
+    last_sent: Option<Instant>,
+    deadline: Option<Instant>,
+    attempts: u32,
+}
+
+/// RTT estimator of §4.5 (RFC 6298 shape, the protocol's constants).
+#[derive(Debug, Clone)]
+struct RttEstimator {
+    srtt: Duration,
+    rttvar: Duration,
+    rto: Duration,
+    granularity: Duration,
+    max: Duration,
+}
+
+impl RttEstimator {
+    fn sample(&mut self, r: Duration) {
+        let diff = self.srtt.abs_diff(r);
+        self.rttvar = self.rttvar.mul_f64(0.75) + diff.mul_f64(0.25);
+        self.srtt = self.srtt.mul_f64(0.875) + r.mul_f64(0.125);
+        self.rto = (self.srtt + self.granularity.max(self.rttvar * 4)).min(self.max);
+    }
+}
+
+/// Deterministic id source seeded by the caller (splitmix64), so the core reads no entropy.
+#[derive(Debug, Clone)]
+pub(crate) struct IdSource(u64);
+
+impl IdSource {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A random-looking UUID v4.
+    pub(crate) fn uuid(&mut self) -> MessageId {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.next_u64().to_be_bytes());
+        b[8..].copy_from_slice(&self.next_u64().to_be_bytes());
+        b[6] = (b[6] & 0x0f) | 0x40;
+        b[8] = (b[8] & 0x3f) | 0x80;
+        MessageId(b)
+    }
+}
+
+/// One end of the reliable data channel.
+#[derive(Debug)]
+pub struct Channel {
+    config: Config,
+    epoch: Instant,
+    epoch_unix_ms: u64,
+    ids: IdSource,
+    next_seq: i64,
+    unacked: BTreeMap<i64, Outgoing>,
+    timers: BTreeSet<(Instant, i64)>,
+    head_tick: Option<Instant>,
+    rtt: RttEstimator,
+    expected: i64,
+    out_of_order: BTreeMap<i64, Frame>,
+    receive_ready: bool,
+    paused: bool,
+    closed: bool,
+    transmit: VecDeque<Vec<u8>>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Channel {
+    /// A channel whose clock starts at `now`, which corresponds to `unix_ms` wall-clock
+    /// milliseconds (used for `CreatedDate`); `seed` feeds message ids.
+    pub fn new(config: Config, now: Instant, unix_ms: u64, seed: u64) -> Self {
+        let rtt = RttEstimator {
+            srtt: config.initial_rtt,
+            rttvar: Duration::ZERO,
+            rto: config.initial_rto,
+            granularity: config.clock_granularity,
+            max: config.max_rto,
+        };
+        Self {
+            config,
+            epoch: now,
+            epoch_unix_ms: unix_ms.max(1),
+            ids: IdSource::new(seed),
+            next_seq: 0,
+            unacked: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            head_tick: None,
+            rtt,
+            expected: 0,
+            out_of_order: BTreeMap::new(),
+            receive_ready: true,
+            paused: false,
+            closed: false,
+            transmit: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Current retransmission timeout.
+    pub fn rto(&self) -> Duration {
+        self.rtt.rto
+    }
+
+    /// Whether `pause_publication` is in force.
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Whether the channel was closed (locally or by `channel_closed`).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Number of our messages not acked yet.
+    pub fn unacked(&self) -> usize {
+        self.unacked.len()
+    }
+
+    /// Whether [`Channel::send`] would accept a message now.
+    pub fn can_send(&self) -> bool {
+        !self.closed && self.unacked.len() < self.config.send_window
+    }
+
+    /// Room left in the send window.
+    pub fn send_capacity(&self) -> usize {
+        self.config.send_window.saturating_sub(self.unacked.len())
+    }
+
+    /// The sequence number the next [`Channel::send`] will use.
+    pub fn next_sequence_number(&self) -> i64 {
+        self.next_seq
+    }
+
+    /// The next in-order sequence number expected from the peer.
+    pub fn expected_sequence_number(&self) -> i64 {
+        self.expected
+    }
+
+    /// Whether the receiver accepts in-order messages. When false they are dropped unacked and
+    /// the peer retransmits them later: the agent's "handler not ready" rule (§4.4), and our
+    /// back-pressure when the local sink is full (§9 item 9).
+    pub fn set_receive_ready(&mut self, ready: bool) {
+        self.receive_ready = ready;
+    }
+
+    fn created_date(&self, now: Instant) -> u64 {
+        let elapsed = now.saturating_duration_since(self.epoch).as_millis();
+        self.epoch_unix_ms
+            .saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
+
+    /// Numbers, buffers and (unless paused) transmits one stream message. Returns its sequence
+    /// number. Empty payloads are accepted (flags and size messages are never empty anyway).
+    pub fn send(
+        &mut self,
+        now: Instant,
+        payload_type: PayloadType,
+        payload: Vec<u8>,
+    ) -> Result<i64, SendError> {
+        if self.closed {
+            return Err(SendError::Closed);
+        }
+        if self.unacked.len() >= self.config.send_window {
+            return Err(SendError::WindowFull);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let flags = if seq == 0 && self.config.syn_on_first {
+            FLAG_SYN
+        } else {
+            0
+        };
+        let frame = Frame {
+            message_type: self.config.role.outgoing(),
+            schema_version: 1,
+            created_date: self.created_date(now),
+            sequence_number: seq,
+            flags,
+            message_id: self.ids.uuid(),
+            payload_type,
+            payload,
+        }
+        .encode();
+        self.unacked.insert(
+            seq,
+            Outgoing {
+                frame,
+                last_sent: None,
+                deadline: None,
+                attempts: 0,
+            },
+        );
+        self.stats.messages_sent += 1;
+        if !self.paused {
+            self.transmit_entry(now, seq);
+        }
+        Ok(seq)
+    }
+
+    fn transmit_entry(&mut self, now: Instant, seq: i64) {
+        let rto = self.rtt.rto;
+        let max = self.config.max_rto;
+        let per_message = matches!(self.config.retransmit, RetransmitPolicy::PerMessage);
+        let Some(entry) = self.unacked.get_mut(&seq) else {
+            return;
+        };
+        if entry.last_sent.is_some() {
+            entry.attempts += 1;
+            self.stats.retransmissions += 1;
+        }
+        entry.last_sent = Some(now);
+        if let Some(old) = entry.deadline.take() {
+            self.timers.remove(&(old, seq));
+        }
+        if per_message {
+            let backoff = rto.saturating_mul(1u32 << entry.attempts.min(6)).min(max);
+            let deadline = now + backoff;
+            entry.deadline = Some(deadline);
+            self.timers.insert((deadline, seq));
+        }
+        self.transmit.push_back(entry.frame.clone());
+    }
+
+    /// Sends an acknowledgement of `frame` (§4.2).
+    fn ack(&mut self, now: Instant, frame: &Frame) {
+        let payload = Acknowledge {
+            message_type: frame.message_type.as_str().to_owned(),
+            message_id: frame.message_id.to_string(),
+            sequence_number: frame.sequence_number,
+            is_sequential: true,
+        }
+        .to_json();
+        let ack = Frame {
+            message_type: MessageType::Acknowledge,
+            schema_version: 1,
+            created_date: self.created_date(now),
+            sequence_number: 0,
+            flags: FLAGS_ACK,
+            message_id: self.ids.uuid(),
+            payload_type: PayloadType::Null,
+            payload,
+        };
+        self.transmit.push_back(ack.encode());
+    }
+
+    /// Handles one received WebSocket message (text or binary, §2.3).
+    ///
+    /// A frame that fails validation is dropped without an ack and its error returned for
+    /// logging; nothing in it can panic this code.
+    pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), DecodeError> {
+        let frame = match Frame::decode(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                self.stats.frames_rejected += 1;
+                return Err(e);
+            }
+        };
+        self.handle_decoded(now, frame);
+        Ok(())
+    }
+
+    /// Handles an already decoded frame.
+    pub fn handle_decoded(&mut self, now: Instant, frame: Frame) {
+        match &frame.message_type {
+            t if *t == self.config.role.incoming() => {
+                self.resume_if_paused(now);
+                self.handle_stream(now, frame);
+            }
+            MessageType::Acknowledge => {
+                self.resume_if_paused(now);
+                match Acknowledge::parse(&frame.payload) {
+                    Ok(ack) => self.handle_ack(now, ack.sequence_number),
+                    Err(_) => self.stats.frames_rejected += 1,
+                }
+            }
+            MessageType::PausePublication => {
+                if !self.paused {
+                    self.paused = true;
+                    self.events.push_back(Event::Paused);
+                }
+            }
+            MessageType::StartPublication => self.resume_if_paused(now),
+            MessageType::ChannelClosed => {
+                self.closed = true;
+                self.events
+                    .push_back(Event::ChannelClosed(ChannelClosed::parse_lenient(
+                        &frame.payload,
+                    )));
+            }
+            other => self.events.push_back(Event::Ignored(other.clone())),
+        }
+    }
+
+    fn resume_if_paused(&mut self, now: Instant) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.events.push_back(Event::Resumed);
+        // Messages numbered while paused were never sent; send them now, in order.
+        let never_sent: Vec<i64> = self
+            .unacked
+            .iter()
+            .filter(|(_, e)| e.last_sent.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in never_sent {
+            self.transmit_entry(now, seq);
+        }
+    }
+
+    fn handle_stream(&mut self, now: Instant, frame: Frame) {
+        let seq = frame.sequence_number;
+        if seq < self.expected {
+            // §4.4: the agent re-acks duplicates; the plugin does not (§9 item 5).
+            self.stats.duplicates_received += 1;
+            self.ack(now, &frame);
+            return;
+        }
+        if seq > self.expected {
+            if self.out_of_order.contains_key(&seq) {
+                self.stats.duplicates_received += 1;
+                self.ack(now, &frame);
+            } else if self.out_of_order.len() < self.config.receive_buffer {
+                self.ack(now, &frame);
+                self.out_of_order.insert(seq, frame);
+            }
+            return;
+        }
+        if !self.receive_ready {
+            self.stats.refused_not_ready += 1;
+            return;
+        }
+        self.ack(now, &frame);
+        self.deliver(frame);
+        // Buffered successors were acked on arrival; deliver them in order (§9 item 7: same
+        // path as in-order delivery).
+        while self.receive_ready {
+            let Some(next) = self.out_of_order.remove(&self.expected) else {
+                break;
+            };
+            self.deliver(next);
+        }
+    }
+
+    fn deliver(&mut self, frame: Frame) {
+        self.expected += 1;
+        self.stats.messages_received += 1;
+        self.events.push_back(Event::Stream {
+            payload_type: frame.payload_type,
+            payload: frame.payload,
+            sequence_number: frame.sequence_number,
+        });
+    }
+
+    fn handle_ack(&mut self, now: Instant, seq: i64) {
+        let Some(entry) = self.unacked.remove(&seq) else {
+            return;
+        };
+        if let Some(deadline) = entry.deadline {
+            self.timers.remove(&(deadline, seq));
+        }
+        // Karn's rule: a retransmitted message's ack cannot tell which copy it answers.
+        if entry.attempts == 0 {
+            if let Some(sent) = entry.last_sent {
+                self.rtt.sample(now.saturating_duration_since(sent));
+            }
+        }
+    }
+
+    /// Resumes in-order delivery of messages buffered while the receiver was not ready.
+    pub fn poll_ready(&mut self) {
+        while self.receive_ready {
+            let Some(next) = self.out_of_order.remove(&self.expected) else {
+                break;
+            };
+            self.deliver(next);
+        }
+    }
+
+    /// When [`Channel::handle_timeout`] wants to be called next, if ever.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if self.paused || self.unacked.is_empty() {
+            return None;
+        }
+        match self.config.retransmit {
+            RetransmitPolicy::PerMessage => self.timers.first().map(|(t, _)| *t),
+            RetransmitPolicy::HeadOnly { tick } => {
+                let next = *self.head_tick.get_or_insert_with(|| self.epoch + tick);
+                Some(next)
+            }
+        }
+    }
+
+    /// Retransmits what has expired by `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.paused {
+            return;
+        }
+        match self.config.retransmit {
+            RetransmitPolicy::PerMessage => {
+                while let Some(&(deadline, seq)) = self.timers.first() {
+                    if deadline > now {
+                        break;
+                    }
+                    self.timers.pop_first();
+                    if let Some(e) = self.unacked.get_mut(&seq) {
+                        e.deadline = None;
+                    }
+                    self.transmit_entry(now, seq);
+                }
+            }
+            RetransmitPolicy::HeadOnly { tick } => {
+                let due = *self.head_tick.get_or_insert(now);
+                if now < due {
+                    return;
+                }
+                self.head_tick = Some(now + tick);
+                let rto = self.rtt.rto;
+                let Some((&seq, head)) = self.unacked.iter().next() else {
+                    return;
+                };
+                let expired = head
+                    .last_sent
+                    .is_none_or(|t| now.saturating_duration_since(t) > rto);
+                if expired {
+                    self.transmit_entry(now, seq);
+                }
+            }
+        }
+    }
+
+    /// After a reconnect (§8.2): forget frames queued for the old socket and resend every
+    /// unacked message at once, in order. Sequence state is kept.
+    pub fn reset_transport(&mut self, now: Instant) {
+        self.transmit.clear();
+        self.paused = false;
+        let seqs: Vec<i64> = self.unacked.keys().copied().collect();
+        for seq in seqs {
+            self.transmit_entry(now, seq);
+        }
+    }
+
+    /// Next frame to write to the WebSocket, as one binary message.
+    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+        self.transmit.pop_front()
+    }
+
+    /// Number of frames waiting in [`Channel::poll_transmit`].
+    pub fn pending_transmit(&self) -> usize {
+        self.transmit.len()
+    }
+
+    /// Next event for the caller.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Marks the channel closed locally; further sends fail.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Channel, Channel, Instant) {
+        let now = Instant::now();
+        (
+            Channel::new(Config::client(), now, 1_700_000_000_000, 1),
+            Channel::new(Config::agent(), now, 1_700_000_000_000, 2),
+            now,
+        )
+    }
+
+    fn pump(from: &mut Channel, to: &mut Channel, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(f) = from.poll_transmit() {
+            to.handle_frame(now, &f).unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn send_ack_round_trip_samples_rtt() {
+        let (mut c, mut a, now) = pair();
+        c.send(now, PayloadType::Output, b"hi".to_vec()).unwrap();
+        pump(&mut c, &mut a, now);
+        assert_eq!(
+            a.poll_event(),
+            Some(Event::Stream {
+                payload_type: PayloadType::Output,
+                payload: b"hi".to_vec(),
+                sequence_number: 0
+            })
+        );
+        pump(&mut a, &mut c, now + Duration::from_millis(20));
+        assert_eq!(c.unacked(), 0);
+        assert!(c.rto() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn duplicate_is_reacked() {
+        let (mut c, mut a, now) = pair();
+        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
+        let f = c.poll_transmit().unwrap();
+        a.handle_frame(now, &f).unwrap();
+        a.handle_frame(now, &f).unwrap();
+        assert_eq!(
+            a.pending_transmit(),
+            2,
+            "an ack for the original and one for the duplicate"
+        );
+        assert_eq!(a.stats().duplicates_received, 1);
+    }
+
+    #[test]
+    fn window_full_refuses_without_dropping() {
+        let now = Instant::now();
+        let mut cfg = Config::client();
+        cfg.send_window = 2;
+        let mut c = Channel::new(cfg, now, 1, 1);
+        c.send(now, PayloadType::Output, vec![1]).unwrap();
+        c.send(now, PayloadType::Output, vec![2]).unwrap();
+        assert_eq!(
+            c.send(now, PayloadType::Output, vec![3]),
+            Err(SendError::WindowFull)
+        );
+        assert_eq!(c.unacked(), 2);
+    }
+
+    #[test]
+    fn paused_holds_new_data_and_resends_on_start() {
+        let (mut c, mut a, now) = pair();
+        let pause = Frame {
+            message_type: MessageType::PausePublication,
+            schema_version: 1,
+            created_date: 1,
+            sequence_number: 0,
+            flags: 0,
+            message_id: MessageId::default(),
+            payload_type: PayloadType::Null,
+            payload: vec![],
+        };
+        c.handle_frame(now, &pause.encode()).unwrap();
+        assert_eq!(c.poll_event(), Some(Event::Paused));
+        c.send(now, PayloadType::Output, b"held".to_vec()).unwrap();
+        assert_eq!(c.poll_transmit(), None);
+        assert_eq!(c.poll_timeout(), None);
+        let start = Frame {
+            message_type: MessageType::StartPublication,
+            ..pause
+        };
+        c.handle_frame(now, &start.encode()).unwrap();
+        assert_eq!(c.poll_event(), Some(Event::Resumed));
+        assert_eq!(pump(&mut c, &mut a, now), 1);
+        assert!(matches!(a.poll_event(), Some(Event::Stream { .. })));
+    }
+
+    #[test]
+    fn not_ready_leaves_message_unacked_then_accepts_retransmission() {
+        let (mut c, mut a, now) = pair();
+        a.set_receive_ready(false);
+        c.send(now, PayloadType::Output, b"later".to_vec()).unwrap();
+        pump(&mut c, &mut a, now);
+        assert_eq!(a.pending_transmit(), 0);
+        assert_eq!(a.poll_event(), None);
+        a.set_receive_ready(true);
+        let later = now + Duration::from_millis(250);
+        c.handle_timeout(later);
+        pump(&mut c, &mut a, later);
+        assert!(matches!(
+            a.poll_event(),
+            Some(Event::Stream {
+                sequence_number: 0,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn head_only_policy_resends_oldest_per_tick() {
+        let (mut c, mut a, now) = pair();
+        a.send(now, PayloadType::Output, b"1".to_vec()).unwrap();
+        a.send(now, PayloadType::Output, b"2".to_vec()).unwrap();
+        while a.poll_transmit().is_some() {}
+        let mut t = now;
+        for _ in 0..5 {
+            t += Duration::from_millis(100);
+            a.handle_timeout(t);
+        }
+        let mut seqs = vec![];
+        while let Some(f) = a.poll_transmit() {
+            seqs.push(Frame::decode(&f).unwrap().sequence_number);
+        }
+        assert!(!seqs.is_empty());
+        assert!(
+            seqs.iter().all(|s| *s == 0),
+            "only the head is resent: {seqs:?}"
+        );
+        let _ = c.poll_event();
+    }
+}

@@ -1,0 +1,444 @@
+//! The session handshake (§5): `HandshakeRequest` (type 5), `HandshakeResponse` (type 6) and
+//! `HandshakeComplete` (type 7), for both ends.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{HandshakeError, PayloadError};
+use crate::version;
+
+/// Session types the agent announces (§1.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionType {
+    /// Interactive shell.
+    StandardStream,
+    /// `AWS-StartInteractiveCommand`.
+    InteractiveCommands,
+    /// `AWS-StartNonInteractiveCommand`.
+    NonInteractiveCommands,
+    /// Port forwarding and SSH.
+    Port,
+}
+
+impl SessionType {
+    /// Wire name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::StandardStream => "Standard_Stream",
+            Self::InteractiveCommands => "InteractiveCommands",
+            Self::NonInteractiveCommands => "NonInteractiveCommands",
+            Self::Port => "Port",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "Standard_Stream" => Self::StandardStream,
+            "InteractiveCommands" => Self::InteractiveCommands,
+            "NonInteractiveCommands" => Self::NonInteractiveCommands,
+            "Port" => Self::Port,
+            _ => return None,
+        })
+    }
+}
+
+/// One requested action of a [`HandshakeRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestedAction {
+    /// `SessionType` or `KMSEncryption`.
+    #[serde(rename = "ActionType")]
+    pub action_type: String,
+    /// Action-specific parameters.
+    #[serde(rename = "ActionParameters", default)]
+    pub action_parameters: Value,
+}
+
+/// Agent → client handshake request (§5.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandshakeRequest {
+    /// Agent version, e.g. `3.3.40.0`.
+    #[serde(rename = "AgentVersion", default)]
+    pub agent_version: String,
+    /// Actions, `SessionType` first.
+    #[serde(rename = "RequestedClientActions", default)]
+    pub requested_client_actions: Vec<RequestedAction>,
+}
+
+impl HandshakeRequest {
+    /// A request announcing `session_type` with `properties` (the agent side, §11.3).
+    pub fn new(agent_version: &str, session_type: &SessionType, properties: Value) -> Self {
+        Self {
+            agent_version: agent_version.to_owned(),
+            requested_client_actions: vec![RequestedAction {
+                action_type: "SessionType".into(),
+                action_parameters: serde_json::json!({
+                    "SessionType": session_type.as_str(),
+                    "Properties": properties,
+                }),
+            }],
+        }
+    }
+
+    /// Parses the JSON payload.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        serde_json::from_slice(bytes).map_err(|e| PayloadError::json("HandshakeRequest", &e))
+    }
+
+    /// Compact JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Status of a processed action (§5.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionStatus {
+    /// 1.
+    Success,
+    /// 2.
+    Failed,
+    /// 3.
+    Unsupported,
+}
+
+impl ActionStatus {
+    fn code(self) -> i32 {
+        match self {
+            Self::Success => 1,
+            Self::Failed => 2,
+            Self::Unsupported => 3,
+        }
+    }
+}
+
+/// One processed action of a [`HandshakeResponse`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessedAction {
+    /// Echo of the requested action type.
+    #[serde(rename = "ActionType")]
+    pub action_type: String,
+    /// 1 success, 2 failed, 3 unsupported.
+    #[serde(rename = "ActionStatus")]
+    pub action_status: i32,
+    /// Action-specific result.
+    #[serde(rename = "ActionResult", default)]
+    pub action_result: Value,
+    /// Error text, empty on success.
+    #[serde(rename = "Error", default)]
+    pub error: String,
+}
+
+/// Client → agent handshake response (§5.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandshakeResponse {
+    /// Our version (§5.5).
+    #[serde(rename = "ClientVersion", default)]
+    pub client_version: String,
+    /// One entry per requested action, in order.
+    #[serde(rename = "ProcessedClientActions", default)]
+    pub processed_client_actions: Vec<ProcessedAction>,
+    /// Error strings, or null when none.
+    #[serde(rename = "Errors", default)]
+    pub errors: Option<Vec<String>>,
+}
+
+impl HandshakeResponse {
+    /// Parses the JSON payload.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        serde_json::from_slice(bytes).map_err(|e| PayloadError::json("HandshakeResponse", &e))
+    }
+
+    /// Compact JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The agent's check (§5.3): every action must have succeeded.
+    pub fn check(&self) -> Result<(), HandshakeError> {
+        let failed: Vec<String> = self
+            .processed_client_actions
+            .iter()
+            .filter(|a| a.action_status != 1)
+            .map(|a| {
+                format!(
+                    "{} (status {}): {}",
+                    a.action_type, a.action_status, a.error
+                )
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(HandshakeError::Failed(failed.join("; ")))
+        }
+    }
+}
+
+/// Agent → client handshake completion (§5.4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandshakeComplete {
+    /// Handshake duration in nanoseconds.
+    #[serde(rename = "HandshakeTimeToComplete", default)]
+    pub handshake_time_to_complete: i64,
+    /// Text to show the user when non-empty.
+    #[serde(rename = "CustomerMessage", default)]
+    pub customer_message: String,
+}
+
+impl HandshakeComplete {
+    /// Parses the JSON payload.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        serde_json::from_slice(bytes).map_err(|e| PayloadError::json("HandshakeComplete", &e))
+    }
+
+    /// Compact JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Properties of a `Port` session (§1.2).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProperties {
+    /// Destination port.
+    #[serde(rename = "portNumber", default)]
+    pub port_number: String,
+    /// `LocalPortForwarding`, or absent/empty for SSH (stdio).
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Local port the user asked for.
+    #[serde(
+        rename = "localPortNumber",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub local_port_number: Option<String>,
+    /// Remote host (`AWS-StartPortForwardingSessionToRemoteHost`).
+    #[serde(rename = "host", default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// How a port session moves bytes (§7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortMode {
+    /// One local connection at a time, raw bytes.
+    Basic,
+    /// smux v1 over the data channel.
+    Mux {
+        /// smux keepalive (NOP every 10 s) on.
+        keepalive: bool,
+    },
+    /// stdin/stdout (ssh ProxyCommand).
+    Stdio,
+}
+
+impl PortMode {
+    /// The client's choice from the announced `type` and the agent version (§7.1).
+    pub fn for_client(kind: Option<&str>, agent_version: &str) -> Self {
+        if kind != Some("LocalPortForwarding") {
+            return Self::Stdio;
+        }
+        if version::compare(agent_version, version::AGENT_MUX_AFTER) == Ordering::Greater {
+            let keepalive = version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER)
+                != Ordering::Greater;
+            Self::Mux { keepalive }
+        } else {
+            Self::Basic
+        }
+    }
+
+    /// The agent's choice from the announced `type` and the client version (§7.1).
+    pub fn for_agent(kind: Option<&str>, client_version: &str) -> Self {
+        if kind != Some("LocalPortForwarding") {
+            return Self::Stdio;
+        }
+        if version::compare(client_version, version::CLIENT_MUX_FROM) != Ordering::Less {
+            let keepalive = version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER)
+                != Ordering::Greater;
+            Self::Mux { keepalive }
+        } else {
+            Self::Basic
+        }
+    }
+}
+
+/// What the client learned from a [`HandshakeRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientHandshake {
+    /// Agent version from the request.
+    pub agent_version: String,
+    /// Announced session type.
+    pub session_type: Option<SessionType>,
+    /// Announced properties (`null` for shells).
+    pub properties: Value,
+    /// Payload of our `HandshakeResponse` (type 6), to send even when `error` is set so the
+    /// agent ends the session cleanly.
+    pub response: Vec<u8>,
+    /// Why we cannot go on, if we cannot.
+    pub error: Option<HandshakeError>,
+}
+
+/// Processes a `HandshakeRequest` payload the client way (§5.3), refusing KMS encryption with a
+/// clear message (§5.6 is not implemented yet).
+pub fn client_respond(
+    request: &[u8],
+    client_version: &str,
+) -> Result<ClientHandshake, HandshakeError> {
+    let request = HandshakeRequest::parse(request)?;
+    let mut out = ClientHandshake {
+        agent_version: request.agent_version.clone(),
+        session_type: None,
+        properties: Value::Null,
+        response: Vec::new(),
+        error: None,
+    };
+    let mut processed = Vec::new();
+    let mut errors = Vec::new();
+    for action in &request.requested_client_actions {
+        let params = &action.action_parameters;
+        let (status, error) = match action.action_type.as_str() {
+            "SessionType" => {
+                let name = params
+                    .get("SessionType")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                match SessionType::parse(name) {
+                    Some(t) => {
+                        out.session_type = Some(t);
+                        out.properties = params.get("Properties").cloned().unwrap_or(Value::Null);
+                        (ActionStatus::Success, String::new())
+                    }
+                    None => {
+                        out.error
+                            .get_or_insert(HandshakeError::UnknownSessionType(name.to_owned()));
+                        (
+                            ActionStatus::Failed,
+                            format!(
+                                "Failed to process action SessionType: Unknown session type {name}"
+                            ),
+                        )
+                    }
+                }
+            }
+            "KMSEncryption" => {
+                let key_id = params
+                    .get("KMSKeyId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                out.error
+                    .get_or_insert(HandshakeError::KmsNotSupported { key_id });
+                (
+                    ActionStatus::Failed,
+                    "KMS encryption is not supported by this client yet".to_owned(),
+                )
+            }
+            other => (
+                ActionStatus::Unsupported,
+                format!("Unsupported action {other}"),
+            ),
+        };
+        if !error.is_empty() {
+            errors.push(error.clone());
+        }
+        processed.push(ProcessedAction {
+            action_type: action.action_type.clone(),
+            action_status: status.code(),
+            action_result: Value::Null,
+            error,
+        });
+    }
+    out.response = HandshakeResponse {
+        client_version: client_version.to_owned(),
+        processed_client_actions: processed,
+        errors: if errors.is_empty() {
+            None
+        } else {
+            Some(errors)
+        },
+    }
+    .to_json();
+    if out.session_type.is_none() && out.error.is_none() {
+        out.error = Some(HandshakeError::NoSessionType);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_request_is_answered_with_success() {
+        let req = HandshakeRequest::new(
+            "3.3.40.0",
+            &SessionType::Port,
+            serde_json::json!({"portNumber":"22","type":"LocalPortForwarding","localPortNumber":"0"}),
+        );
+        let hs = client_respond(&req.to_json(), version::CLIENT_VERSION).unwrap();
+        assert_eq!(hs.session_type, Some(SessionType::Port));
+        assert!(hs.error.is_none());
+        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        assert!(resp.check().is_ok());
+        assert_eq!(resp.errors, None);
+        let props: PortProperties = serde_json::from_value(hs.properties).unwrap();
+        assert_eq!(
+            PortMode::for_client(props.kind.as_deref(), &hs.agent_version),
+            PortMode::Mux { keepalive: false }
+        );
+    }
+
+    #[test]
+    fn kms_is_refused_clearly() {
+        let mut req = HandshakeRequest::new("3.3.40.0", &SessionType::StandardStream, Value::Null);
+        req.requested_client_actions.push(RequestedAction {
+            action_type: "KMSEncryption".into(),
+            action_parameters: serde_json::json!({"KMSKeyId":"arn:aws:kms:us-east-1:1:key/k"}),
+        });
+        let hs = client_respond(&req.to_json(), "1.2.650.0").unwrap();
+        let err = hs.error.unwrap();
+        assert!(err.to_string().contains("KMS encryption"), "{err}");
+        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        assert_eq!(resp.processed_client_actions[1].action_status, 2);
+        assert!(resp.check().is_err());
+    }
+
+    #[test]
+    fn unknown_action_is_status_3() {
+        let mut req = HandshakeRequest::new("3.3.40.0", &SessionType::Port, Value::Null);
+        req.requested_client_actions.push(RequestedAction {
+            action_type: "Teleport".into(),
+            action_parameters: Value::Null,
+        });
+        let hs = client_respond(&req.to_json(), "1.2.650.0").unwrap();
+        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        assert_eq!(resp.processed_client_actions[1].action_status, 3);
+    }
+
+    #[test]
+    fn mode_thresholds() {
+        let lpf = Some("LocalPortForwarding");
+        assert_eq!(PortMode::for_client(lpf, "3.0.196.0"), PortMode::Basic);
+        assert_eq!(
+            PortMode::for_client(lpf, "3.0.197.0"),
+            PortMode::Mux { keepalive: true }
+        );
+        assert_eq!(
+            PortMode::for_client(lpf, "3.1.1511.0"),
+            PortMode::Mux { keepalive: true }
+        );
+        assert_eq!(PortMode::for_client(None, "3.3.40.0"), PortMode::Stdio);
+        assert_eq!(PortMode::for_agent(lpf, "0.0.1"), PortMode::Basic);
+        assert_eq!(
+            PortMode::for_agent(lpf, "1.1.70"),
+            PortMode::Mux { keepalive: true }
+        );
+        assert_eq!(
+            PortMode::for_agent(lpf, "1.2.650.0"),
+            PortMode::Mux { keepalive: false }
+        );
+    }
+}

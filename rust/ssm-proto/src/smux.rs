@@ -1,0 +1,381 @@
+//! smux v1 (xtaci/smux as vendored by plugin and agent), sans-IO (§7.4).
+//!
+//! Frame layout, integers **little-endian**:
+//!
+//! | offset | size | field     | meaning                                    |
+//! |-------:|-----:|-----------|--------------------------------------------|
+//! | 0      | 1    | version   | always 1                                   |
+//! | 1      | 1    | cmd       | 0 SYN, 1 FIN, 2 PSH, 3 NOP                 |
+//! | 2      | 2    | length    | data length (PSH only)                     |
+//! | 4      | 4    | stream id | odd ids from 3 for the client side; NOP 0  |
+//! | 8      | n    | data      |                                            |
+//!
+//! [`Mux`] holds one session's state: the byte stream it reads from the data channel (frames may
+//! be split across or packed into data-channel messages freely), the bytes it wants written, and
+//! the set of open streams. Per-stream buffering and back-pressure belong to the caller, so one
+//! slow local reader does not stall the others (§9 item 21).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::error::SmuxError;
+
+/// smux protocol version spoken here.
+pub const VERSION: u8 = 1;
+/// Header size.
+pub const HEADER_LEN: usize = 8;
+/// Largest PSH payload written (smux `MaxFrameSize`).
+pub const MAX_FRAME_SIZE: usize = 32768;
+/// NOP interval when keepalive is on.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Silence after which a keepalive session is declared dead.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// smux commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmd {
+    /// 0: open a stream.
+    Syn,
+    /// 1: close a stream.
+    Fin,
+    /// 2: data.
+    Psh,
+    /// 3: keepalive.
+    Nop,
+}
+
+impl Cmd {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Syn => 0,
+            Self::Fin => 1,
+            Self::Psh => 2,
+            Self::Nop => 3,
+        }
+    }
+
+    fn from_u8(b: u8) -> Result<Self, SmuxError> {
+        Ok(match b {
+            0 => Self::Syn,
+            1 => Self::Fin,
+            2 => Self::Psh,
+            3 => Self::Nop,
+            other => return Err(SmuxError::Command(other)),
+        })
+    }
+}
+
+/// Appends one frame to `out`. `data` must be at most `u16::MAX` bytes.
+pub fn encode_frame(out: &mut Vec<u8>, cmd: Cmd, stream_id: u32, data: &[u8]) {
+    out.push(VERSION);
+    out.push(cmd.to_u8());
+    let len = u16::try_from(data.len()).unwrap_or(u16::MAX);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&stream_id.to_le_bytes());
+    out.extend_from_slice(data.get(..usize::from(len)).unwrap_or(data));
+}
+
+/// Which end of the smux session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Opens streams (odd ids from 3); the client (plugin) side.
+    Client,
+    /// Accepts streams; the agent side.
+    Server,
+}
+
+/// What happened on the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MuxEvent {
+    /// The peer opened a stream (server side).
+    Opened(u32),
+    /// Data for an open stream.
+    Data(u32, Vec<u8>),
+    /// The peer closed a stream; no more data follows for it.
+    Closed(u32),
+}
+
+/// One smux session.
+#[derive(Debug)]
+pub struct Mux {
+    side: Side,
+    next_id: u32,
+    streams: BTreeSet<u32>,
+    inbuf: Vec<u8>,
+    out: VecDeque<u8>,
+    events: VecDeque<MuxEvent>,
+    keepalive: bool,
+    next_nop: Option<Instant>,
+    last_heard: Instant,
+    next_check: Option<Instant>,
+    closed: bool,
+}
+
+impl Mux {
+    /// A session on `side`; `keepalive` turns on NOPs and the dead-peer check (§7.4).
+    pub fn new(side: Side, keepalive: bool, now: Instant) -> Self {
+        Self {
+            side,
+            next_id: 1,
+            streams: BTreeSet::new(),
+            inbuf: Vec::new(),
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            keepalive,
+            next_nop: keepalive.then(|| now + KEEPALIVE_INTERVAL),
+            last_heard: now,
+            next_check: keepalive.then(|| now + KEEPALIVE_TIMEOUT),
+            closed: false,
+        }
+    }
+
+    /// Number of open streams.
+    pub fn open_streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether `id` is open.
+    pub fn is_open(&self, id: u32) -> bool {
+        self.streams.contains(&id)
+    }
+
+    /// Opens a stream (client side): queues SYN and returns the new id (3, 5, 7, …).
+    pub fn open_stream(&mut self) -> Result<u32, SmuxError> {
+        if self.closed {
+            return Err(SmuxError::Closed);
+        }
+        self.next_id = self.next_id.wrapping_add(2);
+        let id = self.next_id;
+        self.streams.insert(id);
+        self.push_frame(Cmd::Syn, id, &[]);
+        Ok(id)
+    }
+
+    /// Queues `data` for stream `id`, split into PSH frames of at most [`MAX_FRAME_SIZE`].
+    pub fn write(&mut self, id: u32, data: &[u8]) -> Result<(), SmuxError> {
+        if self.closed {
+            return Err(SmuxError::Closed);
+        }
+        if !self.streams.contains(&id) {
+            return Err(SmuxError::UnknownStream(id));
+        }
+        for chunk in data.chunks(MAX_FRAME_SIZE) {
+            self.push_frame(Cmd::Psh, id, chunk);
+        }
+        Ok(())
+    }
+
+    /// Closes stream `id` (FIN) and forgets it; there is no half-close in smux v1.
+    pub fn close_stream(&mut self, id: u32) {
+        if self.streams.remove(&id) && !self.closed {
+            self.push_frame(Cmd::Fin, id, &[]);
+        }
+    }
+
+    fn push_frame(&mut self, cmd: Cmd, id: u32, data: &[u8]) {
+        let mut f = Vec::with_capacity(HEADER_LEN + data.len());
+        encode_frame(&mut f, cmd, id, data);
+        self.out.extend(f);
+    }
+
+    /// Feeds bytes read from the data channel. A protocol error closes the session.
+    pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) -> Result<(), SmuxError> {
+        if self.closed {
+            return Err(SmuxError::Closed);
+        }
+        self.inbuf.extend_from_slice(bytes);
+        let mut at = 0usize;
+        let result = loop {
+            let Some(header) = self.inbuf.get(at..at + HEADER_LEN) else {
+                break Ok(());
+            };
+            let (version, cmd, len, id) = match header {
+                [v, c, l0, l1, i0, i1, i2, i3] => (
+                    *v,
+                    *c,
+                    usize::from(u16::from_le_bytes([*l0, *l1])),
+                    u32::from_le_bytes([*i0, *i1, *i2, *i3]),
+                ),
+                _ => break Ok(()),
+            };
+            if version != VERSION {
+                break Err(SmuxError::Version(version));
+            }
+            let cmd = match Cmd::from_u8(cmd) {
+                Ok(c) => c,
+                Err(e) => break Err(e),
+            };
+            let body_len = if cmd == Cmd::Psh { len } else { 0 };
+            let Some(body) = self.inbuf.get(at + HEADER_LEN..at + HEADER_LEN + body_len) else {
+                break Ok(());
+            };
+            let body = body.to_vec();
+            at += HEADER_LEN + body_len;
+            self.last_heard = now;
+            match cmd {
+                Cmd::Syn => {
+                    if self.side == Side::Server && self.streams.insert(id) {
+                        self.events.push_back(MuxEvent::Opened(id));
+                    }
+                }
+                Cmd::Fin => {
+                    if self.streams.remove(&id) {
+                        self.events.push_back(MuxEvent::Closed(id));
+                    }
+                }
+                Cmd::Psh => {
+                    if !body.is_empty() && self.streams.contains(&id) {
+                        self.events.push_back(MuxEvent::Data(id, body));
+                    }
+                }
+                Cmd::Nop => {}
+            }
+        };
+        self.inbuf.drain(..at.min(self.inbuf.len()));
+        if result.is_err() {
+            self.shutdown();
+        }
+        result
+    }
+
+    fn shutdown(&mut self) {
+        self.closed = true;
+        for id in std::mem::take(&mut self.streams) {
+            self.events.push_back(MuxEvent::Closed(id));
+        }
+    }
+
+    /// Whether the session has ended (protocol error or keepalive timeout).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Next event.
+    pub fn poll_event(&mut self) -> Option<MuxEvent> {
+        self.events.pop_front()
+    }
+
+    /// Bytes waiting to be written to the data channel.
+    pub fn pending_output(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Up to `max` bytes to carry in one data-channel message.
+    pub fn poll_output(&mut self, max: usize) -> Option<Vec<u8>> {
+        if self.out.is_empty() || max == 0 {
+            return None;
+        }
+        let n = max.min(self.out.len());
+        Some(self.out.drain(..n).collect())
+    }
+
+    /// When [`Mux::handle_timeout`] wants to run next (keepalive only).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.next_nop, self.next_check) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Sends NOPs and checks for a silent peer (§7.4).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SmuxError> {
+        if self.closed || !self.keepalive {
+            return Ok(());
+        }
+        if self.next_nop.is_some_and(|t| now >= t) {
+            self.push_frame(Cmd::Nop, 0, &[]);
+            self.next_nop = Some(now + KEEPALIVE_INTERVAL);
+        }
+        if self.next_check.is_some_and(|t| now >= t) {
+            if now.saturating_duration_since(self.last_heard) >= KEEPALIVE_TIMEOUT {
+                self.shutdown();
+                return Err(SmuxError::Timeout);
+            }
+            self.next_check = Some(now + KEEPALIVE_TIMEOUT);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_frames_match_the_spec() {
+        // §7.4 test frames.
+        let mut f = Vec::new();
+        encode_frame(&mut f, Cmd::Syn, 3, &[]);
+        assert_eq!(f, [1, 0, 0, 0, 3, 0, 0, 0]);
+        f.clear();
+        encode_frame(&mut f, Cmd::Psh, 3, b"hi");
+        assert_eq!(f, [1, 2, 2, 0, 3, 0, 0, 0, 0x68, 0x69]);
+        f.clear();
+        encode_frame(&mut f, Cmd::Fin, 3, &[]);
+        assert_eq!(f, [1, 1, 0, 0, 3, 0, 0, 0]);
+        f.clear();
+        encode_frame(&mut f, Cmd::Nop, 0, &[]);
+        assert_eq!(f, [1, 3, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn client_and_server_exchange_across_split_messages() {
+        let now = Instant::now();
+        let mut c = Mux::new(Side::Client, false, now);
+        let mut s = Mux::new(Side::Server, false, now);
+        let a = c.open_stream().unwrap();
+        let b = c.open_stream().unwrap();
+        assert_eq!((a, b), (3, 5));
+        c.write(a, b"hello").unwrap();
+        c.write(b, &vec![7u8; 70_000]).unwrap();
+        c.close_stream(a);
+        // Carry the byte stream in 3-byte pieces to exercise frame reassembly.
+        while let Some(chunk) = c.poll_output(3) {
+            s.handle_input(now, &chunk).unwrap();
+        }
+        let mut got_b = 0;
+        let mut events = vec![];
+        while let Some(e) = s.poll_event() {
+            match e {
+                MuxEvent::Data(id, d) if id == b => got_b += d.len(),
+                other => events.push(other),
+            }
+        }
+        assert_eq!(got_b, 70_000);
+        assert_eq!(
+            events,
+            vec![
+                MuxEvent::Opened(3),
+                MuxEvent::Opened(5),
+                MuxEvent::Data(3, b"hello".to_vec()),
+                MuxEvent::Closed(3)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_version_closes_session() {
+        let now = Instant::now();
+        let mut s = Mux::new(Side::Server, false, now);
+        s.handle_input(now, &[1, 0, 0, 0, 3, 0, 0, 0]).unwrap();
+        assert_eq!(
+            s.handle_input(now, &[2, 0, 0, 0, 5, 0, 0, 0]),
+            Err(SmuxError::Version(2))
+        );
+        assert!(s.is_closed());
+        assert_eq!(s.poll_event(), Some(MuxEvent::Opened(3)));
+        assert_eq!(s.poll_event(), Some(MuxEvent::Closed(3)));
+    }
+
+    #[test]
+    fn keepalive_sends_nop_and_detects_silence() {
+        let now = Instant::now();
+        let mut c = Mux::new(Side::Client, true, now);
+        c.handle_timeout(now + KEEPALIVE_INTERVAL).unwrap();
+        assert_eq!(c.poll_output(64), Some(vec![1, 3, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(
+            c.handle_timeout(now + KEEPALIVE_TIMEOUT),
+            Err(SmuxError::Timeout)
+        );
+    }
+}
