@@ -1,0 +1,256 @@
+//! HTTP surface: the SSM API over awsJson1.1 (§1.1, §11.1), the data-channel WebSocket route
+//! (§11.2), and `/_emulator/*` control routes for tests.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::agent::Connection;
+use crate::state::{Counters, OpenRefused, Shared};
+use crate::{Faults, ResumeEnded};
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", post(aws_api))
+        .route("/v1/data-channel/{session_id}", get(data_channel))
+        .route("/_emulator/faults", post(set_faults).get(get_faults))
+        .route("/_emulator/sessions", get(sessions))
+        .route("/_emulator/stats", get(stats))
+        .with_state(shared)
+}
+
+const AWS_JSON: &str = "application/x-amz-json-1.1";
+
+fn aws_ok(body: serde_json::Value) -> Response {
+    let mut r = (StatusCode::OK, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AWS_JSON));
+    r
+}
+
+fn aws_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({ "__type": code, "message": message }).to_string();
+    let mut r = (status, body).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AWS_JSON));
+    if let Ok(v) = HeaderValue::from_str(code) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+#[derive(Deserialize)]
+struct StartSessionRequest {
+    #[serde(rename = "Target")]
+    target: String,
+    #[serde(rename = "DocumentName", default)]
+    document_name: Option<String>,
+    #[serde(rename = "Parameters", default)]
+    parameters: HashMap<String, Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct SessionIdRequest {
+    #[serde(rename = "SessionId")]
+    session_id: String,
+}
+
+/// Documents this emulator can run (§1.2).
+pub(crate) const DOCUMENTS: &[&str] = &[
+    "SSM-SessionManagerRunShell",
+    "AWS-StartPortForwardingSession",
+    "AWS-StartPortForwardingSessionToRemoteHost",
+    "AWS-StartSSHSession",
+];
+
+async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    match target.as_str() {
+        "AmazonSSM.StartSession" => start_session(&shared, &body),
+        "AmazonSSM.ResumeSession" => resume_session(&shared, &body),
+        "AmazonSSM.TerminateSession" => terminate_session(&shared, &body),
+        "" => aws_error(
+            StatusCode::BAD_REQUEST,
+            "MissingAction",
+            "no X-Amz-Target header",
+        ),
+        other => aws_error(
+            StatusCode::BAD_REQUEST,
+            "UnknownOperationException",
+            &format!("operation {other} is not emulated"),
+        ),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            &format!("bad request body: {e}"),
+        ))
+    })
+}
+
+fn start_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    let req: StartSessionRequest = match parse(body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if req.target.is_empty() || req.target.len() > 400 {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "ValidationException",
+            "Target must be 1..400 characters",
+        );
+    }
+    let document = req.document_name.unwrap_or_default();
+    if !document.is_empty() && !DOCUMENTS.contains(&document.as_str()) {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidDocument",
+            &format!("document {document} is not emulated"),
+        );
+    }
+    if !shared.target_known(&req.target) {
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "TargetNotConnected",
+            &format!("{} is not connected.", req.target),
+        );
+    }
+    let (session_id, token) = shared.create_session(&req.target, &document, req.parameters);
+    aws_ok(json!({
+        "SessionId": session_id,
+        "TokenValue": token,
+        "StreamUrl": shared.stream_url(&session_id),
+    }))
+}
+
+fn resume_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    let req: SessionIdRequest = match parse(body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    match shared.resume(&req.session_id) {
+        Some(Some(token)) => aws_ok(json!({
+            "SessionId": req.session_id,
+            "TokenValue": token,
+            "StreamUrl": shared.stream_url(&req.session_id),
+        })),
+        Some(None) if shared.config.resume_ended == ResumeEnded::NoToken => {
+            aws_ok(json!({ "SessionId": req.session_id }))
+        }
+        _ => aws_error(
+            StatusCode::BAD_REQUEST,
+            "DoesNotExistException",
+            &format!("Session {} does not exist or has ended.", req.session_id),
+        ),
+    }
+}
+
+fn terminate_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
+    let req: SessionIdRequest = match parse(body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    // Like the real service, terminating an unknown or ended session is not an error.
+    shared.terminate(&req.session_id);
+    aws_ok(json!({ "SessionId": req.session_id }))
+}
+
+async fn data_channel(
+    State(shared): State<Arc<Shared>>,
+    Path(session_id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| open_data_channel(shared, session_id, socket))
+}
+
+/// §11.2 step 1: the first message must be the open text frame with a valid token.
+async fn open_data_channel(shared: Arc<Shared>, session_id: String, mut socket: WebSocket) {
+    let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
+    let text = match first {
+        Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
+        Ok(Some(Ok(Message::Binary(b)))) => String::from_utf8_lossy(&b).into_owned(),
+        _ => {
+            refuse(&shared, socket, "expected the open data channel message").await;
+            return;
+        }
+    };
+    let open = match ssm_proto::OpenDataChannel::parse(&text) {
+        Ok(o) => o,
+        Err(_) => {
+            refuse(&shared, socket, "malformed open data channel message").await;
+            return;
+        }
+    };
+    let expire_all = shared.faults().expire_tokens;
+    match shared.redeem(&open.token_value, &session_id, expire_all) {
+        Ok(spec) => {
+            Counters::add(&shared.counters.connections, 1);
+            tracing::debug!(session = %session_id, client_version = %open.client_version, "data channel opened");
+            shared.attach(
+                spec,
+                Connection {
+                    socket,
+                    client_version: open.client_version,
+                },
+            );
+        }
+        Err(why) => {
+            let reason = match why {
+                OpenRefused::UnknownToken => "invalid token",
+                OpenRefused::Expired => "token expired",
+                OpenRefused::SessionEnded => "session ended",
+            };
+            refuse(&shared, socket, reason).await;
+        }
+    }
+}
+
+async fn refuse(shared: &Shared, mut socket: WebSocket, reason: &'static str) {
+    Counters::add(&shared.counters.connections_refused, 1);
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code: 1008,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body) {
+        Ok(f) => {
+            shared.set_faults(f);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, format!("bad faults: {e}")).into_response(),
+    }
+}
+
+async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.faults()).into_response()
+}
+
+async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.session_infos()).into_response()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.stats()).into_response()
+}

@@ -1,0 +1,105 @@
+//! `ssm-emulator`: runs the emulator on 127.0.0.1, prints its endpoints as one JSON line on
+//! stdout, and exits when stdin closes, so tests in any language can drive it.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use ssm_emulator::{Config, Emulator, Faults, Pacing};
+use tokio::io::AsyncReadExt;
+
+/// Loopback stand-in for the SSM API and the Session Manager data channel.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about,
+    after_help = "Example:\n  ssm-emulator --agent-version 3.0.196.0 --faults '{\"to_client\":{\"drop\":0.05}}'"
+)]
+struct Args {
+    /// JSON file with the full configuration (fields as in the library's Config).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Agent version announced in the handshake.
+    #[arg(long)]
+    agent_version: Option<String>,
+    /// No 1 ms pause between destination reads; payloads up to --chunk bytes.
+    #[arg(long)]
+    unpaced: bool,
+    /// Largest payload per message in unpaced mode.
+    #[arg(long, default_value_t = 1024)]
+    chunk: usize,
+    /// Fault injection settings as JSON.
+    #[arg(long)]
+    faults: Option<String>,
+    /// Map a remote port to a local one, e.g. 22=2222 (repeatable).
+    #[arg(long = "port-map", value_parser = parse_port_map)]
+    port_map: Vec<(u16, u16)>,
+    /// Address to listen on (loopback only unless you mean it).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Log level filter (also RUST_LOG).
+    #[arg(long, default_value = "warn")]
+    log: String,
+}
+
+fn parse_port_map(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s.split_once('=').ok_or("expected REMOTE=LOCAL")?;
+    Ok((
+        a.parse().map_err(|e| format!("{e}"))?,
+        b.parse().map_err(|e| format!("{e}"))?,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&args.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Config>(&text)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = args.agent_version {
+        config.agent_version = v;
+    }
+    if args.unpaced {
+        config.pacing = Pacing::Unpaced { chunk: args.chunk };
+    }
+    if let Some(f) = &args.faults {
+        config.faults = serde_json::from_str::<Faults>(f).context("parsing --faults")?;
+    }
+    config.port_map.extend(args.port_map);
+
+    let emulator = Emulator::bind(config, args.listen)
+        .await
+        .context("binding the listener")?;
+    let line = serde_json::json!({
+        "endpoint": emulator.endpoint(),
+        "port": emulator.addr().port(),
+        "pid": std::process::id(),
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    // Run until stdin closes (the parent went away) or Ctrl+C.
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    tokio::select! {
+        _ = async { while matches!(stdin.read(&mut buf).await, Ok(n) if n > 0) {} } => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    emulator.stop().await;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Sessions, tokens and counters shared by the API handlers and the agent tasks.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::agent::{AgentCommand, Connection};
+use crate::{Config, EmulatorStats, Faults, SessionInfo};
+
+/// What a session needs to know about how it was started.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSpec {
+    pub(crate) session_id: String,
+    pub(crate) target: String,
+    pub(crate) document: String,
+    pub(crate) parameters: HashMap<String, Vec<String>>,
+}
+
+struct TokenEntry {
+    session_id: String,
+    issued: Instant,
+}
+
+pub(crate) struct SessionEntry {
+    pub(crate) spec: Arc<SessionSpec>,
+    pub(crate) agent: Option<mpsc::UnboundedSender<AgentCommand>>,
+    pub(crate) info: SessionInfo,
+    pub(crate) ended: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) sessions_started: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) frames_dropped: AtomicU64,
+    pub(crate) frames_duplicated: AtomicU64,
+    pub(crate) sockets_cut: AtomicU64,
+    pub(crate) agent_retransmissions: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) addr: SocketAddr,
+    faults: Mutex<Faults>,
+    sessions: Mutex<HashMap<String, SessionEntry>>,
+    tokens: Mutex<HashMap<String, TokenEntry>>,
+    pub(crate) counters: Counters,
+}
+
+/// Why a WebSocket open was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OpenRefused {
+    UnknownToken,
+    Expired,
+    SessionEnded,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, addr: SocketAddr) -> Self {
+        Self {
+            faults: Mutex::new(config.faults.clone()),
+            config,
+            addr,
+            sessions: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub(crate) fn faults(&self) -> Faults {
+        lock(&self.faults).clone()
+    }
+
+    pub(crate) fn set_faults(&self, faults: Faults) {
+        *lock(&self.faults) = faults;
+    }
+
+    pub(crate) fn stats(&self) -> EmulatorStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EmulatorStats {
+            sessions_started: get(&c.sessions_started),
+            connections: get(&c.connections),
+            connections_refused: get(&c.connections_refused),
+            frames_dropped: get(&c.frames_dropped),
+            frames_duplicated: get(&c.frames_duplicated),
+            sockets_cut: get(&c.sockets_cut),
+            agent_retransmissions: get(&c.agent_retransmissions),
+        }
+    }
+
+    pub(crate) fn stream_url(&self, session_id: &str) -> String {
+        format!(
+            "ws://{}/v1/data-channel/{session_id}?role=publish_subscribe",
+            self.addr
+        )
+    }
+
+    fn new_token(&self, session_id: &str) -> String {
+        let mut bytes = [0u8; 24];
+        rand::rng().fill(&mut bytes);
+        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        lock(&self.tokens).insert(
+            token.clone(),
+            TokenEntry {
+                session_id: session_id.to_owned(),
+                issued: Instant::now(),
+            },
+        );
+        token
+    }
+
+    /// Registers a new session and returns its first token.
+    pub(crate) fn create_session(
+        &self,
+        target: &str,
+        document: &str,
+        parameters: HashMap<String, Vec<String>>,
+    ) -> (String, String) {
+        let mut suffix = [0u8; 9];
+        rand::rng().fill(&mut suffix);
+        let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let session_id = format!("emulator-{}", hex.get(..17).unwrap_or(&hex));
+        let spec = Arc::new(SessionSpec {
+            session_id: session_id.clone(),
+            target: target.to_owned(),
+            document: document.to_owned(),
+            parameters,
+        });
+        let info = SessionInfo {
+            session_id: session_id.clone(),
+            target: target.to_owned(),
+            document: document.to_owned(),
+            client_version: String::new(),
+            port_mode: String::new(),
+            ended: false,
+            terminal_size: None,
+        };
+        lock(&self.sessions).insert(
+            session_id.clone(),
+            SessionEntry {
+                spec,
+                agent: None,
+                info,
+                ended: false,
+            },
+        );
+        Counters::add(&self.counters.sessions_started, 1);
+        let token = self.new_token(&session_id);
+        (session_id, token)
+    }
+
+    /// A fresh token for a live session; `None` when it does not exist, `Some(None)` when ended.
+    pub(crate) fn resume(&self, session_id: &str) -> Option<Option<String>> {
+        let ended = lock(&self.sessions).get(session_id)?.ended;
+        if ended {
+            return Some(None);
+        }
+        Some(Some(self.new_token(session_id)))
+    }
+
+    /// Ends a session: tells its agent to close the channel. Returns false if unknown.
+    pub(crate) fn terminate(&self, session_id: &str) -> bool {
+        let mut sessions = lock(&self.sessions);
+        let Some(entry) = sessions.get_mut(session_id) else {
+            return false;
+        };
+        if let Some(agent) = &entry.agent {
+            let _ = agent.send(AgentCommand::Terminate);
+        }
+        entry.ended = true;
+        entry.info.ended = true;
+        true
+    }
+
+    pub(crate) fn terminate_all(&self) {
+        let mut sessions = lock(&self.sessions);
+        for entry in sessions.values_mut() {
+            if let Some(agent) = entry.agent.take() {
+                let _ = agent.send(AgentCommand::Terminate);
+            }
+            entry.ended = true;
+            entry.info.ended = true;
+        }
+    }
+
+    /// Validates and consumes a token (single use).
+    pub(crate) fn redeem(
+        &self,
+        token: &str,
+        session_id: &str,
+        expire_all: bool,
+    ) -> Result<Arc<SessionSpec>, OpenRefused> {
+        let entry = lock(&self.tokens)
+            .remove(token)
+            .ok_or(OpenRefused::UnknownToken)?;
+        if entry.session_id != session_id {
+            return Err(OpenRefused::UnknownToken);
+        }
+        if expire_all || entry.issued.elapsed() > Duration::from_millis(self.config.token_ttl_ms) {
+            return Err(OpenRefused::Expired);
+        }
+        let sessions = lock(&self.sessions);
+        let s = sessions.get(session_id).ok_or(OpenRefused::UnknownToken)?;
+        if s.ended {
+            return Err(OpenRefused::SessionEnded);
+        }
+        Ok(s.spec.clone())
+    }
+
+    /// Hands a connection to the session's agent, starting the agent on first use.
+    pub(crate) fn attach(self: &Arc<Self>, spec: Arc<SessionSpec>, conn: Connection) {
+        let mut sessions = lock(&self.sessions);
+        let Some(entry) = sessions.get_mut(&spec.session_id) else {
+            return;
+        };
+        if let Some(agent) = &entry.agent {
+            if agent.send(AgentCommand::Attach(Box::new(conn))).is_ok() {
+                return;
+            }
+            // The agent is gone (session ended): the connection is simply dropped.
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = tx.send(AgentCommand::Attach(Box::new(conn)));
+        entry.agent = Some(tx);
+        let shared = self.clone();
+        tokio::spawn(crate::agent::run(shared, spec, rx));
+    }
+
+    pub(crate) fn update_info(&self, session_id: &str, f: impl FnOnce(&mut SessionInfo)) {
+        if let Some(entry) = lock(&self.sessions).get_mut(session_id) {
+            f(&mut entry.info);
+        }
+    }
+
+    pub(crate) fn mark_ended(&self, session_id: &str) {
+        if let Some(entry) = lock(&self.sessions).get_mut(session_id) {
+            entry.ended = true;
+            entry.info.ended = true;
+            entry.agent = None;
+        }
+    }
+
+    pub(crate) fn session_infos(&self) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = lock(&self.sessions)
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        v
+    }
+
+    pub(crate) fn target_known(&self, target: &str) -> bool {
+        if self.config.targets.is_empty() {
+            return target.starts_with("i-") || target.starts_with("mi-");
+        }
+        self.config.targets.iter().any(|t| t == target)
+    }
+}

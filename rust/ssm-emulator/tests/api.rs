@@ -1,0 +1,288 @@
+//! The SSM API surface (§1.1, §11.1), tokens, and the binary's contract.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use ssm_emulator::{Config, Emulator, Faults, ResumeEnded};
+use ssm_proto::{PayloadType, PortFlag};
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn start_session_validates_target_and_document() {
+    let emu = Emulator::start(Config {
+        targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let (status, body) = aws_call(
+        emu.addr(),
+        "StartSession",
+        serde_json::json!({"Target":"i-0bbbbbbbbbbbbbbbb"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["__type"], "TargetNotConnected");
+    let (status, body) = aws_call(
+        emu.addr(),
+        "StartSession",
+        serde_json::json!({"Target":"i-0aaaaaaaaaaaaaaaa","DocumentName":"AWS-NoSuchDocument"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["__type"], "InvalidDocument");
+    let (status, body) = aws_call(emu.addr(), "StartSession", serde_json::json!({"Nope":1})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["__type"], "ValidationException");
+    let (status, body) = aws_call(emu.addr(), "DescribeSessions", serde_json::json!({})).await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, body) = aws_call(
+        emu.addr(),
+        "StartSession",
+        serde_json::json!({"Target":"i-0aaaaaaaaaaaaaaaa","DocumentName":"AWS-StartSSHSession"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sid = body["SessionId"].as_str().unwrap();
+    assert!(
+        sid.starts_with("emulator-") && sid.len() == "emulator-".len() + 17,
+        "{sid}"
+    );
+    let url = body["StreamUrl"].as_str().unwrap();
+    assert_eq!(
+        url,
+        format!(
+            "ws://{}/v1/data-channel/{sid}?role=publish_subscribe",
+            emu.addr()
+        )
+    );
+    assert!(!body["TokenValue"].as_str().unwrap().is_empty());
+}
+
+async fn refused_close_code(url: &str, token: &str) -> Option<u16> {
+    let mut c = TestClient::connect(url, token, "1.2.650.0").await;
+    match tokio::time::timeout(Duration::from_secs(5), c.ws.next())
+        .await
+        .ok()?
+    {
+        Some(Ok(Message::Close(Some(frame)))) => Some(frame.code.into()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_single_use_and_can_expire() {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let echo = echo_server().await;
+    let (sid, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
+    c.handshake("1.2.650.0").await;
+    assert_eq!(
+        refused_close_code(&url, &token).await,
+        Some(1008),
+        "a used token is refused"
+    );
+    assert_eq!(refused_close_code(&url, "made-up").await, Some(1008));
+
+    emu.set_faults(Faults {
+        expire_tokens: true,
+        ..Faults::default()
+    });
+    let (_, body) = aws_call(
+        emu.addr(),
+        "ResumeSession",
+        serde_json::json!({"SessionId": sid}),
+    )
+    .await;
+    let fresh = body["TokenValue"].as_str().unwrap().to_owned();
+    assert_eq!(
+        refused_close_code(&url, &fresh).await,
+        Some(1008),
+        "expired token refused"
+    );
+    assert_eq!(emu.stats().connections_refused, 3);
+}
+
+#[tokio::test]
+async fn terminate_session_closes_the_channel_and_resume_then_fails() {
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let echo = echo_server().await;
+    let (sid, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
+    c.handshake("1.2.650.0").await;
+    let (status, _) = aws_call(
+        emu.addr(),
+        "TerminateSession",
+        serde_json::json!({"SessionId": sid}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
+        .await;
+    let (status, body) = aws_call(
+        emu.addr(),
+        "ResumeSession",
+        serde_json::json!({"SessionId": sid}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("DoesNotExistException"))
+    );
+    let (status, body) = aws_call(
+        emu.addr(),
+        "ResumeSession",
+        serde_json::json!({"SessionId": "nope"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["__type"].as_str()),
+        (400, Some("DoesNotExistException"))
+    );
+}
+
+#[tokio::test]
+async fn resume_of_an_ended_session_can_answer_without_token() {
+    let emu = Emulator::start(Config {
+        resume_ended: ResumeEnded::NoToken,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let echo = echo_server().await;
+    let (sid, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
+    c.handshake("1.2.650.0").await;
+    c.send(
+        PayloadType::Flag,
+        PortFlag::TerminateSession.to_bytes().to_vec(),
+    );
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
+        .await;
+    // The agent records the end as it closes; wait for that rather than guess a delay.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !emu
+        .sessions()
+        .iter()
+        .any(|s| s.session_id == sid && s.ended)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session never marked ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, body) = aws_call(
+        emu.addr(),
+        "ResumeSession",
+        serde_json::json!({"SessionId": sid}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.get("TokenValue").is_none(), "{body}");
+}
+
+#[tokio::test]
+async fn unusual_frames_from_mgs_are_produced_on_request() {
+    // §3.6/§11.4: NUL-padded types and a 112-byte-header channel_closed still decode.
+    let faults = Faults {
+        nul_padded_types: true,
+        short_channel_closed: true,
+        ..Faults::default()
+    };
+    let emu = Emulator::start(Config {
+        faults,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let echo = echo_server().await;
+    let (_, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
+    c.handshake("1.2.650.0").await;
+    c.send(
+        PayloadType::Flag,
+        PortFlag::TerminateSession.to_bytes().to_vec(),
+    );
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
+        .await;
+}
+
+#[tokio::test]
+async fn pause_publication_then_start_loses_nothing() {
+    let faults = Faults {
+        pause_after_frames: Some(5),
+        pause_ms: 300,
+        ..Faults::default()
+    };
+    let emu = Emulator::start(Config {
+        faults,
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let echo = echo_server().await;
+    let (_, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
+    c.handshake("1.0.0.0").await;
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    for chunk in data.chunks(1024) {
+        c.send(PayloadType::Output, chunk.to_vec());
+    }
+    c.run_until(Duration::from_secs(30), |c| c.output_len() >= data.len())
+        .await;
+    assert_eq!(c.take_output(), data);
+    assert!(
+        c.pauses >= 1 && c.resumes >= 1,
+        "pauses {} resumes {}",
+        c.pauses,
+        c.resumes
+    );
+}
+
+#[test]
+fn binary_prints_endpoints_and_exits_when_stdin_closes() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssm-emulator"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let endpoint = v["endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+    let port = v["port"].as_u64().unwrap() as u16;
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(child.stdin.take());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "emulator did not exit after stdin closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing left listening"
+    );
+}

@@ -1,0 +1,219 @@
+//! A minimal data-channel client for exercising the emulator: raw HTTP for the API, a
+//! tokio-tungstenite socket, and an `ssm_proto::Channel`. The product client lives elsewhere;
+//! this one only needs to be obviously correct.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use ssm_proto::{Channel, Config, Event, OpenDataChannel, PayloadType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// POSTs an awsJson1.1 call; returns status and parsed body.
+pub async fn aws_call(
+    addr: SocketAddr,
+    operation: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: AmazonSSM.{operation}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8(resp).unwrap();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A loopback echo server; returns its port.
+pub async fn echo_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+pub struct TestClient {
+    pub ws: Ws,
+    pub channel: Channel,
+    pub received: Vec<(PayloadType, Vec<u8>)>,
+    pub closed: Option<ssm_proto::ChannelClosed>,
+    pub pauses: usize,
+    pub resumes: usize,
+}
+
+impl TestClient {
+    pub async fn connect(url: &str, token: &str, client_version: &str) -> Self {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        let open = OpenDataChannel {
+            message_schema_version: "1.0".into(),
+            request_id: "00000000-0000-4000-8000-000000000001".into(),
+            token_value: token.into(),
+            client_id: "00000000-0000-4000-8000-000000000002".into(),
+            client_version: client_version.into(),
+        };
+        ws.send(Message::text(open.to_json())).await.unwrap();
+        let channel = Channel::new(Config::client(), Instant::now(), 1_700_000_000_000, 7);
+        Self {
+            ws,
+            channel,
+            received: Vec::new(),
+            closed: None,
+            pauses: 0,
+            resumes: 0,
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(f) = self.channel.poll_transmit() {
+            self.ws.send(Message::binary(f)).await.unwrap();
+        }
+    }
+
+    /// Processes socket traffic until `done` says so or `limit` passes; panics on timeout and
+    /// when the socket ends first.
+    pub async fn run_until(&mut self, limit: Duration, done: impl FnMut(&Self) -> bool) {
+        assert!(
+            self.run_until_or_end(limit, done).await,
+            "socket ended before the condition held"
+        );
+    }
+
+    /// Like `run_until`, but returns false when the socket ends first.
+    pub async fn run_until_or_end(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.flush().await;
+            if done(self) {
+                return true;
+            }
+            let timer = self
+                .channel
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std);
+            tokio::select! {
+                msg = self.ws.next() => match msg {
+                    Some(Ok(Message::Binary(b))) => {
+                        let _ = self.channel.handle_frame(Instant::now(), &b);
+                        while let Some(ev) = self.channel.poll_event() {
+                            match ev {
+                                Event::Stream { payload_type, payload, .. } => self.received.push((payload_type, payload)),
+                                Event::ChannelClosed(c) => self.closed = Some(c),
+                                Event::Paused => self.pauses += 1,
+                                Event::Resumed => self.resumes += 1,
+                                Event::Ignored(_) => {}
+                            }
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return done(self),
+                },
+                _ = tokio::time::sleep_until(timer.unwrap_or(deadline)) => {
+                    self.channel.handle_timeout(Instant::now());
+                }
+                _ = tokio::time::sleep_until(deadline) => panic!("condition not met within {limit:?}"),
+            }
+        }
+    }
+
+    pub fn send(&mut self, payload_type: PayloadType, data: Vec<u8>) {
+        self.channel
+            .send(Instant::now(), payload_type, data)
+            .unwrap();
+    }
+
+    /// Answers the HandshakeRequest and waits for HandshakeComplete.
+    pub async fn handshake(
+        &mut self,
+        client_version: &str,
+    ) -> ssm_proto::handshake::ClientHandshake {
+        self.run_until(Duration::from_secs(10), |c| {
+            c.received
+                .iter()
+                .any(|(t, _)| *t == PayloadType::HandshakeRequest)
+        })
+        .await;
+        let (_, req) = self.received.remove(0);
+        let hs = ssm_proto::handshake::client_respond(&req, client_version).unwrap();
+        self.send(PayloadType::HandshakeResponse, hs.response.clone());
+        self.run_until(Duration::from_secs(10), |c| {
+            c.received
+                .iter()
+                .any(|(t, _)| *t == PayloadType::HandshakeComplete)
+        })
+        .await;
+        self.received
+            .retain(|(t, _)| *t != PayloadType::HandshakeComplete);
+        hs
+    }
+
+    /// Concatenated type-1 payloads received so far (removing them).
+    pub fn take_output(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.received.retain(|(t, p)| {
+            if *t == PayloadType::Output {
+                out.extend_from_slice(p);
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.received
+            .iter()
+            .filter(|(t, _)| *t == PayloadType::Output)
+            .map(|(_, p)| p.len())
+            .sum()
+    }
+}
+
+/// StartSession for a port forward to `port`; returns (session id, token, stream url).
+pub async fn start_port_session(
+    addr: SocketAddr,
+    document: &str,
+    port: u16,
+) -> (String, String, String) {
+    let (status, body) = aws_call(
+        addr,
+        "StartSession",
+        serde_json::json!({"Target":"i-0123456789abcdef0","DocumentName":document,
+            "Parameters":{"portNumber":[port.to_string()],"localPortNumber":["0"]}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (
+        body["SessionId"].as_str().unwrap().to_owned(),
+        body["TokenValue"].as_str().unwrap().to_owned(),
+        body["StreamUrl"].as_str().unwrap().to_owned(),
+    )
+}
