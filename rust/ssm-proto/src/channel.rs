@@ -396,6 +396,32 @@ impl Channel {
         self.transmit.push_back(entry.frame.clone());
     }
 
+    /// Queues an unnumbered message (`channel_closed`, `start_publication`,
+    /// `pause_publication`, §3.3): sequence 0, flags 0, payload type 0, never retransmitted.
+    pub fn send_control(&mut self, now: Instant, message_type: MessageType, payload: Vec<u8>) {
+        let frame = Frame {
+            message_type,
+            schema_version: 1,
+            created_date: self.created_date(now),
+            sequence_number: 0,
+            flags: 0,
+            message_id: self.ids.uuid(),
+            payload_type: PayloadType::Null,
+            payload,
+        };
+        self.transmit.push_back(frame.encode());
+    }
+
+    /// A fresh UUID v4 from the channel's id source (for payloads that carry their own id).
+    pub fn new_message_id(&mut self) -> MessageId {
+        self.ids.uuid()
+    }
+
+    /// Wall-clock milliseconds corresponding to `now`.
+    pub fn unix_ms(&self, now: Instant) -> u64 {
+        self.created_date(now)
+    }
+
     /// Sends an acknowledgement of `frame` (§4.2).
     fn ack(&mut self, now: Instant, frame: &Frame) {
         let payload = Acknowledge {
@@ -536,11 +562,10 @@ impl Channel {
             self.timers.remove(&(deadline, seq));
         }
         // Karn's rule: a retransmitted message's ack cannot tell which copy it answers.
-        if entry.attempts == 0 {
-            if let Some(sent) = entry.last_sent {
+        if entry.attempts == 0
+            && let Some(sent) = entry.last_sent {
                 self.rtt.sample(now.saturating_duration_since(sent));
             }
-        }
     }
 
     /// Resumes in-order delivery of messages buffered while the receiver was not ready.
