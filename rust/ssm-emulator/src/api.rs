@@ -183,7 +183,17 @@ async fn data_channel(
 
 /// §11.2 step 1: the first message must be the open text frame with a valid token.
 async fn open_data_channel(shared: Arc<Shared>, session_id: String, mut socket: WebSocket) {
-    let first = tokio::time::timeout(Duration::from_secs(10), socket.recv()).await;
+    // The official plugin may ping before it sends the token (its pinger starts with the
+    // socket), so control frames are skipped while waiting for the open message.
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match socket.recv().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
     let text = match first {
         Ok(Some(Ok(Message::Text(t)))) => t.to_string(),
         Ok(Some(Ok(Message::Binary(b)))) => String::from_utf8_lossy(&b).into_owned(),

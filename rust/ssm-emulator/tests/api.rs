@@ -286,3 +286,40 @@ fn binary_prints_endpoints_and_exits_when_stdin_closes() {
         "nothing left listening"
     );
 }
+
+#[tokio::test]
+async fn a_ping_before_the_open_message_is_tolerated() {
+    // The official plugin's pinger can win the race with its token message.
+    use futures_util::SinkExt;
+    let emu = Emulator::start(Config::default()).await.unwrap();
+    let echo = echo_server().await;
+    let (_, token, url) =
+        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::Ping(b"keepalive".to_vec().into()))
+        .await
+        .unwrap();
+    let open = ssm_proto::OpenDataChannel {
+        message_schema_version: "1.0".into(),
+        request_id: "00000000-0000-4000-8000-000000000009".into(),
+        token_value: token,
+        client_id: String::new(),
+        client_version: "1.2.650.0".into(),
+    };
+    ws.send(Message::text(open.to_json())).await.unwrap();
+    let first = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Pong(_))) => continue,
+            other => break other,
+        }
+    };
+    let Some(Ok(Message::Binary(frame))) = first else {
+        panic!("expected the handshake request, got {first:?}")
+    };
+    let frame = ssm_proto::Frame::decode(&frame).unwrap();
+    assert_eq!(frame.payload_type, PayloadType::HandshakeRequest);
+    assert_eq!(emu.stats().connections_refused, 0);
+}

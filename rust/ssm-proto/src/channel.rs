@@ -563,9 +563,10 @@ impl Channel {
         }
         // Karn's rule: a retransmitted message's ack cannot tell which copy it answers.
         if entry.attempts == 0
-            && let Some(sent) = entry.last_sent {
-                self.rtt.sample(now.saturating_duration_since(sent));
-            }
+            && let Some(sent) = entry.last_sent
+        {
+            self.rtt.sample(now.saturating_duration_since(sent));
+        }
     }
 
     /// Resumes in-order delivery of messages buffered while the receiver was not ready.
@@ -580,7 +581,7 @@ impl Channel {
 
     /// When [`Channel::handle_timeout`] wants to be called next, if ever.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        if self.paused || self.unacked.is_empty() {
+        if self.paused || self.closed || self.unacked.is_empty() {
             return None;
         }
         match self.config.retransmit {
@@ -594,7 +595,7 @@ impl Channel {
 
     /// Retransmits what has expired by `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if self.paused {
+        if self.paused || self.closed {
             return;
         }
         match self.config.retransmit {

@@ -344,7 +344,15 @@ impl Frame {
             if created_date == 0 {
                 return Err(DecodeError::ZeroCreatedDate);
             }
-            if !payload.is_empty() && Sha256::digest(&payload).as_slice() != digest {
+            // The plugin checks the digest whenever `PayloadLength != 0` (§3.6), so a frame cut
+            // right after its header (declared length > 0, no payload bytes) is refused rather
+            // than accepted with an empty payload.
+            let must_check = declared != 0 || !payload.is_empty();
+            if must_check && Sha256::digest(&payload).as_slice() != digest {
+                // A payload shorter than declared whose digest fails is a truncated frame.
+                if declared > rest.len() {
+                    return Err(DecodeError::Truncated { len: bytes.len() });
+                }
                 return Err(DecodeError::DigestMismatch);
             }
         }

@@ -1,0 +1,220 @@
+//! `ssmconnect`: the SSMConnect helper executable.
+//!
+//! Subcommands open port forwards and serve as an ssh `ProxyCommand`. Called the way the AWS CLI
+//! calls `session-manager-plugin` (§1.3 of `ssm-protocol.md`), it takes that role instead.
+
+mod exit;
+mod plugin;
+
+use std::net::{IpAddr, SocketAddr};
+
+use clap::{Args, Parser, Subcommand};
+use ssm_session::{AwsOptions, ChannelOptions, ForwardOptions, PortForward, SsmApi};
+
+use crate::exit::Failure;
+
+const EXAMPLES: &str = "\
+Examples:
+  ssmconnect forward i-0123456789abcdef0 5432 --local-port 15432
+  ssmconnect forward i-0123456789abcdef0 443 --remote-host db.internal --local-port 8443
+  ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
+
+ssh configuration (~/.ssh/config):
+  Host i-*
+      ProxyCommand ssmconnect ssh-proxy %r@%h:%p
+
+As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.";
+
+/// Reach AWS instances over Systems Manager Session Manager, natively.
+#[derive(Parser, Debug)]
+#[command(name = "ssmconnect", version, about, after_help = EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    aws: AwsArgs,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct AwsArgs {
+    /// AWS profile name.
+    #[arg(long, global = true, env = "AWS_PROFILE", hide_env_values = true)]
+    profile: Option<String>,
+    /// AWS region.
+    #[arg(long, global = true)]
+    region: Option<String>,
+    /// SSM endpoint URL (AWS_ENDPOINT_URL_SSM is honoured too).
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+}
+
+impl AwsArgs {
+    fn options(&self) -> AwsOptions {
+        AwsOptions {
+            profile: self.profile.clone(),
+            region: self.region.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            ..AwsOptions::default()
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Forward a local port to a port on the target (or on a host behind it).
+    Forward {
+        /// Instance or managed node id.
+        target: String,
+        /// Port on the target.
+        remote_port: u16,
+        /// Local port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        local_port: u16,
+        /// Local address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        local_address: IpAddr,
+        /// Reach this host through the target instead of the target itself.
+        #[arg(long)]
+        remote_host: Option<String>,
+    },
+    /// Carry an SSH connection over stdin/stdout: `ProxyCommand ssmconnect ssh-proxy %r@%h:%p`.
+    SshProxy {
+        /// `user@target:port` (user is accepted and ignored here; port defaults to 22).
+        destination: String,
+    },
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = std::env::var("SSMCONNECT_LOG").unwrap_or_else(|_| level.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Splits `user@target:port`.
+fn parse_destination(s: &str) -> Result<(String, u16), Failure> {
+    let host = s.rsplit_once('@').map_or(s, |(_, h)| h);
+    let (target, port) = match host.rsplit_once(':') {
+        Some((t, p)) => (
+            t,
+            p.parse::<u16>()
+                .map_err(|_| Failure::usage(format!("bad port in {s:?}")))?,
+        ),
+        None => (host, 22),
+    };
+    if target.is_empty() {
+        return Err(Failure::usage(format!("no target in {s:?}")));
+    }
+    Ok((target.to_owned(), port))
+}
+
+async fn run(cli: Cli) -> Result<i32, Failure> {
+    let opts = cli.aws.options();
+    match cli.command {
+        Command::Forward {
+            target,
+            remote_port,
+            local_port,
+            local_address,
+            remote_host,
+        } => {
+            let api = SsmApi::from_options(&opts).await?;
+            let mut fo = ForwardOptions::new(target, remote_port);
+            fo.local_addr = SocketAddr::new(local_address, local_port);
+            fo.remote_host = remote_host;
+            let mut forward = PortForward::start(&api, fo).await?;
+            println!(
+                "Port {} opened for sessionId {}.",
+                forward.local_addr().port(),
+                forward.session_id()
+            );
+            println!("Waiting for connections...");
+            let stopper = forward.stopper();
+            tokio::select! {
+                end = forward.wait() => { end?; }
+                _ = exit::interrupted() => {
+                    eprintln!("Terminate signal received, exiting.");
+                    let _ = stopper.send(true);
+                    forward.wait().await?;
+                }
+            }
+            Ok(0)
+        }
+        Command::SshProxy { destination } => {
+            let (target, port) = parse_destination(&destination)?;
+            let api = SsmApi::from_options(&opts).await?;
+            let stdin = tokio::io::stdin();
+            let stdout = tokio::io::stdout();
+            tokio::select! {
+                end = ssm_session::stdio::run_ssh_stdio(&api, &target, port, ChannelOptions::default(), stdin, stdout) => { end?; }
+                _ = exit::interrupted() => {}
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(mode) = plugin::detect(&args) {
+        std::process::exit(plugin::main(mode, args));
+    }
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ssmconnect: cannot start the runtime: {e}");
+            std::process::exit(exit::code::INTERNAL);
+        }
+    };
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("ssmconnect: {}", f.message);
+            f.code
+        }
+    };
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!(
+            parse_destination("ec2-user@i-0abc:2222").unwrap(),
+            ("i-0abc".into(), 2222)
+        );
+        assert_eq!(parse_destination("i-0abc").unwrap(), ("i-0abc".into(), 22));
+        assert_eq!(
+            parse_destination("a@b@i-0abc:22").unwrap(),
+            ("i-0abc".into(), 22)
+        );
+        assert!(parse_destination("u@:22").is_err());
+        assert!(parse_destination("u@i-1:notaport").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

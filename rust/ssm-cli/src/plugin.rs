@@ -1,0 +1,259 @@
+//! The plugin-compatible mode: the six-argument contract by which the AWS CLI runs
+//! `session-manager-plugin` (§1.3). Port sessions print the texts wrappers look for; stream
+//! (SSH) sessions write nothing but tunnel bytes to stdout.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use ssm_proto::{PortMode, PortProperties, SessionType};
+use ssm_session::aws::SharedControl;
+use ssm_session::{
+    AwsOptions, ChannelOptions, DataChannel, End, PortForward, SsmApi, StartedSession, Token,
+};
+
+use crate::exit::{self, Failure, code};
+
+const RESPONSE_ENV: &str = "AWS_SSM_START_SESSION_RESPONSE";
+
+/// How the process was asked to behave like the plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `--version` under the plugin's name.
+    Version,
+    /// No arguments under the plugin's name.
+    Installed,
+    /// The session contract.
+    Run,
+}
+
+/// Whether `args` call for plugin behaviour: the program is named `session-manager-plugin`, or
+/// its first argument is a StartSession response (JSON or the environment variable's name).
+pub fn detect(args: &[OsString]) -> Option<Mode> {
+    let as_plugin = args
+        .first()
+        .and_then(|a| {
+            std::path::Path::new(a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .is_some_and(|s| s.starts_with("session-manager-plugin"));
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    match first.as_deref() {
+        None if as_plugin => Some(Mode::Installed),
+        Some("--version") if as_plugin && args.len() == 2 => Some(Mode::Version),
+        Some(a) if a.trim_start().starts_with('{') || a.starts_with(RESPONSE_ENV) => {
+            Some(Mode::Run)
+        }
+        Some(_) if as_plugin => Some(Mode::Run),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct Response {
+    #[serde(rename = "SessionId")]
+    session_id: String,
+    #[serde(rename = "TokenValue")]
+    token_value: String,
+    #[serde(rename = "StreamUrl")]
+    stream_url: String,
+}
+
+#[derive(Deserialize, Default)]
+struct Request {
+    #[serde(rename = "Target", default)]
+    target: String,
+    #[serde(rename = "Parameters", default)]
+    parameters: HashMap<String, Vec<String>>,
+}
+
+/// Runs plugin mode; returns the exit code.
+pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
+    match mode {
+        Mode::Version => {
+            println!("{}", ssm_proto::version::CLIENT_VERSION);
+            0
+        }
+        Mode::Installed => {
+            println!(
+                "\nssmconnect is installed as the Session Manager plugin. Use the AWS CLI to start a session.\n"
+            );
+            0
+        }
+        Mode::Run => {
+            let level = std::env::var("SSMCONNECT_LOG").unwrap_or_else(|_| "warn".into());
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .try_init();
+            let args: Vec<String> = args
+                .iter()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let prepared = match prepare(&args) {
+                Ok(p) => p,
+                Err(f) => {
+                    eprintln!("ssmconnect: {}", f.message);
+                    return f.code;
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("ssmconnect: cannot start the runtime: {e}");
+                    return code::INTERNAL;
+                }
+            };
+            let result = runtime.block_on(run(prepared));
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            match result {
+                Ok(()) => 0,
+                Err(f) => {
+                    eprintln!("ssmconnect: {}", f.message);
+                    f.code
+                }
+            }
+        }
+    }
+}
+
+struct Prepared {
+    started: StartedSession,
+    request: Request,
+    aws: AwsOptions,
+}
+
+/// Reads the arguments (and the response variable, which is then removed, as the plugin does).
+fn prepare(args: &[String]) -> Result<Prepared, Failure> {
+    if args.len() < 3 {
+        return Err(Failure::usage(
+            "Unknown operation: expected the StartSession response, region and operation",
+        ));
+    }
+    let raw = args.first().map(String::as_str).unwrap_or_default();
+    let json = if raw.starts_with(RESPONSE_ENV) {
+        let value = std::env::var(raw)
+            .map_err(|_| Failure::usage(format!("environment variable {raw} is not set")))?;
+        // SAFETY: single-threaded at this point: no runtime or other thread exists yet.
+        unsafe { std::env::remove_var(raw) };
+        value
+    } else {
+        raw.to_owned()
+    };
+    let response: Response = serde_json::from_str(&json)
+        .map_err(|e| Failure::usage(format!("cannot read the StartSession response: {e}")))?;
+    let region = args.get(1).cloned().filter(|r| !r.is_empty());
+    let operation = args.get(2).map(String::as_str).unwrap_or_default();
+    if operation != "StartSession" {
+        return Err(Failure::usage("Invalid Operation"));
+    }
+    let profile = args.get(3).cloned().filter(|p| !p.is_empty());
+    let request: Request = match args.get(4) {
+        Some(p) if !p.is_empty() => serde_json::from_str(p)
+            .map_err(|e| Failure::usage(format!("cannot read the StartSession parameters: {e}")))?,
+        _ => Request::default(),
+    };
+    let endpoint_url = args.get(5).cloned().filter(|e| !e.is_empty());
+    Ok(Prepared {
+        started: StartedSession {
+            session_id: response.session_id,
+            token: Token::new(response.token_value),
+            stream_url: response.stream_url,
+        },
+        request,
+        aws: AwsOptions {
+            profile,
+            region,
+            endpoint_url,
+            ..AwsOptions::default()
+        },
+    })
+}
+
+async fn run(p: Prepared) -> Result<(), Failure> {
+    let api = SsmApi::from_options(&p.aws).await?;
+    let control: SharedControl = Arc::new(api);
+    let session_id = p.started.session_id.clone();
+    tracing::info!(session = %session_id, target = %p.request.target, "starting");
+    let dc = DataChannel::open(p.started, control, ChannelOptions::default()).await?;
+    if !dc.start.customer_message.is_empty() {
+        eprintln!("{}", dc.start.customer_message);
+    }
+    match dc.start.session_type {
+        SessionType::Port => {
+            let props: PortProperties =
+                serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
+            match PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) {
+                PortMode::Stdio => {
+                    let mut stdin = tokio::io::stdin();
+                    let mut stdout = tokio::io::stdout();
+                    tokio::select! {
+                        end = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout) => { end?; }
+                        _ = exit::interrupted() => {}
+                    }
+                    Ok(())
+                }
+                _ => forward(dc, &props, &p.request, &session_id).await,
+            }
+        }
+        other => Err(Failure {
+            code: code::SESSION,
+            message: format!(
+                "{} sessions are not supported in plugin mode yet",
+                other.as_str()
+            ),
+        }),
+    }
+}
+
+async fn forward(
+    dc: DataChannel,
+    props: &PortProperties,
+    request: &Request,
+    session_id: &str,
+) -> Result<(), Failure> {
+    let port = props
+        .local_port_number
+        .clone()
+        .or_else(|| {
+            request
+                .parameters
+                .get("localPortNumber")
+                .and_then(|v| v.first().cloned())
+        })
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or(0);
+    let listener = ssm_session::port::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("\nStarting session with SessionId: {session_id}");
+    let mut forward =
+        PortForward::from_channel(dc, listener, ssm_proto::DEFAULT_PAYLOAD_SIZE).await?;
+    println!(
+        "Port {} opened for sessionId {session_id}.",
+        forward.local_addr().port()
+    );
+    println!("Waiting for connections...");
+    let stopper = forward.stopper();
+    let end = tokio::select! {
+        end = forward.wait() => end?,
+        _ = exit::interrupted() => {
+            println!("Terminate signal received, exiting.");
+            let _ = stopper.send(true);
+            forward.wait().await?
+        }
+    };
+    match end {
+        End::Closed(reason) if !reason.is_empty() => {
+            println!("\n\nSessionId: {session_id} : {reason}\n")
+        }
+        _ => println!("\n\nExiting session with sessionId: {session_id}.\n"),
+    }
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! AWS configuration and the three SSM calls a session needs (§1.1): StartSession,
+//! ResumeSession and TerminateSession.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_sdk_ssm::error::ProvideErrorMetadata;
+use aws_smithy_http_client::tls;
+
+use crate::error::{Error, Result};
+
+/// Where credentials, region and endpoints come from. Unset fields fall back to the AWS SDK
+/// default chain (environment, profiles, SSO, credential_process, instance metadata).
+#[derive(Clone, Default)]
+pub struct AwsOptions {
+    /// Named profile.
+    pub profile: Option<String>,
+    /// Region, e.g. `eu-west-1`.
+    pub region: Option<String>,
+    /// SSM endpoint override. `AWS_ENDPOINT_URL_SSM` / `AWS_ENDPOINT_URL` are honoured too.
+    pub endpoint_url: Option<String>,
+    /// Explicit access key id (with `secret_key`).
+    pub access_key: Option<String>,
+    /// Explicit secret key.
+    pub secret_key: Option<String>,
+    /// Explicit session token.
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsOptions")
+            .field("profile", &self.profile)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("access_key", &self.access_key)
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Plain `http://` and `ws://` are accepted only for loopback hosts (design §7).
+pub fn check_endpoint(url: &str, what: &str) -> Result<()> {
+    let parsed = url::Url::parse(url)
+        .map_err(|e| Error::Config(format!("{what} {url:?} is not a URL: {e}")))?;
+    match parsed.scheme() {
+        "https" | "wss" => Ok(()),
+        "http" | "ws" => {
+            let loopback = match parsed.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+                Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+                None => false,
+            };
+            if loopback {
+                Ok(())
+            } else {
+                Err(Error::Config(format!(
+                    "{what} {url} is not encrypted; plain {}:// is allowed only for loopback addresses",
+                    parsed.scheme()
+                )))
+            }
+        }
+        other => Err(Error::Config(format!(
+            "{what} {url} has unsupported scheme {other}"
+        ))),
+    }
+}
+
+/// The HTTPS client for every SDK call: rustls with ring and the platform's roots.
+fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
+/// Loads the shared SDK configuration for `opts`.
+pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
+    crate::install_crypto_provider();
+    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM"] {
+        if let Ok(v) = std::env::var(var)
+            && !v.is_empty()
+        {
+            check_endpoint(&v, var)?;
+        }
+    }
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+    if let Some(p) = &opts.profile {
+        loader = loader.profile_name(p);
+    }
+    if let Some(r) = &opts.region {
+        loader = loader.region(Region::new(r.clone()));
+    }
+    match (&opts.access_key, &opts.secret_key) {
+        (Some(ak), Some(sk)) => {
+            let creds = Credentials::new(
+                ak,
+                sk,
+                opts.session_token.clone(),
+                None,
+                "ssmconnect-explicit",
+            );
+            loader = loader.credentials_provider(creds);
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "an access key needs its secret key, and the other way round".into(),
+            ));
+        }
+    }
+    let config = loader.load().await;
+    if config.region().is_none() {
+        return Err(Error::NoRegion);
+    }
+    Ok(config)
+}
+
+/// A session token. Its `Debug` and `Display` never show the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// Wraps a token value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value, for the open frame only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// What `StartSession` returns (§1.1).
+#[derive(Debug, Clone)]
+pub struct StartedSession {
+    /// Session id.
+    pub session_id: String,
+    /// Single-use token for the first WebSocket open.
+    pub token: Token,
+    /// WebSocket URL, used verbatim (§1.1).
+    pub stream_url: String,
+}
+
+/// The SSM API calls a session needs.
+#[derive(Clone, Debug)]
+pub struct SsmApi {
+    client: aws_sdk_ssm::Client,
+}
+
+fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: fmt::Debug,
+{
+    let code = e.code().map(str::to_owned);
+    let message = match (e.code(), e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.to_owned(),
+        _ => {
+            // Walk the source chain for the most specific text (connection refused, DNS, TLS…).
+            let mut text = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                text = s.to_string();
+                src = s.source();
+            }
+            text
+        }
+    };
+    Error::Api {
+        operation,
+        code,
+        message,
+    }
+}
+
+impl SsmApi {
+    /// A client from loaded configuration, with an optional endpoint override.
+    pub fn new(config: &SdkConfig, endpoint_url: Option<&str>) -> Result<Self> {
+        let mut b = aws_sdk_ssm::config::Builder::from(config);
+        if let Some(url) = endpoint_url {
+            check_endpoint(url, "endpoint URL")?;
+            b = b.endpoint_url(url);
+        }
+        Ok(Self {
+            client: aws_sdk_ssm::Client::from_conf(b.build()),
+        })
+    }
+
+    /// Loads configuration from `opts` and builds the client.
+    pub async fn from_options(opts: &AwsOptions) -> Result<Self> {
+        let config = load_config(opts).await?;
+        Self::new(&config, opts.endpoint_url.as_deref())
+    }
+
+    /// `StartSession`.
+    pub async fn start_session(
+        &self,
+        target: &str,
+        document: Option<&str>,
+        parameters: &HashMap<String, Vec<String>>,
+    ) -> Result<StartedSession> {
+        let mut req = self.client.start_session().target(target);
+        if let Some(d) = document {
+            req = req.document_name(d);
+        }
+        for (k, v) in parameters {
+            req = req.parameters(k, v.clone());
+        }
+        let out = req.send().await.map_err(|e| api_error("StartSession", e))?;
+        let missing = |what: &str| Error::Api {
+            operation: "StartSession",
+            code: None,
+            message: format!("the response has no {what}"),
+        };
+        let session_id = out.session_id.ok_or_else(|| missing("SessionId"))?;
+        let stream_url = out.stream_url.ok_or_else(|| missing("StreamUrl"))?;
+        let token = out.token_value.ok_or_else(|| missing("TokenValue"))?;
+        check_endpoint(&stream_url, "stream URL")?;
+        Ok(StartedSession {
+            session_id,
+            token: Token(token),
+            stream_url,
+        })
+    }
+}
+
+/// What the data channel needs from the API after the start: fresh tokens and termination.
+pub trait Control: Send + Sync + 'static {
+    /// `ResumeSession`: `Ok(None)` means the session is over (§1.4).
+    fn resume(
+        &self,
+        session_id: &str,
+    ) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>>;
+    /// `TerminateSession`.
+    fn terminate(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<()>>;
+}
+
+impl Control for SsmApi {
+    fn resume(
+        &self,
+        session_id: &str,
+    ) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>> {
+        let id = session_id.to_owned();
+        Box::pin(async move {
+            let out = self
+                .client
+                .resume_session()
+                .session_id(id)
+                .send()
+                .await
+                .map_err(|e| api_error("ResumeSession", e))?;
+            Ok(out.token_value.filter(|t| !t.is_empty()).map(Token))
+        })
+    }
+
+    fn terminate(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<()>> {
+        let id = session_id.to_owned();
+        Box::pin(async move {
+            self.client
+                .terminate_session()
+                .session_id(id)
+                .send()
+                .await
+                .map_err(|e| api_error("TerminateSession", e))?;
+            Ok(())
+        })
+    }
+}
+
+/// Shared handle to a [`Control`].
+pub type SharedControl = Arc<dyn Control>;

@@ -1,0 +1,622 @@
+//! The data-channel driver: one tokio task per session that owns the WebSocket and the
+//! `ssm_proto::Channel`, runs the handshake, keeps the connection alive, reconnects with
+//! `ResumeSession`, and exchanges payloads with the session kind through bounded queues.
+//!
+//! Fixes over the official client (§9): inbound data goes to a local queue and is acked at once,
+//! so a slow local sink never blocks acks (items 6, 9); writes while disconnected are numbered and
+//! buffered and go out after the reconnect (item 10); one task owns one socket (item 11); pings
+//! every 30 s and a dead-connection timeout (item 12); a failed first open is an error, not a hang
+//! (item 13).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use ssm_proto::handshake::{self, HandshakeComplete};
+use ssm_proto::{Channel, Event, OpenDataChannel, PayloadType, SessionType};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::aws::{SharedControl, StartedSession, Token, check_endpoint};
+use crate::error::{Error, Result};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Tunables of a data channel.
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    /// Version reported to the agent (§5.5).
+    pub client_version: String,
+    /// Longest wait for the session type (handshake or first output).
+    pub start_timeout: Duration,
+    /// WebSocket ping interval.
+    pub ping_interval: Duration,
+    /// Silence after which the connection is presumed dead and reopened.
+    pub dead_after: Duration,
+    /// How long to keep trying to reconnect after a loss.
+    pub reconnect_for: Duration,
+    /// Inbound bytes held locally before new data is left unacked (back-pressure).
+    pub inbound_high_water: usize,
+    /// Longest wait for our data to be acked when finishing.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ChannelOptions {
+    fn default() -> Self {
+        Self {
+            client_version: ssm_proto::version::CLIENT_VERSION.to_owned(),
+            start_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(30),
+            dead_after: Duration::from_secs(90),
+            reconnect_for: Duration::from_secs(120),
+            inbound_high_water: 16 << 20,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the session turned out to be.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    /// Session id.
+    pub session_id: String,
+    /// Session type announced by the agent, or `Standard_Stream` without a handshake (§5.1).
+    pub session_type: SessionType,
+    /// Handshake properties (`null` for shells).
+    pub properties: serde_json::Value,
+    /// Agent version from the handshake (empty without one).
+    pub agent_version: String,
+    /// `CustomerMessage` from HandshakeComplete.
+    pub customer_message: String,
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// `channel_closed` arrived; its text, if any.
+    Closed(String),
+    /// We finished it ourselves.
+    Finished,
+}
+
+enum Command {
+    Send(PayloadType, Vec<u8>),
+    Finish { terminate: bool },
+}
+
+/// Sends payloads into a session. Cheap to clone.
+#[derive(Clone)]
+pub struct DataSender {
+    tx: mpsc::Sender<Command>,
+}
+
+impl DataSender {
+    /// Queues one stream message; waits while the send window is full.
+    pub async fn send(&self, payload_type: PayloadType, data: Vec<u8>) -> Result<()> {
+        self.tx
+            .send(Command::Send(payload_type, data))
+            .await
+            .map_err(|_| Error::Connect("session has ended".into()))
+    }
+
+    /// Waits for room for one message; lets callers `select!` on sending without blocking
+    /// their other work (a send that blocks while inbound data waits could deadlock, §4.6).
+    pub async fn reserve(&self) -> Result<SendPermit<'_>> {
+        self.tx
+            .reserve()
+            .await
+            .map(SendPermit)
+            .map_err(|_| Error::Connect("session has ended".into()))
+    }
+
+    /// Asks the driver to drain what is unacked (bounded) and end; with `terminate` it also calls
+    /// `TerminateSession` (§9 item 22).
+    pub async fn finish(&self, terminate: bool) {
+        let _ = self.tx.send(Command::Finish { terminate }).await;
+    }
+}
+
+/// Room for one message, from [`DataSender::reserve`].
+pub struct SendPermit<'a>(mpsc::Permit<'a, Command>);
+
+impl SendPermit<'_> {
+    /// Queues the message.
+    pub fn send(self, payload_type: PayloadType, data: Vec<u8>) {
+        self.0.send(Command::Send(payload_type, data));
+    }
+}
+
+/// Payloads from the agent, in order.
+pub type Inbox = mpsc::Receiver<(PayloadType, Vec<u8>)>;
+
+/// An open session's data channel.
+pub struct DataChannel {
+    /// What the session is.
+    pub start: SessionStart,
+    sender: DataSender,
+    rx: mpsc::Receiver<(PayloadType, Vec<u8>)>,
+    task: JoinHandle<Result<End>>,
+}
+
+impl DataChannel {
+    /// Opens the WebSocket, sends the open frame (§2.2) and waits until the session type is known
+    /// (§5, §11.5).
+    pub async fn open(
+        started: StartedSession,
+        control: SharedControl,
+        opts: ChannelOptions,
+    ) -> Result<Self> {
+        crate::install_crypto_provider();
+        let client_id = uuid::Uuid::new_v4().to_string();
+        let ws = dial(
+            &started.stream_url,
+            &started.token,
+            &client_id,
+            &opts.client_version,
+        )
+        .await?;
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (in_tx, in_rx) = mpsc::channel(1024);
+        let (start_tx, start_rx) = oneshot::channel();
+        let now = Instant::now();
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(1);
+        let driver = Driver {
+            session_id: started.session_id.clone(),
+            stream_url: started.stream_url,
+            client_id,
+            control,
+            channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
+            ws: Some(ws),
+            start: StartState::Waiting(Some(start_tx)),
+            start_deadline: now + opts.start_timeout,
+            inbound: VecDeque::new(),
+            inbound_bytes: 0,
+            in_tx,
+            cmd_rx,
+            last_rx: now,
+            next_ping: now,
+            finishing: None,
+            closed: None,
+            opts,
+        };
+        let task = tokio::spawn(driver.run());
+        let start = match start_rx.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                task.abort();
+                return Err(e);
+            }
+            Err(_) => {
+                // The driver ended before the session started: its result says why.
+                return Err(match task.await {
+                    Ok(Err(e)) => e,
+                    Ok(Ok(End::Closed(reason))) => Error::Closed {
+                        session_id: started.session_id,
+                        reason,
+                    },
+                    _ => Error::Connect("the session ended before it started".into()),
+                });
+            }
+        };
+        Ok(Self {
+            start,
+            sender: DataSender { tx: cmd_tx },
+            rx: in_rx,
+            task,
+        })
+    }
+
+    /// A sender for this session.
+    pub fn sender(&self) -> DataSender {
+        self.sender.clone()
+    }
+
+    /// Next payload from the agent; `None` once the session has ended.
+    pub async fn recv(&mut self) -> Option<(PayloadType, Vec<u8>)> {
+        self.rx.recv().await
+    }
+
+    /// Splits into sender, receiver and the driver's completion.
+    pub fn into_parts(self) -> (DataSender, Inbox, JoinHandle<Result<End>>) {
+        (self.sender, self.rx, self.task)
+    }
+}
+
+/// Dials the stream URL and sends the open frame.
+async fn dial(url: &str, token: &Token, client_id: &str, client_version: &str) -> Result<Ws> {
+    check_endpoint(url, "stream URL")?;
+    let connect = tokio_tungstenite::connect_async(url);
+    let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
+        Ok(Ok(ok)) => ok,
+        Ok(Err(e)) => {
+            return Err(Error::Connect(format!(
+                "cannot open {}: {e}",
+                redact_url(url)
+            )));
+        }
+        Err(_) => return Err(Error::Timeout("opening the data channel")),
+    };
+    let open = OpenDataChannel {
+        message_schema_version: "1.0".into(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        token_value: token.expose().to_owned(),
+        client_id: client_id.to_owned(),
+        client_version: client_version.to_owned(),
+    };
+    ws.send(Message::text(open.to_json()))
+        .await
+        .map_err(|e| Error::Connect(format!("cannot send the open message: {e}")))?;
+    Ok(ws)
+}
+
+/// The URL without its query string (which may carry parameters we do not want in logs).
+fn redact_url(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_owned()
+}
+
+enum Step {
+    Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Command(Option<Command>),
+    Delivered,
+    Timer,
+}
+
+enum StartState {
+    Waiting(Option<oneshot::Sender<Result<SessionStart>>>),
+    Handshaking(
+        Option<oneshot::Sender<Result<SessionStart>>>,
+        handshake::ClientHandshake,
+    ),
+    Started,
+}
+
+struct Driver {
+    session_id: String,
+    stream_url: String,
+    client_id: String,
+    control: SharedControl,
+    opts: ChannelOptions,
+    channel: Channel,
+    ws: Option<Ws>,
+    start: StartState,
+    start_deadline: Instant,
+    inbound: VecDeque<(PayloadType, Vec<u8>)>,
+    inbound_bytes: usize,
+    in_tx: mpsc::Sender<(PayloadType, Vec<u8>)>,
+    cmd_rx: mpsc::Receiver<Command>,
+    last_rx: Instant,
+    next_ping: Instant,
+    finishing: Option<(Instant, bool)>,
+    closed: Option<String>,
+}
+
+impl Driver {
+    fn started(&self) -> bool {
+        matches!(self.start, StartState::Started)
+    }
+
+    fn fail_start(&mut self, e: Error) -> Error {
+        let tx = match &mut self.start {
+            StartState::Waiting(tx) | StartState::Handshaking(tx, _) => tx.take(),
+            StartState::Started => None,
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(Error::Connect(e.to_string())));
+        }
+        e
+    }
+
+    async fn run(mut self) -> Result<End> {
+        let result = self.run_inner().await;
+        if let Err(e) = &result {
+            tracing::debug!(session = %self.session_id, "data channel ended: {e}");
+            // Whatever was queued last (e.g. a refusing HandshakeResponse) still goes out.
+            self.flush().await;
+        }
+        if let Some(mut ws) = self.ws.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+        }
+        result
+    }
+
+    async fn run_inner(&mut self) -> Result<End> {
+        loop {
+            self.flush().await;
+            if self.ws.is_none() {
+                if let Some(end) = self.reconnect().await? {
+                    return Ok(end);
+                }
+                continue;
+            }
+            if let Some(reason) = &self.closed
+                && self.inbound.is_empty()
+            {
+                return Ok(End::Closed(reason.clone()));
+            }
+            if let Some((deadline, terminate)) = self.finishing
+                && (self.channel.unacked() == 0 || Instant::now() >= deadline)
+            {
+                if terminate && let Err(e) = self.control.terminate(&self.session_id).await {
+                    tracing::warn!(session = %self.session_id, "TerminateSession: {e}");
+                }
+                return Ok(End::Finished);
+            }
+            self.channel
+                .set_receive_ready(self.inbound_bytes < self.opts.inbound_high_water);
+            let wake = self.next_wake();
+            let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
+            let Some(ws) = self.ws.as_mut() else { continue };
+            let step = tokio::select! {
+                msg = ws.next() => Step::Message(msg),
+                cmd = self.cmd_rx.recv(), if can_send => Step::Command(cmd),
+                permit = self.in_tx.reserve(), if !self.inbound.is_empty() => {
+                    if let (Ok(permit), Some((t, data))) = (permit, self.inbound.pop_front()) {
+                        self.inbound_bytes -= data.len();
+                        permit.send((t, data));
+                    } else {
+                        // The session kind stopped listening; drop what it will never read.
+                        self.inbound.clear();
+                        self.inbound_bytes = 0;
+                    }
+                    Step::Delivered
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Step::Timer,
+            };
+            match step {
+                Step::Message(msg) => self.on_message(msg)?,
+                Step::Command(Some(Command::Send(t, data))) => {
+                    let _ = self.channel.send(Instant::now(), t, data);
+                }
+                Step::Command(Some(Command::Finish { terminate })) => {
+                    self.finishing = Some((Instant::now() + self.opts.drain_timeout, terminate));
+                }
+                // Every sender is gone: nobody will send or finish; end the session.
+                Step::Command(None) => {
+                    self.finishing = Some((Instant::now() + self.opts.drain_timeout, true))
+                }
+                Step::Delivered => {}
+                Step::Timer => self.on_timer()?,
+            }
+        }
+    }
+
+    fn next_wake(&mut self) -> Instant {
+        let mut wake = self.next_ping.min(self.last_rx + self.opts.dead_after);
+        if let Some(t) = self.channel.poll_timeout() {
+            wake = wake.min(t);
+        }
+        if !self.started() {
+            wake = wake.min(self.start_deadline);
+        }
+        if let Some((deadline, _)) = self.finishing {
+            wake = wake.min(deadline);
+        }
+        wake
+    }
+
+    fn on_timer(&mut self) -> Result<()> {
+        let now = Instant::now();
+        self.channel.handle_timeout(now);
+        if !self.started() && now >= self.start_deadline {
+            return Err(self.fail_start(Error::Timeout("waiting for the session to start")));
+        }
+        if now >= self.last_rx + self.opts.dead_after {
+            tracing::info!(session = %self.session_id, "no traffic for {:?}; reconnecting", self.opts.dead_after);
+            self.ws = None;
+            return Ok(());
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.opts.ping_interval;
+            if let Some(ws) = self.ws.as_mut() {
+                // Queued now, written by the next flush.
+                let _ = futures_util::FutureExt::now_or_never(
+                    ws.feed(Message::Ping(b"keepalive".to_vec().into())),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<()> {
+        let bytes = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(t))) => t.as_bytes().to_vec().into(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                self.last_rx = Instant::now();
+                return Ok(());
+            }
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                tracing::debug!(session = %self.session_id, "WebSocket lost");
+                self.ws = None;
+                return Ok(());
+            }
+        };
+        let now = Instant::now();
+        self.last_rx = now;
+        if let Err(e) = self.channel.handle_frame(now, &bytes) {
+            tracing::debug!(session = %self.session_id, "dropped frame: {e}");
+        }
+        while let Some(ev) = self.channel.poll_event() {
+            self.on_event(now, ev)?;
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, now: Instant, ev: Event) -> Result<()> {
+        match ev {
+            Event::Stream {
+                payload_type,
+                payload,
+                ..
+            } => match payload_type {
+                PayloadType::HandshakeRequest => {
+                    let hs = handshake::client_respond(&payload, &self.opts.client_version)?;
+                    let _ =
+                        self.channel
+                            .send(now, PayloadType::HandshakeResponse, hs.response.clone());
+                    if let Some(e) = hs.error.clone() {
+                        self.finishing = Some((now + self.opts.drain_timeout, true));
+                        return Err(self.fail_start(Error::Handshake(e)));
+                    }
+                    let tx = match &mut self.start {
+                        StartState::Waiting(tx) => tx.take(),
+                        _ => None,
+                    };
+                    self.start = StartState::Handshaking(tx, hs);
+                }
+                PayloadType::HandshakeComplete => {
+                    let complete =
+                        HandshakeComplete::parse(&payload).unwrap_or(HandshakeComplete {
+                            handshake_time_to_complete: 0,
+                            customer_message: String::new(),
+                        });
+                    let state = std::mem::replace(&mut self.start, StartState::Started);
+                    if let StartState::Handshaking(tx, hs) = state {
+                        let Some(session_type) = hs.session_type else {
+                            return Err(self.fail_start(Error::Handshake(
+                                ssm_proto::HandshakeError::NoSessionType,
+                            )));
+                        };
+                        let start = SessionStart {
+                            session_id: self.session_id.clone(),
+                            session_type,
+                            properties: hs.properties,
+                            agent_version: hs.agent_version,
+                            customer_message: complete.customer_message,
+                        };
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Ok(start));
+                        }
+                    }
+                }
+                PayloadType::EncChallengeRequest => {
+                    return Err(self.fail_start(Error::Handshake(
+                        ssm_proto::HandshakeError::KmsNotSupported {
+                            key_id: String::new(),
+                        },
+                    )));
+                }
+                _ => {
+                    if let StartState::Waiting(tx) = &mut self.start {
+                        // §5.1: no handshake; the first output means a shell.
+                        let start = SessionStart {
+                            session_id: self.session_id.clone(),
+                            session_type: SessionType::StandardStream,
+                            properties: serde_json::Value::Null,
+                            agent_version: String::new(),
+                            customer_message: String::new(),
+                        };
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(Ok(start));
+                        }
+                        self.start = StartState::Started;
+                    }
+                    self.inbound_bytes += payload.len();
+                    self.inbound.push_back((payload_type, payload));
+                }
+            },
+            Event::ChannelClosed(c) => {
+                if !self.started() {
+                    let reason = if c.output.is_empty() {
+                        "the session was closed".to_owned()
+                    } else {
+                        c.output.clone()
+                    };
+                    return Err(self.fail_start(Error::Closed {
+                        session_id: self.session_id.clone(),
+                        reason,
+                    }));
+                }
+                self.closed = Some(c.output);
+            }
+            Event::Paused => tracing::debug!(session = %self.session_id, "publication paused"),
+            Event::Resumed => tracing::debug!(session = %self.session_id, "publication resumed"),
+            Event::Ignored(t) => tracing::trace!(session = %self.session_id, "ignored {t}"),
+        }
+        Ok(())
+    }
+
+    /// Writes what the channel wants sent. Without a socket the frames are dropped here; they
+    /// stay unacked in the channel and are resent after the reconnect.
+    async fn flush(&mut self) {
+        let Some(ws) = self.ws.as_mut() else {
+            while self.channel.poll_transmit().is_some() {}
+            return;
+        };
+        let mut failed = false;
+        while let Some(frame) = self.channel.poll_transmit() {
+            if ws.feed(Message::binary(frame)).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if failed || ws.flush().await.is_err() {
+            tracing::debug!(session = %self.session_id, "WebSocket write failed");
+            self.ws = None;
+        }
+    }
+
+    /// §8.2 with a bounded, backed-off retry: ResumeSession for a fresh token, reopen the same
+    /// StreamUrl, resend everything unacked. `Ok(Some(end))` when the service says it is over.
+    async fn reconnect(&mut self) -> Result<Option<End>> {
+        if let Some(reason) = &self.closed {
+            return Ok(Some(End::Closed(reason.clone())));
+        }
+        if self.finishing.is_some() && self.channel.unacked() == 0 {
+            return Ok(Some(End::Finished));
+        }
+        let give_up = Instant::now() + self.opts.reconnect_for;
+        let mut attempt: u32 = 0;
+        loop {
+            let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
+            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+            tokio::time::sleep(delay + jitter).await;
+            attempt += 1;
+            match self.control.resume(&self.session_id).await {
+                Ok(Some(token)) => {
+                    match dial(
+                        &self.stream_url,
+                        &token,
+                        &self.client_id,
+                        &self.opts.client_version,
+                    )
+                    .await
+                    {
+                        Ok(ws) => {
+                            tracing::info!(session = %self.session_id, "reconnected after {attempt} attempt(s)");
+                            self.ws = Some(ws);
+                            let now = Instant::now();
+                            self.last_rx = now;
+                            self.channel.reset_transport(now);
+                            return Ok(None);
+                        }
+                        Err(e) => tracing::debug!(session = %self.session_id, "reconnect: {e}"),
+                    }
+                }
+                Ok(None) => return Err(Error::TimedOut(self.session_id.clone())),
+                Err(e) if e.api_code() == Some("DoesNotExistException") => {
+                    return Err(Error::Closed {
+                        session_id: self.session_id.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => tracing::debug!(session = %self.session_id, "ResumeSession: {e}"),
+            }
+            if Instant::now() >= give_up {
+                return Err(Error::Connect(format!(
+                    "the connection was lost and could not be restored within {:?}",
+                    self.opts.reconnect_for
+                )));
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The SSMConnect client runtime: everything between a target id and bytes flowing.
+//!
+//! What it is: AWS configuration and the SSM calls (`StartSession`, `ResumeSession`,
+//! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
+//! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
+//! built on it: port forwarding in basic and smux mode (§7.3, §7.4) and the stdio mode behind
+//! ssh `ProxyCommand` (§7.5).
+//!
+//! What it is not: a terminal UI or a command line; the `ssmconnect` helper and the C ABI wrap
+//! it. Tokens never appear in its logs, errors or `Debug` output.
+
+pub mod aws;
+pub mod driver;
+pub mod error;
+pub mod port;
+pub mod stdio;
+
+pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
+pub use driver::{ChannelOptions, DataChannel, DataSender, End, SessionStart};
+pub use error::{Error, Result};
+pub use port::{ForwardOptions, ForwardStats, PortForward};
+
+/// Makes ring the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
