@@ -15,6 +15,8 @@ use crate::exit::Failure;
 
 const EXAMPLES: &str = "\
 Examples:
+  ssmconnect shell i-0123456789abcdef0
+  ssmconnect shell i-0123456789abcdef0 < script.sh
   ssmconnect forward i-0123456789abcdef0 5432 --local-port 15432
   ssmconnect forward i-0123456789abcdef0 443 --remote-host db.internal --local-port 8443
   ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
@@ -31,6 +33,9 @@ As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.";
 struct Cli {
     #[command(flatten)]
     aws: AwsArgs,
+    /// Seconds to keep trying to restore a lost connection before giving up.
+    #[arg(long, global = true, default_value_t = 120, value_name = "SECONDS")]
+    reconnect_timeout: u64,
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -80,6 +85,19 @@ enum Command {
         #[arg(long)]
         remote_host: Option<String>,
     },
+    /// Open an interactive shell on the target. With stdin not a terminal, stdin is sent to the
+    /// remote shell and its end ends the session (`ssmconnect shell i-… < script.sh`).
+    /// The exit code is the remote shell's when the agent reports it.
+    Shell {
+        /// Instance or managed node id.
+        target: String,
+        /// Session document (default: the account's shell preferences).
+        #[arg(long)]
+        document: Option<String>,
+        /// Document parameter NAME=VALUE (repeatable).
+        #[arg(long = "parameter", value_parser = parse_parameter)]
+        parameters: Vec<(String, String)>,
+    },
     /// Carry an SSH connection over stdin/stdout: `ProxyCommand ssmconnect ssh-proxy %r@%h:%p`.
     SshProxy {
         /// `user@target:port` (user is accepted and ignored here; port defaults to 22).
@@ -94,12 +112,21 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = std::env::var("SSMCONNECT_LOG").unwrap_or_else(|_| level.to_owned());
+    // Our crates at the chosen level; the AWS SDK's own chatter only from warnings up.
+    let filter = std::env::var("SSMCONNECT_LOG")
+        .unwrap_or_else(|_| format!("warn,ssm_session={level},ssm_proto={level},ssmconnect={level}"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        // No colour codes when stderr is a file or a pipe (logs, ssh's stderr, CI).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+fn parse_parameter(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// Splits `user@target:port`.
@@ -121,6 +148,10 @@ fn parse_destination(s: &str) -> Result<(String, u16), Failure> {
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let opts = cli.aws.options();
+    let channel = ChannelOptions {
+        reconnect_for: std::time::Duration::from_secs(cli.reconnect_timeout),
+        ..ChannelOptions::default()
+    };
     match cli.command {
         Command::Forward {
             target,
@@ -133,6 +164,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let mut fo = ForwardOptions::new(target, remote_port);
             fo.local_addr = SocketAddr::new(local_address, local_port);
             fo.remote_host = remote_host;
+            fo.channel = channel;
             let mut forward = PortForward::start(&api, fo).await?;
             println!(
                 "Port {} opened for sessionId {}.",
@@ -151,13 +183,31 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             Ok(0)
         }
+        Command::Shell {
+            target,
+            document,
+            parameters,
+        } => {
+            let api = SsmApi::from_options(&opts).await?;
+            let mut so = ssm_session::ShellOptions {
+                document,
+                channel,
+                ..Default::default()
+            };
+            for (k, v) in parameters {
+                so.parameters.entry(k).or_default().push(v);
+            }
+            let dc = ssm_session::shell::start(&api, &target, so).await?;
+            let outcome = ssm_session::shell::run_on_terminal(dc).await?;
+            Ok(outcome.exit_code.unwrap_or(0))
+        }
         Command::SshProxy { destination } => {
             let (target, port) = parse_destination(&destination)?;
             let api = SsmApi::from_options(&opts).await?;
             let stdin = tokio::io::stdin();
             let stdout = tokio::io::stdout();
             tokio::select! {
-                end = ssm_session::stdio::run_ssh_stdio(&api, &target, port, ChannelOptions::default(), stdin, stdout) => { end?; }
+                end = ssm_session::stdio::run_ssh_stdio(&api, &target, port, channel, stdin, stdout) => { end?; }
                 _ = exit::interrupted() => {}
             }
             Ok(0)
@@ -172,10 +222,7 @@ fn main() {
     }
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ssmconnect: cannot start the runtime: {e}");
@@ -204,10 +251,7 @@ mod tests {
             ("i-0abc".into(), 2222)
         );
         assert_eq!(parse_destination("i-0abc").unwrap(), ("i-0abc".into(), 22));
-        assert_eq!(
-            parse_destination("a@b@i-0abc:22").unwrap(),
-            ("i-0abc".into(), 22)
-        );
+        assert_eq!(parse_destination("a@b@i-0abc:22").unwrap(), ("i-0abc".into(), 22));
         assert!(parse_destination("u@:22").is_err());
         assert!(parse_destination("u@i-1:notaport").is_err());
     }

@@ -10,9 +10,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use ssm_proto::{PortMode, PortProperties, SessionType};
 use ssm_session::aws::SharedControl;
-use ssm_session::{
-    AwsOptions, ChannelOptions, DataChannel, End, PortForward, SsmApi, StartedSession, Token,
-};
+use ssm_session::{AwsOptions, ChannelOptions, DataChannel, End, PortForward, SsmApi, StartedSession, Token};
 
 use crate::exit::{self, Failure, code};
 
@@ -44,9 +42,7 @@ pub fn detect(args: &[OsString]) -> Option<Mode> {
     match first.as_deref() {
         None if as_plugin => Some(Mode::Installed),
         Some("--version") if as_plugin && args.len() == 2 => Some(Mode::Version),
-        Some(a) if a.trim_start().starts_with('{') || a.starts_with(RESPONSE_ENV) => {
-            Some(Mode::Run)
-        }
+        Some(a) if a.trim_start().starts_with('{') || a.starts_with(RESPONSE_ENV) => Some(Mode::Run),
         Some(_) if as_plugin => Some(Mode::Run),
         _ => None,
     }
@@ -78,9 +74,7 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
             0
         }
         Mode::Installed => {
-            println!(
-                "\nssmconnect is installed as the Session Manager plugin. Use the AWS CLI to start a session.\n"
-            );
+            println!("\nssmconnect is installed as the Session Manager plugin. Use the AWS CLI to start a session.\n");
             0
         }
         Mode::Run => {
@@ -88,13 +82,11 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(level))
                 .with_writer(std::io::stderr)
+                // No colour codes when stderr is a file or a pipe (logs, ssh's stderr, CI).
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_target(false)
                 .try_init();
-            let args: Vec<String> = args
-                .iter()
-                .skip(1)
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
+            let args: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
             let prepared = match prepare(&args) {
                 Ok(p) => p,
                 Err(f) => {
@@ -102,10 +94,7 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
                     return f.code;
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("ssmconnect: cannot start the runtime: {e}");
@@ -140,8 +129,7 @@ fn prepare(args: &[String]) -> Result<Prepared, Failure> {
     }
     let raw = args.first().map(String::as_str).unwrap_or_default();
     let json = if raw.starts_with(RESPONSE_ENV) {
-        let value = std::env::var(raw)
-            .map_err(|_| Failure::usage(format!("environment variable {raw} is not set")))?;
+        let value = std::env::var(raw).map_err(|_| Failure::usage(format!("environment variable {raw} is not set")))?;
         // SAFETY: single-threaded at this point: no runtime or other thread exists yet.
         unsafe { std::env::remove_var(raw) };
         value
@@ -189,8 +177,7 @@ async fn run(p: Prepared) -> Result<(), Failure> {
     }
     match dc.start.session_type {
         SessionType::Port => {
-            let props: PortProperties =
-                serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
+            let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
             match PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) {
                 PortMode::Stdio => {
                     let mut stdin = tokio::io::stdin();
@@ -206,20 +193,12 @@ async fn run(p: Prepared) -> Result<(), Failure> {
         }
         other => Err(Failure {
             code: code::SESSION,
-            message: format!(
-                "{} sessions are not supported in plugin mode yet",
-                other.as_str()
-            ),
+            message: format!("{} sessions are not supported in plugin mode yet", other.as_str()),
         }),
     }
 }
 
-async fn forward(
-    dc: DataChannel,
-    props: &PortProperties,
-    request: &Request,
-    session_id: &str,
-) -> Result<(), Failure> {
+async fn forward(dc: DataChannel, props: &PortProperties, request: &Request, session_id: &str) -> Result<(), Failure> {
     let port = props
         .local_port_number
         .clone()
@@ -233,8 +212,7 @@ async fn forward(
         .unwrap_or(0);
     let listener = ssm_session::port::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("\nStarting session with SessionId: {session_id}");
-    let mut forward =
-        PortForward::from_channel(dc, listener, ssm_proto::DEFAULT_PAYLOAD_SIZE).await?;
+    let mut forward = PortForward::from_channel(dc, listener, ssm_proto::DEFAULT_PAYLOAD_SIZE).await?;
     println!(
         "Port {} opened for sessionId {session_id}.",
         forward.local_addr().port()

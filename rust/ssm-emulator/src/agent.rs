@@ -16,6 +16,7 @@ use tokio::time::sleep_until;
 
 use crate::faults::{self, DirectionFaults, Verdict};
 use crate::port::{DestEvent, PortPlugin};
+use crate::shell::ShellPlugin;
 use crate::state::{Counters, SessionSpec, Shared};
 
 /// Commands from the API side to a session's agent.
@@ -77,11 +78,7 @@ impl Shaper {
         let mut ready = Vec::new();
         match verdict {
             Verdict::Drop => Counters::add(&shared.counters.frames_dropped, 1),
-            Verdict::Deliver {
-                copies,
-                delay,
-                hold,
-            } => {
+            Verdict::Deliver { copies, delay, hold } => {
                 if copies > 1 {
                     Counters::add(&shared.counters.frames_duplicated, 1);
                 }
@@ -126,19 +123,13 @@ impl Shaper {
     }
 
     fn drain_all(&mut self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> =
-            std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
+        let mut out: Vec<Vec<u8>> = std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
         out.extend(self.held.take());
         out
     }
 }
 
-fn spawn_link(
-    shared: Arc<Shared>,
-    socket: WebSocket,
-    id: u64,
-    inbound: mpsc::UnboundedSender<Inbound>,
-) -> Link {
+fn spawn_link(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::UnboundedSender<Inbound>) -> Link {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
     let reader_shared = shared.clone();
@@ -251,6 +242,7 @@ struct Agent {
     session_type: SessionType,
     properties: serde_json::Value,
     port: Option<PortPlugin>,
+    shell: Option<ShellPlugin>,
     dest_tx: mpsc::Sender<DestEvent>,
     reported_retransmissions: u64,
     finished: bool,
@@ -294,6 +286,10 @@ fn document_session(spec: &SessionSpec) -> (SessionType, serde_json::Value) {
             SessionType::Port,
             serde_json::json!({ "portNumber": param("portNumber", "22") }),
         ),
+        "AWS-StartInteractiveCommand" => (
+            SessionType::InteractiveCommands,
+            serde_json::json!({ "commands": param("command", "") }),
+        ),
         _ => (SessionType::StandardStream, serde_json::Value::Null),
     }
 }
@@ -324,6 +320,7 @@ pub(crate) async fn run(
         session_type,
         properties,
         port: None,
+        shell: None,
         dest_tx,
         reported_retransmissions: 0,
         finished: false,
@@ -397,8 +394,7 @@ impl Agent {
         self.link_lost_at = None;
         if !conn.client_version.is_empty() {
             let v = conn.client_version.clone();
-            self.shared
-                .update_info(&self.spec.session_id, |i| i.client_version = v);
+            self.shared.update_info(&self.spec.session_id, |i| i.client_version = v);
         }
         match self.stage {
             Stage::Idle => self.start(now, &conn.client_version).await,
@@ -415,18 +411,29 @@ impl Agent {
                     &SessionType::Port,
                     self.properties.clone(),
                 );
-                let _ = self
-                    .channel
-                    .send(now, PayloadType::HandshakeRequest, req.to_json());
+                let _ = self.channel.send(now, PayloadType::HandshakeRequest, req.to_json());
                 self.stage = Stage::Handshake {
                     deadline: now + HANDSHAKE_TIMEOUT,
                 };
             }
             _ => {
                 let _ = open_client_version;
-                self.begin_close(
-                    "Interactive shell sessions are not available in this emulator build.".into(),
-                );
+                // §5.1, §6.1: no handshake; the first output tells the client it is a shell.
+                let command = self
+                    .properties
+                    .get("commands")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_owned);
+                match ShellPlugin::start(&self.shared, command.as_deref(), self.dest_tx.clone()) {
+                    Ok(shell) => {
+                        self.shell = Some(shell);
+                        self.stage = Stage::Running;
+                    }
+                    Err(e) => {
+                        self.stage = Stage::Running;
+                        self.begin_close(e);
+                    }
+                }
             }
         }
     }
@@ -459,9 +466,7 @@ impl Agent {
 
     async fn on_event(&mut self, now: Instant, ev: Event) {
         let Event::Stream {
-            payload_type,
-            payload,
-            ..
+            payload_type, payload, ..
         } = ev
         else {
             return;
@@ -477,6 +482,14 @@ impl Agent {
                     self.shared.update_info(&self.spec.session_id, |i| {
                         i.terminal_size = Some((size.cols, size.rows))
                     });
+                    if let Some(shell) = &self.shell {
+                        shell.resize(size.cols, size.rows);
+                    }
+                }
+            }
+            (Stage::Running, PayloadType::Output) if self.shell.is_some() => {
+                if let Some(shell) = &self.shell {
+                    shell.write(payload);
                 }
             }
             (Stage::Running, _) => {
@@ -507,26 +520,21 @@ impl Agent {
             _ => now,
         };
         let complete = HandshakeComplete {
-            handshake_time_to_complete: i64::try_from(
-                now.saturating_duration_since(started).as_nanos(),
-            )
-            .unwrap_or(i64::MAX),
+            handshake_time_to_complete: i64::try_from(now.saturating_duration_since(started).as_nanos())
+                .unwrap_or(i64::MAX),
             customer_message: String::new(),
         };
         let _ = self
             .channel
             .send(now, PayloadType::HandshakeComplete, complete.to_json());
         let client_version = resp.client_version.clone();
-        self.shared.update_info(&self.spec.session_id, |i| {
-            i.client_version = client_version.clone()
-        });
-        let props: ssm_proto::PortProperties =
-            serde_json::from_value(self.properties.clone()).unwrap_or_default();
+        self.shared
+            .update_info(&self.spec.session_id, |i| i.client_version = client_version.clone());
+        let props: ssm_proto::PortProperties = serde_json::from_value(self.properties.clone()).unwrap_or_default();
         let mode = ssm_proto::PortMode::for_agent(props.kind.as_deref(), &client_version);
         self.shared
             .update_info(&self.spec.session_id, |i| i.port_mode = format!("{mode:?}"));
-        let mut plugin =
-            PortPlugin::new(self.shared.clone(), mode, props, self.dest_tx.clone(), now);
+        let mut plugin = PortPlugin::new(self.shared.clone(), mode, props, self.dest_tx.clone(), now);
         match plugin.start().await {
             Ok(()) => {
                 self.port = Some(plugin);
@@ -541,6 +549,23 @@ impl Agent {
 
     async fn on_dest(&mut self, ev: DestEvent) {
         let now = Instant::now();
+        if self.shell.is_some() {
+            match ev {
+                DestEvent::Data(_, data) => {
+                    let _ = self.channel.send(now, PayloadType::Output, data);
+                }
+                DestEvent::Exited(code) => {
+                    if self.shared.config.shell_exit_code {
+                        let _ =
+                            self.channel
+                                .send(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
+                    }
+                    self.begin_close(String::new());
+                }
+                _ => {}
+            }
+            return;
+        }
         if let Some(port) = self.port.as_mut()
             && let Some(reason) = port.on_dest(now, ev, &mut self.channel).await
         {
@@ -595,6 +620,7 @@ impl Agent {
         if let Some(port) = self.port.as_mut() {
             port.shutdown();
         }
+        self.shell = None;
         self.stage = Stage::Closing {
             deadline: Instant::now() + CLOSE_DRAIN,
             output,
@@ -632,10 +658,7 @@ impl Agent {
         if let Some(port) = self.port.as_mut() {
             port.pump(now, &mut self.channel);
         }
-        if matches!(self.stage, Stage::Closing { .. })
-            && self.channel.unacked() == 0
-            && !self.finished
-        {
+        if matches!(self.stage, Stage::Closing { .. }) && self.channel.unacked() == 0 && !self.finished {
             self.finish_close(now);
         }
     }
@@ -649,23 +672,16 @@ impl Agent {
                 continue;
             };
             let is_ack = frame.get(4..15) == Some(b"acknowledge".as_slice());
-            if is_ack
-                && faults.withhold_acks > 0.0
-                && rand::random_bool(faults.withhold_acks.clamp(0.0, 1.0))
-            {
+            if is_ack && faults.withhold_acks > 0.0 && rand::random_bool(faults.withhold_acks.clamp(0.0, 1.0)) {
                 continue;
             }
-            if frame.get(4..18) == Some(b"channel_closed".as_slice()) && faults.short_channel_closed
-            {
+            if frame.get(4..18) == Some(b"channel_closed".as_slice()) && faults.short_channel_closed {
                 frame = faults::shorten_header(&frame);
             }
             if faults.nul_padded_types {
                 faults::nul_pad_type(&mut frame);
             }
-            if faults.corrupt_digest > 0.0
-                && !is_ack
-                && rand::random_bool(faults.corrupt_digest.clamp(0.0, 1.0))
-            {
+            if faults.corrupt_digest > 0.0 && !is_ack && rand::random_bool(faults.corrupt_digest.clamp(0.0, 1.0)) {
                 faults::corrupt_digest(&mut frame);
             }
             if link.out.send(LinkOut::Frame(frame)).is_err() {

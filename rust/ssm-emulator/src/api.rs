@@ -71,6 +71,7 @@ pub(crate) const DOCUMENTS: &[&str] = &[
     "AWS-StartPortForwardingSession",
     "AWS-StartPortForwardingSessionToRemoteHost",
     "AWS-StartSSHSession",
+    "AWS-StartInteractiveCommand",
 ];
 
 async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -83,11 +84,7 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         "AmazonSSM.StartSession" => start_session(&shared, &body),
         "AmazonSSM.ResumeSession" => resume_session(&shared, &body),
         "AmazonSSM.TerminateSession" => terminate_session(&shared, &body),
-        "" => aws_error(
-            StatusCode::BAD_REQUEST,
-            "MissingAction",
-            "no X-Amz-Target header",
-        ),
+        "" => aws_error(StatusCode::BAD_REQUEST, "MissingAction", "no X-Amz-Target header"),
         other => aws_error(
             StatusCode::BAD_REQUEST,
             "UnknownOperationException",

@@ -64,11 +64,7 @@ pub(crate) enum Verdict {
     /// Drop it.
     Drop,
     /// Deliver it `copies` times after `delay`; `hold` means swap it with its successor.
-    Deliver {
-        copies: u8,
-        delay: Duration,
-        hold: bool,
-    },
+    Deliver { copies: u8, delay: Duration, hold: bool },
 }
 
 pub(crate) fn decide(f: &DirectionFaults, rng: &mut impl Rng) -> Verdict {
@@ -93,11 +89,7 @@ pub(crate) fn decide(f: &DirectionFaults, rng: &mut impl Rng) -> Verdict {
         Duration::ZERO
     };
     let hold = f.reorder > 0.0 && rng.random_bool(f.reorder.clamp(0.0, 1.0));
-    Verdict::Deliver {
-        copies,
-        delay,
-        hold,
-    }
+    Verdict::Deliver { copies, delay, hold }
 }
 
 /// Rewrites the type field of an encoded frame from space padding to left NUL padding.

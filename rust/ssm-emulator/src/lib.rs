@@ -15,6 +15,7 @@ mod agent;
 mod api;
 pub mod faults;
 mod port;
+mod shell;
 mod state;
 
 use std::net::SocketAddr;
@@ -89,6 +90,16 @@ pub struct Config {
     pub targets: Vec<String>,
     /// Host that destinations without an explicit `host` are dialled on (the "instance").
     pub instance_host: String,
+    /// Program and arguments of shell sessions (§6.5: `sh`).
+    pub shell: Vec<String>,
+    /// Working directory of shell sessions (default: the emulator's).
+    pub shell_dir: Option<std::path::PathBuf>,
+    /// Pause before the first read of shell output (§6.1: 1 s in the agent).
+    pub shell_start_delay_ms: u64,
+    /// Send `EXIT_CODE: n` (payload type 12) when a shell ends, before `channel_closed`.
+    /// The agent does this for NonInteractiveCommands (§6.5); doing it for shells too is an
+    /// emulator choice that lets clients report the remote exit status.
+    pub shell_exit_code: bool,
 }
 
 impl Default for Config {
@@ -103,6 +114,10 @@ impl Default for Config {
             port_map: Default::default(),
             targets: Vec::new(),
             instance_host: "127.0.0.1".into(),
+            shell: vec!["sh".into()],
+            shell_dir: None,
+            shell_start_delay_ms: 1000,
+            shell_exit_code: true,
         }
     }
 }

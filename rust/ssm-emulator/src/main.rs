@@ -62,10 +62,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str::<Config>(&text)
-                .with_context(|| format!("parsing {}", path.display()))?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str::<Config>(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => Config::default(),
     };

@@ -32,6 +32,8 @@ pub(crate) enum DestEvent {
     Eof(u32),
     /// Dial for smux stream `id` finished.
     Dialed(u32, std::io::Result<TcpStream>),
+    /// The shell program exited with this code.
+    Exited(i32),
 }
 
 struct DestConn {
@@ -155,13 +157,7 @@ impl PortPlugin {
             .port_number
             .parse()
             .map_err(|_| format!("invalid portNumber {:?}", self.props.port_number))?;
-        let port = self
-            .shared
-            .config
-            .port_map
-            .get(&port)
-            .copied()
-            .unwrap_or(port);
+        let port = self.shared.config.port_map.get(&port).copied().unwrap_or(port);
         let host = match self.props.host.as_deref() {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => self.shared.config.instance_host.clone(),
@@ -227,9 +223,7 @@ impl PortPlugin {
 
     /// Whether the agent may take more destination data (smux output not piling up).
     pub(crate) fn accepting_dest(&self) -> bool {
-        self.mux
-            .as_ref()
-            .is_none_or(|m| m.pending_output() < MUX_OUTPUT_LIMIT)
+        self.mux.as_ref().is_none_or(|m| m.pending_output() < MUX_OUTPUT_LIMIT)
     }
 
     pub(crate) fn ready(&self) -> bool {
@@ -300,17 +294,11 @@ impl PortPlugin {
                     tokio::spawn(async move {
                         let res = match dest {
                             Ok((host, port)) => {
-                                match tokio::time::timeout(
-                                    DIAL_TIMEOUT,
-                                    TcpStream::connect((host.as_str(), port)),
-                                )
-                                .await
+                                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port)))
+                                    .await
                                 {
                                     Ok(r) => r,
-                                    Err(_) => Err(std::io::Error::new(
-                                        std::io::ErrorKind::TimedOut,
-                                        "dial timed out",
-                                    )),
+                                    Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out")),
                                 }
                             }
                             Err(e) => Err(std::io::Error::other(e)),
@@ -334,12 +322,7 @@ impl PortPlugin {
     }
 
     /// Destination events. Returns `Some(reason)` when the session must end.
-    pub(crate) async fn on_dest(
-        &mut self,
-        _now: Instant,
-        ev: DestEvent,
-        channel: &mut Channel,
-    ) -> Option<String> {
+    pub(crate) async fn on_dest(&mut self, _now: Instant, ev: DestEvent, channel: &mut Channel) -> Option<String> {
         let now = Instant::now();
         match ev {
             DestEvent::Data(id, data) => {
@@ -365,6 +348,7 @@ impl PortPlugin {
                     }
                 }
             }
+            DestEvent::Exited(_) => {}
             DestEvent::Dialed(id, res) => {
                 let chunk = self.pacing.chunk();
                 let pause = self.reader_pause();
@@ -380,11 +364,7 @@ impl PortPlugin {
                     Err(e) => {
                         tracing::debug!("mux stream {id}: dial failed: {e}");
                         self.slots.remove(&id);
-                        let _ = channel.send(
-                            now,
-                            PayloadType::Flag,
-                            PortFlag::ConnectToPortError.to_bytes().to_vec(),
-                        );
+                        let _ = channel.send(now, PayloadType::Flag, PortFlag::ConnectToPortError.to_bytes().to_vec());
                         if let Some(mux) = self.mux.as_mut() {
                             mux.close_stream(id);
                         }
@@ -420,11 +400,7 @@ impl PortPlugin {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let mux = self.mux.as_ref()?;
-        let pump = if mux.pending_output() > 0 {
-            self.pump_at
-        } else {
-            None
-        };
+        let pump = if mux.pending_output() > 0 { self.pump_at } else { None };
         match (mux.poll_timeout(), pump) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

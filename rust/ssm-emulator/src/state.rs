@@ -106,10 +106,7 @@ impl Shared {
     }
 
     pub(crate) fn stream_url(&self, session_id: &str) -> String {
-        format!(
-            "ws://{}/v1/data-channel/{session_id}?role=publish_subscribe",
-            self.addr
-        )
+        format!("ws://{}/v1/data-channel/{session_id}?role=publish_subscribe", self.addr)
     }
 
     fn new_token(&self, session_id: &str) -> String {
@@ -207,9 +204,7 @@ impl Shared {
         session_id: &str,
         expire_all: bool,
     ) -> Result<Arc<SessionSpec>, OpenRefused> {
-        let entry = lock(&self.tokens)
-            .remove(token)
-            .ok_or(OpenRefused::UnknownToken)?;
+        let entry = lock(&self.tokens).remove(token).ok_or(OpenRefused::UnknownToken)?;
         if entry.session_id != session_id {
             return Err(OpenRefused::UnknownToken);
         }
@@ -259,10 +254,7 @@ impl Shared {
     }
 
     pub(crate) fn session_infos(&self) -> Vec<SessionInfo> {
-        let mut v: Vec<SessionInfo> = lock(&self.sessions)
-            .values()
-            .map(|e| e.info.clone())
-            .collect();
+        let mut v: Vec<SessionInfo> = lock(&self.sessions).values().map(|e| e.info.clone()).collect();
         v.sort_by(|a, b| a.session_id.cmp(&b.session_id));
         v
     }

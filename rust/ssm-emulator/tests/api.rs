@@ -57,20 +57,14 @@ async fn start_session_validates_target_and_document() {
     let url = body["StreamUrl"].as_str().unwrap();
     assert_eq!(
         url,
-        format!(
-            "ws://{}/v1/data-channel/{sid}?role=publish_subscribe",
-            emu.addr()
-        )
+        format!("ws://{}/v1/data-channel/{sid}?role=publish_subscribe", emu.addr())
     );
     assert!(!body["TokenValue"].as_str().unwrap().is_empty());
 }
 
 async fn refused_close_code(url: &str, token: &str) -> Option<u16> {
     let mut c = TestClient::connect(url, token, "1.2.650.0").await;
-    match tokio::time::timeout(Duration::from_secs(5), c.ws.next())
-        .await
-        .ok()?
-    {
+    match tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await.ok()? {
         Some(Ok(Message::Close(Some(frame)))) => Some(frame.code.into()),
         _ => None,
     }
@@ -80,8 +74,7 @@ async fn refused_close_code(url: &str, token: &str) -> Option<u16> {
 async fn tokens_are_single_use_and_can_expire() {
     let emu = Emulator::start(Config::default()).await.unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
     assert_eq!(
@@ -95,12 +88,7 @@ async fn tokens_are_single_use_and_can_expire() {
         expire_tokens: true,
         ..Faults::default()
     });
-    let (_, body) = aws_call(
-        emu.addr(),
-        "ResumeSession",
-        serde_json::json!({"SessionId": sid}),
-    )
-    .await;
+    let (_, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": sid})).await;
     let fresh = body["TokenValue"].as_str().unwrap().to_owned();
     assert_eq!(
         refused_close_code(&url, &fresh).await,
@@ -114,39 +102,16 @@ async fn tokens_are_single_use_and_can_expire() {
 async fn terminate_session_closes_the_channel_and_resume_then_fails() {
     let emu = Emulator::start(Config::default()).await.unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
-    let (status, _) = aws_call(
-        emu.addr(),
-        "TerminateSession",
-        serde_json::json!({"SessionId": sid}),
-    )
-    .await;
+    let (status, _) = aws_call(emu.addr(), "TerminateSession", serde_json::json!({"SessionId": sid})).await;
     assert_eq!(status, 200);
-    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
-    let (status, body) = aws_call(
-        emu.addr(),
-        "ResumeSession",
-        serde_json::json!({"SessionId": sid}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["__type"].as_str()),
-        (400, Some("DoesNotExistException"))
-    );
-    let (status, body) = aws_call(
-        emu.addr(),
-        "ResumeSession",
-        serde_json::json!({"SessionId": "nope"}),
-    )
-    .await;
-    assert_eq!(
-        (status, body["__type"].as_str()),
-        (400, Some("DoesNotExistException"))
-    );
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
+    let (status, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": sid})).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("DoesNotExistException")));
+    let (status, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": "nope"})).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("DoesNotExistException")));
 }
 
 #[tokio::test]
@@ -158,35 +123,18 @@ async fn resume_of_an_ended_session_can_answer_without_token() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
-    c.send(
-        PayloadType::Flag,
-        PortFlag::TerminateSession.to_bytes().to_vec(),
-    );
-    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
+    c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     // The agent records the end as it closes; wait for that rather than guess a delay.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !emu
-        .sessions()
-        .iter()
-        .any(|s| s.session_id == sid && s.ended)
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session never marked ended"
-        );
+    while !emu.sessions().iter().any(|s| s.session_id == sid && s.ended) {
+        assert!(tokio::time::Instant::now() < deadline, "session never marked ended");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (status, body) = aws_call(
-        emu.addr(),
-        "ResumeSession",
-        serde_json::json!({"SessionId": sid}),
-    )
-    .await;
+    let (status, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": sid})).await;
     assert_eq!(status, 200);
     assert!(body.get("TokenValue").is_none(), "{body}");
 }
@@ -206,16 +154,11 @@ async fn unusual_frames_from_mgs_are_produced_on_request() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (_, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
-    c.send(
-        PayloadType::Flag,
-        PortFlag::TerminateSession.to_bytes().to_vec(),
-    );
-    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
+    c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
 }
 
 #[tokio::test]
@@ -232,8 +175,7 @@ async fn pause_publication_then_start_loses_nothing() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (_, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
     c.handshake("1.0.0.0").await;
     let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
@@ -293,12 +235,9 @@ async fn a_ping_before_the_open_message_is_tolerated() {
     use futures_util::SinkExt;
     let emu = Emulator::start(Config::default()).await.unwrap();
     let echo = echo_server().await;
-    let (_, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    ws.send(Message::Ping(b"keepalive".to_vec().into()))
-        .await
-        .unwrap();
+    ws.send(Message::Ping(b"keepalive".to_vec().into())).await.unwrap();
     let open = ssm_proto::OpenDataChannel {
         message_schema_version: "1.0".into(),
         request_id: "00000000-0000-4000-8000-000000000009".into(),
@@ -308,10 +247,7 @@ async fn a_ping_before_the_open_message_is_tolerated() {
     };
     ws.send(Message::text(open.to_json())).await.unwrap();
     let first = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-        {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
             Some(Ok(Message::Pong(_))) => continue,
             other => break other,
         }

@@ -19,8 +19,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 async fn basic_mode_echoes_through_a_real_destination() {
     let emu = Emulator::start(Config::default()).await.unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     // A client below 1.1.70 gets basic mode from the agent (§7.1).
     let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
     let hs = c.handshake("1.0.0.0").await;
@@ -36,20 +35,12 @@ async fn basic_mode_echoes_through_a_real_destination() {
     c.run_until(Duration::from_secs(20), |c| c.output_len() >= data.len())
         .await;
     assert_eq!(c.take_output(), data);
-    let info = emu
-        .sessions()
-        .into_iter()
-        .find(|s| s.session_id == sid)
-        .unwrap();
+    let info = emu.sessions().into_iter().find(|s| s.session_id == sid).unwrap();
     assert_eq!(info.port_mode, format!("{:?}", PortMode::Basic));
 
     // TerminateSession flag ends the session with channel_closed (§7.2, §4.8).
-    c.send(
-        PayloadType::Flag,
-        PortFlag::TerminateSession.to_bytes().to_vec(),
-    );
-    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
+    c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     assert_eq!(c.closed.as_ref().unwrap().session_id, sid);
 }
 
@@ -62,8 +53,7 @@ async fn smux_mode_carries_concurrent_streams() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     let hs = c.handshake("1.2.650.0").await;
     let props: ssm_proto::PortProperties = serde_json::from_value(hs.properties).unwrap();
@@ -75,10 +65,7 @@ async fn smux_mode_carries_concurrent_streams() {
     let now = std::time::Instant::now();
     let mut mux = Mux::new(Side::Client, false, now);
     let streams: Vec<u32> = (0..4).map(|_| mux.open_stream().unwrap()).collect();
-    let payloads: Vec<Vec<u8>> = streams
-        .iter()
-        .map(|id| pattern(50_000, *id as u8))
-        .collect();
+    let payloads: Vec<Vec<u8>> = streams.iter().map(|id| pattern(50_000, *id as u8)).collect();
     for (id, p) in streams.iter().zip(&payloads) {
         mux.write(*id, p).unwrap();
     }
@@ -90,8 +77,7 @@ async fn smux_mode_carries_concurrent_streams() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while got.values().map(Vec::len).sum::<usize>() < total {
         assert!(tokio::time::Instant::now() < deadline, "echo incomplete");
-        c.run_until(Duration::from_secs(30), |c| c.output_len() > 0)
-            .await;
+        c.run_until(Duration::from_secs(30), |c| c.output_len() > 0).await;
         mux.handle_input(now, &c.take_output()).unwrap();
         while let Some(ev) = mux.poll_event() {
             if let MuxEvent::Data(id, d) = ev {
@@ -102,15 +88,8 @@ async fn smux_mode_carries_concurrent_streams() {
     for (id, p) in streams.iter().zip(&payloads) {
         assert_eq!(got.get(id), Some(p), "stream {id}");
     }
-    let info = emu
-        .sessions()
-        .into_iter()
-        .find(|s| s.session_id == sid)
-        .unwrap();
-    assert_eq!(
-        info.port_mode,
-        format!("{:?}", PortMode::Mux { keepalive: false })
-    );
+    let info = emu.sessions().into_iter().find(|s| s.session_id == sid).unwrap();
+    assert_eq!(info.port_mode, format!("{:?}", PortMode::Mux { keepalive: false }));
     assert_eq!(info.client_version, "1.2.650.0");
 }
 
@@ -122,8 +101,7 @@ async fn smux_stream_to_closed_port_gets_connect_error_flag() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let (_, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", port).await;
+    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", port).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
     let now = std::time::Instant::now();
@@ -134,17 +112,9 @@ async fn smux_stream_to_closed_port_gets_connect_error_flag() {
         c.received.iter().any(|(t, _)| *t == PayloadType::Flag)
     })
     .await;
-    let flag = c
-        .received
-        .iter()
-        .find(|(t, _)| *t == PayloadType::Flag)
-        .unwrap();
-    assert_eq!(
-        PortFlag::parse(&flag.1).unwrap(),
-        PortFlag::ConnectToPortError
-    );
-    c.run_until(Duration::from_secs(10), |c| c.output_len() > 0)
-        .await;
+    let flag = c.received.iter().find(|(t, _)| *t == PayloadType::Flag).unwrap();
+    assert_eq!(PortFlag::parse(&flag.1).unwrap(), PortFlag::ConnectToPortError);
+    c.run_until(Duration::from_secs(10), |c| c.output_len() > 0).await;
     mux.handle_input(now, &c.take_output()).unwrap();
     assert_eq!(mux.poll_event(), Some(MuxEvent::Closed(id)));
 }
@@ -164,8 +134,7 @@ async fn ssh_document_is_stdio_and_ends_when_the_destination_closes() {
     let hs = c.handshake("1.2.650.0").await;
     let props: ssm_proto::PortProperties = serde_json::from_value(hs.properties).unwrap();
     assert_eq!(props.kind, None, "SSH sessions carry no type (§1.2)");
-    c.run_until(Duration::from_secs(10), |c| c.closed.is_some())
-        .await;
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     assert_eq!(c.take_output(), b"SSH-2.0-Fake\r\n");
     assert_eq!(c.closed.as_ref().unwrap().session_id, sid);
 }
@@ -191,8 +160,7 @@ async fn lossy_network_still_delivers_everything() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (_, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
     c.handshake("1.0.0.0").await;
     let data = pattern(256 * 1024, 9);
@@ -203,10 +171,7 @@ async fn lossy_network_still_delivers_everything() {
         .await;
     assert_eq!(c.take_output(), data);
     let stats = emu.stats();
-    assert!(
-        stats.frames_dropped > 0 && stats.frames_duplicated > 0,
-        "{stats:?}"
-    );
+    assert!(stats.frames_dropped > 0 && stats.frames_duplicated > 0, "{stats:?}");
     assert!(stats.agent_retransmissions > 0, "{stats:?}");
 }
 
@@ -223,8 +188,7 @@ async fn cut_socket_resumes_with_a_fresh_token_and_keeps_sequence_state() {
     .await
     .unwrap();
     let echo = echo_server().await;
-    let (sid, token, url) =
-        start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
     c.handshake("1.0.0.0").await;
     let data = pattern(64 * 1024, 3);
@@ -239,12 +203,7 @@ async fn cut_socket_resumes_with_a_fresh_token_and_keeps_sequence_state() {
     assert_eq!(emu.stats().sockets_cut, 1);
 
     // The old token is spent; ResumeSession gives a new one (§8.2).
-    let (status, body) = aws_call(
-        emu.addr(),
-        "ResumeSession",
-        serde_json::json!({"SessionId": sid}),
-    )
-    .await;
+    let (status, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": sid})).await;
     assert_eq!(status, 200, "{body}");
     let fresh = body["TokenValue"].as_str().unwrap();
     assert_ne!(fresh, token);
@@ -258,11 +217,9 @@ async fn cut_socket_resumes_with_a_fresh_token_and_keeps_sequence_state() {
         client_version: "1.0.0.0".into(),
     };
     use futures_util::SinkExt;
-    c.ws.send(tokio_tungstenite::tungstenite::Message::text(
-        open.to_json(),
-    ))
-    .await
-    .unwrap();
+    c.ws.send(tokio_tungstenite::tungstenite::Message::text(open.to_json()))
+        .await
+        .unwrap();
     c.channel.reset_transport(std::time::Instant::now());
     c.run_until(Duration::from_secs(30), |c| c.output_len() >= data.len())
         .await;

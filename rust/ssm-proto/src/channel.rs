@@ -326,12 +326,7 @@ impl Channel {
 
     /// Numbers, buffers and (unless paused) transmits one stream message. Returns its sequence
     /// number. Empty payloads are accepted (flags and size messages are never empty anyway).
-    pub fn send(
-        &mut self,
-        now: Instant,
-        payload_type: PayloadType,
-        payload: Vec<u8>,
-    ) -> Result<i64, SendError> {
+    pub fn send(&mut self, now: Instant, payload_type: PayloadType, payload: Vec<u8>) -> Result<i64, SendError> {
         if self.closed {
             return Err(SendError::Closed);
         }
@@ -484,9 +479,7 @@ impl Channel {
             MessageType::ChannelClosed => {
                 self.closed = true;
                 self.events
-                    .push_back(Event::ChannelClosed(ChannelClosed::parse_lenient(
-                        &frame.payload,
-                    )));
+                    .push_back(Event::ChannelClosed(ChannelClosed::parse_lenient(&frame.payload)));
             }
             other => self.events.push_back(Event::Ignored(other.clone())),
         }
@@ -621,9 +614,7 @@ impl Channel {
                 let Some((&seq, head)) = self.unacked.iter().next() else {
                     return;
                 };
-                let expired = head
-                    .last_sent
-                    .is_none_or(|t| now.saturating_duration_since(t) > rto);
+                let expired = head.last_sent.is_none_or(|t| now.saturating_duration_since(t) > rto);
                 if expired {
                     self.transmit_entry(now, seq);
                 }
@@ -726,10 +717,7 @@ mod tests {
         let mut c = Channel::new(cfg, now, 1, 1);
         c.send(now, PayloadType::Output, vec![1]).unwrap();
         c.send(now, PayloadType::Output, vec![2]).unwrap();
-        assert_eq!(
-            c.send(now, PayloadType::Output, vec![3]),
-            Err(SendError::WindowFull)
-        );
+        assert_eq!(c.send(now, PayloadType::Output, vec![3]), Err(SendError::WindowFull));
         assert_eq!(c.unacked(), 2);
     }
 
@@ -773,13 +761,7 @@ mod tests {
         let later = now + Duration::from_millis(250);
         c.handle_timeout(later);
         pump(&mut c, &mut a, later);
-        assert!(matches!(
-            a.poll_event(),
-            Some(Event::Stream {
-                sequence_number: 0,
-                ..
-            })
-        ));
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 0, .. })));
     }
 
     #[test]
@@ -798,10 +780,7 @@ mod tests {
             seqs.push(Frame::decode(&f).unwrap().sequence_number);
         }
         assert!(!seqs.is_empty());
-        assert!(
-            seqs.iter().all(|s| *s == 0),
-            "only the head is resent: {seqs:?}"
-        );
+        assert!(seqs.iter().all(|s| *s == 0), "only the head is resent: {seqs:?}");
         let _ = c.poll_event();
     }
 }

@@ -63,9 +63,7 @@ pub enum HandshakeError {
     #[error(transparent)]
     Payload(#[from] PayloadError),
     /// The agent asked for KMS encryption, which this client refuses for now (§5.6).
-    #[error(
-        "the session requires KMS encryption (key {key_id}), which SSMConnect does not support yet"
-    )]
+    #[error("the session requires KMS encryption (key {key_id}), which SSMConnect does not support yet")]
     KmsNotSupported {
         /// Key the agent asked for.
         key_id: String,

@@ -290,48 +290,29 @@ impl Frame {
             .checked_add(4)
             .filter(|end| *end <= bytes.len())
             .ok_or(DecodeError::Truncated { len: bytes.len() })?;
-        let raw_type = bytes
-            .get(4..36)
-            .ok_or(DecodeError::Truncated { len: bytes.len() })?;
+        let raw_type = bytes.get(4..36).ok_or(DecodeError::Truncated { len: bytes.len() })?;
         let type_text = std::str::from_utf8(raw_type)
             .map_err(|_| DecodeError::MessageTypeNotUtf8)?
             .trim_matches(|c: char| c == '\0' || c.is_ascii_whitespace());
         let message_type = MessageType::parse(type_text);
-        let schema_version =
-            read_u32(bytes, 36).ok_or(DecodeError::Truncated { len: bytes.len() })?;
-        let created_date =
-            read_u64(bytes, 40).ok_or(DecodeError::Truncated { len: bytes.len() })?;
-        let sequence_number =
-            read_u64(bytes, 48).ok_or(DecodeError::Truncated { len: bytes.len() })? as i64;
+        let schema_version = read_u32(bytes, 36).ok_or(DecodeError::Truncated { len: bytes.len() })?;
+        let created_date = read_u64(bytes, 40).ok_or(DecodeError::Truncated { len: bytes.len() })?;
+        let sequence_number = read_u64(bytes, 48).ok_or(DecodeError::Truncated { len: bytes.len() })? as i64;
         let flags = read_u64(bytes, 56).ok_or(DecodeError::Truncated { len: bytes.len() })?;
         let mut wire_id = [0u8; 16];
-        wire_id.copy_from_slice(
-            bytes
-                .get(64..80)
-                .ok_or(DecodeError::Truncated { len: bytes.len() })?,
-        );
+        wire_id.copy_from_slice(bytes.get(64..80).ok_or(DecodeError::Truncated { len: bytes.len() })?);
         let mut digest = [0u8; 32];
-        digest.copy_from_slice(
-            bytes
-                .get(80..112)
-                .ok_or(DecodeError::Truncated { len: bytes.len() })?,
-        );
+        digest.copy_from_slice(bytes.get(80..112).ok_or(DecodeError::Truncated { len: bytes.len() })?);
         let payload_type = if hl >= HEADER_LENGTH {
-            PayloadType::from_u32(
-                read_u32(bytes, 112).ok_or(DecodeError::Truncated { len: bytes.len() })?,
-            )
+            PayloadType::from_u32(read_u32(bytes, 112).ok_or(DecodeError::Truncated { len: bytes.len() })?)
         } else {
             PayloadType::Null
         };
-        let declared =
-            read_u32(bytes, hl_usize).ok_or(DecodeError::Truncated { len: bytes.len() })? as usize;
+        let declared = read_u32(bytes, hl_usize).ok_or(DecodeError::Truncated { len: bytes.len() })? as usize;
         let rest = bytes.get(payload_start..).unwrap_or(&[]);
         // §3.6 step 4: the plugin uses the remainder; we take the smaller of the two so a
         // declared length never reads past the frame and trailing garbage is not payload.
-        let payload = rest
-            .get(..declared.min(rest.len()))
-            .unwrap_or(rest)
-            .to_vec();
+        let payload = rest.get(..declared.min(rest.len())).unwrap_or(rest).to_vec();
 
         let publication = matches!(
             message_type,
@@ -429,9 +410,6 @@ mod tests {
         let mut field = [0u8; 32];
         field[32 - 11..].copy_from_slice(b"acknowledge");
         f[4..36].copy_from_slice(&field);
-        assert_eq!(
-            Frame::decode(&f).unwrap().message_type,
-            MessageType::Acknowledge
-        );
+        assert_eq!(Frame::decode(&f).unwrap().message_type, MessageType::Acknowledge);
     }
 }

@@ -162,12 +162,7 @@ impl HandshakeResponse {
             .processed_client_actions
             .iter()
             .filter(|a| a.action_status != 1)
-            .map(|a| {
-                format!(
-                    "{} (status {}): {}",
-                    a.action_type, a.action_status, a.error
-                )
-            })
+            .map(|a| format!("{} (status {}): {}", a.action_type, a.action_status, a.error))
             .collect();
         if failed.is_empty() {
             Ok(())
@@ -210,11 +205,7 @@ pub struct PortProperties {
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// Local port the user asked for.
-    #[serde(
-        rename = "localPortNumber",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "localPortNumber", default, skip_serializing_if = "Option::is_none")]
     pub local_port_number: Option<String>,
     /// Remote host (`AWS-StartPortForwardingSessionToRemoteHost`).
     #[serde(rename = "host", default, skip_serializing_if = "Option::is_none")]
@@ -242,8 +233,7 @@ impl PortMode {
             return Self::Stdio;
         }
         if version::compare(agent_version, version::AGENT_MUX_AFTER) == Ordering::Greater {
-            let keepalive = version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER)
-                != Ordering::Greater;
+            let keepalive = version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER) != Ordering::Greater;
             Self::Mux { keepalive }
         } else {
             Self::Basic
@@ -256,8 +246,7 @@ impl PortMode {
             return Self::Stdio;
         }
         if version::compare(client_version, version::CLIENT_MUX_FROM) != Ordering::Less {
-            let keepalive = version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER)
-                != Ordering::Greater;
+            let keepalive = version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER) != Ordering::Greater;
             Self::Mux { keepalive }
         } else {
             Self::Basic
@@ -283,10 +272,7 @@ pub struct ClientHandshake {
 
 /// Processes a `HandshakeRequest` payload the client way (§5.3), refusing KMS encryption with a
 /// clear message (§5.6 is not implemented yet).
-pub fn client_respond(
-    request: &[u8],
-    client_version: &str,
-) -> Result<ClientHandshake, HandshakeError> {
+pub fn client_respond(request: &[u8], client_version: &str) -> Result<ClientHandshake, HandshakeError> {
     let request = HandshakeRequest::parse(request)?;
     let mut out = ClientHandshake {
         agent_version: request.agent_version.clone(),
@@ -301,10 +287,7 @@ pub fn client_respond(
         let params = &action.action_parameters;
         let (status, error) = match action.action_type.as_str() {
             "SessionType" => {
-                let name = params
-                    .get("SessionType")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let name = params.get("SessionType").and_then(Value::as_str).unwrap_or_default();
                 match SessionType::parse(name) {
                     Some(t) => {
                         out.session_type = Some(t);
@@ -316,9 +299,7 @@ pub fn client_respond(
                             .get_or_insert(HandshakeError::UnknownSessionType(name.to_owned()));
                         (
                             ActionStatus::Failed,
-                            format!(
-                                "Failed to process action SessionType: Unknown session type {name}"
-                            ),
+                            format!("Failed to process action SessionType: Unknown session type {name}"),
                         )
                     }
                 }
@@ -329,17 +310,13 @@ pub fn client_respond(
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                out.error
-                    .get_or_insert(HandshakeError::KmsNotSupported { key_id });
+                out.error.get_or_insert(HandshakeError::KmsNotSupported { key_id });
                 (
                     ActionStatus::Failed,
                     "KMS encryption is not supported by this client yet".to_owned(),
                 )
             }
-            other => (
-                ActionStatus::Unsupported,
-                format!("Unsupported action {other}"),
-            ),
+            other => (ActionStatus::Unsupported, format!("Unsupported action {other}")),
         };
         if !error.is_empty() {
             errors.push(error.clone());
@@ -354,11 +331,7 @@ pub fn client_respond(
     out.response = HandshakeResponse {
         client_version: client_version.to_owned(),
         processed_client_actions: processed,
-        errors: if errors.is_empty() {
-            None
-        } else {
-            Some(errors)
-        },
+        errors: if errors.is_empty() { None } else { Some(errors) },
     }
     .to_json();
     if out.session_type.is_none() && out.error.is_none() {
@@ -432,10 +405,7 @@ mod tests {
         );
         assert_eq!(PortMode::for_client(None, "3.3.40.0"), PortMode::Stdio);
         assert_eq!(PortMode::for_agent(lpf, "0.0.1"), PortMode::Basic);
-        assert_eq!(
-            PortMode::for_agent(lpf, "1.1.70"),
-            PortMode::Mux { keepalive: true }
-        );
+        assert_eq!(PortMode::for_agent(lpf, "1.1.70"), PortMode::Mux { keepalive: true });
         assert_eq!(
             PortMode::for_agent(lpf, "1.2.650.0"),
             PortMode::Mux { keepalive: false }

@@ -161,11 +161,7 @@ pub struct OpenDataChannel {
     #[serde(rename = "ClientId", default, skip_serializing_if = "String::is_empty")]
     pub client_id: String,
     /// Client version (§5.5).
-    #[serde(
-        rename = "ClientVersion",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "ClientVersion", default, skip_serializing_if = "String::is_empty")]
     pub client_version: String,
 }
 

@@ -373,9 +373,6 @@ mod tests {
         let mut c = Mux::new(Side::Client, true, now);
         c.handle_timeout(now + KEEPALIVE_INTERVAL).unwrap();
         assert_eq!(c.poll_output(64), Some(vec![1, 3, 0, 0, 0, 0, 0, 0]));
-        assert_eq!(
-            c.handle_timeout(now + KEEPALIVE_TIMEOUT),
-            Err(SmuxError::Timeout)
-        );
+        assert_eq!(c.handle_timeout(now + KEEPALIVE_TIMEOUT), Err(SmuxError::Timeout));
     }
 }

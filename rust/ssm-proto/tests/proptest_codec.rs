@@ -7,9 +7,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
 use ssm_proto::smux::{Mux, MuxEvent, Side};
-use ssm_proto::{
-    Acknowledge, Channel, Config, Event, Frame, MessageId, MessageType, PayloadType, SmuxError,
-};
+use ssm_proto::{Acknowledge, Channel, Config, Event, Frame, MessageId, MessageType, PayloadType, SmuxError};
 
 const CASES: u32 = 10_000;
 
@@ -51,18 +49,16 @@ fn valid_frame() -> impl Strategy<Value = Frame> {
         any::<u32>(),
         vec(any::<u8>(), 0..2048),
     )
-        .prop_map(
-            |(message_type, created_date, seq, flags, id, pt, payload)| Frame {
-                message_type,
-                schema_version: 1,
-                created_date,
-                sequence_number: seq,
-                flags,
-                message_id: MessageId(id),
-                payload_type: PayloadType::from_u32(pt),
-                payload,
-            },
-        )
+        .prop_map(|(message_type, created_date, seq, flags, id, pt, payload)| Frame {
+            message_type,
+            schema_version: 1,
+            created_date,
+            sequence_number: seq,
+            flags,
+            message_id: MessageId(id),
+            payload_type: PayloadType::from_u32(pt),
+            payload,
+        })
 }
 
 /// What any successfully decoded frame must satisfy: it re-encodes to something that decodes
@@ -165,11 +161,7 @@ fn split_at_sizes<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
     let mut rest = bytes;
     let mut i = 0;
     while !rest.is_empty() {
-        let n = sizes
-            .get(i % sizes.len().max(1))
-            .copied()
-            .unwrap_or(1)
-            .min(rest.len());
+        let n = sizes.get(i % sizes.len().max(1)).copied().unwrap_or(1).min(rest.len());
         let (a, b) = rest.split_at(n);
         out.push(a);
         rest = b;
@@ -182,32 +174,26 @@ fn split_at_sizes<'a>(bytes: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
 /// acks with sensible or garbage payloads, control messages, or random bytes.
 fn channel_input() -> impl Strategy<Value = Vec<u8>> {
     let stream = (
-        prop_oneof![
-            Just(MessageType::InputStreamData),
-            Just(MessageType::OutputStreamData)
-        ],
+        prop_oneof![Just(MessageType::InputStreamData), Just(MessageType::OutputStreamData)],
         -2i64..12,
         any::<u32>(),
         vec(any::<u8>(), 0..16),
     )
-        .prop_map(|(t, seq, pt, payload)| {
-            frame(t, seq, PayloadType::from_u32(pt % 14), payload).encode()
-        });
-    let ack =
-        (-2i64..12, any::<bool>(), vec(any::<u8>(), 0..64)).prop_map(|(seq, good, garbage)| {
-            let payload = if good {
-                Acknowledge {
-                    message_type: "input_stream_data".into(),
-                    message_id: "dd01e56b-ff48-483e-a508-b5f073f31b16".into(),
-                    sequence_number: seq,
-                    is_sequential: true,
-                }
-                .to_json()
-            } else {
-                garbage
-            };
-            frame(MessageType::Acknowledge, 0, PayloadType::Null, payload).encode()
-        });
+        .prop_map(|(t, seq, pt, payload)| frame(t, seq, PayloadType::from_u32(pt % 14), payload).encode());
+    let ack = (-2i64..12, any::<bool>(), vec(any::<u8>(), 0..64)).prop_map(|(seq, good, garbage)| {
+        let payload = if good {
+            Acknowledge {
+                message_type: "input_stream_data".into(),
+                message_id: "dd01e56b-ff48-483e-a508-b5f073f31b16".into(),
+                sequence_number: seq,
+                is_sequential: true,
+            }
+            .to_json()
+        } else {
+            garbage
+        };
+        frame(MessageType::Acknowledge, 0, PayloadType::Null, payload).encode()
+    });
     let control = (
         prop_oneof![
             Just(MessageType::ChannelClosed),

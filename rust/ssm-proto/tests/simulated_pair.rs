@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use ssm_proto::{
-    Acknowledge, Channel, Config, Event, Frame, MessageId, MessageType, PayloadType,
-    RetransmitPolicy, SendError,
+    Acknowledge, Channel, Config, Event, Frame, MessageId, MessageType, PayloadType, RetransmitPolicy, SendError,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -147,9 +146,7 @@ impl Network {
         if self.next_arrival()? > now {
             return None;
         }
-        self.queue
-            .pop()
-            .map(|Reverse((_, _, dir, bytes))| (dir, bytes))
+        self.queue.pop().map(|Reverse((_, _, dir, bytes))| (dir, bytes))
     }
 }
 
@@ -220,8 +217,7 @@ impl Peer {
 
     /// Whether a whole 1024-byte chunk (or the short last one) is ready to be written.
     fn has_chunk(&self, available: usize) -> bool {
-        self.offset + CHUNK <= available
-            || (self.offset < available && available == self.data.len())
+        self.offset + CHUNK <= available || (self.offset < available && available == self.data.len())
     }
 
     /// When the application next has a chunk to write, if it is rate-limited and waiting.
@@ -248,11 +244,7 @@ impl Peer {
             let paused = self.ch.is_paused();
             match self.ch.send(now, PayloadType::Output, chunk) {
                 Ok(seq) => {
-                    assert_eq!(
-                        seq, seq_before,
-                        "{}: sequence numbers are consecutive",
-                        self.name
-                    );
+                    assert_eq!(seq, seq_before, "{}: sequence numbers are consecutive", self.name);
                     self.offset = end;
                     if paused {
                         self.sent_during_pause += 1;
@@ -360,34 +352,15 @@ fn publication(kind: MessageType) -> Vec<u8> {
 }
 
 impl Sim {
-    fn new(
-        client_cfg: Config,
-        agent_cfg: Config,
-        net: NetConfig,
-        seed: u64,
-        up: usize,
-        down: usize,
-    ) -> Self {
+    fn new(client_cfg: Config, agent_cfg: Config, net: NetConfig, seed: u64, up: usize, down: usize) -> Self {
         let mut data_rng = Rng(seed ^ 0xDA7A);
         let start = Instant::now();
         Self {
             start,
             now: start,
             net: Network::new(net, seed),
-            client: Peer::new(
-                "client",
-                client_cfg,
-                start,
-                seed.wrapping_add(1),
-                data_rng.bytes(up),
-            ),
-            agent: Peer::new(
-                "agent",
-                agent_cfg,
-                start,
-                seed.wrapping_add(2),
-                data_rng.bytes(down),
-            ),
+            client: Peer::new("client", client_cfg, start, seed.wrapping_add(1), data_rng.bytes(up)),
+            agent: Peer::new("agent", agent_cfg, start, seed.wrapping_add(2), data_rng.bytes(down)),
             injections: Vec::new(),
             iterations: 0,
         }
@@ -470,10 +443,7 @@ impl Sim {
             peer.flush(now, &mut self.net, back);
             peer.drain_events();
         }
-        for (peer, dir) in [
-            (&mut self.client, Dir::ToAgent),
-            (&mut self.agent, Dir::ToClient),
-        ] {
+        for (peer, dir) in [(&mut self.client, Dir::ToAgent), (&mut self.agent, Dir::ToClient)] {
             if peer.ch.poll_timeout().is_some_and(|t| t <= now) {
                 peer.ch.handle_timeout(now);
                 peer.flush(now, &mut self.net, dir);
@@ -515,11 +485,7 @@ impl Sim {
             );
             let want: [u8; 32] = Sha256::digest(&sender.data).into();
             let got: [u8; 32] = receiver.received.clone().finalize().into();
-            assert_eq!(
-                got, want,
-                "{}: SHA-256 of received bytes differs",
-                receiver.name
-            );
+            assert_eq!(got, want, "{}: SHA-256 of received bytes differs", receiver.name);
             let messages = sender.data.len().div_ceil(CHUNK) as i64;
             assert_eq!(receiver.next_seq, messages);
             assert_eq!(receiver.ch.expected_sequence_number(), messages);
@@ -527,11 +493,7 @@ impl Sim {
             assert_eq!(sender.ch.stats().messages_sent, messages as u64);
             assert_eq!(receiver.ch.stats().messages_received, messages as u64);
             assert_eq!(receiver.ch.stats().frames_rejected, 0);
-            assert_eq!(
-                sender.sent_while_paused, 0,
-                "{} sent data while paused",
-                sender.name
-            );
+            assert_eq!(sender.sent_while_paused, 0, "{} sent data while paused", sender.name);
         }
     }
 
@@ -576,14 +538,7 @@ fn agent_per_message() -> Config {
 
 fn ten_mib_each_way(agent_cfg: Config, seed: u64, label: &str, limits: Limits) {
     let wall = Instant::now();
-    let mut sim = Sim::new(
-        Config::client(),
-        agent_cfg,
-        NetConfig::LOSSY,
-        seed,
-        10 * MIB,
-        10 * MIB,
-    );
+    let mut sim = Sim::new(Config::client(), agent_cfg, NetConfig::LOSSY, seed, 10 * MIB, 10 * MIB);
     sim.run_to_completion(limits);
     sim.report(label);
     eprintln!("[{label}] wall time {:.2?}", wall.elapsed());
@@ -697,10 +652,7 @@ fn never_drops_data_when_the_window_is_full() {
     // 8 numbered and unacked, plus the 4 the agent acked into its out-of-order buffer.
     assert_eq!(sim.client.offset, 12 * CHUNK);
     assert_eq!(sim.client.ch.next_sequence_number(), 12);
-    assert_eq!(
-        sim.agent.received_len, 0,
-        "nothing delivered while not ready"
-    );
+    assert_eq!(sim.agent.received_len, 0, "nothing delivered while not ready");
     assert_eq!(sim.agent.ch.expected_sequence_number(), 0);
     assert!(sim.agent.ch.stats().refused_not_ready > 0);
     assert!(
@@ -729,14 +681,7 @@ fn never_drops_data_when_the_window_is_full_lossy() {
     agent.send_window = 8;
     agent.receive_buffer = 4;
     client.receive_buffer = 4;
-    let mut sim = Sim::new(
-        client,
-        agent,
-        NetConfig::LOSSY,
-        1234,
-        200 * CHUNK,
-        150 * CHUNK + 5,
-    );
+    let mut sim = Sim::new(client, agent, NetConfig::LOSSY, 1234, 200 * CHUNK, 150 * CHUNK + 5);
     let mut flips = Rng(77);
     let mut blocked_agent = 0u64;
     let mut blocked_client = 0u64;
@@ -779,14 +724,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
         sim_time: Duration::from_secs(300),
         iterations: 500_000,
     };
-    let mut sim = Sim::new(
-        Config::client(),
-        Config::agent(),
-        NetConfig::LOSSY,
-        4242,
-        0,
-        0,
-    );
+    let mut sim = Sim::new(Config::client(), Config::agent(), NetConfig::LOSSY, 4242, 0, 0);
     // A first part of the transfer, then quiet.
     let mut rng = Rng(5);
     let part1 = rng.bytes(40 * CHUNK);
@@ -797,10 +735,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
     // One more message is sent and lost on the way: it must wait for retransmission.
     let now = sim.now;
     let lost = rng.bytes(CHUNK);
-    assert_eq!(
-        sim.client.ch.send(now, PayloadType::Output, lost.clone()),
-        Ok(40)
-    );
+    assert_eq!(sim.client.ch.send(now, PayloadType::Output, lost.clone()), Ok(40));
     let frames = take_frames(&mut sim.client.ch);
     assert_eq!(frames.len(), 1);
 
@@ -826,11 +761,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
             Ok(41 + i as i64)
         );
     }
-    assert_eq!(
-        sim.client.ch.pending_transmit(),
-        0,
-        "nothing written while paused"
-    );
+    assert_eq!(sim.client.ch.pending_transmit(), 0, "nothing written while paused");
     assert_eq!(sim.client.ch.unacked(), 31);
     assert_eq!(
         sim.client.ch.poll_timeout(),
@@ -843,10 +774,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
         sim.client.ch.handle_timeout(now + Duration::from_secs(s));
     }
     assert_eq!(sim.client.ch.pending_transmit(), 0);
-    assert_eq!(
-        sim.client.ch.stats().retransmissions,
-        retransmissions_before
-    );
+    assert_eq!(sim.client.ch.stats().retransmissions, retransmissions_before);
     sim.now = now + Duration::from_secs(10);
 
     // start_publication: the held messages go out at once, in order.
@@ -863,11 +791,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
         .collect();
     assert_eq!(seqs, (41..71).collect::<Vec<i64>>());
     // The lost one is overdue: its timer fires at once.
-    let t = sim
-        .client
-        .ch
-        .poll_timeout()
-        .expect("timer for the lost message");
+    let t = sim.client.ch.poll_timeout().expect("timer for the lost message");
     assert!(t <= now);
     sim.client.ch.handle_timeout(now);
     let resent = take_frames(&mut sim.client.ch);
@@ -922,14 +846,7 @@ fn pause_and_start_injected_mid_transfer_lose_nothing() {
             sim_time: Duration::from_secs(600),
             iterations: 2_000_000,
         };
-        let mut sim = Sim::new(
-            Config::client(),
-            agent_cfg,
-            NetConfig::LOSSY,
-            seed,
-            MIB,
-            MIB + 333,
-        );
+        let mut sim = Sim::new(Config::client(), agent_cfg, NetConfig::LOSSY, seed, MIB, MIB + 333);
         // Both applications write throughout (~100 KiB/s), so some writes meet a paused channel.
         sim.client.rate = Some(100 * 1024);
         sim.agent.rate = Some(120 * 1024);
@@ -938,11 +855,7 @@ fn pause_and_start_injected_mid_transfer_lose_nothing() {
         let mut script = Vec::new();
         for _ in 0..200 {
             let at = sim.start + Duration::from_micros(rng.below(20_000_000));
-            let dir = if rng.chance(0.5) {
-                Dir::ToAgent
-            } else {
-                Dir::ToClient
-            };
+            let dir = if rng.chance(0.5) { Dir::ToAgent } else { Dir::ToClient };
             script.push(Injection {
                 at,
                 dir,

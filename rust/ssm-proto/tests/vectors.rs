@@ -3,9 +3,7 @@
 
 use sha2::{Digest, Sha256};
 use ssm_proto::frame::{FLAGS_ACK, HEADER_LENGTH};
-use ssm_proto::{
-    Acknowledge, DecodeError, Frame, MessageId, MessageType, PayloadType, PortFlag, TerminalSize,
-};
+use ssm_proto::{Acknowledge, DecodeError, Frame, MessageId, MessageType, PayloadType, PortFlag, TerminalSize};
 
 /// Parses a hexdump in the spec's layout (`0000: aa bb …`), ignoring offsets.
 fn from_dump(dump: &str) -> Vec<u8> {
@@ -96,10 +94,7 @@ fn vector_a_decodes_to_the_stated_fields() {
     assert_eq!(f.created_date, 0x0000_015E_0BAA_7884);
     assert_eq!(f.sequence_number, 0);
     assert_eq!(f.flags, 0);
-    assert_eq!(
-        f.message_id.to_string(),
-        "dd01e56b-ff48-483e-a508-b5f073f31b16"
-    );
+    assert_eq!(f.message_id.to_string(), "dd01e56b-ff48-483e-a508-b5f073f31b16");
     assert_eq!(f.payload_type, PayloadType::Output);
     assert_eq!(f.payload_type.to_u32(), 1);
     assert_eq!(f.payload, b"hello");
@@ -166,10 +161,7 @@ fn vector_b_header_matches_and_decodes_back() {
     assert_eq!(f.created_date, 1_503_434_275_000);
     assert_eq!(f.sequence_number, 0);
     assert_eq!(f.flags, 3);
-    assert_eq!(
-        f.message_id.to_string(),
-        "11223344-5566-7788-99aa-bbccddeeff00"
-    );
+    assert_eq!(f.message_id.to_string(), "11223344-5566-7788-99aa-bbccddeeff00");
     assert_eq!(f.payload_type, PayloadType::Null);
     let ack = Acknowledge::parse(&f.payload).unwrap();
     assert_eq!(ack.message_id, "dd01e56b-ff48-483e-a508-b5f073f31b16");
@@ -263,25 +255,16 @@ fn header_length_below_112_is_rejected() {
     assert_eq!(Frame::decode(&wire), Err(DecodeError::HeaderLength(0)));
     // A header length pointing past the end is a truncation.
     wire[..4].copy_from_slice(&200u32.to_be_bytes());
-    assert!(matches!(
-        Frame::decode(&wire),
-        Err(DecodeError::Truncated { len: 125 })
-    ));
+    assert!(matches!(Frame::decode(&wire), Err(DecodeError::Truncated { len: 125 })));
     wire[..4].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(
-        Frame::decode(&wire),
-        Err(DecodeError::Truncated { .. })
-    ));
+    assert!(matches!(Frame::decode(&wire), Err(DecodeError::Truncated { .. })));
 }
 
 #[test]
 fn zero_created_date_and_empty_type_are_rejected() {
     let mut f = vector_a_frame();
     f.created_date = 0;
-    assert_eq!(
-        Frame::decode(&f.encode()),
-        Err(DecodeError::ZeroCreatedDate)
-    );
+    assert_eq!(Frame::decode(&f.encode()), Err(DecodeError::ZeroCreatedDate));
 
     let mut wire = from_dump(VECTOR_A);
     wire[4..36].fill(b' ');
@@ -332,10 +315,7 @@ fn publication_messages_are_accepted_without_checks() {
     }
     // Control: the same frame with another type is refused.
     let f = publication(MessageType::ChannelClosed);
-    assert_eq!(
-        Frame::decode(&f.encode()),
-        Err(DecodeError::ZeroCreatedDate)
-    );
+    assert_eq!(Frame::decode(&f.encode()), Err(DecodeError::ZeroCreatedDate));
 }
 
 #[test]
@@ -371,15 +351,9 @@ fn header_only_frame_with_nonzero_length_is_truncated_not_empty() {
     // with an empty payload because the digest check was skipped for empty payloads. The
     // plugin checks the digest whenever PayloadLength != 0 (§3.6).
     let wire = from_dump(VECTOR_A);
-    assert_eq!(
-        Frame::decode(&wire[..120]),
-        Err(DecodeError::Truncated { len: 120 })
-    );
+    assert_eq!(Frame::decode(&wire[..120]), Err(DecodeError::Truncated { len: 120 }));
     let wire = vector_b_frame().encode();
-    assert_eq!(
-        Frame::decode(&wire[..120]),
-        Err(DecodeError::Truncated { len: 120 })
-    );
+    assert_eq!(Frame::decode(&wire[..120]), Err(DecodeError::Truncated { len: 120 }));
 }
 
 #[test]

@@ -38,22 +38,15 @@ impl fmt::Debug for AwsOptions {
             .field("region", &self.region)
             .field("endpoint_url", &self.endpoint_url)
             .field("access_key", &self.access_key)
-            .field(
-                "secret_key",
-                &self.secret_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<redacted>"),
-            )
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
 
 /// Plain `http://` and `ws://` are accepted only for loopback hosts (design §7).
 pub fn check_endpoint(url: &str, what: &str) -> Result<()> {
-    let parsed = url::Url::parse(url)
-        .map_err(|e| Error::Config(format!("{what} {url:?} is not a URL: {e}")))?;
+    let parsed = url::Url::parse(url).map_err(|e| Error::Config(format!("{what} {url:?} is not a URL: {e}")))?;
     match parsed.scheme() {
         "https" | "wss" => Ok(()),
         "http" | "ws" => {
@@ -72,18 +65,14 @@ pub fn check_endpoint(url: &str, what: &str) -> Result<()> {
                 )))
             }
         }
-        other => Err(Error::Config(format!(
-            "{what} {url} has unsupported scheme {other}"
-        ))),
+        other => Err(Error::Config(format!("{what} {url} has unsupported scheme {other}"))),
     }
 }
 
 /// The HTTPS client for every SDK call: rustls with ring and the platform's roots.
 fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .build_https()
 }
 
@@ -106,13 +95,7 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
     }
     match (&opts.access_key, &opts.secret_key) {
         (Some(ak), Some(sk)) => {
-            let creds = Credentials::new(
-                ak,
-                sk,
-                opts.session_token.clone(),
-                None,
-                "ssmconnect-explicit",
-            );
+            let creds = Credentials::new(ak, sk, opts.session_token.clone(), None, "ssmconnect-explicit");
             loader = loader.credentials_provider(creds);
         }
         (None, None) => {}
@@ -249,19 +232,13 @@ impl SsmApi {
 /// What the data channel needs from the API after the start: fresh tokens and termination.
 pub trait Control: Send + Sync + 'static {
     /// `ResumeSession`: `Ok(None)` means the session is over (§1.4).
-    fn resume(
-        &self,
-        session_id: &str,
-    ) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>>;
+    fn resume(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>>;
     /// `TerminateSession`.
     fn terminate(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<()>>;
 }
 
 impl Control for SsmApi {
-    fn resume(
-        &self,
-        session_id: &str,
-    ) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>> {
+    fn resume(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>> {
         let id = session_id.to_owned();
         Box::pin(async move {
             let out = self

@@ -144,20 +144,10 @@ pub struct DataChannel {
 impl DataChannel {
     /// Opens the WebSocket, sends the open frame (§2.2) and waits until the session type is known
     /// (§5, §11.5).
-    pub async fn open(
-        started: StartedSession,
-        control: SharedControl,
-        opts: ChannelOptions,
-    ) -> Result<Self> {
+    pub async fn open(started: StartedSession, control: SharedControl, opts: ChannelOptions) -> Result<Self> {
         crate::install_crypto_provider();
         let client_id = uuid::Uuid::new_v4().to_string();
-        let ws = dial(
-            &started.stream_url,
-            &started.token,
-            &client_id,
-            &opts.client_version,
-        )
-        .await?;
+        let ws = dial(&started.stream_url, &started.token, &client_id, &opts.client_version).await?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (start_tx, start_rx) = oneshot::channel();
@@ -183,6 +173,7 @@ impl DataChannel {
             next_ping: now,
             finishing: None,
             closed: None,
+            lost_since: None,
             opts,
         };
         let task = tokio::spawn(driver.run());
@@ -235,10 +226,7 @@ async fn dial(url: &str, token: &Token, client_id: &str, client_version: &str) -
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
-            return Err(Error::Connect(format!(
-                "cannot open {}: {e}",
-                redact_url(url)
-            )));
+            return Err(Error::Connect(format!("cannot open {}: {e}", redact_url(url))));
         }
         Err(_) => return Err(Error::Timeout("opening the data channel")),
     };
@@ -294,6 +282,9 @@ struct Driver {
     next_ping: Instant,
     finishing: Option<(Instant, bool)>,
     closed: Option<String>,
+    /// When the connection was first lost, until a frame arrives on a new one: a reopened
+    /// socket that the service closes again at once does not restart the clock.
+    lost_since: Option<Instant>,
 }
 
 impl Driver {
@@ -377,9 +368,7 @@ impl Driver {
                     self.finishing = Some((Instant::now() + self.opts.drain_timeout, terminate));
                 }
                 // Every sender is gone: nobody will send or finish; end the session.
-                Step::Command(None) => {
-                    self.finishing = Some((Instant::now() + self.opts.drain_timeout, true))
-                }
+                Step::Command(None) => self.finishing = Some((Instant::now() + self.opts.drain_timeout, true)),
                 Step::Delivered => {}
                 Step::Timer => self.on_timer()?,
             }
@@ -415,18 +404,13 @@ impl Driver {
             self.next_ping = now + self.opts.ping_interval;
             if let Some(ws) = self.ws.as_mut() {
                 // Queued now, written by the next flush.
-                let _ = futures_util::FutureExt::now_or_never(
-                    ws.feed(Message::Ping(b"keepalive".to_vec().into())),
-                );
+                let _ = futures_util::FutureExt::now_or_never(ws.feed(Message::Ping(b"keepalive".to_vec().into())));
             }
         }
         Ok(())
     }
 
-    fn on_message(
-        &mut self,
-        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
-    ) -> Result<()> {
+    fn on_message(&mut self, msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) -> Result<()> {
         let bytes = match msg {
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Text(t))) => t.as_bytes().to_vec().into(),
@@ -442,8 +426,9 @@ impl Driver {
         };
         let now = Instant::now();
         self.last_rx = now;
-        if let Err(e) = self.channel.handle_frame(now, &bytes) {
-            tracing::debug!(session = %self.session_id, "dropped frame: {e}");
+        match self.channel.handle_frame(now, &bytes) {
+            Ok(()) => self.lost_since = None,
+            Err(e) => tracing::debug!(session = %self.session_id, "dropped frame: {e}"),
         }
         while let Some(ev) = self.channel.poll_event() {
             self.on_event(now, ev)?;
@@ -454,15 +439,13 @@ impl Driver {
     fn on_event(&mut self, now: Instant, ev: Event) -> Result<()> {
         match ev {
             Event::Stream {
-                payload_type,
-                payload,
-                ..
+                payload_type, payload, ..
             } => match payload_type {
                 PayloadType::HandshakeRequest => {
                     let hs = handshake::client_respond(&payload, &self.opts.client_version)?;
-                    let _ =
-                        self.channel
-                            .send(now, PayloadType::HandshakeResponse, hs.response.clone());
+                    let _ = self
+                        .channel
+                        .send(now, PayloadType::HandshakeResponse, hs.response.clone());
                     if let Some(e) = hs.error.clone() {
                         self.finishing = Some((now + self.opts.drain_timeout, true));
                         return Err(self.fail_start(Error::Handshake(e)));
@@ -474,17 +457,14 @@ impl Driver {
                     self.start = StartState::Handshaking(tx, hs);
                 }
                 PayloadType::HandshakeComplete => {
-                    let complete =
-                        HandshakeComplete::parse(&payload).unwrap_or(HandshakeComplete {
-                            handshake_time_to_complete: 0,
-                            customer_message: String::new(),
-                        });
+                    let complete = HandshakeComplete::parse(&payload).unwrap_or(HandshakeComplete {
+                        handshake_time_to_complete: 0,
+                        customer_message: String::new(),
+                    });
                     let state = std::mem::replace(&mut self.start, StartState::Started);
                     if let StartState::Handshaking(tx, hs) = state {
                         let Some(session_type) = hs.session_type else {
-                            return Err(self.fail_start(Error::Handshake(
-                                ssm_proto::HandshakeError::NoSessionType,
-                            )));
+                            return Err(self.fail_start(Error::Handshake(ssm_proto::HandshakeError::NoSessionType)));
                         };
                         let start = SessionStart {
                             session_id: self.session_id.clone(),
@@ -499,11 +479,11 @@ impl Driver {
                     }
                 }
                 PayloadType::EncChallengeRequest => {
-                    return Err(self.fail_start(Error::Handshake(
-                        ssm_proto::HandshakeError::KmsNotSupported {
+                    return Err(
+                        self.fail_start(Error::Handshake(ssm_proto::HandshakeError::KmsNotSupported {
                             key_id: String::new(),
-                        },
-                    )));
+                        })),
+                    );
                 }
                 _ => {
                     if let StartState::Waiting(tx) = &mut self.start {
@@ -574,23 +554,22 @@ impl Driver {
         if self.finishing.is_some() && self.channel.unacked() == 0 {
             return Ok(Some(End::Finished));
         }
-        let give_up = Instant::now() + self.opts.reconnect_for;
+        let give_up = *self.lost_since.get_or_insert_with(Instant::now) + self.opts.reconnect_for;
         let mut attempt: u32 = 0;
         loop {
+            if Instant::now() >= give_up {
+                return Err(Error::Connect(format!(
+                    "the connection was lost and could not be restored within {:?}",
+                    self.opts.reconnect_for
+                )));
+            }
             let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
             let jitter = Duration::from_millis(rand::random::<u64>() % 100);
             tokio::time::sleep(delay + jitter).await;
             attempt += 1;
             match self.control.resume(&self.session_id).await {
                 Ok(Some(token)) => {
-                    match dial(
-                        &self.stream_url,
-                        &token,
-                        &self.client_id,
-                        &self.opts.client_version,
-                    )
-                    .await
-                    {
+                    match dial(&self.stream_url, &token, &self.client_id, &self.opts.client_version).await {
                         Ok(ws) => {
                             tracing::info!(session = %self.session_id, "reconnected after {attempt} attempt(s)");
                             self.ws = Some(ws);
@@ -610,12 +589,6 @@ impl Driver {
                     });
                 }
                 Err(e) => tracing::debug!(session = %self.session_id, "ResumeSession: {e}"),
-            }
-            if Instant::now() >= give_up {
-                return Err(Error::Connect(format!(
-                    "the connection was lost and could not be restored within {:?}",
-                    self.opts.reconnect_for
-                )));
             }
         }
     }

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// No region was configured.
-    #[error(
-        "no AWS region is set: pass --region (or -Region), set AWS_REGION, or set `region` in the profile"
-    )]
+    #[error("no AWS region is set: pass --region (or -Region), set AWS_REGION, or set `region` in the profile")]
     NoRegion,
     /// The configuration is unusable (bad endpoint URL, conflicting options, …).
     #[error("{0}")]

@@ -3,8 +3,8 @@
 //! What it is: AWS configuration and the SSM calls (`StartSession`, `ResumeSession`,
 //! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
 //! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
-//! built on it: port forwarding in basic and smux mode (§7.3, §7.4) and the stdio mode behind
-//! ssh `ProxyCommand` (§7.5).
+//! built on it: port forwarding in basic and smux mode (§7.3, §7.4) the stdio mode behind
+//! ssh `ProxyCommand` (§7.5), and shell sessions on the local terminal (§6).
 //!
 //! What it is not: a terminal UI or a command line; the `ssmconnect` helper and the C ABI wrap
 //! it. Tokens never appear in its logs, errors or `Debug` output.
@@ -13,12 +13,14 @@ pub mod aws;
 pub mod driver;
 pub mod error;
 pub mod port;
+pub mod shell;
 pub mod stdio;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
 pub use driver::{ChannelOptions, DataChannel, DataSender, End, SessionStart};
 pub use error::{Error, Result};
 pub use port::{ForwardOptions, ForwardStats, PortForward};
+pub use shell::{ShellOptions, ShellOutcome};
 
 /// Makes ring the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {

@@ -81,10 +81,7 @@ impl PortForward {
         let local_addr = listener.local_addr()?;
         let mut params = HashMap::new();
         params.insert("portNumber".to_owned(), vec![opts.remote_port.to_string()]);
-        params.insert(
-            "localPortNumber".to_owned(),
-            vec![local_addr.port().to_string()],
-        );
+        params.insert("localPortNumber".to_owned(), vec![local_addr.port().to_string()]);
         let document = match &opts.remote_host {
             Some(h) => {
                 params.insert("host".to_owned(), vec![h.clone()]);
@@ -92,9 +89,7 @@ impl PortForward {
             }
             None => "AWS-StartPortForwardingSession",
         };
-        let started = api
-            .start_session(&opts.target, Some(document), &params)
-            .await?;
+        let started = api.start_session(&opts.target, Some(document), &params).await?;
         let control: SharedControl = Arc::new(api.clone());
         Self::attach(started, control, listener, opts.payload_size, opts.channel).await
     }
@@ -113,35 +108,23 @@ impl PortForward {
 
     /// Runs port forwarding over an open data channel whose handshake announced a `Port`
     /// session.
-    pub async fn from_channel(
-        dc: DataChannel,
-        listener: TcpListener,
-        payload_size: usize,
-    ) -> Result<Self> {
+    pub async fn from_channel(dc: DataChannel, listener: TcpListener, payload_size: usize) -> Result<Self> {
         let local_addr = listener.local_addr()?;
         if dc.start.session_type != SessionType::Port {
             let (sender, _, _) = dc.into_parts();
             sender.finish(true).await;
-            return Err(Error::Config(
-                "the agent did not start a port session".into(),
-            ));
+            return Err(Error::Config("the agent did not start a port session".into()));
         }
-        let props: PortProperties =
-            serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
+        let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
         let mode = PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version);
         let session_id = dc.start.session_id.clone();
         let agent_version = dc.start.agent_version.clone();
         let stats = Arc::new(ForwardStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = match mode {
-            PortMode::Mux { keepalive } => tokio::spawn(run_mux(
-                listener,
-                dc,
-                keepalive,
-                payload_size,
-                stats.clone(),
-                stop_rx,
-            )),
+            PortMode::Mux { keepalive } => {
+                tokio::spawn(run_mux(listener, dc, keepalive, payload_size, stats.clone(), stop_rx))
+            }
             PortMode::Basic => tokio::spawn(run_basic(
                 listener,
                 dc,
@@ -242,12 +225,7 @@ struct LocalConn {
 }
 
 impl LocalConn {
-    fn spawn(
-        stream: TcpStream,
-        id: u32,
-        events: mpsc::Sender<LocalEvent>,
-        stats: Arc<ForwardStats>,
-    ) -> Self {
+    fn spawn(stream: TcpStream, id: u32, events: mpsc::Sender<LocalEvent>, stats: Arc<ForwardStats>) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -275,12 +253,7 @@ impl Drop for LocalConn {
     }
 }
 
-async fn read_local(
-    mut rd: OwnedReadHalf,
-    id: u32,
-    events: mpsc::Sender<LocalEvent>,
-    stats: Arc<ForwardStats>,
-) {
+async fn read_local(mut rd: OwnedReadHalf, id: u32, events: mpsc::Sender<LocalEvent>, stats: Arc<ForwardStats>) {
     let mut buf = vec![0u8; LOCAL_READ_SIZE];
     loop {
         match rd.read(&mut buf).await {
@@ -311,9 +284,7 @@ async fn write_local(
         if res.is_err() {
             break;
         }
-        stats
-            .bytes_from_target
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        stats.bytes_from_target.fetch_add(buf.len() as u64, Ordering::Relaxed);
     }
     let _ = wr.shutdown().await;
     stats.connections_active.fetch_sub(1, Ordering::Relaxed);
@@ -323,10 +294,7 @@ async fn write_local(
 async fn terminate(sender: &DataSender, flag: bool) {
     if flag {
         let _ = sender
-            .send(
-                PayloadType::Flag,
-                PortFlag::TerminateSession.to_bytes().to_vec(),
-            )
+            .send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec())
             .await;
     }
     sender.finish(true).await;
@@ -443,10 +411,8 @@ async fn run_basic(
     // Output that arrives while no connection is open waits for the next one.
     let mut early: Vec<Vec<u8>> = Vec::new();
     let mut listener = Some(listener);
-    let flag_ok = ssm_proto::version::compare(
-        &agent_version,
-        ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER,
-    ) == std::cmp::Ordering::Greater;
+    let flag_ok = ssm_proto::version::compare(&agent_version, ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER)
+        == std::cmp::Ordering::Greater;
     loop {
         let local_full = conn.as_ref().is_some_and(|(_, c)| c.full());
         tokio::select! {

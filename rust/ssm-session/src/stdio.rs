@@ -26,9 +26,7 @@ where
 {
     let mut params = HashMap::new();
     params.insert("portNumber".to_owned(), vec![port.to_string()]);
-    let started = api
-        .start_session(target, Some("AWS-StartSSHSession"), &params)
-        .await?;
+    let started = api.start_session(target, Some("AWS-StartSSHSession"), &params).await?;
     let control: SharedControl = Arc::new(api.clone());
     pipe_started(started, control, opts, input, output).await
 }
@@ -53,8 +51,7 @@ where
             dc.start.session_type.as_str()
         )));
     }
-    let props: PortProperties =
-        serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
+    let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
     if PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) != PortMode::Stdio {
         return Err(Error::Config(
             "the session is a port forward, not a stream session".into(),
@@ -65,12 +62,7 @@ where
 
 /// Copies `input` into the session and the session's output into `output` until the session
 /// ends. On input EOF our data is drained and the session terminated (§9 item 22).
-pub async fn pipe<R, W>(
-    dc: DataChannel,
-    payload_size: usize,
-    input: &mut R,
-    output: &mut W,
-) -> Result<End>
+pub async fn pipe<R, W>(dc: DataChannel, payload_size: usize, input: &mut R, output: &mut W) -> Result<End>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -78,18 +70,30 @@ where
     let (sender, mut rx, driver) = dc.into_parts();
     let mut buf = vec![0u8; payload_size.max(1)];
     let mut input_open = true;
+    // Read input and wait for send room as separate select arms: awaiting either inside an arm
+    // would stop the output from flowing meanwhile, and ssh waits for the server's
+    // identification before it writes again (a deadlock at the banner exchange).
+    let mut pending: Option<Vec<u8>> = None;
+    let mut finishing = false;
     let mut outcome: Result<()> = Ok(());
     loop {
         tokio::select! {
-            permit = sender.reserve(), if input_open => {
+            read = input.read(&mut buf), if input_open && pending.is_none() => match read {
+                Ok(0) | Err(_) => {
+                    input_open = false;
+                    finishing = true;
+                }
+                Ok(n) => pending = Some(buf.get(..n).unwrap_or_default().to_vec()),
+            },
+            permit = sender.reserve(), if pending.is_some() || finishing => {
                 let Ok(permit) = permit else { break };
-                match input.read(&mut buf).await {
-                    Ok(0) | Err(_) => {
-                        input_open = false;
+                match pending.take() {
+                    Some(data) => permit.send(PayloadType::Output, data),
+                    None => {
+                        finishing = false;
                         drop(permit);
                         sender.finish(true).await;
                     }
-                    Ok(n) => permit.send(PayloadType::Output, buf.get(..n).unwrap_or_default().to_vec()),
                 }
             }
             msg = rx.recv() => match msg {

@@ -15,11 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// POSTs an awsJson1.1 call; returns status and parsed body.
-pub async fn aws_call(
-    addr: SocketAddr,
-    operation: &str,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
+pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let body = body.to_string();
     let req = format!(
         "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: AmazonSSM.{operation}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -32,10 +28,7 @@ pub async fn aws_call(
     let text = String::from_utf8(resp).unwrap();
     let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
     let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
 /// A loopback echo server; returns its port.
@@ -103,21 +96,14 @@ impl TestClient {
     }
 
     /// Like `run_until`, but returns false when the socket ends first.
-    pub async fn run_until_or_end(
-        &mut self,
-        limit: Duration,
-        mut done: impl FnMut(&Self) -> bool,
-    ) -> bool {
+    pub async fn run_until_or_end(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             self.flush().await;
             if done(self) {
                 return true;
             }
-            let timer = self
-                .channel
-                .poll_timeout()
-                .map(tokio::time::Instant::from_std);
+            let timer = self.channel.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Binary(b))) => {
@@ -144,33 +130,23 @@ impl TestClient {
     }
 
     pub fn send(&mut self, payload_type: PayloadType, data: Vec<u8>) {
-        self.channel
-            .send(Instant::now(), payload_type, data)
-            .unwrap();
+        self.channel.send(Instant::now(), payload_type, data).unwrap();
     }
 
     /// Answers the HandshakeRequest and waits for HandshakeComplete.
-    pub async fn handshake(
-        &mut self,
-        client_version: &str,
-    ) -> ssm_proto::handshake::ClientHandshake {
+    pub async fn handshake(&mut self, client_version: &str) -> ssm_proto::handshake::ClientHandshake {
         self.run_until(Duration::from_secs(10), |c| {
-            c.received
-                .iter()
-                .any(|(t, _)| *t == PayloadType::HandshakeRequest)
+            c.received.iter().any(|(t, _)| *t == PayloadType::HandshakeRequest)
         })
         .await;
         let (_, req) = self.received.remove(0);
         let hs = ssm_proto::handshake::client_respond(&req, client_version).unwrap();
         self.send(PayloadType::HandshakeResponse, hs.response.clone());
         self.run_until(Duration::from_secs(10), |c| {
-            c.received
-                .iter()
-                .any(|(t, _)| *t == PayloadType::HandshakeComplete)
+            c.received.iter().any(|(t, _)| *t == PayloadType::HandshakeComplete)
         })
         .await;
-        self.received
-            .retain(|(t, _)| *t != PayloadType::HandshakeComplete);
+        self.received.retain(|(t, _)| *t != PayloadType::HandshakeComplete);
         hs
     }
 
@@ -198,11 +174,7 @@ impl TestClient {
 }
 
 /// StartSession for a port forward to `port`; returns (session id, token, stream url).
-pub async fn start_port_session(
-    addr: SocketAddr,
-    document: &str,
-    port: u16,
-) -> (String, String, String) {
+pub async fn start_port_session(addr: SocketAddr, document: &str, port: u16) -> (String, String, String) {
     let (status, body) = aws_call(
         addr,
         "StartSession",

@@ -1,0 +1,329 @@
+//! `ssmconnect shell` in a real terminal (tmux) and with stdin redirected, against the emulator.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use ssm_emulator::{Config, Emulator, Faults};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ssmconnect");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ssmconnect-shell-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tmux server of our own (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(name: &str, dir: &Path, endpoint: &str) -> Self {
+        let socket = format!("ssmc-{name}-{}", std::process::id());
+        let t = Self { socket };
+        // A plain bash with the emulator's endpoint and dummy credentials in its environment.
+        let init = dir.join("init.sh");
+        std::fs::write(
+            &init,
+            format!(
+                "export AWS_ACCESS_KEY_ID=AKIDEXAMPLE AWS_SECRET_ACCESS_KEY=secret AWS_REGION=us-east-1 \
+                 AWS_EC2_METADATA_DISABLED=true HOME={home} PS1='local$ '\n",
+                home = dir.display()
+            ),
+        )
+        .unwrap();
+        let out = t
+            .tmux(&[
+                "new-session",
+                "-d",
+                "-s",
+                "main",
+                "-x",
+                "100",
+                "-y",
+                "30",
+                "bash",
+                "--noprofile",
+                "--rcfile",
+            ])
+            .arg(&init)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tmux: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = endpoint;
+        t.wait_for("local$", Duration::from_secs(10));
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]).args(args);
+        c
+    }
+
+    fn send(&self, keys: &str) {
+        let ok = self
+            .tmux(&["send-keys", "-t", "main", "-l", keys])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+
+    fn key(&self, key: &str) {
+        assert!(self.tmux(&["send-keys", "-t", "main", key]).status().unwrap().success());
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .tmux(&["capture-pane", "-p", "-t", "main", "-S", "-200"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, needle: &str, limit: Duration) -> String {
+        self.wait_until(needle, limit, |s| s.contains(needle))
+    }
+
+    /// Waits for the remote shell's prompt: a line that is `#` (tmux trims the space after it).
+    fn wait_prompt(&self, limit: Duration) -> String {
+        self.wait_until("remote prompt", limit, |s| s.lines().any(|l| l.trim_end() == "#"))
+    }
+
+    fn wait_until(&self, needle: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.screen();
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} did not appear; screen:\n{s}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn resize(&self, cols: u16, rows: u16) {
+        let ok = self
+            .tmux(&[
+                "resize-window",
+                "-t",
+                "main",
+                "-x",
+                &cols.to_string(),
+                "-y",
+                &rows.to_string(),
+            ])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.tmux(&["kill-server"]).status();
+    }
+}
+
+fn wait_file(path: &Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && s.ends_with('\n')
+        {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{} never written", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn emulator() -> Emulator {
+    Emulator::start(Config {
+        shell_start_delay_ms: 200,
+        ..Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Starts `ssmconnect shell` in the pane after saving the terminal settings; afterwards the
+/// exit code and the settings land in files.
+fn run_shell_in(t: &Tmux, dir: &Path, endpoint: &str, extra: &str) {
+    let cmd = format!(
+        "stty -g > {d}/before; {BIN} --endpoint-url {endpoint} {extra} shell i-0123456789abcdef0; \
+         echo $? > {d}/rc; stty -g > {d}/after\n",
+        d = dir.display()
+    );
+    t.send(&cmd);
+}
+
+fn assert_terminal_restored(dir: &Path) {
+    let before = std::fs::read_to_string(dir.join("before")).unwrap();
+    let after = wait_file(&dir.join("after"), Duration::from_secs(10));
+    assert_eq!(before, after, "stty -g differs after the session");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_shell_types_resizes_and_exits_with_the_remote_code() {
+    let emu = emulator().await;
+    let dir = scratch("interactive");
+    let t = Tmux::start("interactive", &dir, &emu.endpoint());
+    run_shell_in(&t, &dir, &emu.endpoint(), "");
+    t.wait_prompt(Duration::from_secs(15));
+    t.send("echo hi-$((40+2))\r");
+    t.wait_for("hi-42", Duration::from_secs(10));
+
+    // Ctrl+C is a byte for the remote shell, not a signal for us: the session goes on.
+    t.send("sleep 30");
+    t.key("Enter");
+    t.wait_for("sleep 30", Duration::from_secs(10));
+    t.key("C-c");
+    // The interrupted shell prints a fresh prompt after the ^C; type only then, as a person would.
+    t.wait_until("prompt after ^C", Duration::from_secs(10), |s| {
+        s.split("^C")
+            .nth(1)
+            .is_some_and(|after| after.lines().any(|l| l.trim_end() == "#"))
+    });
+    t.send("echo still-$((1+1))\r");
+    t.wait_for("still-2", Duration::from_secs(10));
+
+    t.resize(120, 40);
+    t.send("stty size\r");
+    t.wait_for("40 120", Duration::from_secs(10));
+    let info = emu.sessions().pop().unwrap();
+    assert_eq!(info.terminal_size, Some((120, 40)));
+
+    t.send("exit 3\r");
+    assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(), "3");
+    assert_terminal_restored(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn far_end_closing_restores_the_terminal() {
+    let emu = emulator().await;
+    let dir = scratch("farend");
+    let t = Tmux::start("farend", &dir, &emu.endpoint());
+    run_shell_in(&t, &dir, &emu.endpoint(), "");
+    t.wait_prompt(Duration::from_secs(15));
+    let sid = emu.sessions().pop().unwrap().session_id;
+    let body = format!("{{\"SessionId\":\"{sid}\"}}");
+    terminate_raw(emu.addr(), &body).await;
+    assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(), "0");
+    assert_terminal_restored(&dir);
+}
+
+async fn terminate_raw(addr: std::net::SocketAddr, body: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSSM.TerminateSession\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    assert!(resp.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn network_lost_for_good_restores_the_terminal() {
+    let emu = emulator().await;
+    let endpoint = emu.endpoint();
+    let dir = scratch("netlost");
+    let t = Tmux::start("netlost", &dir, &endpoint);
+    run_shell_in(&t, &dir, &endpoint, "--reconnect-timeout 2");
+    t.wait_prompt(Duration::from_secs(15));
+    // Cut the socket at the next frame and refuse every reconnect: the network is gone for good.
+    emu.set_faults(Faults {
+        cut_after_frames: Some(1),
+        max_cuts: Some(1000),
+        expire_tokens: true,
+        ..Faults::default()
+    });
+    t.send("echo trigger\r");
+    let rc = wait_file(&dir.join("rc"), Duration::from_secs(30));
+    assert_ne!(rc.trim(), "0", "losing the service for good is a failure");
+    assert_terminal_restored(&dir);
+}
+
+fn run_piped(endpoint: &str, script: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["--endpoint-url", endpoint, "shell", "i-0123456789abcdef0"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+        .env("AWS_SECRET_ACCESS_KEY", "secret")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script).unwrap();
+    // Collect output on a thread (a full pipe would stall the child) and bound the wait.
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("ssmconnect shell did not finish");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_on_stdin_runs_and_returns_its_output_and_code() {
+    let emu = emulator().await;
+    let endpoint = emu.endpoint();
+    let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"echo from-script-$((2*21))\nexit 7\n"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("from-script-42"), "{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_megabyte_of_output_arrives_intact_and_eof_ends_the_session() {
+    let emu = Emulator::start(Config {
+        shell_start_delay_ms: 0,
+        pacing: ssm_emulator::Pacing::Unpaced { chunk: 1024 },
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let endpoint = emu.endpoint();
+    // No `exit`: the end of stdin ends the session.
+    let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"stty -echo; seq 1 200000\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let expected: String = (1..=200_000).map(|i| format!("{i}\n")).collect();
+    assert!(expected.len() > 1 << 20);
+    assert!(
+        stdout.contains(&expected),
+        "output of {} bytes lacks the sequence",
+        stdout.len()
+    );
+}
