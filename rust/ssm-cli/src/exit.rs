@@ -18,6 +18,8 @@ pub mod code {
     pub const SESSION: i32 = 7;
     /// The session timed out.
     pub const TIMEOUT: i32 = 8;
+    /// The target matched no running instance, or several, or DNS failed while resolving it.
+    pub const TARGET: i32 = 9;
     /// Local I/O or runtime failure.
     pub const INTERNAL: i32 = 70;
 }
@@ -49,6 +51,8 @@ impl From<Error> for Failure {
             Error::TimedOut(_) | Error::Timeout(_) => code::TIMEOUT,
             Error::Io(_) => code::INTERNAL,
             Error::Cancelled => 130,
+            Error::InvalidTarget { .. } => code::USAGE,
+            Error::TargetNotFound { .. } | Error::AmbiguousTarget { .. } | Error::Dns { .. } => code::TARGET,
         };
         Self {
             code,
@@ -74,4 +78,96 @@ pub async fn interrupted() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Longest wait for a stream session to drain and be terminated after a signal.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// The terminating signals of [`interrupted`], registered when this is created: a signal that
+/// arrives after `new` is never missed, however late the first poll comes.
+pub struct Signals {
+    #[cfg(unix)]
+    streams: Vec<tokio::signal::unix::Signal>,
+    #[cfg(not(unix))]
+    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
+}
+
+impl Signals {
+    /// Registers the handlers (inside a runtime).
+    pub fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()]
+                .into_iter()
+                .filter_map(|k| signal(k).ok())
+                .collect();
+            Self { streams }
+        }
+        #[cfg(not(unix))]
+        {
+            Self {
+                ctrl_c: Box::pin(tokio::signal::ctrl_c()),
+            }
+        }
+    }
+
+    /// Ready once any of the signals has arrived since `new`.
+    pub fn poll_any(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        #[cfg(unix)]
+        {
+            for s in &mut self.streams {
+                if s.poll_recv(cx).is_ready() {
+                    return std::task::Poll::Ready(());
+                }
+            }
+            std::task::Poll::Pending
+        }
+        #[cfg(not(unix))]
+        {
+            self.ctrl_c.as_mut().poll(cx).map(|_| ())
+        }
+    }
+}
+
+/// Reads from `inner` until a terminating signal arrives, then reports end of input. A stream
+/// session (ssh `ProxyCommand`) then ends as it does at EOF: what was read is delivered and the
+/// session is terminated, instead of being left open on the service when ssh hangs up on its
+/// proxy (ssh sends SIGHUP to it when it exits). Signals count from `new` on.
+pub struct EofOnSignal<R> {
+    inner: R,
+    signals: Signals,
+    hit: bool,
+}
+
+impl<R> EofOnSignal<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            signals: Signals::new(),
+            hit: false,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofOnSignal<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.hit && self.signals.poll_any(cx).is_ready() {
+            self.hit = true;
+        }
+        if self.hit {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// Resolves [`STOP_GRACE`] after a terminating signal: the bound on a clean stop.
+pub async fn interrupted_and_grace() {
+    interrupted().await;
+    tokio::time::sleep(STOP_GRACE).await;
 }

@@ -9,7 +9,7 @@ mod plugin;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
-use ssm_session::{AwsOptions, ChannelOptions, ForwardOptions, PortForward, SsmApi};
+use ssm_session::{AwsOptions, ChannelOptions, ForwardOptions, PortForward, ResolveOptions, SsmApi};
 
 use crate::exit::Failure;
 
@@ -20,10 +20,19 @@ Examples:
   ssmconnect forward i-0123456789abcdef0 5432 --local-port 15432
   ssmconnect forward i-0123456789abcdef0 443 --remote-host db.internal --local-port 8443
   ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
+  ssmconnect forward Name:db 5432                    (a tag; exactly one running instance)
+  ssmconnect shell web.internal --dns-server 10.0.0.2:53
+
+Targets: an instance id (i-…) or managed node id (mi-…), key:value (a tag), a private or public
+IP address, or a DNS name: its TXT record naming an instance id wins, else its A/AAAA addresses
+are looked up in EC2. Only running instances count; several matches are an error listing them.
 
 ssh configuration (~/.ssh/config):
   Host i-*
       ProxyCommand ssmconnect ssh-proxy %r@%h:%p
+
+  With EC2 Instance Connect (push the public half of the -i key for 60 seconds first):
+      ProxyCommand ssmconnect ssh-proxy --ec2ic --public-key ~/.ssh/id_ed25519.pub %r@%h:%p
 
 As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.";
 
@@ -51,9 +60,13 @@ struct AwsArgs {
     /// AWS region.
     #[arg(long, global = true)]
     region: Option<String>,
-    /// SSM endpoint URL (AWS_ENDPOINT_URL_SSM is honoured too).
+    /// SSM endpoint URL (AWS_ENDPOINT_URL_SSM is honoured too; EC2 and EC2 Instance Connect
+    /// follow AWS_ENDPOINT_URL_EC2 and AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT).
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
+    /// DNS server for DNS-name targets, ADDR or ADDR:PORT (default: the system's resolver).
+    #[arg(long, global = true, value_name = "ADDR:PORT", value_parser = parse_dns_server)]
+    dns_server: Option<SocketAddr>,
 }
 
 impl AwsArgs {
@@ -71,7 +84,7 @@ impl AwsArgs {
 enum Command {
     /// Forward a local port to a port on the target (or on a host behind it).
     Forward {
-        /// Instance or managed node id.
+        /// Instance or managed node id, key:value tag, IP address or DNS name.
         target: String,
         /// Port on the target.
         remote_port: u16,
@@ -89,7 +102,7 @@ enum Command {
     /// remote shell and its end ends the session (`ssmconnect shell i-… < script.sh`).
     /// The exit code is the remote shell's when the agent reports it.
     Shell {
-        /// Instance or managed node id.
+        /// Instance or managed node id, key:value tag, IP address or DNS name.
         target: String,
         /// Session document (default: the account's shell preferences).
         #[arg(long)]
@@ -100,8 +113,15 @@ enum Command {
     },
     /// Carry an SSH connection over stdin/stdout: `ProxyCommand ssmconnect ssh-proxy %r@%h:%p`.
     SshProxy {
-        /// `user@target:port` (user is accepted and ignored here; port defaults to 22).
+        /// `user@target:port`; port defaults to 22, an IPv6 target may be bracketed. The user
+        /// matters only with --ec2ic.
         destination: String,
+        /// Push a public key with EC2 Instance Connect first, for the destination's user.
+        #[arg(long, requires = "public_key")]
+        ec2ic: bool,
+        /// The public key to push (the half of the key ssh's -i uses).
+        #[arg(long, value_name = "FILE", requires = "ec2ic")]
+        public_key: Option<std::path::PathBuf>,
     },
 }
 
@@ -124,14 +144,37 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("expected ADDR or ADDR:PORT, got {s:?}"))
+}
+
 fn parse_parameter(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// Splits `user@target:port`.
-fn parse_destination(s: &str) -> Result<(String, u16), Failure> {
-    let host = s.rsplit_once('@').map_or(s, |(_, h)| h);
+/// Splits `user@target:port` into the user (empty when absent), target and port.
+fn parse_destination(s: &str) -> Result<(String, String, u16), Failure> {
+    let (user, host) = s.rsplit_once('@').unwrap_or(("", s));
+    if let Some(rest) = host.strip_prefix('[') {
+        let (ip, after) = rest
+            .split_once(']')
+            .ok_or_else(|| Failure::usage(format!("unclosed [ in {s:?}")))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| Failure::usage(format!("bad port in {s:?}")))?,
+            None if after.is_empty() => 22,
+            None => return Err(Failure::usage(format!("unexpected {after:?} after ] in {s:?}"))),
+        };
+        return Ok((user.to_owned(), ip.to_owned(), port));
+    }
     let (target, port) = match host.rsplit_once(':') {
         Some((t, p)) => (
             t,
@@ -143,11 +186,37 @@ fn parse_destination(s: &str) -> Result<(String, u16), Failure> {
     if target.is_empty() {
         return Err(Failure::usage(format!("no target in {s:?}")));
     }
-    Ok((target.to_owned(), port))
+    Ok((user.to_owned(), target.to_owned(), port))
+}
+
+/// The id a session starts with: ids as given, any other form resolved to one running instance.
+async fn session_target(
+    config: &ssm_session::aws::Config,
+    spec: &str,
+    ro: &ResolveOptions,
+) -> Result<ssm_session::ResolvedTarget, Failure> {
+    let t = ssm_session::resolve_session_target(config, spec, ro).await?;
+    log_resolved(spec, &t);
+    Ok(t)
+}
+
+fn log_resolved(spec: &str, t: &ssm_session::ResolvedTarget) {
+    if t.via != ssm_session::resolve::Via::Unchecked {
+        tracing::info!(
+            "target {spec} is {} ({}; {})",
+            t.instance_id,
+            t.name.as_deref().unwrap_or("no Name tag"),
+            t.via
+        );
+    }
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let opts = cli.aws.options();
+    let ro = ResolveOptions {
+        dns_server: cli.aws.dns_server,
+        ..ResolveOptions::default()
+    };
     let channel = ChannelOptions {
         reconnect_for: std::time::Duration::from_secs(cli.reconnect_timeout),
         ..ChannelOptions::default()
@@ -160,7 +229,9 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             local_address,
             remote_host,
         } => {
-            let api = SsmApi::from_options(&opts).await?;
+            let config = ssm_session::aws::load_config(&opts).await?;
+            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
+            let target = session_target(&config, &target, &ro).await?.instance_id;
             let mut fo = ForwardOptions::new(target, remote_port);
             fo.local_addr = SocketAddr::new(local_address, local_port);
             fo.remote_host = remote_host;
@@ -188,7 +259,9 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             document,
             parameters,
         } => {
-            let api = SsmApi::from_options(&opts).await?;
+            let config = ssm_session::aws::load_config(&opts).await?;
+            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
+            let target = session_target(&config, &target, &ro).await?.instance_id;
             let mut so = ssm_session::ShellOptions {
                 document,
                 channel,
@@ -201,14 +274,38 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let outcome = ssm_session::shell::run_on_terminal(dc).await?;
             Ok(outcome.exit_code.unwrap_or(0))
         }
-        Command::SshProxy { destination } => {
-            let (target, port) = parse_destination(&destination)?;
-            let api = SsmApi::from_options(&opts).await?;
-            let stdin = tokio::io::stdin();
+        Command::SshProxy {
+            destination,
+            ec2ic,
+            public_key,
+        } => {
+            let (user, target, port) = parse_destination(&destination)?;
+            let config = ssm_session::aws::load_config(&opts).await?;
+            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
+            let target = match (ec2ic, public_key) {
+                (true, Some(path)) => {
+                    if user.is_empty() {
+                        return Err(Failure::usage(
+                            "--ec2ic needs the OS user: user@target:port (ProxyCommand: %r@%h:%p)",
+                        ));
+                    }
+                    let key = std::fs::read_to_string(&path)
+                        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+                    // Instance Connect needs the instance's zone, so even an id is looked up.
+                    let resolved = ssm_session::resolve_target(&config, &target, &ro).await?;
+                    log_resolved(&target, &resolved);
+                    ssm_session::ec2ic::push_key(&config, None, &resolved, &user, &key).await?;
+                    resolved.instance_id
+                }
+                (true, None) => return Err(Failure::usage("--ec2ic needs --public-key FILE")),
+                (false, _) => session_target(&config, &target, &ro).await?.instance_id,
+            };
+            // A signal ends the input: the session is drained and terminated, not abandoned.
+            let stdin = exit::EofOnSignal::new(tokio::io::stdin());
             let stdout = tokio::io::stdout();
             tokio::select! {
                 end = ssm_session::stdio::run_ssh_stdio(&api, &target, port, channel, stdin, stdout) => { end?; }
-                _ = exit::interrupted() => {}
+                _ = exit::interrupted_and_grace() => {}
             }
             Ok(0)
         }
@@ -246,12 +343,16 @@ mod tests {
 
     #[test]
     fn destinations_parse() {
-        assert_eq!(
-            parse_destination("ec2-user@i-0abc:2222").unwrap(),
-            ("i-0abc".into(), 2222)
-        );
-        assert_eq!(parse_destination("i-0abc").unwrap(), ("i-0abc".into(), 22));
-        assert_eq!(parse_destination("a@b@i-0abc:22").unwrap(), ("i-0abc".into(), 22));
+        let d = |s: &str| parse_destination(s).map_err(|f| f.message).unwrap();
+        let t = |u: &str, h: &str, p: u16| (u.to_owned(), h.to_owned(), p);
+        assert_eq!(d("ec2-user@i-0abc:2222"), t("ec2-user", "i-0abc", 2222));
+        assert_eq!(d("i-0abc"), t("", "i-0abc", 22));
+        assert_eq!(d("a@b@i-0abc:22"), t("a@b", "i-0abc", 22));
+        assert_eq!(d("u@Name:web:22"), t("u", "Name:web", 22));
+        assert_eq!(d("u@[fd00::5]:2222"), t("u", "fd00::5", 2222));
+        assert_eq!(d("u@[fd00::5]"), t("u", "fd00::5", 22));
+        assert_eq!(d("u@fd00::5:22"), t("u", "fd00::5", 22));
+        assert!(parse_destination("u@[fd00::5").is_err());
         assert!(parse_destination("u@:22").is_err());
         assert!(parse_destination("u@i-1:notaport").is_err());
     }

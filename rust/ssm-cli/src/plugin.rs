@@ -180,11 +180,12 @@ async fn run(p: Prepared) -> Result<(), Failure> {
             let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
             match PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) {
                 PortMode::Stdio => {
-                    let mut stdin = tokio::io::stdin();
+                    // A signal ends the input: the session is drained and terminated.
+                    let mut stdin = exit::EofOnSignal::new(tokio::io::stdin());
                     let mut stdout = tokio::io::stdout();
                     tokio::select! {
                         end = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout) => { end?; }
-                        _ = exit::interrupted() => {}
+                        _ = exit::interrupted_and_grace() => {}
                     }
                     Ok(())
                 }

@@ -129,6 +129,17 @@ impl Shaper {
     }
 }
 
+/// How long a socket is still read after its agent has finished.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// The agent has finished: keep reading (and discarding) until the client closes its side or
+/// `CLOSE_LINGER` passes. Dropping the socket with unread frames in its receive buffer makes the
+/// kernel reset the connection, and a reset destroys what is still in flight to the client:
+/// acks, `channel_closed` and the close frame.
+async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+}
+
 fn spawn_link(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::UnboundedSender<Inbound>) -> Link {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
@@ -149,6 +160,7 @@ fn spawn_link(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Un
                     let f = reader_shared.faults().to_agent;
                     for frame in shaper.push(&reader_shared, &f, bytes) {
                         if inbound.send(Inbound::Frame(id, frame)).is_err() {
+                            linger(&mut stream).await;
                             return;
                         }
                     }
@@ -156,6 +168,7 @@ fn spawn_link(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Un
                 _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
                     for frame in shaper.pop_due(tokio::time::Instant::now()) {
                         if inbound.send(Inbound::Frame(id, frame)).is_err() {
+                            linger(&mut stream).await;
                             return;
                         }
                     }
@@ -330,6 +343,7 @@ pub(crate) async fn run(
         let wake = agent.next_wake(grace);
         let can_take_dest = agent.channel.can_send()
             && !agent.channel.is_paused()
+            && agent.pause_until.is_none()
             && agent.port.as_ref().is_none_or(PortPlugin::accepting_dest);
         tokio::select! {
             cmd = commands.recv() => match cmd {
@@ -449,8 +463,7 @@ impl Agent {
             if let Ok(frame) = ssm_proto::Frame::decode(bytes)
                 && frame.message_type.is_stream_data()
             {
-                self.channel
-                    .send_control(now, MessageType::PausePublication, Vec::new());
+                self.control_now(now, MessageType::PausePublication);
                 return;
             }
         }
@@ -534,7 +547,14 @@ impl Agent {
         let mode = ssm_proto::PortMode::for_agent(props.kind.as_deref(), &client_version);
         self.shared
             .update_info(&self.spec.session_id, |i| i.port_mode = format!("{mode:?}"));
-        let mut plugin = PortPlugin::new(self.shared.clone(), mode, props, self.dest_tx.clone(), now);
+        let mut plugin = PortPlugin::new(
+            self.shared.clone(),
+            &self.spec.target,
+            mode,
+            props,
+            self.dest_tx.clone(),
+            now,
+        );
         match plugin.start().await {
             Ok(()) => {
                 self.port = Some(plugin);
@@ -580,8 +600,8 @@ impl Agent {
             && now >= until
         {
             self.pause_until = None;
-            self.channel
-                .send_control(now, MessageType::StartPublication, Vec::new());
+            // Ahead of the output held during the pause, which the next flush sends.
+            self.control_now(now, MessageType::StartPublication);
         }
         if let Some(lost) = self.link_lost_at
             && now >= lost + grace
@@ -648,6 +668,8 @@ impl Agent {
         self.channel
             .send_control(now, MessageType::ChannelClosed, closed.to_json());
         self.channel.close();
+        // A pause in progress must not hold back `channel_closed`.
+        self.pause_until = None;
         self.flush();
         self.finished = true;
     }
@@ -667,7 +689,10 @@ impl Agent {
     fn flush(&mut self) {
         let now = Instant::now();
         let faults = self.shared.faults();
-        while let Some(mut frame) = self.channel.poll_transmit() {
+        // While publication is paused (§4.7) every frame waits in the channel, acks included.
+        while self.pause_until.is_none()
+            && let Some(mut frame) = self.channel.poll_transmit()
+        {
             let Some(link) = self.link.as_mut() else {
                 continue;
             };
@@ -705,11 +730,28 @@ impl Agent {
             {
                 self.pause_done = true;
                 self.pause_until = Some(now + Duration::from_millis(faults.pause_ms));
-                self.channel
-                    .send_control(now, MessageType::PausePublication, Vec::new());
+                Counters::add(&self.shared.counters.publication_pauses, 1);
+                self.control_now(now, MessageType::PausePublication);
             }
         }
         self.report_stats();
+    }
+
+    /// Sends an unnumbered publication message at once, ahead of anything the channel holds.
+    fn control_now(&mut self, now: Instant, message_type: MessageType) {
+        let frame = ssm_proto::Frame {
+            message_type,
+            schema_version: 1,
+            created_date: self.channel.unix_ms(now),
+            sequence_number: 0,
+            flags: 0,
+            message_id: self.channel.new_message_id(),
+            payload_type: PayloadType::Null,
+            payload: Vec::new(),
+        };
+        if let Some(link) = &self.link {
+            let _ = link.out.send(LinkOut::Frame(frame.encode()));
+        }
     }
 
     fn report_stats(&mut self) {

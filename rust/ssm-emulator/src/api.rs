@@ -26,19 +26,20 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/faults", post(set_faults).get(get_faults))
         .route("/_emulator/sessions", get(sessions))
         .route("/_emulator/stats", get(stats))
+        .route("/_emulator/instance-connect", get(instance_connect_keys))
         .with_state(shared)
 }
 
 const AWS_JSON: &str = "application/x-amz-json-1.1";
 
-fn aws_ok(body: serde_json::Value) -> Response {
+pub(crate) fn aws_ok(body: serde_json::Value) -> Response {
     let mut r = (StatusCode::OK, body.to_string()).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(AWS_JSON));
     r
 }
 
-fn aws_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(crate) fn aws_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = json!({ "__type": code, "message": message }).to_string();
     let mut r = (status, body).into_response();
     r.headers_mut()
@@ -84,6 +85,15 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         "AmazonSSM.StartSession" => start_session(&shared, &body),
         "AmazonSSM.ResumeSession" => resume_session(&shared, &body),
         "AmazonSSM.TerminateSession" => terminate_session(&shared, &body),
+        "AWSEC2InstanceConnectService.SendSSHPublicKey" => crate::instance_connect::send_ssh_public_key(&shared, &body),
+        // EC2 speaks the query protocol: a form body and no X-Amz-Target.
+        "" if headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded")) =>
+        {
+            crate::ec2::query(&shared, &body)
+        }
         "" => aws_error(StatusCode::BAD_REQUEST, "MissingAction", "no X-Amz-Target header"),
         other => aws_error(
             StatusCode::BAD_REQUEST,
@@ -260,4 +270,8 @@ async fn sessions(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(shared.stats()).into_response()
+}
+
+async fn instance_connect_keys(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.instance_connect.list()).into_response()
 }

@@ -6,14 +6,19 @@
 //! handshake with a configurable agent version, port sessions in basic and smux mode chosen as the
 //! real agent chooses (§7.1), `AWS-StartSSHSession` stdio mode, the agent's pacing (1024-byte
 //! reads with a 1 ms pause, §9) or none, and fault injection on frames in both directions (§11.4).
-//! Port sessions dial real TCP destinations on this machine.
+//! Port sessions dial real TCP destinations on this machine. With an inventory, it also answers
+//! EC2 `DescribeInstances` (query protocol, with EC2's filters and paging) and EC2 Instance
+//! Connect `SendSSHPublicKey`, writing pushed keys to an authorized_keys file it manages for a
+//! real sshd, for as long as EC2 would honour them.
 //!
 //! What it is not: a security boundary or a model of IAM. Signatures are not checked; any
 //! credentials work. Tokens are still single-use and can expire, because clients must cope.
 
 mod agent;
 mod api;
+mod ec2;
 pub mod faults;
+mod instance_connect;
 mod port;
 mod shell;
 mod state;
@@ -25,7 +30,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+pub use ec2::{Instance, InstanceState};
 pub use faults::Faults;
+pub use instance_connect::PushedKey;
 use state::Shared;
 
 /// How the emulated agent reads from its destination (§9 item 1, §6.5).
@@ -100,6 +107,15 @@ pub struct Config {
     /// The agent does this for NonInteractiveCommands (§6.5); doing it for shells too is an
     /// emulator choice that lets clients report the remote exit status.
     pub shell_exit_code: bool,
+    /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
+    /// targets take sessions (inventory instances only when running; others as `targets` says).
+    pub inventory: Vec<Instance>,
+    /// The authorized_keys file EC2 Instance Connect keys are written to (point sshd's
+    /// `AuthorizedKeysFile` at it). `%u` is replaced by the OS user and `%i` by the instance id,
+    /// as sshd expands `%u`, for one file per user. `None`: keys are only recorded.
+    pub authorized_keys: Option<std::path::PathBuf>,
+    /// How long a pushed key stays in the file: 60 000 ms as in EC2 Instance Connect.
+    pub instance_connect_ttl_ms: u64,
 }
 
 impl Default for Config {
@@ -118,6 +134,9 @@ impl Default for Config {
             shell_dir: None,
             shell_start_delay_ms: 1000,
             shell_exit_code: true,
+            inventory: Vec::new(),
+            authorized_keys: None,
+            instance_connect_ttl_ms: 60_000,
         }
     }
 }
@@ -179,6 +198,11 @@ impl Emulator {
         self.shared.stats()
     }
 
+    /// EC2 Instance Connect keys that are still valid.
+    pub fn instance_connect_keys(&self) -> Vec<PushedKey> {
+        self.shared.instance_connect.list()
+    }
+
     /// A description of every session so far.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         self.shared.session_infos()
@@ -191,6 +215,7 @@ impl Emulator {
 
     async fn stop_inner(&mut self) {
         self.shared.terminate_all();
+        self.shared.instance_connect.clear();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -204,6 +229,7 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.shared.terminate_all();
+        self.shared.instance_connect.clear();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -230,6 +256,8 @@ pub struct EmulatorStats {
     pub sockets_cut: u64,
     /// Frames the agent retransmitted.
     pub agent_retransmissions: u64,
+    /// Publication pauses injected (`pause_after_frames`), each ended by `start_publication`.
+    pub publication_pauses: u64,
 }
 
 /// One session as the emulator sees it.

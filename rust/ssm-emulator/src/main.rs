@@ -34,6 +34,15 @@ struct Args {
     /// Map a remote port to a local one, e.g. 22=2222 (repeatable).
     #[arg(long = "port-map", value_parser = parse_port_map)]
     port_map: Vec<(u16, u16)>,
+    /// EC2 inventory: a JSON array of instances (fields as in the library's Instance).
+    #[arg(long)]
+    inventory: Option<std::path::PathBuf>,
+    /// authorized_keys file for EC2 Instance Connect keys (`%u`: OS user, `%i`: instance id).
+    #[arg(long)]
+    authorized_keys: Option<std::path::PathBuf>,
+    /// How long a pushed EC2 Instance Connect key stays valid, in milliseconds.
+    #[arg(long)]
+    instance_connect_ttl_ms: Option<u64>,
     /// Address to listen on (loopback only unless you mean it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -77,6 +86,18 @@ async fn main() -> anyhow::Result<()> {
         config.faults = serde_json::from_str::<Faults>(f).context("parsing --faults")?;
     }
     config.port_map.extend(args.port_map);
+    if let Some(path) = &args.inventory {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let instances: Vec<ssm_emulator::Instance> =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        config.inventory.extend(instances);
+    }
+    if let Some(p) = args.authorized_keys {
+        config.authorized_keys = Some(p);
+    }
+    if let Some(ms) = args.instance_connect_ttl_ms {
+        config.instance_connect_ttl_ms = ms;
+    }
 
     let emulator = Emulator::bind(config, args.listen)
         .await

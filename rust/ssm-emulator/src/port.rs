@@ -111,6 +111,7 @@ struct Slot {
 
 pub(crate) struct PortPlugin {
     shared: Arc<Shared>,
+    target: String,
     mode: PortMode,
     props: PortProperties,
     events: mpsc::Sender<DestEvent>,
@@ -126,6 +127,7 @@ pub(crate) struct PortPlugin {
 impl PortPlugin {
     pub(crate) fn new(
         shared: Arc<Shared>,
+        target: &str,
         mode: PortMode,
         props: PortProperties,
         events: mpsc::Sender<DestEvent>,
@@ -138,6 +140,7 @@ impl PortPlugin {
         let pacing = shared.config.pacing;
         Self {
             shared,
+            target: target.to_owned(),
             mode,
             props,
             events,
@@ -157,10 +160,10 @@ impl PortPlugin {
             .port_number
             .parse()
             .map_err(|_| format!("invalid portNumber {:?}", self.props.port_number))?;
-        let port = self.shared.config.port_map.get(&port).copied().unwrap_or(port);
+        let (instance_host, port) = self.shared.destination(&self.target, port);
         let host = match self.props.host.as_deref() {
             Some(h) if !h.is_empty() => h.to_owned(),
-            _ => self.shared.config.instance_host.clone(),
+            _ => instance_host,
         };
         // The agent refuses instance metadata as a remote host (§1.2).
         if let Ok(ip) = host.parse::<IpAddr>() {

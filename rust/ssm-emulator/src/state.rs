@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub(crate) frames_duplicated: AtomicU64,
     pub(crate) sockets_cut: AtomicU64,
     pub(crate) agent_retransmissions: AtomicU64,
+    pub(crate) publication_pauses: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +58,7 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<String, SessionEntry>>,
     tokens: Mutex<HashMap<String, TokenEntry>>,
     pub(crate) counters: Counters,
+    pub(crate) instance_connect: crate::instance_connect::Keys,
 }
 
 /// Why a WebSocket open was refused.
@@ -80,6 +82,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            instance_connect: Default::default(),
         }
     }
 
@@ -102,6 +105,7 @@ impl Shared {
             frames_duplicated: get(&c.frames_duplicated),
             sockets_cut: get(&c.sockets_cut),
             agent_retransmissions: get(&c.agent_retransmissions),
+            publication_pauses: get(&c.publication_pauses),
         }
     }
 
@@ -260,9 +264,35 @@ impl Shared {
     }
 
     pub(crate) fn target_known(&self, target: &str) -> bool {
+        // Inventory instances are EC2's truth: only running ones take sessions.
+        if let Some(i) = self.instance(target) {
+            return i.state == crate::InstanceState::Running;
+        }
         if self.config.targets.is_empty() {
             return target.starts_with("i-") || target.starts_with("mi-");
         }
         self.config.targets.iter().any(|t| t == target)
+    }
+}
+
+impl Shared {
+    /// The inventory entry for `instance_id`.
+    pub(crate) fn instance(&self, instance_id: &str) -> Option<&crate::Instance> {
+        self.config.inventory.iter().find(|i| i.instance_id == instance_id)
+    }
+
+    /// Where a port session on `target` dials `port`: the instance's own host and port map
+    /// first, then the emulator-wide ones.
+    pub(crate) fn destination(&self, target: &str, port: u16) -> (String, u16) {
+        let inst = self.instance(target);
+        let port = inst
+            .and_then(|i| i.port_map.get(&port))
+            .or_else(|| self.config.port_map.get(&port))
+            .copied()
+            .unwrap_or(port);
+        let host = inst
+            .and_then(|i| i.host.clone())
+            .unwrap_or_else(|| self.config.instance_host.clone());
+        (host, port)
     }
 }

@@ -13,6 +13,9 @@ use aws_smithy_http_client::tls;
 
 use crate::error::{Error, Result};
 
+/// The loaded AWS configuration, re-exported so that callers need no aws-config dependency.
+pub use aws_config::SdkConfig as Config;
+
 /// Where credentials, region and endpoints come from. Unset fields fall back to the AWS SDK
 /// default chain (environment, profiles, SSO, credential_process, instance metadata).
 #[derive(Clone, Default)]
@@ -66,6 +69,40 @@ pub fn check_endpoint(url: &str, what: &str) -> Result<()> {
             }
         }
         other => Err(Error::Config(format!("{what} {url} has unsupported scheme {other}"))),
+    }
+}
+
+/// The endpoint URL a client of `service_id` (the SDK's service id, e.g. `EC2`) will use, checked
+/// against the loopback rule: `explicit` if given, else what the SDK would pick itself, which is
+/// `AWS_ENDPOINT_URL_<SERVICE>` or the profile's `services` section, then the global
+/// `AWS_ENDPOINT_URL`. `None` means the SDK's regional https endpoint.
+///
+/// Resolving it here, rather than leaving it to the client builder, is what lets every
+/// endpoint source pass through [`check_endpoint`].
+pub fn service_endpoint(config: &SdkConfig, service_id: &str, explicit: Option<&str>) -> Result<Option<String>> {
+    let (url, what) = if let Some(url) = explicit {
+        (Some(url.to_owned()), format!("{service_id} endpoint URL"))
+    } else if config.get_origin("endpoint_url").is_client_config() {
+        (config.endpoint_url().map(str::to_owned), "endpoint URL".to_owned())
+    } else {
+        let env = format!("AWS_ENDPOINT_URL_{}", service_id.to_ascii_uppercase().replace(' ', "_"));
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id(service_id)
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .map_err(|e| Error::Config(format!("endpoint settings for {service_id}: {e}")))?;
+        match config.service_config().and_then(|c| c.load_config(key)) {
+            Some(url) => (Some(url), format!("{env} (or the profile's {service_id} endpoint_url)")),
+            None => (config.endpoint_url().map(str::to_owned), "AWS_ENDPOINT_URL".to_owned()),
+        }
+    };
+    match url {
+        Some(u) if !u.is_empty() => {
+            check_endpoint(&u, &what)?;
+            Ok(Some(u))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -151,7 +188,7 @@ pub struct SsmApi {
     client: aws_sdk_ssm::Client,
 }
 
-fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
+pub(crate) fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: fmt::Debug,

@@ -156,11 +156,12 @@ impl DataChannel {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let control_for_cancel = control.clone();
         let driver = Driver {
             session_id: started.session_id.clone(),
             stream_url: started.stream_url,
             client_id,
-            control,
+            control: control.clone(),
             channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
             ws: Some(ws),
             start: StartState::Waiting(Some(start_tx)),
@@ -176,15 +177,26 @@ impl DataChannel {
             lost_since: None,
             opts,
         };
-        let task = tokio::spawn(driver.run());
+        let mut pending = PendingSession {
+            task: Some(tokio::spawn(driver.run())),
+            control: control_for_cancel,
+            session_id: started.session_id.clone(),
+        };
         let start = match start_rx.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                task.abort();
+                // The driver is ending by itself (it still sends what it queued, e.g. a
+                // refusing HandshakeResponse); give it a moment.
+                if let Some(task) = pending.task.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                }
                 return Err(e);
             }
             Err(_) => {
                 // The driver ended before the session started: its result says why.
+                let Some(task) = pending.task.take() else {
+                    return Err(Error::Cancelled);
+                };
                 return Err(match task.await {
                     Ok(Err(e)) => e,
                     Ok(Ok(End::Closed(reason))) => Error::Closed {
@@ -194,6 +206,9 @@ impl DataChannel {
                     _ => Error::Connect("the session ended before it started".into()),
                 });
             }
+        };
+        let Some(task) = pending.task.take() else {
+            return Err(Error::Cancelled);
         };
         Ok(Self {
             start,
@@ -216,6 +231,31 @@ impl DataChannel {
     /// Splits into sender, receiver and the driver's completion.
     pub fn into_parts(self) -> (DataSender, Inbox, JoinHandle<Result<End>>) {
         (self.sender, self.rx, self.task)
+    }
+}
+
+/// A session whose start is being awaited. If that wait is abandoned (the caller's future is
+/// dropped: cancellation), the driver is stopped and the session terminated, so nothing stays
+/// open.
+struct PendingSession {
+    task: Option<JoinHandle<Result<End>>>,
+    control: SharedControl,
+    session_id: String,
+}
+
+impl Drop for PendingSession {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        task.abort();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let control = self.control.clone();
+            let id = std::mem::take(&mut self.session_id);
+            rt.spawn(async move {
+                if let Err(e) = control.terminate(&id).await {
+                    tracing::debug!(session = %id, "TerminateSession after cancel: {e}");
+                }
+            });
+        }
     }
 }
 
@@ -580,6 +620,13 @@ impl Driver {
                         }
                         Err(e) => tracing::debug!(session = %self.session_id, "reconnect: {e}"),
                     }
+                }
+                // We were ending the session and the service says it has ended: that is the
+                // end we asked for, even though the socket went before `channel_closed` arrived.
+                Ok(None) if self.finishing.is_some() => return Ok(Some(End::Finished)),
+                Err(e) if self.finishing.is_some() && e.api_code() == Some("DoesNotExistException") => {
+                    tracing::debug!(session = %self.session_id, "ended while finishing: {e}");
+                    return Ok(Some(End::Finished));
                 }
                 Ok(None) => return Err(Error::TimedOut(self.session_id.clone())),
                 Err(e) if e.api_code() == Some("DoesNotExistException") => {

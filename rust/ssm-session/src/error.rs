@@ -55,6 +55,66 @@ pub enum Error {
     /// The operation was cancelled by the caller.
     #[error("cancelled")]
     Cancelled,
+    /// The target text is none of the accepted forms (id, `key:value` tag, IP address, DNS name).
+    #[error("{target:?} is not a valid target: {reason}")]
+    InvalidTarget {
+        /// The target as given.
+        target: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No running instance matched the target.
+    #[error("no running instance matches {target:?}; searched {searched}")]
+    TargetNotFound {
+        /// The target as given.
+        target: String,
+        /// What was searched, e.g. `EC2 instances with tag Name=web`; ends with the
+        /// instances that matched but were not running, when there were any.
+        searched: String,
+    },
+    /// More than one running instance matched the target; none is picked.
+    #[error("{target:?} matches {} running instances{}: {}; use an instance id or a more specific target",
+        .candidates.len(), if *.more { " or more" } else { "" }, Candidate::list(.candidates))]
+    AmbiguousTarget {
+        /// The target as given.
+        target: String,
+        /// The instances that matched (at most [`crate::resolve::MAX_CANDIDATES`]).
+        candidates: Vec<Candidate>,
+        /// Whether more matched than are listed.
+        more: bool,
+    },
+    /// A DNS lookup failed for a reason other than the name having no such records.
+    #[error("DNS lookup of {name} failed: {message}")]
+    Dns {
+        /// Name looked up.
+        name: String,
+        /// What the resolver reported.
+        message: String,
+    },
+}
+
+/// One instance among several that matched an ambiguous target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Instance id.
+    pub instance_id: String,
+    /// Value of the `Name` tag, if any.
+    pub name: Option<String>,
+    /// Instance state name, e.g. `running`.
+    pub state: String,
+}
+
+impl Candidate {
+    fn list(candidates: &[Candidate]) -> String {
+        candidates
+            .iter()
+            .map(|c| match &c.name {
+                Some(n) => format!("{} (Name={n}, {})", c.instance_id, c.state),
+                None => format!("{} (no Name tag, {})", c.instance_id, c.state),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl Error {

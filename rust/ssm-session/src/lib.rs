@@ -4,22 +4,28 @@
 //! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
 //! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
 //! built on it: port forwarding in basic and smux mode (§7.3, §7.4) the stdio mode behind
-//! ssh `ProxyCommand` (§7.5), and shell sessions on the local terminal (§6).
+//! ssh `ProxyCommand` (§7.5), and shell sessions on the local terminal (§6). Also target
+//! resolution (instance ids, tags, IP addresses and DNS names to one running instance, through
+//! EC2 `DescribeInstances` and hickory DNS, in [`resolve`]) and EC2 Instance Connect key pushes
+//! ([`ec2ic`]).
 //!
 //! What it is not: a terminal UI or a command line; the `ssmconnect` helper and the C ABI wrap
 //! it. Tokens never appear in its logs, errors or `Debug` output.
 
 pub mod aws;
 pub mod driver;
+pub mod ec2ic;
 pub mod error;
 pub mod port;
+pub mod resolve;
 pub mod shell;
 pub mod stdio;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
 pub use driver::{ChannelOptions, DataChannel, DataSender, End, SessionStart};
-pub use error::{Error, Result};
+pub use error::{Candidate, Error, Result};
 pub use port::{ForwardOptions, ForwardStats, PortForward};
+pub use resolve::{ResolveOptions, ResolvedTarget, resolve_session_target, resolve_target};
 pub use shell::{ShellOptions, ShellOutcome};
 
 /// Makes ring the process-wide rustls provider (idempotent).

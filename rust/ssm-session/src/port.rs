@@ -178,13 +178,15 @@ impl PortForward {
     }
 
     /// Waits until the session ends by itself (or [`PortForward::stop`] from elsewhere).
+    /// Cancel-safe: dropping this future (e.g. a losing `select!` arm) keeps the task, so a
+    /// later `wait` still waits for the end (TerminateSession included).
     pub async fn wait(&mut self) -> Result<End> {
-        match self.task.take() {
-            Some(t) => t
-                .await
-                .map_err(|e| Error::Connect(format!("forward task failed: {e}")))?,
-            None => Ok(End::Finished),
-        }
+        let Some(t) = self.task.as_mut() else {
+            return Ok(End::Finished);
+        };
+        let result = t.await;
+        self.task = None;
+        result.map_err(|e| Error::Connect(format!("forward task failed: {e}")))?
     }
 
     /// A handle that can stop this forward from another task.

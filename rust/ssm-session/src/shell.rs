@@ -100,20 +100,22 @@ pub async fn run_on_terminal(dc: DataChannel) -> Result<ShellOutcome> {
     let interactive = std::io::stdin().is_terminal();
     let _raw = if interactive { Some(RawMode::enable()?) } else { None };
     let (tx, rx) = mpsc::channel::<Local>(64);
-    let stop = Arc::new(AtomicBool::new(false));
-    let input = input::spawn(tx.clone(), stop.clone(), interactive);
-    let resize = if interactive {
-        Some(tokio::spawn(watch_resize(tx)))
+    // Both stop when dropped, also when this future is dropped half-way (cancellation).
+    let _input = input::spawn(tx.clone(), interactive);
+    let _resize = if interactive {
+        Some(AbortOnDrop(tokio::spawn(watch_resize(tx))))
     } else {
         None
     };
-    let result = pump(dc, rx, interactive).await;
-    stop.store(true, Ordering::SeqCst);
-    if let Some(r) = resize {
-        r.abort();
+    pump(dc, rx, interactive).await
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    drop(input);
-    result
 }
 
 async fn pump(dc: DataChannel, mut local: mpsc::Receiver<Local>, interactive: bool) -> Result<ShellOutcome> {
@@ -202,57 +204,63 @@ mod input {
 
     use super::Local;
 
-    pub(super) struct Reader(Option<std::thread::JoinHandle<()>>);
+    pub(super) struct Reader(Option<std::thread::JoinHandle<()>>, Arc<AtomicBool>);
 
     impl Drop for Reader {
         fn drop(&mut self) {
             // The thread sees the stop flag within one poll period.
+            self.1.store(true, Ordering::SeqCst);
             if let Some(h) = self.0.take() {
                 let _ = h.join();
             }
         }
     }
 
-    pub(super) fn spawn(tx: mpsc::Sender<Local>, stop: Arc<AtomicBool>, _interactive: bool) -> Reader {
-        Reader(Some(std::thread::spawn(move || {
-            let mut buf = vec![0u8; 16 << 10];
-            while !stop.load(Ordering::SeqCst) {
-                let mut fds = libc::pollfd {
-                    fd: 0,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd for the duration of the call.
-                let ready = unsafe { libc::poll(&mut fds, 1, 50) };
-                if ready < 0 {
-                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+    pub(super) fn spawn(tx: mpsc::Sender<Local>, _interactive: bool) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Reader(
+            Some(std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                while !stop.load(Ordering::SeqCst) {
+                    let mut fds = libc::pollfd {
+                        fd: 0,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    let ready = unsafe { libc::poll(&mut fds, 1, 50) };
+                    if ready < 0 {
+                        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        let _ = tx.blocking_send(Local::Eof);
+                        return;
+                    }
+                    if ready == 0 {
                         continue;
                     }
-                    let _ = tx.blocking_send(Local::Eof);
-                    return;
-                }
-                if ready == 0 {
-                    continue;
-                }
-                // SAFETY: `buf` is valid for `buf.len()` bytes.
-                let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
-                if n < 0 {
-                    if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                        continue;
+                    // SAFETY: `buf` is valid for `buf.len()` bytes.
+                    let n = unsafe { libc::read(0, buf.as_mut_ptr().cast(), buf.len()) };
+                    if n < 0 {
+                        if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                            continue;
+                        }
+                        let _ = tx.blocking_send(Local::Eof);
+                        return;
                     }
-                    let _ = tx.blocking_send(Local::Eof);
-                    return;
+                    if n == 0 {
+                        let _ = tx.blocking_send(Local::Eof);
+                        return;
+                    }
+                    let data = buf.get(..n as usize).unwrap_or_default().to_vec();
+                    if tx.blocking_send(Local::Bytes(data)).is_err() {
+                        return;
+                    }
                 }
-                if n == 0 {
-                    let _ = tx.blocking_send(Local::Eof);
-                    return;
-                }
-                let data = buf.get(..n as usize).unwrap_or_default().to_vec();
-                if tx.blocking_send(Local::Bytes(data)).is_err() {
-                    return;
-                }
-            }
-        })))
+            })),
+            flag,
+        )
     }
 }
 
@@ -271,12 +279,17 @@ mod input {
 
     use super::{Local, terminal_size};
 
-    pub(super) struct Reader(Option<std::thread::JoinHandle<()>>);
+    pub(super) struct Reader(Option<std::thread::JoinHandle<()>>, Arc<AtomicBool>, bool);
 
     impl Drop for Reader {
         fn drop(&mut self) {
+            self.1.store(true, Ordering::SeqCst);
+            // A blocking read of redirected stdin cannot be interrupted; that thread is left to
+            // end with the process. The console event loop sees the flag within 50 ms.
             if let Some(h) = self.0.take() {
-                let _ = h.join();
+                if self.2 || h.is_finished() {
+                    let _ = h.join();
+                }
             }
         }
     }
@@ -322,44 +335,50 @@ mod input {
         }
     }
 
-    pub(super) fn spawn(tx: mpsc::Sender<Local>, stop: Arc<AtomicBool>, interactive: bool) -> Reader {
-        Reader(Some(std::thread::spawn(move || {
-            if !interactive {
-                let mut stdin = std::io::stdin();
-                let mut buf = vec![0u8; 16 << 10];
-                loop {
-                    match stdin.read(&mut buf) {
-                        Ok(0) | Err(_) => {
-                            let _ = tx.blocking_send(Local::Eof);
-                            return;
-                        }
-                        Ok(n) => {
-                            if tx.blocking_send(Local::Bytes(buf[..n].to_vec())).is_err() {
+    pub(super) fn spawn(tx: mpsc::Sender<Local>, interactive: bool) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        Reader(
+            Some(std::thread::spawn(move || {
+                if !interactive {
+                    let mut stdin = std::io::stdin();
+                    let mut buf = vec![0u8; 16 << 10];
+                    loop {
+                        match stdin.read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = tx.blocking_send(Local::Eof);
                                 return;
+                            }
+                            Ok(n) => {
+                                if tx.blocking_send(Local::Bytes(buf[..n].to_vec())).is_err() {
+                                    return;
+                                }
                             }
                         }
                     }
                 }
-            }
-            while !stop.load(Ordering::SeqCst) {
-                match event::poll(Duration::from_millis(50)) {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(_) => return,
-                }
-                let msg = match event::read() {
-                    Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => key_bytes(k).map(Local::Bytes),
-                    Ok(Event::Resize(..)) => Some(Local::Resize(terminal_size())),
-                    Ok(Event::Paste(s)) => Some(Local::Bytes(s.into_bytes())),
-                    Ok(_) => None,
-                    Err(_) => return,
-                };
-                if let Some(m) = msg {
-                    if tx.blocking_send(m).is_err() {
-                        return;
+                while !stop.load(Ordering::SeqCst) {
+                    match event::poll(Duration::from_millis(50)) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(_) => return,
+                    }
+                    let msg = match event::read() {
+                        Ok(Event::Key(k)) if k.kind != KeyEventKind::Release => key_bytes(k).map(Local::Bytes),
+                        Ok(Event::Resize(..)) => Some(Local::Resize(terminal_size())),
+                        Ok(Event::Paste(s)) => Some(Local::Bytes(s.into_bytes())),
+                        Ok(_) => None,
+                        Err(_) => return,
+                    };
+                    if let Some(m) = msg {
+                        if tx.blocking_send(m).is_err() {
+                            return;
+                        }
                     }
                 }
-            }
-        })))
+            })),
+            flag,
+            interactive,
+        )
     }
 }

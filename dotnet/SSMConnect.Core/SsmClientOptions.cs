@@ -1,0 +1,76 @@
+using System.Text.Json.Serialization;
+
+namespace SSMConnect
+{
+    /// <summary>
+    /// Credentials, region and endpoint for a <see cref="SsmClient"/>. Unset values fall back to
+    /// the AWS SDK default chain in the native library (environment, profiles, SSO,
+    /// credential_process, instance metadata) and to <c>AWS_ENDPOINT_URL_*</c>.
+    /// </summary>
+    public sealed class SsmClientOptions
+    {
+        /// <summary>Named profile.</summary>
+        [JsonPropertyName("profile")]
+        public string? Profile { get; set; }
+
+        /// <summary>Region, e.g. <c>eu-west-1</c>.</summary>
+        [JsonPropertyName("region")]
+        public string? Region { get; set; }
+
+        /// <summary>SSM endpoint override (plain <c>http://</c> only for loopback).</summary>
+        [JsonPropertyName("endpoint_url")]
+        public string? EndpointUrl { get; set; }
+
+        /// <summary>Explicit access key id (with <see cref="SecretKey"/>).</summary>
+        [JsonPropertyName("access_key")]
+        public string? AccessKey { get; set; }
+
+        /// <summary>Explicit secret access key.</summary>
+        [JsonPropertyName("secret_key")]
+        public string? SecretKey { get; set; }
+
+        /// <summary>Explicit session token.</summary>
+        [JsonPropertyName("session_token")]
+        public string? SessionToken { get; set; }
+    }
+
+    /// <summary>What <see cref="SsmClient.BeginForward"/> forwards.</summary>
+    public sealed class ForwardRequest
+    {
+        /// <summary>Instance id, <c>key:value</c> tag, IP address or DNS name.</summary>
+        [JsonPropertyName("target")]
+        public string Target { get; set; } = string.Empty;
+
+        /// <summary>Port on the target (or on <see cref="RemoteHost"/>).</summary>
+        [JsonPropertyName("remote_port")]
+        public ushort RemotePort { get; set; }
+
+        /// <summary>A host reached through the target instead of the target itself.</summary>
+        [JsonPropertyName("remote_host")]
+        public string? RemoteHost { get; set; }
+
+        /// <summary>Local address to listen on; null means 127.0.0.1.</summary>
+        [JsonPropertyName("local_address")]
+        public string? LocalAddress { get; set; }
+
+        /// <summary>Local port; 0 picks a free one.</summary>
+        [JsonPropertyName("local_port")]
+        public ushort LocalPort { get; set; }
+    }
+
+    /// <summary>What <see cref="SsmClient.BeginShell"/> opens.</summary>
+    public sealed class ShellRequest
+    {
+        /// <summary>Instance id, <c>key:value</c> tag, IP address or DNS name.</summary>
+        [JsonPropertyName("target")]
+        public string Target { get; set; } = string.Empty;
+
+        /// <summary>Session document; null for the account's shell preferences.</summary>
+        [JsonPropertyName("document")]
+        public string? Document { get; set; }
+
+        /// <summary>Document parameters.</summary>
+        [JsonPropertyName("parameters")]
+        public System.Collections.Generic.Dictionary<string, string[]>? Parameters { get; set; }
+    }
+}

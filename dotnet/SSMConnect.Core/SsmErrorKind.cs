@@ -1,0 +1,46 @@
+namespace SSMConnect
+{
+    /// <summary>
+    /// Why an SSMConnect operation failed. The values mirror the native <c>SsmcErrorKind</c>
+    /// one for one (a unit test keeps them in step); <see cref="ErrorCatalog"/> maps each to a
+    /// stable error id and a PowerShell error category.
+    /// </summary>
+    public enum SsmErrorKind : uint
+    {
+        /// <summary>No error.</summary>
+        None = 0,
+
+        /// <summary>A malformed request or argument.</summary>
+        InvalidArgument = 1,
+
+        /// <summary>Configuration: no region, bad endpoint, conflicting credentials.</summary>
+        Configuration = 2,
+
+        /// <summary>No instance matched the target.</summary>
+        TargetNotFound = 3,
+
+        /// <summary>Several instances matched the target.</summary>
+        AmbiguousTarget = 4,
+
+        /// <summary>An AWS API call failed (access denied, target not connected, …).</summary>
+        Api = 5,
+
+        /// <summary>The local port could not be bound (in use, no permission).</summary>
+        PortInUse = 6,
+
+        /// <summary>The data channel could not be opened or was lost for good.</summary>
+        ConnectionFailed = 7,
+
+        /// <summary>The session could not start (handshake, unsupported feature).</summary>
+        SessionFailed = 8,
+
+        /// <summary>A deadline passed.</summary>
+        TimedOut = 9,
+
+        /// <summary>The operation was cancelled.</summary>
+        Cancelled = 10,
+
+        /// <summary>A bug: panic or unexpected state.</summary>
+        Internal = 11,
+    }
+}

@@ -1,0 +1,142 @@
+using System;
+using System.Collections.Generic;
+using System.Globalization;
+using System.Linq;
+using System.Management.Automation;
+using System.Threading;
+
+namespace SSMConnect.Commands
+{
+    /// <summary>
+    /// <para type="synopsis">Forwards a local port to a port on an instance, or to a host reached through it.</para>
+    /// </summary>
+    [Cmdlet(VerbsLifecycle.Start, "SSMPortForward", SupportsShouldProcess = true)]
+    [OutputType(typeof(PortForward))]
+    public sealed class StartSSMPortForwardCommand : SSMConnectCmdletBase
+    {
+        private readonly List<PortForward> started = new List<PortForward>();
+
+        /// <summary>Instance id, tag (key:value), IP address or DNS name; or objects with InstanceId / Instances.</summary>
+        [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNull]
+        public object[] Target { get; set; } = Array.Empty<object>();
+
+        /// <summary>Port on the target (or on -RemoteHost).</summary>
+        [Parameter(Mandatory = true, Position = 1)]
+        [ValidateRange(1, 65535)]
+        public int RemotePort { get; set; }
+
+        /// <summary>Local port; 0 (the default) picks a free one.</summary>
+        [Parameter]
+        [ValidateRange(0, 65535)]
+        public int LocalPort { get; set; }
+
+        /// <summary>Local address to listen on.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string LocalAddress { get; set; } = "127.0.0.1";
+
+        /// <summary>A host reached through the target (a database, an internal service).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? RemoteHost { get; set; }
+
+        /// <summary>Block until the forward ends; Ctrl+C stops it.</summary>
+        [Parameter]
+        public SwitchParameter Wait { get; set; }
+
+        /// <inheritdoc />
+        protected override void ProcessRecord()
+        {
+            var targets = ExpandTargets(Target);
+            if (targets.Count == 0)
+            {
+                return;
+            }
+            using var client = CreateClient();
+            foreach (var target in targets)
+            {
+                var local = LocalPort == 0 ? $"{LocalAddress}:<free port>" : $"{LocalAddress}:{LocalPort}";
+                var action = string.Format(CultureInfo.InvariantCulture, "Forward {0} to {1}:{2}", local, RemoteHost ?? "the instance", RemotePort);
+                if (!ShouldProcess(target, action))
+                {
+                    continue;
+                }
+                var request = new ForwardRequest
+                {
+                    Target = target,
+                    RemotePort = (ushort)RemotePort,
+                    RemoteHost = RemoteHost,
+                    LocalAddress = LocalAddress,
+                    LocalPort = (ushort)LocalPort,
+                };
+                try
+                {
+                    using var op = client.BeginForward(request);
+                    WaitFor(op, $"Start-SSMPortForward {target}");
+                    var forward = op.TakeForward();
+                    started.Add(forward);
+                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? target}:{RemotePort} (session {forward.SessionId}, forward {forward.Id})");
+                    WriteObject(forward);
+                }
+                catch (SsmException e)
+                {
+                    WriteSsmError(e, target);
+                }
+            }
+        }
+
+        /// <inheritdoc />
+        protected override void EndProcessing()
+        {
+            if (!Wait || started.Count == 0)
+            {
+                return;
+            }
+            var progress = new ProgressRecord(ProgressId, "Start-SSMPortForward -Wait", "Forwarding; Ctrl+C stops");
+            var nextUpdate = DateTime.MinValue;
+            try
+            {
+                while (started.Any(f => f.State == OperationState.Running))
+                {
+                    if (StopToken.IsCancellationRequested)
+                    {
+                        throw new PipelineStoppedException();
+                    }
+                    if (DateTime.UtcNow >= nextUpdate)
+                    {
+                        progress.StatusDescription = string.Join(
+                            "; ",
+                            started.Select(f => string.Format(
+                                CultureInfo.InvariantCulture,
+                                "{0} -> {1}: {2} connection(s), {3:N0} bytes sent, {4:N0} received",
+                                f.LocalEndpoint,
+                                f.Target,
+                                f.Connections,
+                                f.BytesSent,
+                                f.BytesReceived)));
+                        WriteProgress(progress);
+                        nextUpdate = DateTime.UtcNow.AddSeconds(1);
+                    }
+                    DrainLogs();
+                    StopToken.WaitHandle.WaitOne(Operation.DefaultPollInterval * 4);
+                }
+                progress.RecordType = ProgressRecordType.Completed;
+                WriteProgress(progress);
+                foreach (var f in started.Where(f => f.State == OperationState.Failed))
+                {
+                    WriteSsmError(new SsmException(SsmErrorKind.ConnectionFailed, $"forward {f.Id} to {f.Target} failed: {f.Error}"), f);
+                }
+            }
+            finally
+            {
+                // -Wait means the forwards live as long as the command: stopped or not, they end here.
+                foreach (var f in started)
+                {
+                    f.Stop();
+                }
+            }
+        }
+    }
+}

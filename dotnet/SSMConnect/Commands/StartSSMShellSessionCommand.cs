@@ -1,0 +1,98 @@
+using System;
+using System.Collections;
+using System.Collections.Generic;
+using System.Linq;
+using System.Management.Automation;
+
+namespace SSMConnect.Commands
+{
+    /// <summary>
+    /// <para type="synopsis">Opens a shell on an instance in this terminal (non-interactive when stdin is redirected).</para>
+    /// </summary>
+    [Cmdlet(VerbsLifecycle.Start, "SSMShellSession", SupportsShouldProcess = true)]
+    [OutputType(typeof(int))]
+    public sealed class StartSSMShellSessionCommand : SSMConnectCmdletBase
+    {
+        /// <summary>The stage the native library reports once the remote shell owns the terminal.</summary>
+        private const string RunningStage = "Running";
+
+        /// <summary>Instance id, tag (key:value), IP address or DNS name; or objects with InstanceId / Instances.</summary>
+        [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNull]
+        public object[] Target { get; set; } = Array.Empty<object>();
+
+        /// <summary>Session document (default: the account's shell preferences).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? DocumentName { get; set; }
+
+        /// <summary>Document parameters: names to a value or an array of values.</summary>
+        [Parameter]
+        public Hashtable? Parameter { get; set; }
+
+        /// <summary>Write the remote shell's exit code (it is always in $LASTEXITCODE).</summary>
+        [Parameter]
+        public SwitchParameter PassThru { get; set; }
+
+        /// <inheritdoc />
+        protected override void ProcessRecord()
+        {
+            var targets = ExpandTargets(Target);
+            if (targets.Count == 0)
+            {
+                return;
+            }
+            var parameters = DocumentParameters();
+            using var client = CreateClient();
+            foreach (var target in targets)
+            {
+                if (!ShouldProcess(target, "Start a shell session"))
+                {
+                    continue;
+                }
+                try
+                {
+                    using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters });
+                    WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage);
+                    var code = op.ExitCode;
+                    SetLastExitCode(code);
+                    if (PassThru)
+                    {
+                        WriteObject(code);
+                    }
+                }
+                catch (SsmException e)
+                {
+                    WriteSsmError(e, target);
+                }
+            }
+        }
+
+        private Dictionary<string, string[]>? DocumentParameters()
+        {
+            if (Parameter is null || Parameter.Count == 0)
+            {
+                return null;
+            }
+            var result = new Dictionary<string, string[]>(StringComparer.Ordinal);
+            foreach (DictionaryEntry e in Parameter)
+            {
+                var name = e.Key?.ToString();
+                if (string.IsNullOrEmpty(name))
+                {
+                    continue;
+                }
+                var value = e.Value is PSObject p ? p.BaseObject : e.Value;
+                result[name!] = value switch
+                {
+                    null => Array.Empty<string>(),
+                    string s => new[] { s },
+                    IEnumerable many => many.Cast<object?>().Select(v => (v is PSObject pv ? pv.BaseObject : v)?.ToString() ?? string.Empty).ToArray(),
+                    _ => new[] { value.ToString() ?? string.Empty },
+                };
+            }
+            return result;
+        }
+    }
+}

@@ -1,0 +1,209 @@
+using System;
+using System.ComponentModel;
+using System.Diagnostics;
+using System.IO;
+using System.Management.Automation;
+
+namespace SSMConnect.Commands
+{
+    /// <summary>
+    /// <para type="synopsis">Runs the system ssh to an instance with the bundled helper as its ProxyCommand.</para>
+    /// </summary>
+    [Cmdlet(VerbsLifecycle.Start, "SSMSshSession", SupportsShouldProcess = true)]
+    [OutputType(typeof(int))]
+    public sealed class StartSSMSshSessionCommand : SSMConnectCmdletBase
+    {
+        /// <summary>Instance id, tag (key:value), IP address or DNS name; or objects with InstanceId / Instances.</summary>
+        [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
+        [Alias("InstanceId")]
+        [ValidateNotNull]
+        public object[] Target { get; set; } = Array.Empty<object>();
+
+        /// <summary>Remote user (ssh -l).</summary>
+        [Parameter]
+        [Alias("UserName")]
+        [ValidateNotNullOrEmpty]
+        public string? User { get; set; }
+
+        /// <summary>Private key file (ssh -i).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? IdentityFile { get; set; }
+
+        /// <summary>SSH port on the instance (ssh -p; default 22).</summary>
+        [Parameter]
+        [ValidateRange(1, 65535)]
+        public int Port { get; set; }
+
+        /// <summary>Push the public half of -IdentityFile (the .pub beside it) with EC2 Instance Connect first.</summary>
+        [Parameter]
+        public SwitchParameter UseInstanceConnect { get; set; }
+
+        /// <summary>Remote command; an interactive login when absent.</summary>
+        [Parameter(Position = 1)]
+        [ValidateNotNullOrEmpty]
+        public string? Command { get; set; }
+
+        /// <summary>More ssh arguments, each one array element (e.g. '-o','StrictHostKeyChecking=no').</summary>
+        [Parameter]
+        [ValidateNotNull]
+        public string[]? SshArgument { get; set; }
+
+        /// <summary>Write ssh's exit code (it is always in $LASTEXITCODE).</summary>
+        [Parameter]
+        public SwitchParameter PassThru { get; set; }
+
+        /// <inheritdoc />
+        protected override void ProcessRecord()
+        {
+            var targets = ExpandTargets(Target);
+            if (targets.Count == 0)
+            {
+                return;
+            }
+            var ssh = SshInvocation.FindSsh();
+            if (ssh is null)
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new FileNotFoundException("the ssh client was not found on PATH (on Windows: install the OpenSSH Client feature)"),
+                    ErrorCatalog.SshNotFound,
+                    ErrorCategory.ObjectNotFound,
+                    null));
+            }
+            string helper;
+            try
+            {
+                helper = HelperLocator.Find();
+            }
+            catch (FileNotFoundException e)
+            {
+                ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.HelperNotFound, ErrorCategory.ObjectNotFound, null));
+                throw;
+            }
+            var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
+            if (UseInstanceConnect)
+            {
+                CheckInstanceConnect(identity);
+            }
+
+            foreach (var target in targets)
+            {
+                var options = new SshOptions
+                {
+                    SshPath = ssh!,
+                    HelperPath = helper,
+                    Target = target,
+                    User = User,
+                    Port = Port == 0 ? null : Port,
+                    IdentityFile = identity,
+                    UseInstanceConnect = UseInstanceConnect,
+                    Command = Command,
+                    Region = ResolvedRegion(),
+                    Profile = ProfileName,
+                    EndpointUrl = EndpointUrl,
+                    AccessKey = AccessKey,
+                    SecretKey = SecretKey,
+                    SessionToken = SessionToken,
+                };
+                foreach (var a in SshArgument ?? Array.Empty<string>())
+                {
+                    options.SshArguments.Add(a);
+                }
+                SshInvocation invocation;
+                try
+                {
+                    invocation = SshInvocation.Build(options);
+                }
+                catch (ArgumentException e)
+                {
+                    WriteError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, target));
+                    continue;
+                }
+                var action = Command is null ? $"ssh as {User ?? "the default user"}" : $"ssh as {User ?? "the default user"}, running: {Command}";
+                if (!ShouldProcess(target, action))
+                {
+                    continue;
+                }
+                WriteVerbose($"{invocation.FileName} {string.Join(" ", invocation.Arguments)}");
+                var code = Run(invocation, target);
+                if (code is int c)
+                {
+                    SetLastExitCode(c);
+                    if (PassThru)
+                    {
+                        WriteObject(c);
+                    }
+                }
+            }
+        }
+
+        private void CheckInstanceConnect(string? identity)
+        {
+            if (string.IsNullOrEmpty(User))
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new ArgumentException("-UseInstanceConnect needs -User: the key is pushed for that user"),
+                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                    ErrorCategory.InvalidArgument,
+                    null));
+            }
+            if (identity is null || !File.Exists(identity + ".pub"))
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new FileNotFoundException($"-UseInstanceConnect pushes the public key beside -IdentityFile, and {(identity ?? "<no -IdentityFile>") + ".pub"} does not exist"),
+                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                    ErrorCategory.InvalidArgument,
+                    identity));
+            }
+        }
+
+        /// <summary>Runs ssh on this console and returns its exit code (null when stopped or not started).</summary>
+        private int? Run(SshInvocation invocation, string target)
+        {
+            var psi = invocation.ToStartInfo();
+            var helperVerbosity = WantedHelperVerbosity();
+            if (helperVerbosity is not null)
+            {
+                // The helper logs to ssh's stderr, the console; -Verbose/-Debug turn it up.
+                psi.Environment["SSMCONNECT_LOG"] = $"warn,ssm_session={helperVerbosity},ssm_proto={helperVerbosity},ssmconnect={helperVerbosity}";
+            }
+            Process process;
+            try
+            {
+                process = Process.Start(psi) ?? throw new Win32Exception("Process.Start returned nothing");
+            }
+            catch (Win32Exception e)
+            {
+                WriteError(new ErrorRecord(e, ErrorCatalog.SshNotFound, ErrorCategory.ObjectNotFound, target));
+                return null;
+            }
+            using (process)
+            {
+                while (!process.WaitForExit(100))
+                {
+                    if (StopToken.IsCancellationRequested)
+                    {
+                        // ssh got the same Ctrl+C when it shares the console; give it a moment to end itself.
+                        if (!process.WaitForExit(2000))
+                        {
+                            process.Kill(entireProcessTree: true);
+                            process.WaitForExit();
+                        }
+                        throw new PipelineStoppedException();
+                    }
+                }
+                process.WaitForExit();
+                return process.ExitCode;
+            }
+        }
+
+        private string? WantedHelperVerbosity()
+        {
+            if (MyInvocation.BoundParameters.ContainsKey("Debug"))
+            {
+                return "debug";
+            }
+            return MyInvocation.BoundParameters.ContainsKey("Verbose") ? "info" : null;
+        }
+    }
+}

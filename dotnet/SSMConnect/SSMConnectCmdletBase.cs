@@ -1,0 +1,305 @@
+using System;
+using System.Collections.Generic;
+using System.Management.Automation;
+using System.Threading;
+
+namespace SSMConnect
+{
+    /// <summary>
+    /// Shared parameters (the AWS Tools ones) and the machinery every session-starting cmdlet
+    /// needs: a client from those parameters, a wait loop on the pipeline thread that writes
+    /// progress and native log lines and cancels native work when the pipeline stops (Ctrl+C),
+    /// and ErrorRecords with stable ids.
+    /// </summary>
+    public abstract class SSMConnectCmdletBase : PSCmdlet, IDisposable
+    {
+        private readonly CancellationTokenSource stopping = new CancellationTokenSource();
+        private NativeLogLevel logLevel = NativeLogLevel.Off;
+        private bool disposed;
+
+        /// <summary>Named profile from the shared AWS config and credentials files.</summary>
+        [Parameter]
+        [Alias("StoredCredentials", "Profile")]
+        [ValidateNotNullOrEmpty]
+        public string? ProfileName { get; set; }
+
+        /// <summary>Region; else <c>$StoredAWSRegion</c>, else the AWS SDK chain.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? Region { get; set; }
+
+        /// <summary>Access key id (with -SecretKey).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? AccessKey { get; set; }
+
+        /// <summary>Secret access key.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? SecretKey { get; set; }
+
+        /// <summary>Session token for temporary credentials.</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? SessionToken { get; set; }
+
+        /// <summary>SSM endpoint (e.g. a VPC endpoint, or the emulator in tests).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? EndpointUrl { get; set; }
+
+        /// <summary>Cancelled when the pipeline stops.</summary>
+        protected CancellationToken StopToken => stopping.Token;
+
+        /// <summary>The id for this cmdlet's progress records.</summary>
+        protected virtual int ProgressId => 4711;
+
+        /// <inheritdoc />
+        protected override void BeginProcessing()
+        {
+            logLevel = WantedLogLevel();
+            NativeLog.Enable(logLevel);
+            // Lines left from earlier work (a forward still running) belong to nobody now.
+            NativeLog.Drain((_, _) => { });
+            if (!string.IsNullOrEmpty(AccessKey) != !string.IsNullOrEmpty(SecretKey))
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new ArgumentException("-AccessKey and -SecretKey go together"),
+                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                    ErrorCategory.InvalidArgument,
+                    null));
+            }
+        }
+
+        /// <inheritdoc />
+        protected override void StopProcessing() => stopping.Cancel();
+
+        /// <summary>Client settings from the shared parameters.</summary>
+        protected SsmClientOptions ClientOptions() => new SsmClientOptions
+        {
+            Profile = ProfileName,
+            Region = ResolvedRegion(),
+            EndpointUrl = EndpointUrl,
+            AccessKey = AccessKey,
+            SecretKey = SecretKey,
+            SessionToken = SessionToken,
+        };
+
+        /// <summary>A native client from the shared parameters; a refusal is a terminating error.</summary>
+        protected SsmClient CreateClient()
+        {
+            try
+            {
+                return new SsmClient(ClientOptions());
+            }
+            catch (SsmException e)
+            {
+                ThrowTerminatingError(ToErrorRecord(e, null));
+                throw;
+            }
+            catch (DllNotFoundException e)
+            {
+                ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.NativeLibraryNotFound, ErrorCategory.ResourceUnavailable, null));
+                throw;
+            }
+        }
+
+        /// <summary>-Region, then <c>$StoredAWSRegion</c>, then null (the SDK chain).</summary>
+        protected string? ResolvedRegion() =>
+            RegionResolver.Resolve(Region, SessionState.PSVariable.GetValue(RegionResolver.StoredRegionVariable));
+
+        /// <summary>
+        /// The targets in one <c>-Target</c> value; writes a <c>SSMConnect.NoTarget</c> error and
+        /// returns nothing when it holds none.
+        /// </summary>
+        protected IReadOnlyList<string> ExpandTargets(object?[] values)
+        {
+            var all = new List<string>();
+            foreach (var value in values)
+            {
+                try
+                {
+                    all.AddRange(TargetBinding.Expand(value, PowerShellAdapter));
+                }
+                catch (ArgumentException e)
+                {
+                    WriteError(new ErrorRecord(e, ErrorCatalog.NoTarget, ErrorCategory.InvalidArgument, value));
+                }
+            }
+            return all;
+        }
+
+        /// <summary>
+        /// Waits on the pipeline thread for <paramref name="op"/> to finish, writing its stages as
+        /// progress and native log lines as verbose/debug output. When the pipeline stops, the
+        /// operation is cancelled and <see cref="PipelineStoppedException"/> thrown.
+        /// </summary>
+        /// <param name="op">The operation.</param>
+        /// <param name="activity">Progress activity text.</param>
+        /// <param name="quietWhen">A stage from which on nothing more is written to the console
+        /// (the interactive shell owns it then); log lines wait until the end.</param>
+        /// <exception cref="SsmException">The operation failed.</exception>
+        protected void WaitFor(Operation op, string activity, string? quietWhen = null)
+        {
+            var progress = new ProgressRecord(ProgressId, activity, "Starting");
+            var quiet = false;
+            string? last = null;
+            try
+            {
+                while (true)
+                {
+                    if (StopToken.IsCancellationRequested)
+                    {
+                        op.Cancel();
+                        throw new PipelineStoppedException();
+                    }
+                    var done = op.Poll(
+                        stage =>
+                        {
+                            if (quiet)
+                            {
+                                return;
+                            }
+                            if (quietWhen is not null && string.Equals(stage, quietWhen, StringComparison.Ordinal))
+                            {
+                                quiet = true;
+                                CompleteProgress(progress);
+                                return;
+                            }
+                            progress.StatusDescription = stage.Length == 0 ? "Working" : stage;
+                            WriteProgress(progress);
+                        },
+                        ref last);
+                    if (!quiet)
+                    {
+                        DrainLogs();
+                    }
+                    if (done)
+                    {
+                        return;
+                    }
+                    StopToken.WaitHandle.WaitOne(Operation.DefaultPollInterval);
+                }
+            }
+            finally
+            {
+                // Once the pipeline stops, nothing more may be written.
+                if (!StopToken.IsCancellationRequested)
+                {
+                    if (!quiet)
+                    {
+                        CompleteProgress(progress);
+                    }
+                    DrainLogs();
+                }
+            }
+        }
+
+        /// <summary>Writes the queued native log lines: up to info as verbose, finer as debug.</summary>
+        protected void DrainLogs()
+        {
+            if (logLevel == NativeLogLevel.Off)
+            {
+                return;
+            }
+            NativeLog.Drain((level, line) =>
+            {
+                if (level <= NativeLogLevel.Info)
+                {
+                    WriteVerbose(line);
+                }
+                else
+                {
+                    WriteDebug(line);
+                }
+            });
+        }
+
+        /// <summary>Writes a non-terminating error for a failure of the native library.</summary>
+        protected void WriteSsmError(SsmException e, object? target) => WriteError(ToErrorRecord(e, target));
+
+        /// <summary>An ErrorRecord with the kind's stable id and category.</summary>
+        protected static ErrorRecord ToErrorRecord(SsmException e, object? target)
+        {
+            if (!Enum.TryParse<ErrorCategory>(e.CategoryName, out var category))
+            {
+                category = ErrorCategory.NotSpecified;
+            }
+            return new ErrorRecord(e, e.ErrorId, category, target);
+        }
+
+        /// <summary>Sets <c>$global:LASTEXITCODE</c>, as a native command would.</summary>
+        protected void SetLastExitCode(int code) => SessionState.PSVariable.Set("global:LASTEXITCODE", code);
+
+        /// <summary>An absolute file system path for a path the user typed (<c>~</c>, relative, PSDrive).</summary>
+        protected string ResolveFilePath(string path) => SessionState.Path.GetUnresolvedProviderPathFromPSPath(path);
+
+        /// <summary>The native log level for -Verbose / -Debug (parameters or preference variables).</summary>
+        private NativeLogLevel WantedLogLevel()
+        {
+            if (MyInvocation.BoundParameters.TryGetValue("Debug", out var d) && d is SwitchParameter ds && ds.IsPresent)
+            {
+                return NativeLogLevel.Debug;
+            }
+            if (Enabled(GetVariableValue("DebugPreference")))
+            {
+                return NativeLogLevel.Debug;
+            }
+            if (MyInvocation.BoundParameters.TryGetValue("Verbose", out var v) && v is SwitchParameter vs && vs.IsPresent)
+            {
+                return NativeLogLevel.Info;
+            }
+            return Enabled(GetVariableValue("VerbosePreference")) ? NativeLogLevel.Info : NativeLogLevel.Off;
+        }
+
+        private static bool Enabled(object? preference)
+        {
+            var p = preference is PSObject ps ? ps.BaseObject : preference;
+            return p is ActionPreference a
+                ? a != ActionPreference.SilentlyContinue && a != ActionPreference.Ignore
+                : p is string s && !string.IsNullOrEmpty(s) && !s.Equals("SilentlyContinue", StringComparison.OrdinalIgnoreCase) && !s.Equals("Ignore", StringComparison.OrdinalIgnoreCase);
+        }
+
+        private void CompleteProgress(ProgressRecord progress)
+        {
+            progress.RecordType = ProgressRecordType.Completed;
+            WriteProgress(progress);
+        }
+
+        /// <summary>How <see cref="TargetBinding"/> sees PowerShell objects.</summary>
+        internal static readonly TargetBinding.Adapter PowerShellAdapter = new TargetBinding.Adapter
+        {
+            // A PSCustomObject has only note properties, so the wrapper itself is kept for it.
+            Unwrap = o => o is PSObject p && p.BaseObject is not PSCustomObject ? p.BaseObject : o,
+            ReadProperty = (o, name) =>
+            {
+                try
+                {
+                    var prop = PSObject.AsPSObject(o).Properties[name];
+                    return prop is null ? (false, null) : (true, prop.Value);
+                }
+                catch (GetValueException)
+                {
+                    return (false, null);
+                }
+            },
+        };
+
+        /// <summary>Frees what the cmdlet holds.</summary>
+        public void Dispose()
+        {
+            Dispose(true);
+            GC.SuppressFinalize(this);
+        }
+
+        /// <summary>Frees what the cmdlet holds.</summary>
+        protected virtual void Dispose(bool disposing)
+        {
+            if (!disposed && disposing)
+            {
+                stopping.Dispose();
+            }
+            disposed = true;
+        }
+    }
+}

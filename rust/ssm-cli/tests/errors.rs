@@ -1,0 +1,158 @@
+//! Clear failures and the small fixed outputs: exit codes, one-line messages, help, version.
+
+mod common;
+
+use common::*;
+use ssm_emulator::Config;
+
+/// Runs a command to completion (bounded) and returns (code, stdout, stderr).
+async fn run(cmd: &mut tokio::process::Command, name: &str) -> (i32, String, String) {
+    let mut proc = Proc::spawn(cmd, name);
+    let stdout = tokio::spawn(read_all(proc.take_stdout(), 30));
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 30));
+    let code = proc.exit_code(20).await;
+    let stdout = String::from_utf8(stdout.await.unwrap()).expect("utf-8 stdout");
+    let stderr = String::from_utf8(stderr.await.unwrap()).expect("utf-8 stderr");
+    (code, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_target_exits_4_naming_target_not_connected() {
+    let home = Home::new();
+    let emu = emulator(Config {
+        targets: vec!["i-0fedcba9876543210".into()],
+        ..Config::default()
+    })
+    .await;
+    // The endpoint comes from the environment here (the other tests pass --endpoint-url).
+    let mut cmd = ssmconnect(&home);
+    cmd.env("AWS_ENDPOINT_URL_SSM", emu.endpoint())
+        .args(["forward", TARGET, "80", "--local-port", "0"]);
+    let (code, stdout, stderr) = run(&mut cmd, "ssmconnect forward (unknown target)").await;
+    assert_eq!(code, 4, "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr: {stderr:?}");
+    assert!(lines[0].contains("TargetNotConnected"), "{stderr:?}");
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout:?}");
+    assert_eq!(emu.stats().sessions_started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_target_through_ssh_proxy_exits_4() {
+    let home = Home::new();
+    let emu = emulator(Config {
+        targets: vec!["i-0fedcba9876543210".into()],
+        ..Config::default()
+    })
+    .await;
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["ssh-proxy", &format!("root@{TARGET}:22")]);
+    let (code, stdout, stderr) = run(&mut cmd, "ssmconnect ssh-proxy (unknown target)").await;
+    assert_eq!(code, 4, "exit code; stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(stderr.contains("TargetNotConnected"), "{stderr:?}");
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_region_exits_3_and_says_how_to_set_one() {
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let mut cmd = command(SSMCONNECT, &home, false);
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["forward", TARGET, "80", "--local-port", "0"]);
+    let (code, stdout, stderr) = run(&mut cmd, "ssmconnect forward (no region)").await;
+    assert_eq!(code, 3, "exit code; stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr:?}");
+    assert!(
+        stderr.contains("--region") && stderr.contains("AWS_REGION"),
+        "the message says how to set a region: {stderr:?}"
+    );
+    assert!(stdout.is_empty(), "nothing on stdout: {stdout:?}");
+    assert_eq!(emu.stats().sessions_started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_shows_the_ssh_config_example() {
+    let home = Home::new();
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--help");
+    let (code, stdout, _) = run(&mut cmd, "ssmconnect --help").await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("~/.ssh/config"), "{stdout}");
+    assert!(
+        stdout.contains("ProxyCommand ssmconnect ssh-proxy %r@%h:%p"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("session-manager-plugin"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_session_manager_plugin_reports_its_version() {
+    let home = Home::new();
+    let plugin = home.plugin_dir().join("session-manager-plugin");
+    let mut cmd = command(&plugin, &home, true);
+    cmd.arg("--version");
+    let (code, stdout, stderr) = run(&mut cmd, "session-manager-plugin --version").await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout, "1.2.650.0\n");
+
+    // No arguments: the "installed" message, as the official plugin prints one.
+    let mut cmd = command(&plugin, &home, true);
+    let (code, stdout, _) = run(&mut cmd, "session-manager-plugin").await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("installed"), "{stdout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_mode_rejects_other_operations() {
+    let home = Home::new();
+    let mut cmd = ssmconnect(&home);
+    cmd.args([
+        r#"{"SessionId":"s","TokenValue":"t","StreamUrl":"ws://127.0.0.1:1/x"}"#,
+        "us-east-1",
+        "TerminateSession",
+        "",
+        r#"{"Target":"i-0123456789abcdef0"}"#,
+        "http://127.0.0.1:1",
+    ]);
+    let (code, stdout, stderr) = run(&mut cmd, "ssmconnect (plugin, bad operation)").await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("Invalid Operation"), "{stderr:?}");
+    assert!(!stderr.contains("\"t\""), "{stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_on_a_pipe_carry_no_colour_codes() {
+    let home = Home::new();
+    let emu = emulator(Config {
+        targets: vec!["i-0fedcba9876543210".into()],
+        ..Config::default()
+    })
+    .await;
+    let mut cmd = ssmconnect(&home);
+    // Everything at debug level, the AWS SDK included, so that there is plenty to log.
+    cmd.env("SSMCONNECT_LOG", "debug")
+        .arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["forward", TARGET, "80"]);
+    let (code, _, stderr) = run(&mut cmd, "ssmconnect forward (debug logs)").await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.lines().count() > 1, "debug logs: {stderr:?}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes on a non-terminal: {:?}",
+        stderr.lines().next()
+    );
+    assert!(
+        stderr
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("ssmconnect: ") && l.contains("TargetNotConnected")),
+        "the failure is the last line: {stderr:?}"
+    );
+}

@@ -1,0 +1,241 @@
+//! ssmconnect as the AWS CLI's `session-manager-plugin` (§1.3 of ssm-protocol.md): driven by
+//! the real `aws ssm start-session`, and driven directly with the six-argument contract.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::*;
+use ssm_emulator::Config;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn aws_cli() -> PathBuf {
+    which("aws").unwrap_or_else(|| {
+        panic!(
+            "the AWS CLI (`aws`) is not on PATH; CI has it preinstalled and these tests need it \
+             to check ssmconnect as session-manager-plugin"
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
+    let aws = aws_cli();
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let echo = echo_server().await;
+    let local = free_port();
+
+    let mut cmd = command(&aws, &home, false);
+    cmd.env("PATH", home.path_with_plugin()).args([
+        "ssm",
+        "start-session",
+        "--target",
+        TARGET,
+        "--document-name",
+        "AWS-StartPortForwardingSession",
+        "--parameters",
+        &format!("portNumber={echo},localPortNumber={local}"),
+        "--endpoint-url",
+        &emu.endpoint(),
+        "--region",
+        "us-east-1",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
+
+    // The AWS CLI is slow to start (Python); the plugin prints its lines once listening.
+    let opened = out.until(60, |l| l.starts_with("Port ")).await;
+    assert_eq!(
+        opened,
+        format!("Port {local} opened for sessionId {}.", emu.sessions()[0].session_id)
+    );
+    out.until(10, |l| l == "Waiting for connections...").await;
+    assert!(
+        out.seen
+            .iter()
+            .any(|l| l.starts_with("Starting session with SessionId: ")),
+        "{:?}",
+        out.seen
+    );
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], local));
+    let data = random_bytes(1 << 20, 7);
+    let want = sha256_hex(&data);
+    let back = within(60, "1 MiB echo through the plugin", echo_through(addr, data)).await;
+    assert_eq!(sha256_hex(&back), want);
+
+    // Ctrl+C as a terminal sends it: to the whole foreground group. The CLI ignores it while
+    // its plugin runs; the plugin must handle it (an inherited "ignore" must not stick).
+    proc.signal_group(libc::SIGINT);
+    let code = proc.exit_code(15).await;
+    let stderr = String::from_utf8_lossy(&within(10, "aws stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "aws exit code; stderr: {stderr}");
+    assert_closed(addr, 5).await;
+    let rest = out.rest(5).await;
+    assert!(
+        rest.iter().any(|l| l.starts_with("Exiting session with sessionId")),
+        "{:?}",
+        out.seen
+    );
+    // The session is terminated, not left open on the service.
+    assert!(
+        sessions_end(&emu, 10).await,
+        "the session is still open after the plugin exited: {:?}\nstderr: {stderr}",
+        emu.sessions()
+    );
+    // The plugin saw the response through AWS_SSM_START_SESSION_RESPONSE (we report a version
+    // above 1.2.497.0) and announced itself with our version.
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].client_version, "1.2.650.0");
+}
+
+/// A loopback server that speaks first like sshd (`SSH-2.0-Test\r\n`) and then echoes.
+async fn banner_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(b"SSH-2.0-Test\r\n").await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// Runs ssmconnect with the six-argument contract for an `AWS-StartSSHSession` the test started
+/// itself, with the response in argv[1] or (`via_env`) in AWS_SSM_START_SESSION_RESPONSE.
+async fn plugin_stream_session(via_env: bool) {
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let server = banner_server().await;
+    let response = start_session_raw(
+        emu.addr(),
+        "AWS-StartSSHSession",
+        serde_json::json!({ "portNumber": [server.to_string()] }),
+    )
+    .await;
+    let session_id = response["SessionId"].as_str().expect("SessionId").to_owned();
+    let json = serde_json::json!({
+        "SessionId": response["SessionId"],
+        "TokenValue": response["TokenValue"],
+        "StreamUrl": response["StreamUrl"],
+    })
+    .to_string();
+
+    let mut cmd = ssmconnect(&home);
+    if via_env {
+        cmd.env("AWS_SSM_START_SESSION_RESPONSE", &json)
+            .arg("AWS_SSM_START_SESSION_RESPONSE");
+    } else {
+        cmd.arg(&json);
+    }
+    cmd.args([
+        "us-east-1",
+        "StartSession",
+        "",
+        &format!(r#"{{"Target":"{TARGET}"}}"#),
+        &emu.endpoint(),
+    ])
+    .stdin(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect (plugin mode)");
+    let mut stdin = proc.take_stdin();
+    let mut stdout = proc.take_stdout();
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 60));
+
+    // The server speaks first; nothing but its bytes may come out, before any input is sent.
+    let banner = b"SSH-2.0-Test\r\n";
+    let mut first = vec![0u8; banner.len()];
+    within(20, "the server's identification", stdout.read_exact(&mut first))
+        .await
+        .expect("read stdout");
+    assert_eq!(
+        String::from_utf8_lossy(&first),
+        String::from_utf8_lossy(banner),
+        "stdout must start with the tunnel's first bytes"
+    );
+
+    // Then a round trip larger than one message. Stream mode has no half-close (like the
+    // official plugin, end of input ends the session), so the echo is read before stdin closes.
+    let data = random_bytes(200_000, 3);
+    let want = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&data).await.expect("write stdin");
+        stdin
+    });
+    let mut echoed = vec![0u8; want.len()];
+    within(30, "the echo", stdout.read_exact(&mut echoed))
+        .await
+        .expect("read echo");
+    assert!(echoed == want, "the echo differs");
+    let mut stdin = within(10, "stdin writer", writer).await.expect("writer");
+    stdin.shutdown().await.expect("close stdin");
+    drop(stdin);
+    let code = proc.exit_code(15).await;
+    let tail = read_all(stdout, 5).await;
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(tail.is_empty(), "nothing after the tunnel bytes: {tail:?}");
+    assert!(
+        !stderr.contains(response["TokenValue"].as_str().unwrap_or("?")),
+        "the token leaked: {stderr}"
+    );
+    // End of input terminates the session (§9 item 22) rather than leaving it open.
+    assert!(sessions_end(&emu, 10).await, "{:?}\nstderr: {stderr}", emu.sessions());
+    assert_eq!(emu.sessions().len(), 1);
+    assert_eq!(emu.sessions()[0].session_id, session_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_contract_stream_session_writes_only_tunnel_bytes() {
+    plugin_stream_session(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_contract_reads_the_response_from_the_environment() {
+    plugin_stream_session(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_proxy_terminates_the_session_when_ssh_hangs_up() {
+    let home = Home::new();
+    // A lost client would keep the session for a minute: only TerminateSession ends it sooner.
+    let emu = emulator(Config {
+        reconnect_grace_ms: 60_000,
+        ..Config::default()
+    })
+    .await;
+    let server = banner_server().await;
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["ssh-proxy", &format!("{TARGET}:{server}")])
+        .stdin(Stdio::piped());
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect ssh-proxy");
+    let _stdin = proc.take_stdin();
+    let mut stdout = proc.take_stdout();
+    let mut first = [0u8; 14];
+    within(20, "the banner", stdout.read_exact(&mut first))
+        .await
+        .expect("read banner");
+    assert_eq!(&first, b"SSH-2.0-Test\r\n");
+    // ssh sends SIGHUP to its ProxyCommand when it exits.
+    proc.signal(libc::SIGHUP);
+    let code = proc.exit_code(10).await;
+    assert_eq!(code, 0);
+    assert!(
+        sessions_end(&emu, 10).await,
+        "ssh-proxy left the session open after SIGHUP: {:?}",
+        emu.sessions()
+    );
+}

@@ -1,0 +1,258 @@
+//! Real OpenSSH over SSM: Debian's `sshd` on a loopback port behind the emulator, the system
+//! `ssh` client with `ssmconnect ssh-proxy` (or `aws ssm start-session` with ssmconnect as its
+//! plugin) as the `ProxyCommand`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use ssm_emulator::{Config, Emulator};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A private sshd on 127.0.0.1 and a client key it accepts.
+struct Sshd {
+    port: u16,
+    client_key: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+    _proc: Proc,
+}
+
+impl Sshd {
+    async fn start(home: &Home) -> Self {
+        assert!(
+            Path::new(SSHD).exists(),
+            "{SSHD} is missing: install openssh-server (.ci/run does)"
+        );
+        // sshd refuses to start without its privilege-separation directory.
+        if !Path::new("/run/sshd").exists() {
+            std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
+        }
+        let dir = home.path().join("sshd");
+        std::fs::create_dir_all(&dir).expect("sshd dir");
+        let host_key = dir.join("host_ed25519");
+        let client_key = home.path().join("id_ed25519");
+        for key in [&host_key, &client_key] {
+            run_ok(
+                tokio::process::Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(key),
+                "ssh-keygen",
+            )
+            .await;
+        }
+        let authorized = dir.join("authorized_keys");
+        std::fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
+
+        // sshd cannot be told to pick a port itself, so take a free one and retry on a clash.
+        let mut last_log = Vec::new();
+        for _attempt in 0..5 {
+            let port = free_port();
+            let cfg = dir.join("sshd_config");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nPidFile {pid}\n\
+                     AuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n",
+                    hk = host_key.display(),
+                    pid = dir.join("sshd.pid").display(),
+                    ak = authorized.display(),
+                ),
+            )
+            .expect("write sshd_config");
+            let mut cmd = tokio::process::Command::new(SSHD);
+            cmd.arg("-D")
+                .arg("-e")
+                .arg("-f")
+                .arg(&cfg)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            let mut proc = Proc::spawn(&mut cmd, "sshd");
+            let mut lines = BufReader::new(proc.take_stderr()).lines();
+            let ready = within(20, "sshd to listen", async {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let ok = line.contains("Server listening on");
+                    last_log.push(line);
+                    if ok {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await;
+            if !ready {
+                // It exited: most likely the port was taken in the meantime.
+                let _ = proc.wait(5).await;
+                continue;
+            }
+            let log = Arc::new(Mutex::new(std::mem::take(&mut last_log)));
+            let sink = log.clone();
+            tokio::spawn(async move {
+                while let Ok(Some(line)) = lines.next_line().await {
+                    sink.lock().expect("log lock").push(line);
+                }
+            });
+            return Self {
+                port,
+                client_key,
+                log,
+                _proc: proc,
+            };
+        }
+        panic!("sshd did not start: {last_log:?}");
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+}
+
+/// An emulator whose port 22 is the test sshd.
+async fn emulator_for(sshd: &Sshd) -> Emulator {
+    let mut config = Config::default();
+    config.port_map.insert(22, sshd.port);
+    emulator(config).await
+}
+
+/// `ssh` to `TARGET` as the current user through `proxy_command`, running `remote`; feeds
+/// `input` on stdin. Returns (exit code, stdout, stderr).
+async fn run_ssh(
+    home: &Home,
+    sshd: &Sshd,
+    proxy_command: &str,
+    remote: &str,
+    input: Option<Vec<u8>>,
+) -> (i32, Vec<u8>, String) {
+    let mut cmd = command("ssh", home, true);
+    cmd.env("PATH", home.path_with_plugin())
+        .args(["-F", "/dev/null"])
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .args(["-o", "UserKnownHostsFile=/dev/null"])
+        .args(["-o", "BatchMode=yes"])
+        .args(["-o", "IdentitiesOnly=yes"])
+        .args(["-o", "LogLevel=ERROR"])
+        .args(["-o", "ConnectTimeout=30"])
+        .arg("-i")
+        .arg(&sshd.client_key)
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy_command}"))
+        .arg(format!("{}@{TARGET}", current_user()))
+        .arg(remote);
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut proc = Proc::spawn(&mut cmd, "ssh");
+    let writer = input.map(|data| {
+        let mut stdin = proc.take_stdin();
+        tokio::spawn(async move {
+            stdin.write_all(&data).await.expect("write to ssh");
+            stdin.shutdown().await.expect("close ssh stdin");
+        })
+    });
+    let stdout = tokio::spawn(read_all(proc.take_stdout(), 120));
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
+    let status = proc.wait(90).await;
+    if let Some(w) = writer {
+        within(10, "ssh stdin writer", w).await.expect("writer");
+    }
+    let stdout = within(10, "ssh stdout", stdout).await.expect("stdout");
+    let stderr = String::from_utf8_lossy(&within(10, "ssh stderr", stderr).await.expect("stderr")).into_owned();
+    let code = status.code().unwrap_or_else(|| {
+        panic!(
+            "ssh died by a signal: {status:?}\nstderr: {stderr}\nsshd: {}",
+            sshd.log()
+        )
+    });
+    (code, stdout, stderr)
+}
+
+fn ssh_proxy_command(emu: &Emulator) -> String {
+    format!("{SSMCONNECT} --endpoint-url {} ssh-proxy %r@%h:%p", emu.endpoint())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_runs_a_command_through_ssm_connect_proxy() {
+    let home = Home::new();
+    let sshd = Sshd::start(&home).await;
+    let emu = emulator_for(&sshd).await;
+    let (code, stdout, stderr) = run_ssh(
+        &home,
+        &sshd,
+        &ssh_proxy_command(&emu),
+        "echo hello-from-sshd; exit 7",
+        None,
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert!(
+        stdout.contains("hello-from-sshd"),
+        "stdout: {stdout:?}\nstderr: {stderr}\nsshd: {}",
+        sshd.log()
+    );
+    assert_eq!(code, 7, "stderr: {stderr}\nsshd: {}", sshd.log());
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].document, "AWS-StartSSHSession");
+    assert_eq!(sessions[0].target, TARGET);
+    // When ssh is done the session is terminated, not left open on the service.
+    session_ends(&emu).await;
+}
+
+/// Waits until every session the emulator saw has ended.
+async fn session_ends(emu: &Emulator) {
+    assert!(
+        sessions_end(emu, 10).await,
+        "sessions still open 10s after ssh exited: {:?}",
+        emu.sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_moves_a_mebibyte_through_ssm_connect_proxy() {
+    let home = Home::new();
+    let sshd = Sshd::start(&home).await;
+    let emu = emulator_for(&sshd).await;
+    let data = random_bytes(1 << 20, 42);
+    let want = sha256_hex(&data);
+    let (code, stdout, stderr) = run_ssh(&home, &sshd, &ssh_proxy_command(&emu), "sha256sum", Some(data)).await;
+    assert_eq!(code, 0, "stderr: {stderr}\nsshd: {}", sshd.log());
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert_eq!(
+        stdout.split_whitespace().next(),
+        Some(want.as_str()),
+        "stdout: {stdout:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_through_aws_cli_with_ssm_connect_as_its_plugin() {
+    let aws = which("aws")
+        .unwrap_or_else(|| panic!("the AWS CLI (`aws`) is not on PATH; CI has it preinstalled and this test needs it"));
+    let home = Home::new();
+    let sshd = Sshd::start(&home).await;
+    let emu = emulator_for(&sshd).await;
+    let proxy = format!(
+        "{} ssm start-session --target %h --document-name AWS-StartSSHSession \
+         --parameters portNumber=%p --endpoint-url {} --region us-east-1",
+        aws.display(),
+        emu.endpoint()
+    );
+    let (code, stdout, stderr) = run_ssh(&home, &sshd, &proxy, "echo hello-from-sshd; exit 7", None).await;
+    let stdout = String::from_utf8_lossy(&stdout);
+    assert_eq!(stdout, "hello-from-sshd\n", "stderr: {stderr}\nsshd: {}", sshd.log());
+    assert_eq!(code, 7, "stderr: {stderr}");
+    // Nothing but SSH reached ssh's input: no banner lines before the identification string,
+    // which ssh would have reported at LogLevel=ERROR only loosely; sshd saw a clean client.
+    assert!(!stderr.contains("Starting session"), "stderr: {stderr}");
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].document, "AWS-StartSSHSession");
+    assert_eq!(sessions[0].client_version, "1.2.650.0");
+}

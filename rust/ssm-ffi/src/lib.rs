@@ -1,0 +1,336 @@
+//! The C ABI of SSMConnect: the shared library `ssmconnect` that the PowerShell module loads.
+//!
+//! What it is: a thin layer of `extern "C"` functions, all prefixed `ssmc_`, over `ssm-session`.
+//! Long work (resolving, connecting, running a shell) runs on a tokio runtime owned by the library
+//! and is exposed as an *operation* the caller polls, so the caller's thread stays free to report
+//! progress and logs and to cancel. Port forwards live on as handles after their operation.
+//!
+//! What it is not: a place for logic. Anything beyond marshalling belongs in `ssm-session`.
+//!
+//! Contract for every export:
+//! - null handles and malformed arguments are refused with [`SsmcErrorKind::InvalidArgument`];
+//! - panics never cross the boundary (`catch_unwind`), they become [`SsmcErrorKind::Internal`];
+//! - strings going in are NUL-terminated ASCII (callers escape anything else, requests are JSON);
+//!   strings coming out are UTF-8, owned by the handle they came from and valid until the next
+//!   call on that handle or until it is freed, unless the export says the caller frees them with
+//!   [`ssmc_string_free`];
+//! - failures of functions that return a handle are described by [`ssmc_last_error_kind`] and
+//!   [`ssmc_last_error_message`] on the calling thread.
+//!
+//! Tokens never cross this boundary and never appear in messages.
+// `extern "C"` functions take raw pointers by design; each one checks for null before use.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+mod logs;
+mod ops;
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::null_mut;
+use std::sync::OnceLock;
+
+use interoptopus::patterns::string::AsciiPointer;
+use interoptopus::{ffi_function, ffi_type, function, Inventory, InventoryBuilder};
+
+pub use ops::{SsmcForward, SsmcOperation};
+
+/// Stable error kinds; the PowerShell layer maps each to an error id and category.
+#[ffi_type]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsmcErrorKind {
+    /// No error.
+    None = 0,
+    /// A null handle or a malformed request.
+    InvalidArgument = 1,
+    /// Configuration: no region, bad endpoint, conflicting credentials.
+    Configuration = 2,
+    /// No instance matched the target.
+    TargetNotFound = 3,
+    /// Several instances matched the target.
+    AmbiguousTarget = 4,
+    /// An AWS API call failed (access denied, target not connected, …).
+    Api = 5,
+    /// The local port could not be bound (in use, no permission).
+    PortInUse = 6,
+    /// The data channel could not be opened or was lost for good.
+    ConnectionFailed = 7,
+    /// The session could not start (handshake, unsupported feature).
+    SessionFailed = 8,
+    /// A deadline passed.
+    TimedOut = 9,
+    /// The operation was cancelled.
+    Cancelled = 10,
+    /// A bug: panic or unexpected state.
+    Internal = 11,
+}
+
+/// State of an operation or a forward.
+#[ffi_type]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SsmcState {
+    /// Still working (or, for a forward, forwarding).
+    Running = 0,
+    /// Finished successfully.
+    Succeeded = 1,
+    /// Finished with an error.
+    Failed = 2,
+    /// Cancelled by the caller.
+    Cancelled = 3,
+}
+
+/// An error as reported across the boundary.
+#[derive(Debug, Clone)]
+pub(crate) struct FfiError {
+    pub(crate) kind: SsmcErrorKind,
+    pub(crate) message: String,
+}
+
+impl FfiError {
+    pub(crate) fn new(kind: SsmcErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ssm_session::Error> for FfiError {
+    fn from(e: ssm_session::Error) -> Self {
+        use ssm_session::Error as E;
+        let kind = match &e {
+            E::NoRegion | E::Config(_) => SsmcErrorKind::Configuration,
+            E::Api { .. } => SsmcErrorKind::Api,
+            E::Listen { .. } => SsmcErrorKind::PortInUse,
+            E::Connect(_) | E::Closed { .. } => SsmcErrorKind::ConnectionFailed,
+            E::Handshake(_) => SsmcErrorKind::SessionFailed,
+            E::TimedOut(_) | E::Timeout(_) => SsmcErrorKind::TimedOut,
+            E::Cancelled => SsmcErrorKind::Cancelled,
+            E::Io(_) => SsmcErrorKind::Internal,
+            E::InvalidTarget { .. } => SsmcErrorKind::InvalidArgument,
+            E::TargetNotFound { .. } => SsmcErrorKind::TargetNotFound,
+            E::AmbiguousTarget { .. } => SsmcErrorKind::AmbiguousTarget,
+            E::Dns { .. } => SsmcErrorKind::ConnectionFailed,
+        };
+        Self {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<(SsmcErrorKind, CString)> = RefCell::new((SsmcErrorKind::None, CString::default()));
+}
+
+pub(crate) fn set_last_error(e: &FfiError) {
+    LAST_ERROR.with(|cell| *cell.borrow_mut() = (e.kind, to_cstring(&e.message)));
+}
+
+fn clear_last_error() {
+    LAST_ERROR.with(|cell| *cell.borrow_mut() = (SsmcErrorKind::None, CString::default()));
+}
+
+/// Text as a C string; interior NULs (never expected) are replaced.
+pub(crate) fn to_cstring(s: &str) -> CString {
+    CString::new(s.replace('\0', "\u{FFFD}")).unwrap_or_default()
+}
+
+/// Runs `f`, turning a panic into `fallback` and an `Internal` last error.
+pub(crate) fn guard<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(_) => {
+            set_last_error(&FfiError::new(
+                SsmcErrorKind::Internal,
+                "internal error (panic) in ssmconnect",
+            ));
+            fallback
+        }
+    }
+}
+
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ssmconnect")
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                // Without a runtime nothing in this library can work; never expected in practice.
+                eprintln!("ssmconnect: cannot start its runtime: {e}");
+                std::process::abort()
+            }
+        }
+    })
+}
+
+pub(crate) fn parse_request<T: serde::de::DeserializeOwned>(json: &AsciiPointer) -> Result<T, FfiError> {
+    let text = json.as_str().map_err(|_| {
+        FfiError::new(
+            SsmcErrorKind::InvalidArgument,
+            "the request is not a valid ASCII string",
+        )
+    })?;
+    serde_json::from_str(text).map_err(|e| FfiError::new(SsmcErrorKind::InvalidArgument, format!("bad request: {e}")))
+}
+
+/// The library version, e.g. `0.1.0`. Static; never freed.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_version() -> *const c_char {
+    static V: OnceLock<CString> = OnceLock::new();
+    V.get_or_init(|| to_cstring(env!("CARGO_PKG_VERSION"))).as_ptr()
+}
+
+/// Kind of the last error on this thread from a function that returned a null handle.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_last_error_kind() -> SsmcErrorKind {
+    LAST_ERROR.with(|cell| cell.borrow().0)
+}
+
+/// Message of the last error on this thread; valid until the next failing call on this thread.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_last_error_message() -> *const c_char {
+    LAST_ERROR.with(|cell| cell.borrow().1.as_ptr())
+}
+
+/// Frees a string this library handed over with ownership (see each export). Null is ignored.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_string_free(s: *mut c_void) {
+    guard((), || {
+        if !s.is_null() {
+            // SAFETY: `s` came from `CString::into_raw` in this library (the export's contract).
+            drop(unsafe { CString::from_raw(s.cast::<c_char>()) });
+        }
+    });
+}
+
+/// Client settings and connections to AWS (or to an emulator); shared by the operations.
+#[ffi_type(opaque)]
+pub struct SsmcClient {
+    pub(crate) options: ssm_session::AwsOptions,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "snake_case", deny_unknown_fields)]
+struct ClientRequest {
+    profile: Option<String>,
+    region: Option<String>,
+    endpoint_url: Option<String>,
+    access_key: Option<String>,
+    secret_key: Option<String>,
+    session_token: Option<String>,
+}
+
+/// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url`,
+/// `access_key`, `secret_key`, `session_token`. Returns null on error (see last error). Free with
+/// [`ssmc_client_free`].
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_client_new(config_json: AsciiPointer) -> *mut SsmcClient {
+    guard(null_mut(), || {
+        clear_last_error();
+        match parse_request::<ClientRequest>(&config_json) {
+            Ok(r) => Box::into_raw(Box::new(SsmcClient {
+                options: ssm_session::AwsOptions {
+                    profile: r.profile,
+                    region: r.region,
+                    endpoint_url: r.endpoint_url,
+                    access_key: r.access_key,
+                    secret_key: r.secret_key,
+                    session_token: r.session_token,
+                },
+            })),
+            Err(e) => {
+                set_last_error(&e);
+                null_mut()
+            }
+        }
+    })
+}
+
+/// Frees a client. Operations and forwards made from it stay valid. Null is ignored.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_client_free(client: *mut SsmcClient) {
+    guard((), || {
+        if !client.is_null() {
+            // SAFETY: `client` came from `ssmc_client_new` and is freed once (the contract).
+            drop(unsafe { Box::from_raw(client) });
+        }
+    });
+}
+
+/// Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
+/// 4 debug, 5 trace) for [`ssmc_log_next`]. The first call installs the capture.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_log_enable(max_level: u32) {
+    guard((), || logs::enable(max_level));
+}
+
+/// The oldest captured log line, or null when there is none; its level (1 error … 5 trace) goes
+/// to `level` when not null. The caller frees the line with [`ssmc_string_free`].
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_log_next(level: *mut u32) -> *mut c_char {
+    guard(null_mut(), || match logs::next() {
+        Some((lvl, line)) => {
+            if !level.is_null() {
+                // SAFETY: non-null and, by contract, pointing at a u32 the caller owns.
+                unsafe { *level = lvl };
+            }
+            to_cstring(&line).into_raw()
+        }
+        None => null_mut(),
+    })
+}
+
+pub use ops::*;
+
+/// Everything exported, for the C# generator.
+pub fn ffi_inventory() -> Inventory {
+    InventoryBuilder::new()
+        .register(function!(ssmc_version))
+        .register(function!(ssmc_last_error_kind))
+        .register(function!(ssmc_last_error_message))
+        .register(function!(ssmc_string_free))
+        .register(function!(ssmc_client_new))
+        .register(function!(ssmc_client_free))
+        .register(function!(ssmc_log_enable))
+        .register(function!(ssmc_log_next))
+        .register(function!(ssmc_forward_begin))
+        .register(function!(ssmc_shell_begin))
+        .register(function!(ssmc_operation_state))
+        .register(function!(ssmc_operation_stage))
+        .register(function!(ssmc_operation_error_kind))
+        .register(function!(ssmc_operation_error_message))
+        .register(function!(ssmc_operation_exit_code))
+        .register(function!(ssmc_operation_cancel))
+        .register(function!(ssmc_operation_take_forward))
+        .register(function!(ssmc_operation_free))
+        .register(function!(ssmc_forward_local_port))
+        .register(function!(ssmc_forward_local_address))
+        .register(function!(ssmc_forward_session_id))
+        .register(function!(ssmc_forward_target))
+        .register(function!(ssmc_forward_mode))
+        .register(function!(ssmc_forward_bytes_sent))
+        .register(function!(ssmc_forward_bytes_received))
+        .register(function!(ssmc_forward_connections))
+        .register(function!(ssmc_forward_active_connections))
+        .register(function!(ssmc_forward_state))
+        .register(function!(ssmc_forward_error_message))
+        .register(function!(ssmc_forward_stop))
+        .register(function!(ssmc_forward_free))
+        .inventory()
+}

@@ -1,0 +1,102 @@
+//! Log capture for the caller: tracing events become lines in a bounded queue that the caller
+//! drains on its own thread (PowerShell may write verbose output only from the pipeline thread).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, Once};
+
+use tracing::Level;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Lines kept before the oldest are dropped.
+const CAPACITY: usize = 10_000;
+
+static MAX_LEVEL: AtomicU32 = AtomicU32::new(0);
+static QUEUE: Mutex<VecDeque<(u32, String)>> = Mutex::new(VecDeque::new());
+static INSTALL: Once = Once::new();
+
+fn level_number(level: &Level) -> u32 {
+    match *level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+pub(crate) fn enable(max_level: u32) {
+    MAX_LEVEL.store(max_level.min(5), Ordering::Relaxed);
+    INSTALL.call_once(|| {
+        // Our crates at any level (filtered again per line by MAX_LEVEL); the AWS SDK's own
+        // events only from warnings up.
+        let filter = tracing_subscriber::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect=trace");
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(Capture)
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .try_init();
+    });
+}
+
+pub(crate) fn next() -> Option<(u32, String)> {
+    QUEUE.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+}
+
+struct Capture;
+
+/// Buffers one formatted event and queues it when dropped.
+pub(crate) struct Line {
+    level: u32,
+    buf: Vec<u8>,
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.level == 0 || self.level > MAX_LEVEL.load(Ordering::Relaxed) {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.buf).trim_end().to_owned();
+        if text.is_empty() {
+            return;
+        }
+        let mut q = QUEUE.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= CAPACITY {
+            q.pop_front();
+        }
+        q.push_back((self.level, text));
+    }
+}
+
+impl<'a> MakeWriter<'a> for Capture {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Line {
+            level: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        Line {
+            level: level_number(meta.level()),
+            buf: Vec::new(),
+        }
+    }
+}

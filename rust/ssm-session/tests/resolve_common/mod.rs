@@ -1,0 +1,319 @@
+//! Shared by the target-resolution tests: moto and dnsmasq as child processes on loopback ports
+//! the OS picks (killed on drop), the AWS configuration they need, and the checks every EC2
+//! implementation must pass, so the same assertions run against moto and the emulator.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ssm_session::aws::Config;
+use ssm_session::resolve::Via;
+use ssm_session::{AwsOptions, Error, ResolveOptions, resolve_target};
+
+/// A child process killed and reaped on drop.
+pub struct Guard {
+    pub child: Child,
+    pub what: &'static str,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+/// Fails the test, with what to install, when `program` cannot be run.
+pub fn require(program: &str, args: &[&str], hint: &str) {
+    let ok = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "`{program} {}` does not work here: {hint}", args.join(" "));
+}
+
+/// `python3 -m moto.server` on a free loopback port.
+pub struct Moto {
+    pub endpoint: String,
+    _guard: Guard,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        require(
+            "python3",
+            &["-c", "import moto.server"],
+            "these tests need Python 3 with moto[server] (pip install 'moto[server]'); CI has it",
+        );
+        for _attempt in 0..3 {
+            let port = free_port();
+            let child = Command::new("python3")
+                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawning python3 -m moto.server");
+            let mut guard = Guard { child, what: "moto" };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = guard.child.try_wait() {
+                    break; // lost the port race: try another
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Moto {
+                        endpoint: format!("http://127.0.0.1:{port}"),
+                        _guard: guard,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        panic!("moto.server did not start listening within 60 s");
+    }
+}
+
+/// dnsmasq answering only from the given records, authoritative for `.test`.
+pub struct Dnsmasq {
+    pub addr: SocketAddr,
+    _guard: Guard,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    /// `records` are dnsmasq options such as `--host-record=web.test,10.0.0.5` or
+    /// `--txt-record=web.test,i-0123456789abcdef0`.
+    pub async fn start(records: &[String]) -> Dnsmasq {
+        let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| panic!("dnsmasq is not installed: apt-get install dnsmasq (.ci/run does)"));
+        let dir = tempfile::tempdir().unwrap();
+        for _attempt in 0..3 {
+            let port = free_port();
+            let mut cmd = Command::new(dnsmasq);
+            cmd.args([
+                "--no-daemon",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--no-poll",
+                "--conf-file=/dev/null",
+                "--local=/test/",
+                "--cache-size=0",
+                &format!("--pid-file={}", dir.path().join("pid").display()),
+            ]);
+            // As root it would switch to `nobody`, which may not read the temp directory.
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                cmd.arg("--user=root");
+            }
+            cmd.args(records)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = cmd.spawn().expect("spawning dnsmasq");
+            let mut guard = Guard { child, what: "dnsmasq" };
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = guard.child.try_wait() {
+                    break;
+                }
+                if dns_answers(addr) {
+                    return Dnsmasq {
+                        addr,
+                        _guard: guard,
+                        _dir: dir,
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("dnsmasq did not start answering within 10 s");
+    }
+}
+
+/// Whether a DNS server answers at `addr` (a raw query for `ready.test` A).
+fn dns_answers(addr: SocketAddr) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "test"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    if sock.send_to(&q, addr).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(sock.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[0] == 0x12 && buf[1] == 0x34)
+}
+
+/// Configuration for a loopback test service: fixed test credentials and region, no profile.
+pub async fn test_config() -> Config {
+    ssm_session::aws::load_config(&AwsOptions {
+        region: Some("us-east-1".into()),
+        access_key: Some("testing".into()),
+        secret_key: Some("testing".into()),
+        ..AwsOptions::default()
+    })
+    .await
+    .expect("loading the test configuration")
+}
+
+/// One instance of the test world, as the EC2 implementation made it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub private_ip: Ipv4Addr,
+    pub public_ip: Ipv4Addr,
+    pub az: String,
+}
+
+/// The world every EC2 implementation is tested with: `web-1` and `web-2` (tag `Role=web`),
+/// `db` (`Role=db`), and `old` (`Role=old`, stopped).
+#[derive(Debug, Clone)]
+pub struct World {
+    pub web1: Node,
+    pub web2: Node,
+    pub db: Node,
+    pub old: Node,
+}
+
+pub async fn resolve(
+    cfg: &Config,
+    ro: &ResolveOptions,
+    spec: &str,
+) -> ssm_session::Result<ssm_session::ResolvedTarget> {
+    tokio::time::timeout(Duration::from_secs(30), resolve_target(cfg, spec, ro))
+        .await
+        .unwrap_or_else(|_| panic!("resolving {spec} took more than 30 s"))
+}
+
+fn assert_is(r: &ssm_session::ResolvedTarget, n: &Node, via: Via) {
+    assert_eq!(r.instance_id, n.id);
+    assert_eq!(r.name.as_deref(), Some(n.name.as_str()));
+    assert_eq!(r.state.as_deref(), Some("running"));
+    assert_eq!(r.availability_zone.as_deref(), Some(n.az.as_str()));
+    assert_eq!(r.private_ip, Some(n.private_ip));
+    assert_eq!(r.public_ip, Some(n.public_ip));
+    assert_eq!(r.via, via);
+}
+
+/// Id, tag, private IP and public IP each find exactly the instance they name.
+pub async fn check_id_tag_and_addresses(cfg: &Config, ro: &ResolveOptions, w: &World) {
+    let r = resolve(cfg, ro, &w.db.id).await.expect("by id");
+    assert_is(&r, &w.db, Via::InstanceId);
+
+    let r = resolve(cfg, ro, "Name:web-1").await.expect("by Name tag");
+    assert_is(
+        &r,
+        &w.web1,
+        Via::Tag {
+            key: "Name".into(),
+            value: "web-1".into(),
+        },
+    );
+    let r = resolve(cfg, ro, "Role:db").await.expect("by another tag");
+    assert_eq!(r.instance_id, w.db.id);
+
+    let r = resolve(cfg, ro, &w.web2.private_ip.to_string())
+        .await
+        .expect("by private IP");
+    assert_is(&r, &w.web2, Via::Address(w.web2.private_ip.into()));
+
+    let r = resolve(cfg, ro, &w.web1.public_ip.to_string())
+        .await
+        .expect("by public IP");
+    assert_is(&r, &w.web1, Via::Address(w.web1.public_ip.into()));
+
+    let e = resolve(cfg, ro, "Name:nothing-here").await.unwrap_err();
+    match &e {
+        Error::TargetNotFound { target, searched } => {
+            assert_eq!(target, "Name:nothing-here");
+            assert!(searched.contains("tag Name=nothing-here"), "{e}");
+        }
+        other => panic!("expected TargetNotFound, got {other:?}"),
+    }
+    let e = resolve(cfg, ro, "10.255.255.254").await.unwrap_err();
+    assert!(matches!(e, Error::TargetNotFound { .. }), "{e}");
+    assert!(
+        e.to_string().contains("private or public IPv4 address 10.255.255.254"),
+        "{e}"
+    );
+}
+
+/// A tag on two running instances is an error listing both, with Name tag and state.
+pub async fn check_ambiguous(cfg: &Config, ro: &ResolveOptions, w: &World) {
+    let e = resolve(cfg, ro, "Role:web").await.unwrap_err();
+    let Error::AmbiguousTarget {
+        target,
+        candidates,
+        more,
+    } = &e
+    else {
+        panic!("expected AmbiguousTarget, got {e:?}");
+    };
+    assert_eq!(target, "Role:web");
+    assert!(!more);
+    let mut got: Vec<(String, Option<String>, String)> = candidates
+        .iter()
+        .map(|c| (c.instance_id.clone(), c.name.clone(), c.state.clone()))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (w.web1.id.clone(), Some("web-1".to_owned()), "running".to_owned()),
+        (w.web2.id.clone(), Some("web-2".to_owned()), "running".to_owned()),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let text = e.to_string();
+    for n in [&w.web1, &w.web2] {
+        assert!(text.contains(&format!("{} (Name={}, running)", n.id, n.name)), "{text}");
+    }
+    // Wildcards are EC2's: web-* is just as ambiguous.
+    assert!(matches!(
+        resolve(cfg, ro, "Name:web-*").await,
+        Err(Error::AmbiguousTarget { .. })
+    ));
+}
+
+/// A stopped instance is found by none of its forms, and the error says it is stopped.
+pub async fn check_stopped(cfg: &Config, ro: &ResolveOptions, w: &World) {
+    for spec in [
+        w.old.id.clone(),
+        "Name:old".to_owned(),
+        "Role:old".to_owned(),
+        w.old.private_ip.to_string(),
+    ] {
+        let e = resolve(cfg, ro, &spec).await.unwrap_err();
+        let Error::TargetNotFound { searched, .. } = &e else {
+            panic!("{spec}: expected TargetNotFound, got {e:?}");
+        };
+        assert!(
+            searched.contains(&format!("matched but not running: {} (Name=old, stopped)", w.old.id)),
+            "{spec}: {e}"
+        );
+    }
+}

@@ -1,0 +1,239 @@
+# Start-SSMPortForward against the emulator: ports, data, pipeline binding, errors, -WhatIf, -Wait,
+# and stopping while it connects.
+
+BeforeAll {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
+    Import-TestModule
+    $instance = 'i-0123456789abcdef0'
+    # Two running instances share Name=web (ambiguous); none is called nothing (not found).
+    $emu = Start-Emulator -ArgumentList '--unpaced' -Config @{
+        inventory = @(
+            @{ instance_id = 'i-0aaaaaaaaaaaaaaa1'; tags = @{ Name = 'web' } }
+            @{ instance_id = 'i-0aaaaaaaaaaaaaaa2'; tags = @{ Name = 'web' } }
+            @{ instance_id = 'i-0ccccccccccccccc3'; tags = @{ Name = 'db' } }
+        )
+    }
+    $aws = $emu.AwsParameters
+    # Tag targets are resolved with EC2 DescribeInstances, which the emulator answers too.
+    $savedEc2 = $env:AWS_ENDPOINT_URL_EC2
+    $env:AWS_ENDPOINT_URL_EC2 = $emu.Endpoint
+    $echo = Start-EchoServer
+}
+
+AfterAll {
+    Get-SSMPortForward | Stop-SSMPortForward
+    if ($echo) { $echo.Dispose() }
+    Stop-Emulator $emu
+    $env:AWS_ENDPOINT_URL_EC2 = $savedEc2
+}
+
+Describe 'Start-SSMPortForward' {
+    AfterEach {
+        Get-SSMPortForward | Stop-SSMPortForward
+    }
+
+    It 'returns a forward listening on a port the system chose' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws
+        $f | Should -HaveCount 1
+        $f | Should -BeOfType ([SSMConnect.PortForward])
+        $f.LocalPort | Should -BeGreaterThan 0
+        $f.LocalAddress | Should -Be '127.0.0.1'
+        $f.LocalEndpoint | Should -Be "127.0.0.1:$($f.LocalPort)"
+        $f.Target | Should -Be $instance
+        $f.InstanceId | Should -Be $instance
+        $f.RemotePort | Should -Be $echo.Port
+        $f.SessionId | Should -Not -BeNullOrEmpty
+        $f.State | Should -Be 'Running'
+        $f.Id | Should -BeGreaterThan 0
+        Test-PortListening $f.LocalPort | Should -BeTrue
+        (Get-EmulatorSession $emu).session_id | Should -Contain $f.SessionId
+    }
+
+    It 'listens on the port asked for' {
+        $port = Get-FreePort
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -LocalPort $port @aws
+        $f.LocalPort | Should -Be $port
+    }
+
+    It 'moves 16 MiB both ways intact' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws
+        $data = [SSMConnectTests.Net]::RandomBytes(16MB)
+        $back = [SSMConnectTests.Net]::RoundTrip($f.LocalPort, $data, 180)
+        $back.Length | Should -Be $data.Length
+        [SSMConnectTests.Net]::Sha256($back) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+        $f.BytesSent | Should -BeGreaterOrEqual 16MB
+        $f.BytesReceived | Should -BeGreaterOrEqual 16MB
+        $f.Connections | Should -BeGreaterOrEqual 1
+    }
+
+    It 'frees the port and ends the session when stopped' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws
+        $port = $f.LocalPort
+        Stop-SSMPortForward -Id $f.Id
+        Wait-PortClosed $port | Should -BeTrue
+        $f.State | Should -Not -Be 'Running'
+        Wait-Until { (Get-EmulatorSession $emu | Where-Object session_id -EQ $f.SessionId).ended } | Should -BeTrue
+    }
+
+    It 'shows progress and native logs only when asked' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws -Verbose 4>&1
+        $records = @($f | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })
+        $records.Count | Should -BeGreaterThan 0
+        @($f | Where-Object { $_ -is [SSMConnect.PortForward] }) | Should -HaveCount 1
+    }
+
+    Context 'pipeline input' {
+        It 'binds strings' {
+            $f = @($instance, 'i-0fedcba9876543210' | Start-SSMPortForward -RemotePort $echo.Port @aws)
+            $f | Should -HaveCount 2
+            $f.Target | Should -Be @($instance, 'i-0fedcba9876543210')
+            ($f.LocalPort | Select-Object -Unique) | Should -HaveCount 2
+        }
+
+        It 'binds objects with an InstanceId property' {
+            $f = [pscustomobject]@{ InstanceId = $instance; State = 'running' } | Start-SSMPortForward -RemotePort $echo.Port @aws
+            $f.Target | Should -Be $instance
+        }
+
+        It 'binds objects with an Instances property, each instance a forward' {
+            $reservation = [pscustomobject]@{
+                ReservationId = 'r-0123456789abcdef0'
+                Instances     = @(
+                    [pscustomobject]@{ InstanceId = $instance }
+                    [pscustomobject]@{ InstanceId = 'i-0fedcba9876543210' }
+                )
+            }
+            $f = @($reservation | Start-SSMPortForward -RemotePort $echo.Port @aws)
+            $f | Should -HaveCount 2
+            $f.Target | Should -Be @($instance, 'i-0fedcba9876543210')
+        }
+
+        It 'moves data through a forward made from pipeline input' {
+            $f = [pscustomobject]@{ InstanceId = $instance } | Start-SSMPortForward -RemotePort $echo.Port @aws
+            $data = [SSMConnectTests.Net]::RandomBytes(65536)
+            [SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip($f.LocalPort, $data, 60)) |
+                Should -Be ([SSMConnectTests.Net]::Sha256($data))
+        }
+
+        It 'refuses objects that hold no target with SSMConnect.NoTarget' {
+            { [pscustomobject]@{ Name = 'web' } | Start-SSMPortForward -RemotePort 80 @aws -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.NoTarget'
+        }
+    }
+
+    Context 'errors' {
+        It 'fails at once with SSMConnect.PortInUse when the local port is taken' {
+            $busy = [System.Net.Sockets.TcpListener]::new([System.Net.IPAddress]::Loopback, 0)
+            $busy.Start()
+            try {
+                $port = $busy.LocalEndpoint.Port
+                $watch = [System.Diagnostics.Stopwatch]::StartNew()
+                Start-SSMPortForward -Target $instance -RemotePort 22 -LocalPort $port @aws -ErrorAction SilentlyContinue -ErrorVariable err |
+                    Should -BeNullOrEmpty
+                $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
+                $err | Should -HaveCount 1
+                $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.PortInUse,*'
+                $err[0].CategoryInfo.Category | Should -Be 'ResourceUnavailable'
+                $err[0].TargetObject | Should -Be $instance
+                Get-SSMPortForward | Should -BeNullOrEmpty
+            }
+            finally {
+                $busy.Stop()
+            }
+        }
+
+        It 'reports a tag no instance carries as SSMConnect.TargetNotFound' {
+            Start-SSMPortForward -Target 'Name:nothing' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable err
+            $err | Should -HaveCount 1
+            $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.TargetNotFound,*'
+            $err[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
+        }
+
+        It 'reports a tag several instances carry as SSMConnect.AmbiguousTarget, listing them' {
+            { Start-SSMPortForward -Target 'Name:web' -RemotePort 22 @aws -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.AmbiguousTarget'
+            Start-SSMPortForward -Target 'Name:web' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable err
+            $err[0].CategoryInfo.Category | Should -Be 'InvalidArgument'
+            $err[0].Exception.Message | Should -Match 'i-0aaaaaaaaaaaaaaa1'
+            $err[0].Exception.Message | Should -Match 'i-0aaaaaaaaaaaaaaa2'
+            Get-SSMPortForward | Should -BeNullOrEmpty
+        }
+
+        It 'goes on with the next pipeline target after a failure' {
+            $f = @('Name:nothing', $instance | Start-SSMPortForward -RemotePort $echo.Port @aws -ErrorAction SilentlyContinue -ErrorVariable err)
+            $f | Should -HaveCount 1
+            $f[0].Target | Should -Be $instance
+            $err | Should -HaveCount 1
+        }
+    }
+
+    Context '-WhatIf' {
+        It 'starts nothing' {
+            $port = Get-FreePort
+            $before = @(Get-EmulatorSession $emu).Count
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port -LocalPort $port -WhatIf @aws | Should -BeNullOrEmpty
+            Test-PortListening $port | Should -BeFalse
+            Get-SSMPortForward | Should -BeNullOrEmpty
+            @(Get-EmulatorSession $emu).Count | Should -Be $before
+        }
+    }
+
+    Context 'in another runspace, as Ctrl+C sees it' {
+        BeforeAll {
+            $manifest = Get-TestModuleManifest
+            function Start-InRunspace([scriptblock] $Script, [object[]] $Arguments) {
+                $ps = [powershell]::Create()
+                $null = $ps.AddScript("Import-Module '$($manifest -replace "'", "''")'").AddStatement()
+                $null = $ps.AddScript($Script.ToString())
+                foreach ($a in $Arguments) { $null = $ps.AddArgument($a) }
+                [pscustomobject]@{ PowerShell = $ps; Async = $ps.BeginInvoke() }
+            }
+        }
+
+        It '-Wait blocks while forwarding, and stopping the pipeline stops the forward' {
+            $port = Get-FreePort
+            $run = Start-InRunspace {
+                param($Port, $RemotePort, $Aws)
+                Start-SSMPortForward -Target i-0123456789abcdef0 -RemotePort $RemotePort -LocalPort $Port -Wait @Aws
+            } @($port, $echo.Port, $aws)
+            try {
+                Wait-Until { Test-PortListening $port } | Should -BeTrue
+                $run.Async.IsCompleted | Should -BeFalse
+                $data = [SSMConnectTests.Net]::RandomBytes(100000)
+                [SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip($port, $data, 60)) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+                $run.PowerShell.Stop()
+                $run.PowerShell.InvocationStateInfo.State | Should -Be 'Stopped'
+                Wait-PortClosed $port | Should -BeTrue
+                Get-SSMPortForward | Where-Object LocalPort -EQ $port | Should -BeNullOrEmpty
+            }
+            finally {
+                $run.PowerShell.Dispose()
+            }
+        }
+
+        It 'stopping while it connects leaves nothing listening and no session open' {
+            # Every frame to the client is lost, so the handshake never completes.
+            $stuck = Start-Emulator -ArgumentList '--faults', '{"to_client":{"drop":1.0}}'
+            $port = Get-FreePort
+            $run = Start-InRunspace {
+                param($Port, $Aws)
+                Start-SSMPortForward -Target i-0123456789abcdef0 -RemotePort 22 -LocalPort $Port @Aws
+            } @($port, $stuck.AwsParameters)
+            try {
+                # The port is bound before the session starts: it listening means it is connecting.
+                Wait-Until { Test-PortListening $port } | Should -BeTrue
+                $run.Async.IsCompleted | Should -BeFalse
+                $run.PowerShell.Stop()
+                $run.PowerShell.InvocationStateInfo.State | Should -Be 'Stopped'
+                Wait-PortClosed $port | Should -BeTrue
+                Get-SSMPortForward | Should -BeNullOrEmpty
+                Wait-Until { @(Get-EmulatorSession $stuck | Where-Object { -not $_.ended }).Count -eq 0 } -TimeoutSeconds 10 |
+                    Should -BeTrue
+            }
+            finally {
+                $run.PowerShell.Dispose()
+                Stop-Emulator $stuck
+            }
+        }
+    }
+}

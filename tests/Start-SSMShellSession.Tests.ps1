@@ -1,0 +1,118 @@
+# Start-SSMShellSession: an interactive shell in a real terminal (tmux), the non-interactive mode
+# with stdin redirected, -WhatIf and errors. The emulator runs sh in a pty.
+
+BeforeDiscovery {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
+    $haveTmux = -not $IsWindows -and [bool](Get-Command tmux -ErrorAction SilentlyContinue)
+    $unix = -not $IsWindows
+}
+
+BeforeAll {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
+    Import-TestModule
+    $instance = 'i-0123456789abcdef0'
+    $emu = Start-Emulator
+    $aws = $emu.AwsParameters
+    $manifest = Get-TestModuleManifest
+    $pwsh = (Get-Process -Id $PID).Path
+    # The command line a child pwsh runs to open the shell.
+    $shellCommand = "Import-Module '$($manifest -replace "'", "''")'; " +
+        "Start-SSMShellSession -Target $instance -EndpointUrl '$($emu.Endpoint)' -Region $($aws.Region) " +
+        "-AccessKey $($aws.AccessKey) -SecretKey '$($aws.SecretKey)'"
+}
+
+AfterAll {
+    Stop-Emulator $emu
+}
+
+Describe 'Start-SSMShellSession' {
+    It 'starts nothing with -WhatIf' {
+        $before = @(Get-EmulatorSession $emu).Count
+        $global:LASTEXITCODE = 42
+        Start-SSMShellSession -Target $instance -WhatIf @aws | Should -BeNullOrEmpty
+        $LASTEXITCODE | Should -Be 42
+        @(Get-EmulatorSession $emu).Count | Should -Be $before
+    }
+
+    It 'reports a refused target as an error with a stable id' {
+        $refusing = Start-Emulator -Config @{ targets = @('i-0aaaaaaaaaaaaaaa1') }
+        $refusingAws = $refusing.AwsParameters
+        try {
+            { Start-SSMShellSession -Target i-0bbbbbbbbbbbbbbb2 @refusingAws -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.ApiError'
+        }
+        finally {
+            Stop-Emulator $refusing
+        }
+    }
+
+    It 'streams redirected stdin to the remote shell and returns its exit code' -Skip:(-not $unix) {
+        $psi = [System.Diagnostics.ProcessStartInfo]::new($pwsh)
+        foreach ($a in '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE") { $psi.ArgumentList.Add($a) }
+        $psi.RedirectStandardInput = $true
+        $psi.RedirectStandardOutput = $true
+        $psi.RedirectStandardError = $true
+        $psi.UseShellExecute = $false
+        $p = [System.Diagnostics.Process]::Start($psi)
+        $stderr = $p.StandardError.ReadToEndAsync()
+        $p.StandardInput.WriteLine('echo streamed-$((6*7))')
+        $p.StandardInput.WriteLine('exit 4')
+        $p.StandardInput.Close()
+        $stdout = $p.StandardOutput.ReadToEndAsync()
+        $exited = $p.WaitForExit(60000)
+        if (-not $exited) { $p.Kill($true) }
+        $exited | Should -BeTrue
+        $p.ExitCode | Should -Be 0 -Because $stderr.Result
+        $stdout.Result | Should -Match 'streamed-42'
+        $stdout.Result | Should -Match 'exit-code=4'
+        # -PassThru writes the exit code (after the remote shell's last prompt, when it left one).
+        $stdout.Result | Should -Match '(?m)^(#\s*|\$\s*)?4\s*$'
+    }
+
+    Context 'in a terminal' -Skip:(-not $haveTmux) {
+        BeforeAll {
+            $session = "ssmc-$([guid]::NewGuid().ToString('N').Substring(0, 8))"
+            function Get-Screen { (& tmux capture-pane -p -t $session -S -200) -join "`n" }
+            function Send-Line([string] $Text) { & tmux send-keys -t $session -l $Text; & tmux send-keys -t $session Enter }
+            function Wait-Screen([string] $Pattern, [int] $TimeoutSeconds = 30) {
+                Wait-Until { (Get-Screen) -match $Pattern } -TimeoutSeconds $TimeoutSeconds
+            }
+            & tmux new-session -d -s $session -x 160 -y 50 "$pwsh -NoProfile -NoLogo"
+            Wait-Screen 'PS .*>' | Should -BeTrue
+        }
+
+        AfterAll {
+            & tmux kill-session -t $session 2>$null
+        }
+
+        BeforeEach {
+            # A clean screen, so that each test waits for its own output.
+            Send-Line 'Clear-Host'
+            & tmux clear-history -t $session
+            Wait-Screen '(?m)^PS .*>' | Should -BeTrue
+        }
+
+        It 'runs a command in the remote shell, exits with its code and gives the terminal back' {
+            Send-Line $shellCommand
+            # The remote sh prints a prompt ($ or #) once the session runs.
+            Wait-Screen '(?m)^\s*[$#]\s*$' | Should -BeTrue -Because (Get-Screen)
+            Send-Line 'echo remote-$((6*7))'
+            Wait-Screen 'remote-42' | Should -BeTrue -Because (Get-Screen)
+            Send-Line 'exit 5'
+            # Back at the PowerShell prompt, which reads and echoes input again.
+            Send-Line '"code=$LASTEXITCODE; back=" + (6*7)'
+            Wait-Screen 'code=5; back=42' | Should -BeTrue -Because (Get-Screen)
+        }
+
+        It 'sees the terminal size on the remote side' {
+            Send-Line $shellCommand
+            Wait-Screen '(?m)^\s*[$#]\s*$' | Should -BeTrue
+            Send-Line 'echo size-$(stty size | tr " " x)'
+            # 160 columns; the rows are the window's less tmux's status line.
+            Wait-Screen 'size-\d+x160' | Should -BeTrue -Because (Get-Screen)
+            Send-Line 'exit 0'
+            Send-Line '"after=" + (7*6)'
+            Wait-Screen 'after=42' | Should -BeTrue -Because (Get-Screen)
+        }
+    }
+}

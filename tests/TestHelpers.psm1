@@ -1,0 +1,354 @@
+# Shared helpers of the Pester suite: where the module and the emulator are, and the loopback
+# servers the tests talk to (the emulator, a TCP echo server, a private sshd). Everything starts
+# on ports the OS picks and is stopped by the tests' AfterAll blocks.
+
+Set-StrictMode -Version 3.0
+
+$RepoRoot = Split-Path -Parent $PSScriptRoot
+
+# Dummy credentials and region for the emulator (it checks nothing, but the SDK wants some).
+$TestRegion = 'us-east-1'
+$TestAccessKey = 'AKIDEXAMPLE'
+$TestSecretKey = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'
+
+# Socket helpers in C#: moving 16 MiB through PowerShell loops would take minutes.
+if (-not ('SSMConnectTests.Net' -as [type])) {
+    Add-Type -TypeDefinition @'
+using System;
+using System.Collections.Generic;
+using System.IO;
+using System.Net;
+using System.Net.Sockets;
+using System.Threading;
+using System.Threading.Tasks;
+
+namespace SSMConnectTests
+{
+    public sealed class EchoServer : IDisposable
+    {
+        private readonly TcpListener listener;
+        private readonly List<TcpClient> clients = new List<TcpClient>();
+
+        public EchoServer()
+        {
+            listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            Port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            Task.Run(AcceptLoop);
+        }
+
+        public int Port { get; private set; }
+
+        private async Task AcceptLoop()
+        {
+            while (true)
+            {
+                TcpClient c;
+                try { c = await listener.AcceptTcpClientAsync(); }
+                catch (Exception) { return; }
+                lock (clients) { clients.Add(c); }
+                _ = Task.Run(() => Echo(c));
+            }
+        }
+
+        private static async Task Echo(TcpClient c)
+        {
+            try
+            {
+                var s = c.GetStream();
+                var buf = new byte[65536];
+                int n;
+                while ((n = await s.ReadAsync(buf, 0, buf.Length)) > 0)
+                {
+                    await s.WriteAsync(buf, 0, n);
+                }
+                c.Client.Shutdown(SocketShutdown.Send);
+            }
+            catch (Exception) { }
+        }
+
+        public void Dispose()
+        {
+            listener.Stop();
+            lock (clients) { foreach (var c in clients) c.Dispose(); }
+        }
+    }
+
+    public static class Net
+    {
+        public static int FreePort()
+        {
+            var l = new TcpListener(IPAddress.Loopback, 0);
+            l.Start();
+            var port = ((IPEndPoint)l.LocalEndpoint).Port;
+            l.Stop();
+            return port;
+        }
+
+        public static bool Listens(int port)
+        {
+            using (var c = new TcpClient())
+            {
+                try { c.Connect(IPAddress.Loopback, port); return true; }
+                catch (SocketException) { return false; }
+            }
+        }
+
+        // Writes data to 127.0.0.1:port while reading the same amount back.
+        public static byte[] RoundTrip(int port, byte[] data, int timeoutSeconds)
+        {
+            using (var cts = new CancellationTokenSource(TimeSpan.FromSeconds(timeoutSeconds)))
+            using (var tcp = new TcpClient())
+            {
+                tcp.Connect(IPAddress.Loopback, port);
+                var s = tcp.GetStream();
+                var writer = Task.Run(async () =>
+                {
+                    for (var off = 0; off < data.Length; off += 65536)
+                    {
+                        await s.WriteAsync(data, off, Math.Min(65536, data.Length - off), cts.Token);
+                    }
+                });
+                var back = new MemoryStream(data.Length);
+                var buf = new byte[65536];
+                while (back.Length < data.Length)
+                {
+                    var n = s.ReadAsync(buf, 0, buf.Length, cts.Token).GetAwaiter().GetResult();
+                    if (n == 0) break;
+                    back.Write(buf, 0, n);
+                }
+                writer.GetAwaiter().GetResult();
+                return back.ToArray();
+            }
+        }
+
+        public static byte[] RandomBytes(int count)
+        {
+            var b = new byte[count];
+            System.Security.Cryptography.RandomNumberGenerator.Fill(b);
+            return b;
+        }
+
+        public static string Sha256(byte[] data)
+        {
+            return Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(data));
+        }
+    }
+}
+'@
+}
+
+function Get-TestModuleManifest {
+    <# The laid-out module: SSMCONNECT_MODULE_MANIFEST (set by build.ps1), else the newest under out/. #>
+    if ($env:SSMCONNECT_MODULE_MANIFEST) { return $env:SSMCONNECT_MODULE_MANIFEST }
+    $found = Get-ChildItem (Join-Path $RepoRoot 'out/SSMConnect') -Filter SSMConnect.psd1 -Recurse -ErrorAction SilentlyContinue |
+        Sort-Object { [version]$_.Directory.Name } -Descending |
+        Select-Object -First 1
+    if (-not $found) { throw "no laid-out module under $RepoRoot/out/SSMConnect: run ./build.ps1 first" }
+    $found.FullName
+}
+
+function Import-TestModule {
+    Import-Module (Get-TestModuleManifest) -Force -ErrorAction Stop
+}
+
+function Get-EmulatorPath {
+    if ($env:SSMCONNECT_EMULATOR) { return $env:SSMCONNECT_EMULATOR }
+    $target = (& cargo metadata --format-version 1 --no-deps --manifest-path (Join-Path $RepoRoot 'Cargo.toml') | ConvertFrom-Json).target_directory
+    $exe = if ($IsWindows) { 'ssm-emulator.exe' } else { 'ssm-emulator' }
+    $path = Join-Path $target "debug/$exe"
+    if (-not (Test-Path $path)) { throw "the emulator is not at ${path}: run cargo build -p ssm-emulator (build.ps1 -Task Test does)" }
+    $path
+}
+
+function Start-Emulator {
+    <#
+    .SYNOPSIS
+    Starts ssm-emulator on loopback; returns an object with Endpoint and AwsParameters (a splat
+    for the cmdlets). -Config is written to a --config file (fields as in the emulator's Config).
+    #>
+    param(
+        [hashtable] $Config,
+        [string[]] $ArgumentList = @()
+    )
+    $psi = [System.Diagnostics.ProcessStartInfo]::new((Get-EmulatorPath))
+    $psi.RedirectStandardInput = $true
+    $psi.RedirectStandardOutput = $true
+    $psi.RedirectStandardError = $true
+    $psi.UseShellExecute = $false
+    $configFile = $null
+    if ($Config) {
+        $configFile = Join-Path ([IO.Path]::GetTempPath()) "ssmc-emu-$([guid]::NewGuid().ToString('N')).json"
+        $Config | ConvertTo-Json -Depth 10 | Set-Content -LiteralPath $configFile -Encoding utf8NoBOM
+        $psi.ArgumentList.Add('--config')
+        $psi.ArgumentList.Add($configFile)
+    }
+    foreach ($a in $ArgumentList) { $psi.ArgumentList.Add($a) }
+    $process = [System.Diagnostics.Process]::Start($psi)
+    # Keep stderr flowing so the emulator never blocks on a full pipe.
+    $null = $process.StandardError.ReadToEndAsync()
+    $readLine = $process.StandardOutput.ReadLineAsync()
+    if (-not $readLine.Wait([TimeSpan]::FromSeconds(30)) -or -not $readLine.Result) {
+        $process.Kill($true)
+        throw 'the emulator printed no endpoint line'
+    }
+    $endpoint = ($readLine.Result | ConvertFrom-Json).endpoint
+    [pscustomobject]@{
+        Process       = $process
+        Endpoint      = $endpoint
+        ConfigFile    = $configFile
+        AwsParameters = @{
+            EndpointUrl = $endpoint
+            Region      = $TestRegion
+            AccessKey   = $TestAccessKey
+            SecretKey   = $TestSecretKey
+        }
+    }
+}
+
+function Stop-Emulator {
+    param([Parameter(ValueFromPipeline)] $Emulator)
+    process {
+        if (-not $Emulator) { return }
+        # It exits when its stdin closes.
+        try { $Emulator.Process.StandardInput.Close() } catch { }
+        if (-not $Emulator.Process.WaitForExit(10000)) { $Emulator.Process.Kill($true) }
+        $Emulator.Process.Dispose()
+        if ($Emulator.ConfigFile) { Remove-Item -LiteralPath $Emulator.ConfigFile -ErrorAction SilentlyContinue }
+    }
+}
+
+function Start-EchoServer {
+    [SSMConnectTests.EchoServer]::new()
+}
+
+function Test-PortListening([int] $Port) {
+    [SSMConnectTests.Net]::Listens($Port)
+}
+
+function Wait-PortClosed {
+    <# True once nothing accepts connections on 127.0.0.1:$Port (within $TimeoutSeconds). #>
+    param([int] $Port, [int] $TimeoutSeconds = 5)
+    $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+    while ([SSMConnectTests.Net]::Listens($Port)) {
+        if ([DateTime]::UtcNow -gt $deadline) { return $false }
+        Start-Sleep -Milliseconds 50
+    }
+    $true
+}
+
+function Get-FreePort {
+    [SSMConnectTests.Net]::FreePort()
+}
+
+function Test-SshdAvailable {
+    -not $IsWindows -and (Test-Path '/usr/sbin/sshd') -and (Get-Command ssh -ErrorAction SilentlyContinue) -and (Get-Command ssh-keygen -ErrorAction SilentlyContinue)
+}
+
+function Start-TestSshd {
+    <#
+    .SYNOPSIS
+    A private sshd on 127.0.0.1 accepting a fresh client key; returns Port, ClientKey, Directory,
+    Process. -AuthorizedKeysFile replaces the file holding that key (e.g. the emulator's EC2
+    Instance Connect file).
+    #>
+    param([string] $AuthorizedKeysFile)
+    $dir = Join-Path ([IO.Path]::GetTempPath()) "ssmc-sshd-$([guid]::NewGuid().ToString('N'))"
+    New-Item -ItemType Directory -Path $dir | Out-Null
+    # sshd refuses to start without its privilege-separation directory.
+    if (-not (Test-Path /run/sshd) -and (Test-Path /run)) { New-Item -ItemType Directory -Path /run/sshd -ErrorAction SilentlyContinue | Out-Null }
+    $hostKey = Join-Path $dir 'host_ed25519'
+    $clientKey = Join-Path $dir 'id_ed25519'
+    foreach ($key in $hostKey, $clientKey) {
+        & ssh-keygen -q -t ed25519 -N '' -f $key
+        if ($LASTEXITCODE -ne 0) { throw "ssh-keygen failed for $key" }
+    }
+    $authorized = $AuthorizedKeysFile
+    if (-not $authorized) {
+        $authorized = Join-Path $dir 'authorized_keys'
+        Copy-Item "$clientKey.pub" $authorized
+    }
+
+    $lastLog = ''
+    foreach ($attempt in 1..5) {
+        $port = Get-FreePort
+        $cfg = Join-Path $dir 'sshd_config'
+        @(
+            'ListenAddress 127.0.0.1'
+            "Port $port"
+            "HostKey $hostKey"
+            "PidFile $(Join-Path $dir 'sshd.pid')"
+            "AuthorizedKeysFile $authorized"
+            'StrictModes no'
+            'UsePAM no'
+            'PasswordAuthentication no'
+            'KbdInteractiveAuthentication no'
+            'PermitRootLogin prohibit-password'
+        ) | Set-Content -LiteralPath $cfg
+        $psi = [System.Diagnostics.ProcessStartInfo]::new('/usr/sbin/sshd')
+        foreach ($a in '-D', '-e', '-f', $cfg) { $psi.ArgumentList.Add($a) }
+        $psi.RedirectStandardError = $true
+        $psi.RedirectStandardInput = $true
+        $psi.UseShellExecute = $false
+        $process = [System.Diagnostics.Process]::Start($psi)
+        $log = [System.Text.StringBuilder]::new()
+        $deadline = [DateTime]::UtcNow.AddSeconds(20)
+        $ready = $false
+        while ([DateTime]::UtcNow -lt $deadline) {
+            $line = $process.StandardError.ReadLineAsync()
+            if (-not $line.Wait([TimeSpan]::FromSeconds(20)) -or $null -eq $line.Result) { break }
+            $null = $log.AppendLine($line.Result)
+            if ($line.Result -match 'Server listening on') { $ready = $true; break }
+        }
+        if ($ready) {
+            $null = $process.StandardError.ReadToEndAsync()
+            return [pscustomobject]@{ Port = $port; ClientKey = $clientKey; Directory = $dir; Process = $process }
+        }
+        $lastLog = $log.ToString()
+        if (-not $process.HasExited) { $process.Kill() }
+        $process.Dispose()
+    }
+    throw "sshd did not start: $lastLog"
+}
+
+function Stop-TestSshd {
+    param([Parameter(ValueFromPipeline)] $Sshd)
+    process {
+        if (-not $Sshd) { return }
+        if (-not $Sshd.Process.HasExited) { $Sshd.Process.Kill(); $null = $Sshd.Process.WaitForExit(5000) }
+        $Sshd.Process.Dispose()
+        Remove-Item -LiteralPath $Sshd.Directory -Recurse -Force -ErrorAction SilentlyContinue
+    }
+}
+
+function Get-TestSshArguments {
+    <# ssh options for a throwaway loopback sshd: no config files, no prompts, stdin from /dev/null. #>
+    @(
+        '-n'
+        '-F', '/dev/null'
+        '-o', 'StrictHostKeyChecking=no'
+        '-o', 'UserKnownHostsFile=/dev/null'
+        '-o', 'BatchMode=yes'
+        '-o', 'IdentitiesOnly=yes'
+        '-o', 'LogLevel=ERROR'
+    )
+}
+
+function Get-EmulatorSession {
+    <# The sessions the emulator has seen (GET /_emulator/sessions). #>
+    param([Parameter(Mandatory)] $Emulator)
+    @(Invoke-RestMethod -Uri "$($Emulator.Endpoint.TrimEnd('/'))/_emulator/sessions" -NoProxy)
+}
+
+function Wait-Until {
+    <# Polls $Condition until it is true; false after $TimeoutSeconds. #>
+    param([Parameter(Mandatory)] [scriptblock] $Condition, [int] $TimeoutSeconds = 20)
+    $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+    while (-not (& $Condition)) {
+        if ([DateTime]::UtcNow -gt $deadline) { return $false }
+        Start-Sleep -Milliseconds 100
+    }
+    $true
+}
+
+Export-ModuleMember -Function *
