@@ -57,14 +57,15 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_log_next(out uint level);
 
         /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-        /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one). Returns an
+        /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
+        /// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
         /// operation, or null with the last error set when the request is malformed. When the operation
         /// succeeds, [`ssmc_operation_take_forward`] hands over the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_begin")]
         public static extern IntPtr ssmc_forward_begin(IntPtr client, string request_json);
 
         /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-        /// optional `document` and `parameters`. The operation ends when the remote shell does; its
+        /// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
         /// exit code is then in [`ssmc_operation_exit_code`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_shell_begin")]
         public static extern IntPtr ssmc_shell_begin(IntPtr client, string request_json);
@@ -120,6 +121,10 @@ namespace SSMConnect.Native
         /// Target the session was started with. Owned by the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_target")]
         public static extern IntPtr ssmc_forward_target(IntPtr f);
+
+        /// Instance id the target resolved to. Owned by the forward.
+        [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_instance_id")]
+        public static extern IntPtr ssmc_forward_instance_id(IntPtr f);
 
         /// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_mode")]

@@ -116,16 +116,18 @@ void ssmc_log_enable(uint32_t max_level);
 char *ssmc_log_next(uint32_t *level);
 
 // Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one). Returns an
+// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
+// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
 // operation, or null with the last error set when the request is malformed. When the operation
 // succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
                                          AsciiPointer request_json);
 
 // Starts a shell session on this process's terminal, described by a JSON request: `target`,
-// optional `document` and `parameters`. The operation ends when the remote shell does; its
+// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
 // exit code is then in [`ssmc_operation_exit_code`].
-struct SsmcOperation *ssmc_shell_begin(const struct SsmcClient *client, AsciiPointer request_json);
+struct SsmcOperation *ssmc_shell_begin(const struct SsmcClient *client,
+                                       AsciiPointer request_json);
 
 // The operation's state.
 SsmcState ssmc_operation_state(const struct SsmcOperation *op);
@@ -166,6 +168,9 @@ const char *ssmc_forward_session_id(struct SsmcForward *f);
 
 // Target the session was started with. Owned by the forward.
 const char *ssmc_forward_target(struct SsmcForward *f);
+
+// Instance id the target resolved to. Owned by the forward.
+const char *ssmc_forward_instance_id(struct SsmcForward *f);
 
 // `Basic` or `Multiplexed` (§7.1). Owned by the forward.
 const char *ssmc_forward_mode(struct SsmcForward *f);

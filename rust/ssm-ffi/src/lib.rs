@@ -323,6 +323,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_forward_local_address))
         .register(function!(ssmc_forward_session_id))
         .register(function!(ssmc_forward_target))
+        .register(function!(ssmc_forward_instance_id))
         .register(function!(ssmc_forward_mode))
         .register(function!(ssmc_forward_bytes_sent))
         .register(function!(ssmc_forward_bytes_received))

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use interoptopus::patterns::string::AsciiPointer;
 use interoptopus::{ffi_function, ffi_type};
-use ssm_session::{ForwardOptions, ForwardStats, PortForward, ShellOptions, SsmApi};
+use ssm_session::{ForwardOptions, ForwardStats, PortForward, ResolveOptions, ShellOptions, SsmApi};
 use tokio::sync::watch;
 
 use crate::{
@@ -84,6 +84,8 @@ struct ForwardRequest {
     local_address: Option<IpAddr>,
     #[serde(default)]
     local_port: u16,
+    #[serde(default)]
+    dns_server: Option<SocketAddr>,
 }
 
 #[derive(serde::Deserialize)]
@@ -94,6 +96,8 @@ struct ShellRequest {
     document: Option<String>,
     #[serde(default)]
     parameters: std::collections::HashMap<String, Vec<String>>,
+    #[serde(default)]
+    dns_server: Option<SocketAddr>,
 }
 
 fn client_options(client: *const SsmcClient) -> Result<ssm_session::AwsOptions, FfiError> {
@@ -108,7 +112,8 @@ fn client_options(client: *const SsmcClient) -> Result<ssm_session::AwsOptions, 
 }
 
 /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-/// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one). Returns an
+/// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
+/// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
 /// operation, or null with the last error set when the request is malformed. When the operation
 /// succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 #[ffi_function]
@@ -126,16 +131,23 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
         SsmcOperation::spawn(move |progress| async move {
             let result: Result<Box<SsmcForward>, FfiError> = async {
                 stage(&progress, "Loading AWS configuration");
-                let api = SsmApi::from_options(&options).await?;
-                stage(&progress, &format!("Starting a session with {}", req.target));
-                let mut fo = ForwardOptions::new(req.target.clone(), req.remote_port);
+                let config = ssm_session::aws::load_config(&options).await?;
+                let api = SsmApi::new(&config, options.endpoint_url.as_deref())?;
+                stage(&progress, &format!("Resolving {}", req.target));
+                let ro = ResolveOptions {
+                    dns_server: req.dns_server,
+                    ..Default::default()
+                };
+                let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;
+                stage(&progress, &format!("Starting a session with {}", instance.instance_id));
+                let mut fo = ForwardOptions::new(instance.instance_id.clone(), req.remote_port);
                 fo.remote_host = req.remote_host;
                 fo.local_addr = SocketAddr::new(
                     req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                     req.local_port,
                 );
                 let forward = PortForward::start(&api, fo).await?;
-                Ok(SsmcForward::new(forward, &req.target))
+                Ok(SsmcForward::new(forward, &req.target, &instance.instance_id))
             }
             .await;
             let mut p = lock(&progress);
@@ -152,7 +164,7 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
 }
 
 /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-/// optional `document` and `parameters`. The operation ends when the remote shell does; its
+/// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
 /// exit code is then in [`ssmc_operation_exit_code`].
 #[ffi_function]
 #[no_mangle]
@@ -169,14 +181,21 @@ pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: Asci
         SsmcOperation::spawn(move |progress| async move {
             let result: Result<i32, FfiError> = async {
                 stage(&progress, "Loading AWS configuration");
-                let api = SsmApi::from_options(&options).await?;
-                stage(&progress, &format!("Starting a session with {}", req.target));
+                let config = ssm_session::aws::load_config(&options).await?;
+                let api = SsmApi::new(&config, options.endpoint_url.as_deref())?;
+                stage(&progress, &format!("Resolving {}", req.target));
+                let ro = ResolveOptions {
+                    dns_server: req.dns_server,
+                    ..Default::default()
+                };
+                let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;
+                stage(&progress, &format!("Starting a session with {}", instance.instance_id));
                 let so = ShellOptions {
                     document: req.document,
                     parameters: req.parameters,
                     ..Default::default()
                 };
-                let dc = ssm_session::shell::start(&api, &req.target, so).await?;
+                let dc = ssm_session::shell::start(&api, &instance.instance_id, so).await?;
                 stage(&progress, "Running");
                 let outcome = ssm_session::shell::run_on_terminal(dc).await?;
                 Ok(outcome.exit_code.unwrap_or(0))
@@ -323,6 +342,7 @@ pub struct SsmcForward {
     local_address_c: CString,
     session_id_c: CString,
     target_c: CString,
+    instance_id_c: CString,
     mode_c: CString,
     error_c: CString,
     stats: Arc<ForwardStats>,
@@ -331,7 +351,7 @@ pub struct SsmcForward {
 }
 
 impl SsmcForward {
-    fn new(mut forward: PortForward, target: &str) -> Box<Self> {
+    fn new(mut forward: PortForward, target: &str, instance_id: &str) -> Box<Self> {
         let outcome = Arc::new(Mutex::new(None));
         let done = outcome.clone();
         let f = Box::new(SsmcForward {
@@ -339,6 +359,7 @@ impl SsmcForward {
             local_address_c: to_cstring(&forward.local_addr().ip().to_string()),
             session_id_c: to_cstring(forward.session_id()),
             target_c: to_cstring(target),
+            instance_id_c: to_cstring(instance_id),
             mode_c: to_cstring(match forward.mode() {
                 ssm_proto::PortMode::Basic => "Basic",
                 ssm_proto::PortMode::Mux { .. } => "Multiplexed",
@@ -394,6 +415,13 @@ pub extern "C" fn ssmc_forward_session_id(f: *mut SsmcForward) -> *const c_char 
 #[no_mangle]
 pub extern "C" fn ssmc_forward_target(f: *mut SsmcForward) -> *const c_char {
     with_forward(f, std::ptr::null(), |f| f.target_c.as_ptr())
+}
+
+/// Instance id the target resolved to. Owned by the forward.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_forward_instance_id(f: *mut SsmcForward) -> *const c_char {
+    with_forward(f, std::ptr::null(), |f| f.instance_id_c.as_ptr())
 }
 
 /// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
