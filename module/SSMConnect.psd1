@@ -10,6 +10,8 @@
     Copyright            = '(c) SSMConnect contributors. MIT OR Apache-2.0.'
     Description          = 'AWS Systems Manager Session Manager sessions without the AWS CLI or session-manager-plugin: interactive shells, port forwarding and SSH over SSM to EC2 instances and managed nodes.'
     PowerShellVersion    = '7.4'
+    # Loaded before the root module, so that its types resolve whatever the assembly probing does.
+    RequiredAssemblies   = @('bin/SSMConnect.Core.dll')
     FormatsToProcess     = @('SSMConnect.Format.ps1xml')
 
     # Explicit lists: PowerShell can then tell what the module exports without loading it.

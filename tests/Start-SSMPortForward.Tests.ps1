@@ -14,9 +14,6 @@ BeforeAll {
         )
     }
     $aws = $emu.AwsParameters
-    # Tag targets are resolved with EC2 DescribeInstances, which the emulator answers too.
-    $savedEc2 = $env:AWS_ENDPOINT_URL_EC2
-    $env:AWS_ENDPOINT_URL_EC2 = $emu.Endpoint
     $echo = Start-EchoServer
 }
 
@@ -24,7 +21,6 @@ AfterAll {
     Get-SSMPortForward | Stop-SSMPortForward
     if ($echo) { $echo.Dispose() }
     Stop-Emulator $emu
-    $env:AWS_ENDPOINT_URL_EC2 = $savedEc2
 }
 
 Describe 'Start-SSMPortForward' {
@@ -142,28 +138,78 @@ Describe 'Start-SSMPortForward' {
             }
         }
 
-        It 'reports a tag no instance carries as SSMConnect.TargetNotFound' {
-            Start-SSMPortForward -Target 'Name:nothing' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable err
-            $err | Should -HaveCount 1
-            $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.TargetNotFound,*'
-            $err[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
-        }
-
-        It 'reports a tag several instances carry as SSMConnect.AmbiguousTarget, listing them' {
-            { Start-SSMPortForward -Target 'Name:web' -RemotePort 22 @aws -ErrorAction Stop } |
-                Should -Throw -ErrorId 'SSMConnect.AmbiguousTarget'
-            Start-SSMPortForward -Target 'Name:web' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable err
-            $err[0].CategoryInfo.Category | Should -Be 'InvalidArgument'
-            $err[0].Exception.Message | Should -Match 'i-0aaaaaaaaaaaaaaa1'
-            $err[0].Exception.Message | Should -Match 'i-0aaaaaaaaaaaaaaa2'
-            Get-SSMPortForward | Should -BeNullOrEmpty
-        }
-
         It 'goes on with the next pipeline target after a failure' {
-            $f = @('Name:nothing', $instance | Start-SSMPortForward -RemotePort $echo.Port @aws -ErrorAction SilentlyContinue -ErrorVariable err)
+            $f = @([pscustomobject]@{ Name = 'no target here' }, $instance | Start-SSMPortForward -RemotePort $echo.Port @aws -ErrorAction SilentlyContinue -ErrorVariable err)
             $f | Should -HaveCount 1
             $f[0].Target | Should -Be $instance
             $err | Should -HaveCount 1
+            $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.NoTarget,*'
+        }
+    }
+
+    # Tags are resolved with EC2 DescribeInstances at the emulator, named by AWS_ENDPOINT_URL_EC2.
+    # On Linux and macOS the native library in this process cannot see a variable set after
+    # pwsh started, so these run in a child pwsh that has it from the start.
+    Context 'target resolution (child pwsh)' {
+        BeforeAll {
+            $child = Invoke-ChildPwsh -Environment @{ AWS_ENDPOINT_URL_EC2 = $emu.Endpoint } -ArgumentList @(
+                (Get-TestModuleManifest), $emu.Endpoint, $aws.Region, $aws.AccessKey, $aws.SecretKey, [string]$echo.Port
+            ) -ScriptBlock {
+                param($Manifest, $Endpoint, $Region, $AccessKey, $SecretKey, $EchoPort)
+                Import-Module $Manifest -ErrorAction Stop
+                $aws = @{ EndpointUrl = $Endpoint; Region = $Region; AccessKey = $AccessKey; SecretKey = $SecretKey }
+                function Report([string] $Name, $Errors) {
+                    if ($Errors) {
+                        $e = $Errors[0]
+                        "$Name=$($e.FullyQualifiedErrorId)|$($e.CategoryInfo.Category)|$($e.Exception.Message -replace '\s+', ' ')"
+                    }
+                    else { "$Name=none" }
+                }
+                $f = Start-SSMPortForward -Target 'Name:db' -RemotePort $EchoPort @aws -ErrorAction SilentlyContinue -ErrorVariable e1
+                "db=$($f.InstanceId)|$($f.Target)|$($f.LocalPort)"
+                Report 'db-error' $e1
+                $null = Start-SSMPortForward -Target 'Name:web' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable e2
+                Report 'web' $e2
+                $null = Start-SSMPortForward -Target 'Name:nothing' -RemotePort 22 @aws -ErrorAction SilentlyContinue -ErrorVariable e3
+                Report 'nothing' $e3
+                "running=$(@(Get-SSMPortForward).Count)"
+                Get-SSMPortForward | Stop-SSMPortForward
+            }
+            $result = @{}
+            foreach ($line in $child.Output) {
+                $key, $value = $line -split '=', 2
+                $result[$key] = $value
+            }
+        }
+
+        It 'ran' {
+            $child.ExitCode | Should -Be 0 -Because $child.Errors
+        }
+
+        It 'resolves a tag one running instance carries to that instance' {
+            $result['db-error'] | Should -Be 'none'
+            $instanceId, $target, $port = $result['db'] -split '\|'
+            $instanceId | Should -Be 'i-0ccccccccccccccc3'
+            $target | Should -Be 'Name:db'
+            [int]$port | Should -BeGreaterThan 0
+        }
+
+        It 'reports a tag several instances carry as SSMConnect.AmbiguousTarget, listing them' {
+            $id, $category, $message = $result['web'] -split '\|', 3
+            $id | Should -BeLike 'SSMConnect.AmbiguousTarget,*'
+            $category | Should -Be 'InvalidArgument'
+            $message | Should -Match 'i-0aaaaaaaaaaaaaaa1'
+            $message | Should -Match 'i-0aaaaaaaaaaaaaaa2'
+        }
+
+        It 'reports a tag no instance carries as SSMConnect.TargetNotFound' {
+            $id, $category, $null = $result['nothing'] -split '\|', 3
+            $id | Should -BeLike 'SSMConnect.TargetNotFound,*'
+            $category | Should -Be 'ObjectNotFound'
+        }
+
+        It 'leaves only the forward that succeeded' {
+            $result['running'] | Should -Be '1'
         }
     }
 

@@ -351,4 +351,49 @@ function Wait-Until {
     $true
 }
 
+function Invoke-ChildPwsh {
+    <#
+    .SYNOPSIS
+    Runs $ScriptBlock in a child pwsh with string arguments and extra environment variables;
+    returns ExitCode, Output (stdout lines) and Errors (stderr text).
+    .DESCRIPTION
+    On Linux and macOS a variable set in this session ($env:X = ...) is invisible to the native
+    library loaded in this process (.NET keeps its own copy of the environment), while a child
+    process does get it. Tests that need the native library to see a variable run in a child.
+    #>
+    param(
+        [Parameter(Mandatory)] [scriptblock] $ScriptBlock,
+        [string[]] $ArgumentList = @(),
+        [hashtable] $Environment = @{},
+        [int] $TimeoutSeconds = 120
+    )
+    $file = Join-Path ([IO.Path]::GetTempPath()) "ssmc-child-$([guid]::NewGuid().ToString('N')).ps1"
+    Set-Content -LiteralPath $file -Value $ScriptBlock.ToString() -Encoding utf8NoBOM
+    try {
+        $psi = [System.Diagnostics.ProcessStartInfo]::new((Get-Process -Id $PID).Path)
+        foreach ($a in @('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList) { $psi.ArgumentList.Add($a) }
+        foreach ($name in $Environment.Keys) { $psi.Environment[$name] = [string]$Environment[$name] }
+        $psi.RedirectStandardOutput = $true
+        $psi.RedirectStandardError = $true
+        $psi.RedirectStandardInput = $true
+        $psi.UseShellExecute = $false
+        $p = [System.Diagnostics.Process]::Start($psi)
+        $p.StandardInput.Close()
+        $stdout = $p.StandardOutput.ReadToEndAsync()
+        $stderr = $p.StandardError.ReadToEndAsync()
+        if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
+            $p.Kill($true)
+            throw "the child pwsh did not finish in $TimeoutSeconds s"
+        }
+        [pscustomobject]@{
+            ExitCode = $p.ExitCode
+            Output   = @($stdout.Result -split '\r?\n' | Where-Object { $_ -ne '' })
+            Errors   = $stderr.Result
+        }
+    }
+    finally {
+        Remove-Item -LiteralPath $file -ErrorAction SilentlyContinue
+    }
+}
+
 Export-ModuleMember -Function *

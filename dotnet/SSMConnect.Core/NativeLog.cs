@@ -31,11 +31,25 @@ namespace SSMConnect
     /// </summary>
     public static class NativeLog
     {
+        private static int installed;
+
         /// <summary>Captures lines up to <paramref name="maxLevel"/> from now on (Off stops capturing).</summary>
+        /// <remarks>
+        /// The first call with a level other than Off installs the library's capture, which then
+        /// formats events for good; until then Off costs nothing, so it is not passed on.
+        /// </remarks>
         public static void Enable(NativeLogLevel maxLevel)
         {
+            if (maxLevel == NativeLogLevel.Off && System.Threading.Volatile.Read(ref installed) == 0)
+            {
+                return;
+            }
             NativeLibraryLoader.Register();
             NativeMethods.ssmc_log_enable((uint)maxLevel);
+            if (maxLevel != NativeLogLevel.Off)
+            {
+                System.Threading.Volatile.Write(ref installed, 1);
+            }
         }
 
         /// <summary>Hands every queued line to <paramref name="sink"/>, oldest first.</summary>

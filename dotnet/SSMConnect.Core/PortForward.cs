@@ -31,6 +31,7 @@ namespace SSMConnect
             last = handle.Use(h => new Snapshot
             {
                 Target = NativeText.Borrowed(NativeMethods.ssmc_forward_target(h)),
+                InstanceId = NativeText.Borrowed(NativeMethods.ssmc_forward_instance_id(h)),
                 LocalAddress = NativeText.Borrowed(NativeMethods.ssmc_forward_local_address(h)),
                 LocalPort = NativeMethods.ssmc_forward_local_port(h),
                 SessionId = NativeText.Borrowed(NativeMethods.ssmc_forward_session_id(h)),
@@ -46,8 +47,8 @@ namespace SSMConnect
         /// <summary>The target as given (instance id, tag, address or DNS name).</summary>
         public string Target => last.Target;
 
-        /// <summary>The instance the session runs on (for now the target as given).</summary>
-        public string InstanceId => last.Target;
+        /// <summary>The instance (or managed node) id the target resolved to.</summary>
+        public string InstanceId => last.InstanceId;
 
         /// <summary>Local address listened on.</summary>
         public string LocalAddress => last.LocalAddress;
@@ -159,7 +160,7 @@ namespace SSMConnect
         public void Dispose() => Stop(TimeSpan.Zero);
 
         /// <inheritdoc />
-        public override string ToString() => $"{Target} {LocalEndpoint} -> {RemoteHost ?? Target}:{RemotePort}";
+        public override string ToString() => $"{InstanceId} {LocalEndpoint} -> {RemoteHost ?? InstanceId}:{RemotePort}";
 
         private Snapshot Refresh()
         {
@@ -186,6 +187,7 @@ namespace SSMConnect
         private struct Snapshot
         {
             public string Target;
+            public string InstanceId;
             public string LocalAddress;
             public int LocalPort;
             public string SessionId;

@@ -48,6 +48,9 @@ namespace SSMConnect
         /// <summary>SSM endpoint for the helper.</summary>
         public string? EndpointUrl { get; set; }
 
+        /// <summary>DNS server (<c>ADDR:PORT</c>) the helper resolves DNS-name targets with.</summary>
+        public string? DnsServer { get; set; }
+
         /// <summary>Explicit credentials; given to the helper through its environment, never its arguments.</summary>
         public string? AccessKey { get; set; }
 
@@ -123,6 +126,7 @@ namespace SSMConnect
             AddPair(proxy, "--endpoint-url", options.EndpointUrl);
             AddPair(proxy, "--region", options.Region);
             AddPair(proxy, "--profile", options.Profile);
+            AddPair(proxy, "--dns-server", options.DnsServer);
             proxy.Add("ssh-proxy");
             if (options.UseInstanceConnect)
             {

@@ -48,6 +48,11 @@ namespace SSMConnect
         [ValidateNotNullOrEmpty]
         public string? EndpointUrl { get; set; }
 
+        /// <summary>DNS server for DNS-name targets, ADDR or ADDR:PORT (default: the system's resolver).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? DnsServer { get; set; }
+
         /// <summary>Cancelled when the pipeline stops.</summary>
         protected CancellationToken StopToken => stopping.Token;
 
@@ -74,7 +79,10 @@ namespace SSMConnect
         /// <inheritdoc />
         protected override void StopProcessing() => stopping.Cancel();
 
-        /// <summary>Client settings from the shared parameters.</summary>
+        /// <summary>
+        /// Client settings from the shared parameters, completed from the session's environment
+        /// (which the native library cannot see on Unix when it changed after start).
+        /// </summary>
         protected SsmClientOptions ClientOptions() => new SsmClientOptions
         {
             Profile = ProfileName,
@@ -83,7 +91,21 @@ namespace SSMConnect
             AccessKey = AccessKey,
             SecretKey = SecretKey,
             SessionToken = SessionToken,
-        };
+        }.WithEnvironmentDefaults(Environment.GetEnvironmentVariable);
+
+        /// <summary>-DnsServer as ADDR:PORT; a malformed value is a terminating error.</summary>
+        protected string? ResolvedDnsServer()
+        {
+            try
+            {
+                return DnsServerAddress.Normalize(DnsServer);
+            }
+            catch (ArgumentException e)
+            {
+                ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, DnsServer));
+                throw;
+            }
+        }
 
         /// <summary>A native client from the shared parameters; a refusal is a terminating error.</summary>
         protected SsmClient CreateClient()

@@ -36,8 +36,10 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_string_free")]
         public static extern void ssmc_string_free(IntPtr s);
 
-        /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url`,
-        /// `access_key`, `secret_key`, `session_token`. Returns null on error (see last error). Free with
+        /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
+        /// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+        /// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
+        /// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
         /// [`ssmc_client_free`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_client_new")]
         public static extern IntPtr ssmc_client_new(string config_json);

@@ -54,6 +54,7 @@ namespace SSMConnect.Commands
             {
                 return;
             }
+            var dnsServer = ResolvedDnsServer();
             using var client = CreateClient();
             foreach (var target in targets)
             {
@@ -70,6 +71,7 @@ namespace SSMConnect.Commands
                     RemoteHost = RemoteHost,
                     LocalAddress = LocalAddress,
                     LocalPort = (ushort)LocalPort,
+                    DnsServer = dnsServer,
                 };
                 try
                 {
@@ -77,7 +79,7 @@ namespace SSMConnect.Commands
                     WaitFor(op, $"Start-SSMPortForward {target}");
                     var forward = op.TakeForward();
                     started.Add(forward);
-                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? target}:{RemotePort} (session {forward.SessionId}, forward {forward.Id})");
+                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{RemotePort} (session {forward.SessionId}, forward {forward.Id})");
                     WriteObject(forward);
                 }
                 catch (SsmException e)

@@ -44,6 +44,7 @@ namespace SSMConnect.Commands
                 return;
             }
             var parameters = DocumentParameters();
+            var dnsServer = ResolvedDnsServer();
             using var client = CreateClient();
             foreach (var target in targets)
             {
@@ -53,7 +54,7 @@ namespace SSMConnect.Commands
                 }
                 try
                 {
-                    using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters });
+                    using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters, DnsServer = dnsServer });
                     WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage);
                     var code = op.ExitCode;
                     SetLastExitCode(code);

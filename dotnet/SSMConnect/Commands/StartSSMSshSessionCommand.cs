@@ -81,6 +81,10 @@ namespace SSMConnect.Commands
                 throw;
             }
             var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
+            var dnsServer = ResolvedDnsServer();
+            // The helper runs as a child process, which sees this session's environment; only
+            // what was given as parameters goes on its command line.
+            var region = ResolvedRegion();
             if (UseInstanceConnect)
             {
                 CheckInstanceConnect(identity);
@@ -98,9 +102,10 @@ namespace SSMConnect.Commands
                     IdentityFile = identity,
                     UseInstanceConnect = UseInstanceConnect,
                     Command = Command,
-                    Region = ResolvedRegion(),
+                    Region = region,
                     Profile = ProfileName,
                     EndpointUrl = EndpointUrl,
+                    DnsServer = dnsServer,
                     AccessKey = AccessKey,
                     SecretKey = SecretKey,
                     SessionToken = SessionToken,

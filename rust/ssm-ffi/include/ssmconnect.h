@@ -99,8 +99,10 @@ const char *ssmc_last_error_message(void);
 // Frees a string this library handed over with ownership (see each export). Null is ignored.
 void ssmc_string_free(void *s);
 
-// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url`,
-// `access_key`, `secret_key`, `session_token`. Returns null on error (see last error). Free with
+// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
+// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
+// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
 // [`ssmc_client_free`].
 struct SsmcClient *ssmc_client_new(AsciiPointer config_json);
 

@@ -219,6 +219,7 @@ pub extern "C" fn ssmc_string_free(s: *mut c_void) {
 #[ffi_type(opaque)]
 pub struct SsmcClient {
     pub(crate) options: ssm_session::AwsOptions,
+    pub(crate) ec2_endpoint_url: Option<String>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -230,10 +231,13 @@ struct ClientRequest {
     access_key: Option<String>,
     secret_key: Option<String>,
     session_token: Option<String>,
+    ec2_endpoint_url: Option<String>,
 }
 
-/// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url`,
-/// `access_key`, `secret_key`, `session_token`. Returns null on error (see last error). Free with
+/// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
+/// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+/// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
+/// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
 /// [`ssmc_client_free`].
 #[ffi_function]
 #[no_mangle]
@@ -250,6 +254,7 @@ pub extern "C" fn ssmc_client_new(config_json: AsciiPointer) -> *mut SsmcClient 
                     secret_key: r.secret_key,
                     session_token: r.session_token,
                 },
+                ec2_endpoint_url: r.ec2_endpoint_url,
             })),
             Err(e) => {
                 set_last_error(&e);

@@ -100,7 +100,7 @@ struct ShellRequest {
     dns_server: Option<SocketAddr>,
 }
 
-fn client_options(client: *const SsmcClient) -> Result<ssm_session::AwsOptions, FfiError> {
+fn client_options(client: *const SsmcClient) -> Result<(ssm_session::AwsOptions, Option<String>), FfiError> {
     if client.is_null() {
         return Err(FfiError::new(
             SsmcErrorKind::InvalidArgument,
@@ -108,7 +108,8 @@ fn client_options(client: *const SsmcClient) -> Result<ssm_session::AwsOptions, 
         ));
     }
     // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
-    Ok(unsafe { &*client }.options.clone())
+    let c = unsafe { &*client };
+    Ok((c.options.clone(), c.ec2_endpoint_url.clone()))
 }
 
 /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
@@ -121,7 +122,7 @@ fn client_options(client: *const SsmcClient) -> Result<ssm_session::AwsOptions, 
 pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
     guard(null_mut(), || {
         let prepared = client_options(client).and_then(|o| Ok((o, parse_request::<ForwardRequest>(&request_json)?)));
-        let (options, req) = match prepared {
+        let ((options, ec2_endpoint_url), req) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 set_last_error(&e);
@@ -136,6 +137,7 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
                 stage(&progress, &format!("Resolving {}", req.target));
                 let ro = ResolveOptions {
                     dns_server: req.dns_server,
+                    ec2_endpoint_url,
                     ..Default::default()
                 };
                 let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;
@@ -171,7 +173,7 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
 pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
     guard(null_mut(), || {
         let prepared = client_options(client).and_then(|o| Ok((o, parse_request::<ShellRequest>(&request_json)?)));
-        let (options, req) = match prepared {
+        let ((options, ec2_endpoint_url), req) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 set_last_error(&e);
@@ -186,6 +188,7 @@ pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: Asci
                 stage(&progress, &format!("Resolving {}", req.target));
                 let ro = ResolveOptions {
                     dns_server: req.dns_server,
+                    ec2_endpoint_url,
                     ..Default::default()
                 };
                 let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;

@@ -1,0 +1,95 @@
+using System;
+using System.Threading;
+using System.Threading.Tasks;
+using Xunit;
+
+namespace SSMConnect.Tests
+{
+    /// <summary>
+    /// Targets other than instance ids are resolved by the native library with EC2
+    /// DescribeInstances, here at the emulator's inventory (AWS_ENDPOINT_URL_EC2).
+    /// </summary>
+    [Collection(NativeCollection.Name)]
+    public class TargetResolutionTests
+    {
+        private static readonly object Inventory = new
+        {
+            inventory = new object[]
+            {
+                new { instance_id = "i-0aaaaaaaaaaaaaaa1", tags = new { Name = "web" } },
+                new { instance_id = "i-0aaaaaaaaaaaaaaa2", tags = new { Name = "web" } },
+                new { instance_id = "i-0ccccccccccccccc3", tags = new { Name = "db" } },
+            },
+        };
+
+        [Fact]
+        public async Task A_tag_resolves_to_its_one_instance_which_the_forward_reports()
+        {
+            using var emu = Emulator.Start(Inventory);
+            using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            using var echo = new EchoServer();
+            using var client = new SsmClient(emu.ClientOptions());
+            using var cts = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            var stages = new System.Collections.Generic.List<string>();
+            using var op = client.BeginForward(new ForwardRequest { Target = "Name:db", RemotePort = (ushort)echo.Port });
+            await op.WaitAsync(cts.Token, stages.Add);
+            var forward = op.TakeForward();
+            try
+            {
+                Assert.Equal("Name:db", forward.Target);
+                Assert.Equal("i-0ccccccccccccccc3", forward.InstanceId);
+                // Stages come and go faster than a poll may see them; the last one is always seen.
+                Assert.Contains(stages, s => s.Contains("i-0ccccccccccccccc3", StringComparison.Ordinal) || s == "Forwarding");
+                var data = new byte[] { 1, 2, 3, 4 };
+                Assert.Equal(data, await PortForwardTests.RoundTrip(forward.LocalPort, data, cts.Token));
+                var sessions = await emu.Sessions();
+                Assert.Contains(sessions, s => s.Id == forward.SessionId && s.Target == "i-0ccccccccccccccc3");
+            }
+            finally
+            {
+                forward.Stop();
+            }
+        }
+
+        [Fact]
+        public async Task A_tag_several_instances_carry_is_ambiguous_and_lists_them()
+        {
+            using var emu = Emulator.Start(Inventory);
+            using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            using var client = new SsmClient(emu.ClientOptions());
+            var e = await Assert.ThrowsAsync<SsmException>(() => client.StartForwardAsync(new ForwardRequest { Target = "Name:web", RemotePort = 22 }));
+            Assert.Equal(SsmErrorKind.AmbiguousTarget, e.Kind);
+            Assert.Equal("SSMConnect.AmbiguousTarget", e.ErrorId);
+            Assert.Contains("i-0aaaaaaaaaaaaaaa1", e.Message, StringComparison.Ordinal);
+            Assert.Contains("i-0aaaaaaaaaaaaaaa2", e.Message, StringComparison.Ordinal);
+            Assert.Empty(await emu.Sessions());
+        }
+
+        [Fact]
+        public async Task A_tag_no_instance_carries_is_not_found()
+        {
+            using var emu = Emulator.Start(Inventory);
+            using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            using var client = new SsmClient(emu.ClientOptions());
+            var port = PortForwardTests.FreePort();
+            var e = await Assert.ThrowsAsync<SsmException>(() =>
+                client.StartForwardAsync(new ForwardRequest { Target = "Name:nothing", RemotePort = 22, LocalPort = (ushort)port }));
+            Assert.Equal(SsmErrorKind.TargetNotFound, e.Kind);
+            Assert.Equal("SSMConnect.TargetNotFound", e.ErrorId);
+            Assert.Equal("ObjectNotFound", e.CategoryName);
+            await PortForwardTests.AssertNothingListens(port);
+        }
+
+        [Fact]
+        public async Task A_malformed_dns_server_is_refused_at_once()
+        {
+            using var emu = Emulator.Start();
+            using var client = new SsmClient(emu.ClientOptions());
+            var e = Assert.Throws<SsmException>(() => client.BeginForward(new ForwardRequest { Target = "i-0123456789abcdef0", RemotePort = 22, DnsServer = "not-an-address" }));
+            Assert.Equal(SsmErrorKind.InvalidArgument, e.Kind);
+            // A well-formed one is accepted (instance ids are not looked up).
+            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "i-0123456789abcdef0", RemotePort = 22, DnsServer = DnsServerAddress.Normalize("127.0.0.1") });
+            forward.Stop();
+        }
+    }
+}
