@@ -14,7 +14,8 @@
                <rid> is the runtime id of this machine (win-x64, linux-arm64, osx-arm64, ...).
       Test     Build, then cargo test --workspace, dotnet test (the SSMConnect.Core tests), then the
                Pester suite in tests/ in a child pwsh, against the laid-out module and the emulator.
-      Demo     Build, start the emulator on loopback and open a shell through the module in a child
+      Demo     Build, start the emulator on loopback with the inventory in
+               rust/ssm-emulator/demo/inventory.json and open a shell to Name:demo through the module in a child
                pwsh (dummy credentials; type exit to leave).
       Package  Build, then zip out/SSMConnect into out/SSMConnect-<version>-<rid>.zip.
       Clean    Remove out/ and the dotnet build output.
@@ -228,7 +229,10 @@ function Invoke-Demo {
     Invoke-Cargo @('build', '-p', 'ssm-emulator')
 
     Write-Step 'Demo: emulator'
+    $inventory = Join-Path $Root 'rust/ssm-emulator/demo/inventory.json'
     $psi = [System.Diagnostics.ProcessStartInfo]::new((Join-Path $cargoOut (Get-ExeName 'ssm-emulator')))
+    $psi.ArgumentList.Add('--inventory')
+    $psi.ArgumentList.Add($inventory)
     $psi.RedirectStandardInput = $true
     $psi.RedirectStandardOutput = $true
     $psi.UseShellExecute = $false
@@ -242,8 +246,9 @@ function Invoke-Demo {
         $manifest = (Join-Path $ModuleDir 'SSMConnect.psd1') -replace "'", "''"
         # A child pwsh, so that this session never loads the native library; run as a plain
         # statement so that the shell gets this terminal.
-        $demo = "Import-Module '$manifest'; " +
-            "Start-SSMShellSession -Target i-0123456789abcdef0 -EndpointUrl '$endpoint' -Region us-east-1 " +
+        # AWS_ENDPOINT_URL points SSM and EC2 (tag resolution) at the emulator.
+        $demo = "`$env:AWS_ENDPOINT_URL = '$endpoint'; Import-Module '$manifest'; " +
+            "Start-SSMShellSession -Target Name:demo -Region us-east-1 " +
             "-AccessKey AKIDEXAMPLE -SecretKey wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY; " +
             "'remote shell exited with ' + `$LASTEXITCODE"
         & (Get-Pwsh) -NoProfile -Command $demo
