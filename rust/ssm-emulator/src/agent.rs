@@ -307,6 +307,14 @@ fn document_session(spec: &SessionSpec) -> (SessionType, serde_json::Value) {
     }
 }
 
+fn agent_channel_config(config: &crate::Config) -> ssm_proto::Config {
+    let mut c = ssm_proto::Config::agent();
+    if config.agent_retransmit == crate::AgentRetransmit::PerMessage {
+        c.retransmit = ssm_proto::RetransmitPolicy::PerMessage;
+    }
+    c
+}
+
 pub(crate) async fn run(
     shared: Arc<Shared>,
     spec: Arc<SessionSpec>,
@@ -318,7 +326,7 @@ pub(crate) async fn run(
     let seed = rand::random::<u64>();
     let (session_type, properties) = document_session(&spec);
     let mut agent = Agent {
-        channel: Channel::new(ssm_proto::Config::agent(), now, unix_ms(), seed),
+        channel: Channel::new(agent_channel_config(&shared.config), now, unix_ms(), seed),
         shared: shared.clone(),
         spec: spec.clone(),
         link: None,

@@ -64,6 +64,17 @@ impl Pacing {
     }
 }
 
+/// The emulated agent's retransmission strategy (see [`Config::agent_retransmit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRetransmit {
+    /// Oldest unacked message only, every 100 ms, like the real agent.
+    #[default]
+    HeadOnly,
+    /// Every expired message on its own timer.
+    PerMessage,
+}
+
 /// What `ResumeSession` answers for a session that has ended (§11.1, emulator choice).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +118,11 @@ pub struct Config {
     /// The agent does this for NonInteractiveCommands (§6.5); doing it for shells too is an
     /// emulator choice that lets clients report the remote exit status.
     pub shell_exit_code: bool,
+    /// How the agent retransmits. The default is the real agent's: only the oldest unacked
+    /// message, once per 100 ms tick (§4.5), which makes recovery from lost frames slow.
+    /// `per_message` retransmits every lost message on its own timer, for tests that put
+    /// large volumes through lossy links in both directions.
+    pub agent_retransmit: AgentRetransmit,
     /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
     /// targets take sessions (inventory instances only when running; others as `targets` says).
     pub inventory: Vec<Instance>,
@@ -134,6 +150,7 @@ impl Default for Config {
             shell_dir: None,
             shell_start_delay_ms: 1000,
             shell_exit_code: true,
+            agent_retransmit: AgentRetransmit::default(),
             inventory: Vec::new(),
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,
