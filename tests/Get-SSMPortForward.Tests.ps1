@@ -63,7 +63,7 @@ Describe 'Get-SSMPortForward' {
         $err | Should -HaveCount 1
         $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.ForwardNotFound,*'
         $err[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
-        { Get-SSMPortForward -Id 999999 -ErrorAction Stop } | Should -Throw -ErrorId 'SSMConnect.ForwardNotFound'
+        { Get-SSMPortForward -Id 999999 -ErrorAction Stop } | Should -Throw -ErrorId 'SSMConnect.ForwardNotFound,*'
     }
 
     It 'no longer lists a stopped forward' {

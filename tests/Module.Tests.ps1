@@ -37,7 +37,6 @@ Describe 'SSMConnect module' {
     }
 
     It 'fails to import with the list of paths tried when the native library is missing' {
-        $pwsh = (Get-Process -Id $PID).Path
         $missing = Join-Path ([IO.Path]::GetTempPath()) "no-such-dir-$([guid]::NewGuid().ToString('N'))"
         $saved = $env:SSMCONNECT_NATIVE_PATH
         try {
@@ -45,7 +44,7 @@ Describe 'SSMConnect module' {
             # The child prints the exception chain, so that no error formatting wraps the paths.
             $script = "try { Import-Module '$($manifestPath -replace "'", "''")' -ErrorAction Stop; exit 0 } " +
                 'catch { $e = $_.Exception; while ($e) { $e.Message; $e = $e.InnerException }; exit 3 }'
-            $out = & $pwsh -NoProfile -NonInteractive -Command $script | Out-String
+            $out = Invoke-Pwsh -NoProfile -NonInteractive -Command $script | Out-String
             $LASTEXITCODE | Should -Be 3
         }
         finally {
@@ -57,11 +56,10 @@ Describe 'SSMConnect module' {
 
     It 'imports by name from a module path' {
         $root = Split-Path -Parent (Split-Path -Parent $moduleBase)
-        $pwsh = (Get-Process -Id $PID).Path
         $saved = $env:PSModulePath
         try {
             $env:PSModulePath = $root + [IO.Path]::PathSeparator + $env:PSModulePath
-            $names = & $pwsh -NoProfile -NonInteractive -Command 'Import-Module SSMConnect -ErrorAction Stop; (Get-Command -Module SSMConnect).Name -join ","'
+            $names = Invoke-Pwsh -NoProfile -NonInteractive -Command 'Import-Module SSMConnect -ErrorAction Stop; (Get-Command -Module SSMConnect).Name -join ","'
             $LASTEXITCODE | Should -Be 0
         }
         finally {
@@ -102,7 +100,7 @@ Describe 'Help for <_>' -ForEach @('Get-SSMPortForward', 'Start-SSMPortForward',
     }
 
     It 'documents every parameter' {
-        $command = Get-Command $_
+        $command = Get-Command $_ -ErrorAction Stop
         $common = [System.Management.Automation.PSCmdlet]::CommonParameters + [System.Management.Automation.PSCmdlet]::OptionalCommonParameters
         $documented = @($help.Parameters.Parameter.Name)
         foreach ($name in $command.Parameters.Keys | Where-Object { $_ -notin $common }) {
@@ -115,5 +113,219 @@ Describe 'Help for Start-SSMSshSession' {
     It 'shows the AWS Tools pipeline example' {
         $code = (Get-Help Start-SSMSshSession -Examples).Examples.Example.Code -join "`n"
         $code | Should -Match ([regex]::Escape("Get-EC2Instance -Filter @{Name='tag:Name';Values='web'} | Select-Object -ExpandProperty Instances | Start-SSMSshSession -User ec2-user -IdentityFile ~/.ssh/web.pem"))
+    }
+}
+
+# Every PowerShell file in the repository must parse: a corrupt file can never land again.
+BeforeDiscovery {
+    $repoRoot = Split-Path -Parent $PSScriptRoot
+    # Build output and tool folders are not sources; they are pruned, not walked.
+    $pruned = 'out', 'target', 'bin', 'obj', '.git', 'node_modules', 'TestResults'
+    $stack = [System.Collections.Generic.Stack[string]]::new()
+    $stack.Push($repoRoot)
+    $powershellFiles = while ($stack.Count) {
+        $dir = $stack.Pop()
+        foreach ($entry in Get-ChildItem -LiteralPath $dir -Force) {
+            if ($entry.PSIsContainer) {
+                if ($entry.Name -notin $pruned) { $stack.Push($entry.FullName) }
+            }
+            elseif ($entry.Extension -in '.ps1', '.psm1', '.psd1') {
+                @{ Path = $entry.FullName; Name = [IO.Path]::GetRelativePath($repoRoot, $entry.FullName) }
+            }
+        }
+    }
+}
+
+Describe 'PowerShell sources' {
+    It 'include this file, the helpers, build.ps1 and the manifest' {
+        $names = @($powershellFiles.Name -replace '\\', '/')
+        foreach ($expected in 'build.ps1', 'module/SSMConnect.psd1', 'tests/TestHelpers.psm1', 'tests/Module.Tests.ps1') {
+            $names | Should -Contain $expected
+        }
+    } -ForEach @{ powershellFiles = $powershellFiles }
+
+    It '<Name> parses without errors' -ForEach $powershellFiles {
+        $tokens = $null
+        $errors = $null
+        $null = [System.Management.Automation.Language.Parser]::ParseFile($Path, [ref]$tokens, [ref]$errors)
+        @($errors | Select-Object -First 5 | ForEach-Object { "line $($_.Extent.StartLineNumber): $($_.Message)" }) |
+            Should -BeNullOrEmpty -Because "$Name has $(@($errors).Count) parse errors"
+    }
+}
+
+# Every example in the cmdlets' help, run as written in a child pwsh against a test world shaped
+# like the examples: the emulator's inventory holds the instances and tags they name, its port map
+# sends their remote ports to loopback servers (22 a private sshd, 5432 an echo server, 80 a web
+# server), HOME holds the key files they name, the profile they name is in the shared files, and
+# Get-EC2Instance is a stand-in that returns real Amazon.EC2.Model objects. The only edits are to
+# things that are the user's own: user names, fixed local ports (free ones instead), a database
+# host name (localhost), and psql (a stand-in that checks bytes come back).
+BeforeDiscovery {
+    Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
+    $helpFile = Join-Path (Split-Path -Parent $PSScriptRoot) 'module/en-US/SSMConnect.dll-Help.xml'
+    [xml]$maml = Get-Content -LiteralPath $helpFile -Raw
+    $ns = [System.Xml.XmlNamespaceManager]::new($maml.NameTable)
+    $ns.AddNamespace('command', 'http://schemas.microsoft.com/maml/dev/command/2004/10')
+    $ns.AddNamespace('dev', 'http://schemas.microsoft.com/maml/dev/2004/10')
+    $helpExamples = foreach ($command in $maml.SelectNodes('//command:command', $ns)) {
+        $name = $command.SelectSingleNode('command:details/command:name', $ns).InnerText.Trim()
+        $i = 0
+        foreach ($example in $command.SelectNodes('command:examples/command:example', $ns)) {
+            $i++
+            @{ Cmdlet = $name; Number = $i; Code = $example.SelectSingleNode('dev:code', $ns).InnerText }
+        }
+    }
+    $haveSshd = Test-SshdAvailable
+}
+
+Describe 'Examples in the help' -Skip:$IsWindows {
+    BeforeAll {
+        $world = Join-Path ([IO.Path]::GetTempPath()) "ssmc-examples-$([guid]::NewGuid().ToString('N'))"
+        $home_ = Join-Path $world 'home'
+        $bin = Join-Path $world 'bin'
+        $work = Join-Path $world 'work'
+        New-Item -ItemType Directory -Path (Join-Path $home_ '.ssh'), $bin, $work | Out-Null
+
+        $echo = Start-EchoServer
+        $web = [SSMConnectTests.HttpOkServer]::new()
+        $portMap = @{ '5432' = $echo.Port; '80' = $web.Port }
+        $icKeys = Join-Path $world 'instance-connect-keys'
+        if (Test-SshdAvailable) {
+            # sshd takes the suite's client key and the keys EC2 Instance Connect pushes.
+            $sshd = Start-TestSshd -ExtraAuthorizedKeysFile $icKeys
+            $portMap['22'] = $sshd.Port
+            foreach ($name in 'web.pem', 'key.pem') {
+                Copy-Item $sshd.ClientKey (Join-Path $home_ ".ssh/$name")
+            }
+            # Not authorized by sshd until Instance Connect pushes its public half.
+            & ssh-keygen -q -t ed25519 -N '' -f (Join-Path $home_ '.ssh/id_ed25519')
+            & chmod 600 (Get-ChildItem (Join-Path $home_ '.ssh') -Exclude *.pub).FullName
+            # The user's ssh, with the options a throwaway loopback sshd needs put first.
+            $sshWrapper = Join-Path $bin 'ssh'
+            "#!/bin/sh`nexec $((Get-Command ssh -CommandType Application)[0].Source) $((Get-TestSshArguments | Where-Object { $_ -ne '-n' }) -join ' ') `"`$@`"" |
+                Set-Content -LiteralPath $sshWrapper
+            & chmod 755 $sshWrapper
+        }
+        # The examples call pwsh by name.
+        $pwshWrapper = Join-Path $bin 'pwsh'
+        "#!/bin/sh`nexec $(Get-PwshCommandLine) `"`$@`"" | Set-Content -LiteralPath $pwshWrapper
+        & chmod 755 $pwshWrapper
+
+        $emu = Start-Emulator -Config @{
+            inventory       = @(
+                @{ instance_id = 'i-0123456789abcdef0'; tags = @{ Name = 'web'; Role = 'web' } }
+                @{ instance_id = 'i-0bbbbbbbbbbbbbbb1'; tags = @{ Name = 'bastion' } }
+            )
+            port_map        = $portMap
+            authorized_keys = $icKeys
+        }
+        $files = New-TestAwsFiles
+        $moduleRoot = Split-Path -Parent (Split-Path -Parent (Split-Path -Parent (Get-TestModuleManifest)))
+        $environment = @{
+            HOME                        = $home_
+            PATH                        = $bin + [IO.Path]::PathSeparator + $env:PATH
+            PSModulePath                = $moduleRoot + [IO.Path]::PathSeparator + $env:PSModulePath
+            AWS_ENDPOINT_URL            = $emu.Endpoint
+            AWS_REGION                  = $TestRegion
+            AWS_ACCESS_KEY_ID           = $TestAccessKey
+            AWS_SECRET_ACCESS_KEY       = $TestSecretKey
+            AWS_SHARED_CREDENTIALS_FILE = $files.CredentialsFile
+            AWS_CONFIG_FILE             = $files.ConfigFile
+        }
+        $user = [Environment]::UserName
+
+        # Run before each example: the stand-ins, and two forwards for the Get/Stop examples.
+        $helpers = Join-Path $PSScriptRoot 'TestHelpers.psm1'
+        $prelude = @"
+`$ErrorActionPreference = 'Stop'
+`$PSStyle.OutputRendering = 'PlainText'
+Import-Module '$($helpers -replace "'", "''")'
+function Get-EC2Instance { param([string[]] `$InstanceId, [hashtable[]] `$Filter) Get-TestEC2Instance -Endpoint `$env:AWS_ENDPOINT_URL -InstanceId `$InstanceId -Filter `$Filter }
+function psql { param([string] `$h, [int] `$p, [string] `$U)
+    `$data = [SSMConnectTests.Net]::RandomBytes(65536)
+    if ([SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip(`$p, `$data, 30)) -ne [SSMConnectTests.Net]::Sha256(`$data)) { throw 'psql stand-in: the bytes that came back differ' }
+    "psql stand-in: 65536 bytes through `${h}:`$p came back intact"
+}
+"@
+        $forwardsFirst = "`$fwd = Start-SSMPortForward i-0123456789abcdef0 5432; `$null = Start-SSMPortForward i-0123456789abcdef0 80`n"
+
+        function ConvertTo-TestCode([string] $Code) {
+            # The PS> lines are the code; the others are output shown in the help.
+            $lines = @($Code -split '\r?\n' | Where-Object { $_ -match '^PS> ' } | ForEach-Object { $_.Substring(4) })
+            $text = $lines -join "`n"
+            $text = $text -replace '\b(ec2-user|ubuntu)\b', $user
+            $text = $text -replace 'db\.cluster-abc\.eu-west-1\.rds\.amazonaws\.com', 'localhost'
+            $fixed = [regex]::Matches($text, "(?<=-LocalPort |-p )\d+|(?<=')\d+(?=:intranet:)") | ForEach-Object Value | Select-Object -Unique
+            foreach ($port in $fixed) {
+                $text = $text -replace "(?<=-LocalPort |-p |')$port\b", (Get-FreePort)
+            }
+            $text
+        }
+    }
+
+    AfterAll {
+        Stop-Emulator $emu
+        Stop-TestSshd $sshd
+        if ($echo) { $echo.Dispose() }
+        if ($web) { $web.Dispose() }
+        Remove-Item -LiteralPath $world, $files.Directory -Recurse -Force -ErrorAction SilentlyContinue
+    }
+
+    It '<Cmdlet> example <Number> runs' -ForEach $helpExamples {
+        $needsSsh = $Cmdlet -eq 'Start-SSMSshSession'
+        if ($needsSsh -and -not (Test-SshdAvailable)) {
+            Set-ItResult -Skipped -Because 'no sshd and ssh client here'
+            return
+        }
+        $expect = @()
+        if ($Code -match '^\$ ') {
+            # A POSIX shell line: run it in sh, in a folder holding the script it reads.
+            Set-Content -LiteralPath (Join-Path $work 'setup.sh') -Value "echo from-setup-`$((6*7))`nexit 3"
+            $line = ($Code -split '\r?\n' | Where-Object { $_ -match '^\$ ' } | Select-Object -First 1).Substring(2)
+            $script = "Set-Location '$work'; & /bin/sh -c '$($line -replace "'", "''")'; if (`$LASTEXITCODE) { throw `"sh exited with `$LASTEXITCODE`" }"
+            # -PassThru writes the exit code, after the remote shell's last prompt when it left one.
+            $expect = 'from-setup-42', '(?m)^(#\s*|\$\s*)?3\s*$'
+        }
+        else {
+            $script = ConvertTo-TestCode $Code
+            if ($Cmdlet -in 'Get-SSMPortForward', 'Stop-SSMPortForward') { $script = $forwardsFirst + $script }
+            if ($script -match '\bpsql\b') { $expect += 'came back intact' }
+            if ($script -match 'Invoke-WebRequest') { $expect += 'StatusCode\s*:\s*200' }
+        }
+        if ($script -match '-Wait\b') {
+            # -Wait forwards until Ctrl+C: run it, use the forward, then interrupt it.
+            $port = [regex]::Match($script, '(?<=-LocalPort )\d+').Value
+            $file = Join-Path $work "wait-$Number.ps1"
+            Set-Content -LiteralPath $file -Value ($prelude + "`n" + $script)
+            $psi = New-PwshStartInfo -ArgumentList '-NoProfile', '-NonInteractive', '-File', $file
+            foreach ($name in $environment.Keys) { $psi.Environment[$name] = $environment[$name] }
+            $psi.RedirectStandardInput = $true
+            $psi.RedirectStandardOutput = $true
+            $psi.RedirectStandardError = $true
+            $p = [System.Diagnostics.Process]::Start($psi)
+            try {
+                $null = $p.StandardOutput.ReadToEndAsync()
+                $stderr = $p.StandardError.ReadToEndAsync()
+                Wait-Until { Test-PortListening $port } -TimeoutSeconds 60 | Should -BeTrue -Because 'the forward listens'
+                $data = [SSMConnectTests.Net]::RandomBytes(100000)
+                [SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip($port, $data, 60)) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+                $p.HasExited | Should -BeFalse
+                & kill -INT $p.Id
+                $p.WaitForExit(20000) | Should -BeTrue -Because 'Ctrl+C ends -Wait'
+                Wait-PortClosed $port | Should -BeTrue
+                $stderr.Result | Should -Not -Match 'Exception'
+            }
+            finally {
+                if (-not $p.HasExited) { $p.Kill($true) }
+                $p.Dispose()
+            }
+            return
+        }
+
+        $child = Invoke-ChildPwsh -Environment $environment -TimeoutSeconds 120 -ScriptBlock ([scriptblock]::Create(
+                $prelude + "`ntry {`n" + $script + "`n} catch { 'EXAMPLE FAILED: ' + `$_; exit 9 }`nGet-SSMPortForward | Stop-SSMPortForward`nexit 0"))
+        $all = ($child.Output -join "`n")
+        $child.ExitCode | Should -Be 0 -Because "$script`n---`n$all`n$($child.Errors)"
+        foreach ($pattern in $expect) { $all | Should -Match $pattern }
     }
 }

@@ -113,7 +113,32 @@ Describe 'Start-SSMPortForward' {
 
         It 'refuses objects that hold no target with SSMConnect.NoTarget' {
             { [pscustomobject]@{ Name = 'web' } | Start-SSMPortForward -RemotePort 80 @aws -ErrorAction Stop } |
-                Should -Throw -ErrorId 'SSMConnect.NoTarget'
+                Should -Throw -ErrorId 'SSMConnect.NoTarget,*'
+        }
+    }
+
+    # Get-EC2Instance's output: real Amazon.EC2.Model.Reservation objects from DescribeInstances
+    # through AmazonEC2Client (AWSSDK.EC2, as AWS Tools ships it) at the emulator's EC2 endpoint.
+    Context 'Amazon.EC2.Model objects from the AWS SDK' {
+        It 'takes Reservation objects, each instance a forward' {
+            $reservations = @(Get-TestEC2Instance -Endpoint $emu.Endpoint -Filter @{ Name = 'tag:Name'; Values = 'web' })
+            $reservations | ForEach-Object { $_ | Should -BeOfType ([Amazon.EC2.Model.Reservation]) }
+            $f = @($reservations | Start-SSMPortForward -RemotePort $echo.Port @aws)
+            $f | Should -HaveCount 2
+            @($f.InstanceId | Sort-Object) | Should -Be @('i-0aaaaaaaaaaaaaaa1', 'i-0aaaaaaaaaaaaaaa2')
+        }
+
+        It 'takes Instance objects from Select-Object -ExpandProperty Instances and moves 16 MiB intact' {
+            $instances = @(Get-TestEC2Instance -Endpoint $emu.Endpoint -Filter @{ Name = 'tag:Name'; Values = 'db' } |
+                    Select-Object -ExpandProperty Instances)
+            $instances | Should -HaveCount 1
+            $instances[0] | Should -BeOfType ([Amazon.EC2.Model.Instance])
+            $f = $instances | Start-SSMPortForward -RemotePort $echo.Port @aws
+            $f.InstanceId | Should -Be 'i-0ccccccccccccccc3'
+            $data = [SSMConnectTests.Net]::RandomBytes(16MB)
+            $back = [SSMConnectTests.Net]::RoundTrip($f.LocalPort, $data, 180)
+            $back.Length | Should -Be $data.Length
+            [SSMConnectTests.Net]::Sha256($back) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
         }
     }
 
@@ -210,6 +235,126 @@ Describe 'Start-SSMPortForward' {
 
         It 'leaves only the forward that succeeded' {
             $result['running'] | Should -Be '1'
+        }
+    }
+
+    # What AWS Tools for PowerShell users pass for credentials and region, searched in AWS Tools'
+    # order. The emulator records the access key id and region each StartSession was signed with.
+    Context 'credentials and region as AWS Tools users give them' {
+        BeforeAll {
+            Import-TestAwsSdk
+            $files = New-TestAwsFiles
+            $endpoint = @{ EndpointUrl = $emu.Endpoint }
+            $region = @{ Region = $TestRegion }
+            $saved = @{}
+            $variables = 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CONFIG_FILE', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_REGION', 'AWS_DEFAULT_REGION'
+            foreach ($name in $variables) { $saved[$name] = (Get-Item "env:$name" -ErrorAction SilentlyContinue).Value }
+            # The signer of the session behind a forward, as the emulator saw it.
+            function Get-Signer([Parameter(ValueFromPipeline)] $Forward) {
+                process {
+                    $s = Get-EmulatorSession $emu | Where-Object session_id -EQ $Forward.SessionId
+                    "$($s.access_key_id)@$($s.signing_region)"
+                }
+            }
+            function New-BasicCredentials([string] $Key) { [Amazon.Runtime.BasicAWSCredentials]::new($Key, "secret-of-$Key") }
+        }
+
+        AfterEach {
+            Get-SSMPortForward | Stop-SSMPortForward
+            Remove-Variable -Scope Global -Name StoredAWSCredentials, StoredAWSRegion -ErrorAction SilentlyContinue
+            foreach ($name in $variables) {
+                if ($null -eq $saved[$name]) { Remove-Item "env:$name" -ErrorAction SilentlyContinue } else { Set-Item "env:$name" $saved[$name] }
+            }
+        }
+
+        AfterAll {
+            Remove-Item -LiteralPath $files.Directory -Recurse -Force -ErrorAction SilentlyContinue
+        }
+
+        It 'takes -AccessKey, -SecretKey and -SessionToken, and their aliases -AK, -SK and -ST' {
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -AccessKey AKIDLITERAL1 -SecretKey s1 -SessionToken t1 |
+                Get-Signer | Should -Be "AKIDLITERAL1@$TestRegion"
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -AK AKIDLITERAL2 -SK s2 -ST t2 |
+                Get-Signer | Should -Be "AKIDLITERAL2@$TestRegion"
+        }
+
+        It 'reads -ProfileName (and -StoredCredentials, -AWSProfileName) from the files AWS_SHARED_CREDENTIALS_FILE and AWS_CONFIG_FILE name, set in this session' {
+            $env:AWS_SHARED_CREDENTIALS_FILE = $files.CredentialsFile
+            $env:AWS_CONFIG_FILE = $files.ConfigFile
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -ProfileName ops |
+                Get-Signer | Should -Be "AKIDOPSPROFILE@$TestRegion"
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -StoredCredentials prod |
+                Get-Signer | Should -Be "AKIDPRODPROFILE@$TestRegion"
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -AWSProfileName ops |
+                Get-Signer | Should -Be "AKIDOPSPROFILE@$TestRegion"
+            # No -Region: the profile's region from the config file.
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint -ProfileName ops |
+                Get-Signer | Should -Be 'AKIDOPSPROFILE@ap-southeast-2'
+        }
+
+        It 'reads -ProfileLocation: alone its default profile, with -ProfileName the named one' {
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -ProfileLocation $files.CredentialsFile |
+                Get-Signer | Should -Be "AKIDDEFAULTPROFILE@$TestRegion"
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -ProfileLocation $files.CredentialsFile -ProfileName prod |
+                Get-Signer | Should -Be "AKIDPRODPROFILE@$TestRegion"
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -ProfilesLocation $files.CredentialsFile -ProfileName ops |
+                Get-Signer | Should -Be "AKIDOPSPROFILE@$TestRegion"
+        }
+
+        It 'fails with SSMConnect.InvalidArgument when -ProfileLocation names no file' {
+            $missing = Join-Path $files.Directory 'no-such-credentials'
+            { Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -ProfileLocation $missing -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+            Get-SSMPortForward | Should -BeNullOrEmpty
+        }
+
+        It 'takes -Credential as an Amazon.Runtime.AWSCredentials' {
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -Credential (New-BasicCredentials AKIDCREDOBJECT) |
+                Get-Signer | Should -Be "AKIDCREDOBJECT@$TestRegion"
+            $session = [Amazon.Runtime.SessionAWSCredentials]::new('AKIDSESSIONOBJ', 'secret', 'token')
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -Credential $session |
+                Get-Signer | Should -Be "AKIDSESSIONOBJ@$TestRegion"
+        }
+
+        It 'honours $StoredAWSCredentials and $StoredAWSRegion as Set-AWSCredential and Set-DefaultAWSRegion leave them' {
+            $global:StoredAWSCredentials = [SSMConnectTests.AWSPSCredentials]@{ Credentials = (New-BasicCredentials AKIDSTORED); Name = $null }
+            $global:StoredAWSRegion = 'eu-west-3'
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint |
+                Get-Signer | Should -Be 'AKIDSTORED@eu-west-3'
+            # -Region still wins over the stored region.
+            Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint -Region ca-central-1 |
+                Get-Signer | Should -Be 'AKIDSTORED@ca-central-1'
+        }
+
+        It 'searches in AWS Tools'' order: keys, -Credential, profile, session credentials, environment' {
+            $env:AWS_ACCESS_KEY_ID = 'AKIDENVIRONMENT'
+            $env:AWS_SECRET_ACCESS_KEY = 'secret'
+            $global:StoredAWSCredentials = [SSMConnectTests.AWSPSCredentials]@{ Credentials = (New-BasicCredentials AKIDSTORED) }
+            $all = @{
+                AccessKey       = 'AKIDLITERAL'
+                SecretKey       = 'secret'
+                Credential      = New-BasicCredentials AKIDCREDOBJECT
+                ProfileName     = 'ops'
+                ProfileLocation = $files.CredentialsFile
+            }
+            $seen = foreach ($drop in @(), @('AccessKey', 'SecretKey'), @('Credential'), @('ProfileName', 'ProfileLocation')) {
+                foreach ($name in $drop) { $all.Remove($name) }
+                Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region @all | Get-Signer
+            }
+            Remove-Variable -Scope Global -Name StoredAWSCredentials
+            $seen += Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region | Get-Signer
+            $seen | Should -Be @(
+                "AKIDLITERAL@$TestRegion", "AKIDCREDOBJECT@$TestRegion", "AKIDOPSPROFILE@$TestRegion",
+                "AKIDSTORED@$TestRegion", "AKIDENVIRONMENT@$TestRegion")
+        }
+
+        It 'refuses unusable credentials with SSMConnect.InvalidArgument before starting anything' {
+            $before = @(Get-EmulatorSession $emu).Count
+            { Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -AccessKey AKIDALONE -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+            { Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -Credential 'not credentials' -ErrorAction Stop } |
+                Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+            @(Get-EmulatorSession $emu).Count | Should -Be $before
         }
     }
 

@@ -11,10 +11,10 @@ BeforeAll {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
     Import-TestModule
     $instance = 'i-0123456789abcdef0'
-    $emu = Start-Emulator
+    $emu = Start-Emulator -Config @{ inventory = @(@{ instance_id = $instance; tags = @{ Name = 'demo' } }) }
     $aws = $emu.AwsParameters
     $manifest = Get-TestModuleManifest
-    $pwsh = (Get-Process -Id $PID).Path
+    $pwsh = Get-PwshCommandLine
     # The command line a child pwsh runs to open the shell.
     $shellCommand = "Import-Module '$($manifest -replace "'", "''")'; " +
         "Start-SSMShellSession -Target $instance -EndpointUrl '$($emu.Endpoint)' -Region $($aws.Region) " +
@@ -39,7 +39,7 @@ Describe 'Start-SSMShellSession' {
         $refusingAws = $refusing.AwsParameters
         try {
             { Start-SSMShellSession -Target i-0bbbbbbbbbbbbbbb2 @refusingAws -ErrorAction Stop } |
-                Should -Throw -ErrorId 'SSMConnect.ApiError'
+                Should -Throw -ErrorId 'SSMConnect.ApiError,*'
         }
         finally {
             Stop-Emulator $refusing
@@ -47,8 +47,7 @@ Describe 'Start-SSMShellSession' {
     }
 
     It 'streams redirected stdin to the remote shell and returns its exit code' -Skip:(-not $unix) {
-        $psi = [System.Diagnostics.ProcessStartInfo]::new($pwsh)
-        foreach ($a in '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE") { $psi.ArgumentList.Add($a) }
+        $psi = New-PwshStartInfo -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE"
         $psi.RedirectStandardInput = $true
         $psi.RedirectStandardOutput = $true
         $psi.RedirectStandardError = $true
@@ -67,6 +66,35 @@ Describe 'Start-SSMShellSession' {
         $stdout.Result | Should -Match 'exit-code=4'
         # -PassThru writes the exit code (after the remote shell's last prompt, when it left one).
         $stdout.Result | Should -Match '(?m)^(#\s*|\$\s*)?4\s*$'
+    }
+
+    It 'takes Amazon.EC2.Model Reservation and Instance objects from the AWS SDK' -Skip:(-not $unix) {
+        $before = @(Get-EmulatorSession $emu).session_id
+        $child = Invoke-ChildPwsh -InputText "echo piped-`$((6*7))`nexit 3`n" -ArgumentList @(
+            (Get-TestModuleManifest), (Join-Path $PSScriptRoot 'TestHelpers.psm1'), $emu.Endpoint
+        ) -ScriptBlock {
+            param($Manifest, $Helpers, $Endpoint)
+            Import-Module $Helpers
+            Import-Module $Manifest -ErrorAction Stop
+            $aws = @{ EndpointUrl = $Endpoint; Region = 'us-east-1'; AccessKey = 'AKIDEXAMPLE'; SecretKey = 'secret' }
+            $reservations = @(Get-TestEC2Instance -Endpoint $Endpoint -Filter @{ Name = 'tag:Name'; Values = 'demo' })
+            "types=$($reservations[0].GetType().FullName),$($reservations[0].Instances[0].GetType().FullName)"
+            # The first session reads stdin to its end; the second finds it at end of file.
+            $first = $reservations | Start-SSMShellSession -PassThru @aws
+            "first=$($first | Select-Object -Last 1)"
+            $second = $reservations | Select-Object -ExpandProperty Instances | Start-SSMShellSession -PassThru @aws
+            "second=$($second | Select-Object -Last 1)"
+        }
+        $child.ExitCode | Should -Be 0 -Because $child.Errors
+        $child.Output | Should -Contain 'types=Amazon.EC2.Model.Reservation,Amazon.EC2.Model.Instance'
+        # The remote shell's last prompt may stand before the next line of output.
+        $all = $child.Output -join "`n"
+        $all | Should -Match 'piped-42'
+        $all | Should -Match '(?m)^(#\s*|\$\s*)?first=3$'
+        $all | Should -Match '(?m)^(#\s*|\$\s*)?second=0$'
+        $sessions = @(Get-EmulatorSession $emu | Where-Object session_id -NotIn $before)
+        $sessions | Should -HaveCount 2
+        $sessions.target | Should -Be @($instance, $instance)
     }
 
     Context 'in a terminal' -Skip:(-not $haveTmux) {

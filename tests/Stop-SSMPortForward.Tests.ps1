@@ -76,6 +76,6 @@ Describe 'Stop-SSMPortForward' {
     }
 
     It 'reports an unknown id as SSMConnect.ForwardNotFound' {
-        { Stop-SSMPortForward -Id 999999 -ErrorAction Stop } | Should -Throw -ErrorId 'SSMConnect.ForwardNotFound'
+        { Stop-SSMPortForward -Id 999999 -ErrorAction Stop } | Should -Throw -ErrorId 'SSMConnect.ForwardNotFound,*'
     }
 }

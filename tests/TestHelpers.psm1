@@ -74,6 +74,62 @@ namespace SSMConnectTests
         }
     }
 
+    // The shape of AWS Tools' AWSPSCredentials, which Set-AWSCredential leaves in
+    // $StoredAWSCredentials (AWS.Tools.Common is not a NuGet package, so the suite cannot load it).
+    public sealed class AWSPSCredentials
+    {
+        public object Credentials { get; set; }
+        public string Name { get; set; }
+    }
+
+    // Answers every HTTP request on one connection with 200 and "ok" (a stand-in web server).
+    public sealed class HttpOkServer : IDisposable
+    {
+        private readonly TcpListener listener;
+
+        public HttpOkServer()
+        {
+            listener = new TcpListener(IPAddress.Loopback, 0);
+            listener.Start();
+            Port = ((IPEndPoint)listener.LocalEndpoint).Port;
+            Task.Run(AcceptLoop);
+        }
+
+        public int Port { get; private set; }
+
+        private async Task AcceptLoop()
+        {
+            while (true)
+            {
+                TcpClient c;
+                try { c = await listener.AcceptTcpClientAsync(); }
+                catch (Exception) { return; }
+                _ = Task.Run(() => Serve(c));
+            }
+        }
+
+        private static async Task Serve(TcpClient c)
+        {
+            using (c)
+            {
+                try
+                {
+                    var s = c.GetStream();
+                    var reader = new StreamReader(s);
+                    string line;
+                    while (!string.IsNullOrEmpty(line = await reader.ReadLineAsync())) { }
+                    var reply = System.Text.Encoding.ASCII.GetBytes(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                    await s.WriteAsync(reply, 0, reply.Length);
+                    c.Client.Shutdown(SocketShutdown.Send);
+                }
+                catch (Exception) { }
+            }
+        }
+
+        public void Dispose() { listener.Stop(); }
+    }
+
     public static class Net
     {
         public static int FreePort()
@@ -138,6 +194,40 @@ namespace SSMConnectTests
 '@
 }
 
+function Get-PwshCommand {
+    <#
+    .SYNOPSIS
+    The command that starts this PowerShell again, as an array: pwsh itself, or the dotnet host
+    and pwsh.dll when PowerShell runs as a .NET tool (dotnet pwsh).
+    #>
+    $path = (Get-Process -Id $PID).Path
+    if ((Split-Path -Leaf $path) -match '^pwsh(\.exe)?$') { return , @($path) }
+    , @($path, (Join-Path $PSHOME 'pwsh.dll'))
+}
+
+function Invoke-Pwsh {
+    <# Runs a child PowerShell with the given arguments, like & pwsh @args. #>
+    $command = Get-PwshCommand
+    $rest = @($command | Select-Object -Skip 1)
+    & $command[0] @rest @args
+}
+
+function New-PwshStartInfo {
+    <# A ProcessStartInfo for a child PowerShell, with $ArgumentList after the command's own. #>
+    param([string[]] $ArgumentList = @())
+    $command = Get-PwshCommand
+    $psi = [System.Diagnostics.ProcessStartInfo]::new($command[0])
+    foreach ($a in @($command | Select-Object -Skip 1) + $ArgumentList) { $psi.ArgumentList.Add($a) }
+    $psi.UseShellExecute = $false
+    $psi
+}
+
+function Get-PwshCommandLine {
+    <# The child PowerShell command as one POSIX shell word list (for tmux and sh). #>
+    $command = Get-PwshCommand
+    ($command | ForEach-Object { "'" + ($_ -replace "'", "'\''") + "'" }) -join ' '
+}
+
 function Get-TestModuleManifest {
     <# The laid-out module: SSMCONNECT_MODULE_MANIFEST (set by build.ps1), else the newest under out/. #>
     if ($env:SSMCONNECT_MODULE_MANIFEST) { return $env:SSMCONNECT_MODULE_MANIFEST }
@@ -149,7 +239,8 @@ function Get-TestModuleManifest {
 }
 
 function Import-TestModule {
-    Import-Module (Get-TestModuleManifest) -Force -ErrorAction Stop
+    <# Imports the laid-out module into the caller's session (not this helper module's scope). #>
+    Import-Module (Get-TestModuleManifest) -Force -Global -ErrorAction Stop
 }
 
 function Get-EmulatorPath {
@@ -250,9 +341,9 @@ function Start-TestSshd {
     .SYNOPSIS
     A private sshd on 127.0.0.1 accepting a fresh client key; returns Port, ClientKey, Directory,
     Process. -AuthorizedKeysFile replaces the file holding that key (e.g. the emulator's EC2
-    Instance Connect file).
+    Instance Connect file); -ExtraAuthorizedKeysFile is read besides it.
     #>
-    param([string] $AuthorizedKeysFile)
+    param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile)
     $dir = Join-Path ([IO.Path]::GetTempPath()) "ssmc-sshd-$([guid]::NewGuid().ToString('N'))"
     New-Item -ItemType Directory -Path $dir | Out-Null
     # sshd refuses to start without its privilege-separation directory.
@@ -278,7 +369,7 @@ function Start-TestSshd {
             "Port $port"
             "HostKey $hostKey"
             "PidFile $(Join-Path $dir 'sshd.pid')"
-            "AuthorizedKeysFile $authorized"
+            "AuthorizedKeysFile $authorized $ExtraAuthorizedKeysFile".TrimEnd()
             'StrictModes no'
             'UsePAM no'
             'PasswordAuthentication no'
@@ -337,7 +428,8 @@ function Get-TestSshArguments {
 function Get-EmulatorSession {
     <# The sessions the emulator has seen (GET /_emulator/sessions). #>
     param([Parameter(Mandatory)] $Emulator)
-    @(Invoke-RestMethod -Uri "$($Emulator.Endpoint.TrimEnd('/'))/_emulator/sessions" -NoProxy)
+    # One object per session: Invoke-RestMethod writes the JSON array as one object.
+    foreach ($session in Invoke-RestMethod -Uri "$($Emulator.Endpoint.TrimEnd('/'))/_emulator/sessions" -NoProxy) { $session }
 }
 
 function Wait-Until {
@@ -354,8 +446,9 @@ function Wait-Until {
 function Invoke-ChildPwsh {
     <#
     .SYNOPSIS
-    Runs $ScriptBlock in a child pwsh with string arguments and extra environment variables;
-    returns ExitCode, Output (stdout lines) and Errors (stderr text).
+    Runs $ScriptBlock in a child pwsh with string arguments and extra environment variables, its
+    stdin holding $InputText (else empty); returns ExitCode, Output (stdout lines) and Errors
+    (stderr text).
     .DESCRIPTION
     On Linux and macOS a variable set in this session ($env:X = ...) is invisible to the native
     library loaded in this process (.NET keeps its own copy of the environment), while a child
@@ -365,19 +458,20 @@ function Invoke-ChildPwsh {
         [Parameter(Mandatory)] [scriptblock] $ScriptBlock,
         [string[]] $ArgumentList = @(),
         [hashtable] $Environment = @{},
+        [string] $InputText,
         [int] $TimeoutSeconds = 120
     )
     $file = Join-Path ([IO.Path]::GetTempPath()) "ssmc-child-$([guid]::NewGuid().ToString('N')).ps1"
     Set-Content -LiteralPath $file -Value $ScriptBlock.ToString() -Encoding utf8NoBOM
     try {
-        $psi = [System.Diagnostics.ProcessStartInfo]::new((Get-Process -Id $PID).Path)
-        foreach ($a in @('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList) { $psi.ArgumentList.Add($a) }
+        $psi = New-PwshStartInfo -ArgumentList (@('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList)
         foreach ($name in $Environment.Keys) { $psi.Environment[$name] = [string]$Environment[$name] }
         $psi.RedirectStandardOutput = $true
         $psi.RedirectStandardError = $true
         $psi.RedirectStandardInput = $true
         $psi.UseShellExecute = $false
         $p = [System.Diagnostics.Process]::Start($psi)
+        if ($InputText) { $p.StandardInput.Write($InputText) }
         $p.StandardInput.Close()
         $stdout = $p.StandardOutput.ReadToEndAsync()
         $stderr = $p.StandardError.ReadToEndAsync()
@@ -396,4 +490,82 @@ function Invoke-ChildPwsh {
     }
 }
 
-Export-ModuleMember -Function *
+function Import-TestAwsSdk {
+    <#
+    .SYNOPSIS
+    Loads AWSSDK.Core and AWSSDK.EC2 (the assemblies AWS Tools for PowerShell ships) from the paths
+    build.ps1 restored from NuGet and put in SSMCONNECT_TEST_AWSSDK.
+    #>
+    if ('Amazon.EC2.AmazonEC2Client' -as [type]) { return }
+    if (-not $env:SSMCONNECT_TEST_AWSSDK) {
+        throw 'SSMCONNECT_TEST_AWSSDK names no AWS SDK assemblies: run the suite through ./build.ps1 -Task Test'
+    }
+    foreach ($path in $env:SSMCONNECT_TEST_AWSSDK -split [IO.Path]::PathSeparator) {
+        Add-Type -LiteralPath $path
+    }
+}
+
+function Get-TestEC2Instance {
+    <#
+    .SYNOPSIS
+    What AWS Tools' Get-EC2Instance returns: Amazon.EC2.Model.Reservation objects, from
+    DescribeInstances through the real AmazonEC2Client against the emulator's EC2 endpoint.
+    .PARAMETER Filter
+    Hashtables with Name and Values, as Get-EC2Instance -Filter takes them.
+    #>
+    param(
+        [Parameter(Mandatory)] [string] $Endpoint,
+        [object[]] $InstanceId,
+        [hashtable[]] $Filter
+    )
+    Import-TestAwsSdk
+    $config = [Amazon.EC2.AmazonEC2Config]::new()
+    $config.ServiceURL = $Endpoint
+    $config.AuthenticationRegion = $TestRegion
+    $client = [Amazon.EC2.AmazonEC2Client]::new([Amazon.Runtime.BasicAWSCredentials]::new($TestAccessKey, $TestSecretKey), $config)
+    try {
+        $request = [Amazon.EC2.Model.DescribeInstancesRequest]::new()
+        if ($InstanceId) {
+            $request.InstanceIds = [System.Collections.Generic.List[string]]::new([string[]]$InstanceId)
+        }
+        if ($Filter) {
+            $request.Filters = [System.Collections.Generic.List[Amazon.EC2.Model.Filter]]::new()
+            foreach ($f in $Filter) {
+                $request.Filters.Add([Amazon.EC2.Model.Filter]::new($f.Name, [System.Collections.Generic.List[string]]::new([string[]]$f.Values)))
+            }
+        }
+        $response = $client.DescribeInstancesAsync($request).GetAwaiter().GetResult()
+        # Get-EC2Instance writes the reservations one by one.
+        foreach ($r in $response.Reservations) { $r }
+    }
+    finally {
+        $client.Dispose()
+    }
+}
+
+function New-TestAwsFiles {
+    <#
+    .SYNOPSIS
+    A temporary shared credentials file and config file with the profiles the credential tests
+    use; returns Directory, CredentialsFile, ConfigFile and the access key each profile holds.
+    #>
+    $dir = Join-Path ([IO.Path]::GetTempPath()) "ssmc-aws-$([guid]::NewGuid().ToString('N'))"
+    New-Item -ItemType Directory -Path $dir | Out-Null
+    $keys = [ordered]@{ default = 'AKIDDEFAULTPROFILE'; ops = 'AKIDOPSPROFILE'; prod = 'AKIDPRODPROFILE' }
+    $credentials = Join-Path $dir 'credentials'
+    $config = Join-Path $dir 'config'
+    $keys.Keys | ForEach-Object {
+        "[$_]"
+        "aws_access_key_id = $($keys[$_])"
+        "aws_secret_access_key = secret-of-$_"
+        ''
+    } | Set-Content -LiteralPath $credentials
+    @(
+        '[default]', 'region = eu-central-1', ''
+        '[profile ops]', 'region = ap-southeast-2', ''
+        '[profile prod]', "region = $TestRegion", ''
+    ) | Set-Content -LiteralPath $config
+    [pscustomobject]@{ Directory = $dir; CredentialsFile = $credentials; ConfigFile = $config; Keys = $keys }
+}
+
+Export-ModuleMember -Function * -Variable TestRegion, TestAccessKey, TestSecretKey

@@ -53,6 +53,18 @@ namespace SSMConnect.Tests
         }
 
         [Fact]
+        public void Shared_files_from_profile_location_reach_the_helper_through_its_environment()
+        {
+            var o = Options("/x/ssmconnect");
+            o.CredentialsFile = "/home/u/creds";
+            o.ConfigFile = "/home/u/config";
+            var inv = SshInvocation.Build(o, windows: false);
+            Assert.Equal("/home/u/creds", inv.Environment["AWS_SHARED_CREDENTIALS_FILE"]);
+            Assert.Equal("/home/u/config", inv.Environment["AWS_CONFIG_FILE"]);
+            Assert.False(SshInvocation.Build(Options("/x/ssmconnect"), windows: false).Environment.ContainsKey("AWS_SHARED_CREDENTIALS_FILE"));
+        }
+
+        [Fact]
         public void Credentials_go_to_the_environment_never_the_arguments()
         {
             var inv = SshInvocation.Build(Options("/x/ssmconnect"), windows: false);

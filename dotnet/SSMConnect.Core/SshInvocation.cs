@@ -59,6 +59,12 @@ namespace SSMConnect
 
         /// <summary>Explicit session token (environment only).</summary>
         public string? SessionToken { get; set; }
+
+        /// <summary>Shared credentials file for the helper (<c>AWS_SHARED_CREDENTIALS_FILE</c>).</summary>
+        public string? CredentialsFile { get; set; }
+
+        /// <summary>Shared config file for the helper (<c>AWS_CONFIG_FILE</c>).</summary>
+        public string? ConfigFile { get; set; }
     }
 
     /// <summary>
@@ -180,6 +186,8 @@ namespace SSMConnect
             AddEnv(env, "AWS_ACCESS_KEY_ID", options.AccessKey);
             AddEnv(env, "AWS_SECRET_ACCESS_KEY", options.SecretKey);
             AddEnv(env, "AWS_SESSION_TOKEN", options.SessionToken);
+            AddEnv(env, "AWS_SHARED_CREDENTIALS_FILE", options.CredentialsFile);
+            AddEnv(env, "AWS_CONFIG_FILE", options.ConfigFile);
             return new SshInvocation(options.SshPath, args, env, proxyCommand);
         }
 

@@ -37,10 +37,18 @@ namespace SSMConnect
         [JsonPropertyName("session_token")]
         public string? SessionToken { get; set; }
 
+        /// <summary>Shared credentials file in place of <c>~/.aws/credentials</c>.</summary>
+        [JsonPropertyName("credentials_file")]
+        public string? CredentialsFile { get; set; }
+
+        /// <summary>Shared config file in place of <c>~/.aws/config</c>.</summary>
+        [JsonPropertyName("config_file")]
+        public string? ConfigFile { get; set; }
+
         /// <summary>
         /// Fills what is unset from the caller's view of the environment: <c>AWS_PROFILE</c>,
         /// <c>AWS_REGION</c>/<c>AWS_DEFAULT_REGION</c>, <c>AWS_ENDPOINT_URL_SSM</c>, <c>AWS_ENDPOINT_URL_EC2</c>
-        /// (each falling back to <c>AWS_ENDPOINT_URL</c>),
+        /// (each falling back to <c>AWS_ENDPOINT_URL</c>), <c>AWS_SHARED_CREDENTIALS_FILE</c>, <c>AWS_CONFIG_FILE</c>,
         /// and the <c>AWS_ACCESS_KEY_ID</c> set when neither keys nor a profile were given.
         /// </summary>
         /// <remarks>
@@ -60,8 +68,10 @@ namespace SSMConnect
                 var v = getenv(name);
                 return string.IsNullOrWhiteSpace(v) ? null : v.Trim();
             }
-            var explicitCredentials = !string.IsNullOrEmpty(AccessKey) || !string.IsNullOrEmpty(Profile);
+            var explicitCredentials = !string.IsNullOrEmpty(AccessKey) || !string.IsNullOrEmpty(Profile) || !string.IsNullOrEmpty(CredentialsFile);
             Profile ??= Env("AWS_PROFILE");
+            CredentialsFile ??= Env("AWS_SHARED_CREDENTIALS_FILE");
+            ConfigFile ??= Env("AWS_CONFIG_FILE");
             Region ??= Env("AWS_REGION") ?? Env("AWS_DEFAULT_REGION");
             if (!string.Equals(Env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"), "true", System.StringComparison.OrdinalIgnoreCase))
             {

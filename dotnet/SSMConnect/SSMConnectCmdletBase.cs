@@ -15,13 +15,20 @@ namespace SSMConnect
     {
         private readonly CancellationTokenSource stopping = new CancellationTokenSource();
         private NativeLogLevel logLevel = NativeLogLevel.Off;
+        private SsmClientOptions? clientOptions;
         private bool disposed;
 
         /// <summary>Named profile from the shared AWS config and credentials files.</summary>
         [Parameter]
-        [Alias("StoredCredentials", "Profile")]
+        [Alias("StoredCredentials", "AWSProfileName", "Profile")]
         [ValidateNotNullOrEmpty]
         public string? ProfileName { get; set; }
+
+        /// <summary>A shared credentials file to read the profile from (default: ~/.aws/credentials).</summary>
+        [Parameter]
+        [Alias("AWSProfilesLocation", "ProfilesLocation")]
+        [ValidateNotNullOrEmpty]
+        public string? ProfileLocation { get; set; }
 
         /// <summary>Region; else <c>$StoredAWSRegion</c>, else the AWS SDK chain.</summary>
         [Parameter]
@@ -30,18 +37,27 @@ namespace SSMConnect
 
         /// <summary>Access key id (with -SecretKey).</summary>
         [Parameter]
+        [Alias("AK")]
         [ValidateNotNullOrEmpty]
         public string? AccessKey { get; set; }
 
         /// <summary>Secret access key.</summary>
         [Parameter]
+        [Alias("SK", "SecretAccessKey")]
         [ValidateNotNullOrEmpty]
         public string? SecretKey { get; set; }
 
         /// <summary>Session token for temporary credentials.</summary>
         [Parameter]
+        [Alias("ST")]
         [ValidateNotNullOrEmpty]
         public string? SessionToken { get; set; }
+
+        /// <summary>An <c>Amazon.Runtime.AWSCredentials</c> object (AWS Tools' -Credential).</summary>
+        [Parameter]
+        [Alias("AWSCredential")]
+        [ValidateNotNull]
+        public object? Credential { get; set; }
 
         /// <summary>SSM endpoint (e.g. a VPC endpoint, or the emulator in tests).</summary>
         [Parameter]
@@ -66,32 +82,45 @@ namespace SSMConnect
             NativeLog.Enable(logLevel);
             // Lines left from earlier work (a forward still running) belong to nobody now.
             NativeLog.Drain((_, _) => { });
-            if (!string.IsNullOrEmpty(AccessKey) != !string.IsNullOrEmpty(SecretKey))
-            {
-                ThrowTerminatingError(new ErrorRecord(
-                    new ArgumentException("-AccessKey and -SecretKey go together"),
-                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
-                    ErrorCategory.InvalidArgument,
-                    null));
-            }
+            clientOptions = ResolveClientOptions();
         }
 
         /// <inheritdoc />
         protected override void StopProcessing() => stopping.Cancel();
 
+        /// <summary>Client settings from the shared parameters, resolved once when the cmdlet starts.</summary>
+        protected SsmClientOptions ClientOptions() => clientOptions ??= ResolveClientOptions();
+
         /// <summary>
-        /// Client settings from the shared parameters, completed from the session's environment
-        /// (which the native library cannot see on Unix when it changed after start).
+        /// Credentials in AWS Tools' order (<see cref="AwsToolsCredentials"/>), region, endpoint,
+        /// completed from the session's environment (which the native library cannot see on Unix
+        /// when it changed after start). Unusable credentials are a terminating error.
         /// </summary>
-        protected SsmClientOptions ClientOptions() => new SsmClientOptions
+        private SsmClientOptions ResolveClientOptions()
         {
-            Profile = ProfileName,
-            Region = ResolvedRegion(),
-            EndpointUrl = EndpointUrl,
-            AccessKey = AccessKey,
-            SecretKey = SecretKey,
-            SessionToken = SessionToken,
-        }.WithEnvironmentDefaults(Environment.GetEnvironmentVariable);
+            var options = new SsmClientOptions { Region = ResolvedRegion(), EndpointUrl = EndpointUrl };
+            try
+            {
+                AwsToolsCredentials.Apply(options, new AwsToolsCredentials.Sources
+                {
+                    AccessKey = AccessKey,
+                    SecretKey = SecretKey,
+                    SessionToken = SessionToken,
+                    Credential = Unwrap(Credential),
+                    ProfileName = ProfileName,
+                    ProfileLocation = ProfileLocation is null ? null : ResolveFilePath(ProfileLocation),
+                    Stored = Unwrap(SessionState.PSVariable.GetValue(AwsToolsCredentials.StoredCredentialsVariable)),
+                });
+            }
+            catch (ArgumentException e)
+            {
+                ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, null));
+                throw;
+            }
+            return options.WithEnvironmentDefaults(Environment.GetEnvironmentVariable);
+        }
+
+        private static object? Unwrap(object? value) => value is PSObject p && p.BaseObject is not PSCustomObject ? p.BaseObject : value;
 
         /// <summary>-DnsServer as ADDR:PORT; a malformed value is a terminating error.</summary>
         protected string? ResolvedDnsServer()
@@ -160,8 +189,12 @@ namespace SSMConnect
         /// <param name="activity">Progress activity text.</param>
         /// <param name="quietWhen">A stage from which on nothing more is written to the console
         /// (the interactive shell owns it then); log lines wait until the end.</param>
+        /// <param name="showProgress">False: stages go to the verbose stream instead of progress
+        /// records. The console host erases a progress bar lazily, after the cmdlet completed it,
+        /// and so would erase what the native side already wrote to the terminal (a shell's
+        /// first prompt).</param>
         /// <exception cref="SsmException">The operation failed.</exception>
-        protected void WaitFor(Operation op, string activity, string? quietWhen = null)
+        protected void WaitFor(Operation op, string activity, string? quietWhen = null, bool showProgress = true)
         {
             var progress = new ProgressRecord(ProgressId, activity, "Starting");
             var quiet = false;
@@ -185,11 +218,21 @@ namespace SSMConnect
                             if (quietWhen is not null && string.Equals(stage, quietWhen, StringComparison.Ordinal))
                             {
                                 quiet = true;
-                                CompleteProgress(progress);
+                                if (showProgress)
+                                {
+                                    CompleteProgress(progress);
+                                }
                                 return;
                             }
                             progress.StatusDescription = stage.Length == 0 ? "Working" : stage;
-                            WriteProgress(progress);
+                            if (showProgress)
+                            {
+                                WriteProgress(progress);
+                            }
+                            else
+                            {
+                                WriteVerbose($"{activity}: {progress.StatusDescription}");
+                            }
                         },
                         ref last);
                     if (!quiet)
@@ -208,7 +251,7 @@ namespace SSMConnect
                 // Once the pipeline stops, nothing more may be written.
                 if (!StopToken.IsCancellationRequested)
                 {
-                    if (!quiet)
+                    if (!quiet && showProgress)
                     {
                         CompleteProgress(progress);
                     }

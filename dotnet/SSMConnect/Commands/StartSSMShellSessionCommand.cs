@@ -55,7 +55,9 @@ namespace SSMConnect.Commands
                 try
                 {
                     using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters, DnsServer = dnsServer });
-                    WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage);
+                    // The remote shell writes to this terminal: no progress bar whose late erasing
+                    // would take its first prompt with it.
+                    WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage, showProgress: false);
                     var code = op.ExitCode;
                     SetLastExitCode(code);
                     if (PassThru)

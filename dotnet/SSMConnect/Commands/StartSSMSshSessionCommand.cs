@@ -83,8 +83,9 @@ namespace SSMConnect.Commands
             var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
             var dnsServer = ResolvedDnsServer();
             // The helper runs as a child process, which sees this session's environment; only
-            // what was given as parameters goes on its command line.
-            var region = ResolvedRegion();
+            // what was given as parameters goes on its command line, credentials go through its
+            // environment.
+            var aws = ClientOptions();
             if (UseInstanceConnect)
             {
                 CheckInstanceConnect(identity);
@@ -102,13 +103,15 @@ namespace SSMConnect.Commands
                     IdentityFile = identity,
                     UseInstanceConnect = UseInstanceConnect,
                     Command = Command,
-                    Region = region,
-                    Profile = ProfileName,
+                    Region = aws.Region,
+                    Profile = aws.Profile,
                     EndpointUrl = EndpointUrl,
                     DnsServer = dnsServer,
-                    AccessKey = AccessKey,
-                    SecretKey = SecretKey,
-                    SessionToken = SessionToken,
+                    AccessKey = aws.AccessKey,
+                    SecretKey = aws.SecretKey,
+                    SessionToken = aws.SessionToken,
+                    CredentialsFile = aws.CredentialsFile,
+                    ConfigFile = aws.ConfigFile,
                 };
                 foreach (var a in SshArgument ?? Array.Empty<string>())
                 {

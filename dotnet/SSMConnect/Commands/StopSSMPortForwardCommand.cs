@@ -16,8 +16,9 @@ namespace SSMConnect.Commands
         private const string InputObjectSet = "InputObject";
         private const string AllSet = "All";
 
-        /// <summary>Forward ids.</summary>
-        [Parameter(Mandatory = true, Position = 0, ParameterSetName = IdSet, ValueFromPipelineByPropertyName = true)]
+        /// <summary>Forward ids. Not bound from the pipeline: a forward object piped in binds
+        /// -InputObject, so that stopping it again is not an unknown id.</summary>
+        [Parameter(Mandatory = true, Position = 0, ParameterSetName = IdSet)]
         [ValidateNotNullOrEmpty]
         public int[] Id { get; set; } = Array.Empty<int>();
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::agent::Connection;
-use crate::state::{Counters, OpenRefused, Shared};
+use crate::state::{Counters, OpenRefused, Shared, Signer};
 use crate::{Faults, ResumeEnded};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
@@ -82,7 +82,10 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
         .unwrap_or_default()
         .to_owned();
     match target.as_str() {
-        "AmazonSSM.StartSession" => start_session(&shared, &body),
+        "AmazonSSM.StartSession" => {
+            let signer = Signer::from_authorization(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+            start_session(&shared, &body, signer)
+        }
         "AmazonSSM.ResumeSession" => resume_session(&shared, &body),
         "AmazonSSM.TerminateSession" => terminate_session(&shared, &body),
         "AWSEC2InstanceConnectService.SendSSHPublicKey" => crate::instance_connect::send_ssh_public_key(&shared, &body),
@@ -113,7 +116,7 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> 
     })
 }
 
-fn start_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
+fn start_session(shared: &Arc<Shared>, body: &[u8], signer: Signer) -> Response {
     let req: StartSessionRequest = match parse(body) {
         Ok(r) => r,
         Err(resp) => return *resp,
@@ -140,7 +143,7 @@ fn start_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
             &format!("{} is not connected.", req.target),
         );
     }
-    let (session_id, token) = shared.create_session(&req.target, &document, req.parameters);
+    let (session_id, token) = shared.create_session(&req.target, &document, req.parameters, signer);
     aws_ok(json!({
         "SessionId": session_id,
         "TokenValue": token,

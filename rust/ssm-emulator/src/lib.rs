@@ -294,4 +294,8 @@ pub struct SessionInfo {
     pub ended: bool,
     /// Last terminal size received (cols, rows).
     pub terminal_size: Option<(u32, u32)>,
+    /// The access key id StartSession was signed with (SigV4 credential scope; empty if unsigned).
+    pub access_key_id: String,
+    /// The region StartSession was signed for (SigV4 credential scope; empty if unsigned).
+    pub signing_region: String,
 }

@@ -12,6 +12,28 @@ use tokio::sync::mpsc;
 use crate::agent::{AgentCommand, Connection};
 use crate::{Config, EmulatorStats, Faults, SessionInfo};
 
+/// Who signed an API request: the access key id and region of its SigV4 credential scope.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Signer {
+    pub(crate) access_key_id: String,
+    pub(crate) region: String,
+}
+
+impl Signer {
+    /// Reads `Authorization: AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/aws4_request, ...`.
+    /// Anything else (unsigned, another scheme) gives empty fields.
+    pub(crate) fn from_authorization(value: Option<&str>) -> Self {
+        let scope = value
+            .and_then(|v| v.strip_prefix("AWS4-HMAC-SHA256"))
+            .and_then(|v| v.split(',').find_map(|part| part.trim().strip_prefix("Credential=")))
+            .unwrap_or_default();
+        let mut fields = scope.split('/');
+        let access_key_id = fields.next().unwrap_or_default().to_owned();
+        let region = fields.nth(1).unwrap_or_default().to_owned();
+        Self { access_key_id, region }
+    }
+}
+
 /// What a session needs to know about how it was started.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionSpec {
@@ -133,6 +155,7 @@ impl Shared {
         target: &str,
         document: &str,
         parameters: HashMap<String, Vec<String>>,
+        signer: Signer,
     ) -> (String, String) {
         let mut suffix = [0u8; 9];
         rand::rng().fill(&mut suffix);
@@ -152,6 +175,8 @@ impl Shared {
             port_mode: String::new(),
             ended: false,
             terminal_size: None,
+            access_key_id: signer.access_key_id,
+            signing_region: signer.region,
         };
         lock(&self.sessions).insert(
             session_id.clone(),
@@ -294,5 +319,35 @@ impl Shared {
             .and_then(|i| i.host.clone())
             .unwrap_or_else(|| self.config.instance_host.clone());
         (host, port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Signer;
+
+    #[test]
+    fn signer_comes_from_the_sigv4_credential_scope() {
+        let s = Signer::from_authorization(Some(
+            "AWS4-HMAC-SHA256 Credential=AKIDPROFILE/20261130/eu-west-1/ssm/aws4_request, \
+             SignedHeaders=content-type;host;x-amz-date, Signature=abc",
+        ));
+        assert_eq!(
+            (s.access_key_id.as_str(), s.region.as_str()),
+            ("AKIDPROFILE", "eu-west-1")
+        );
+    }
+
+    #[test]
+    fn unsigned_or_unknown_schemes_give_empty_fields() {
+        for v in [
+            None,
+            Some("Bearer x"),
+            Some("AWS4-HMAC-SHA256 SignedHeaders=host"),
+            Some(""),
+        ] {
+            let s = Signer::from_authorization(v);
+            assert!(s.access_key_id.is_empty() && s.region.is_empty(), "{v:?}");
+        }
     }
 }

@@ -232,10 +232,13 @@ struct ClientRequest {
     secret_key: Option<String>,
     session_token: Option<String>,
     ec2_endpoint_url: Option<String>,
+    credentials_file: Option<String>,
+    config_file: Option<String>,
 }
 
 /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-/// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+/// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
+/// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
 /// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
 /// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
 /// [`ssmc_client_free`].
@@ -253,6 +256,8 @@ pub extern "C" fn ssmc_client_new(config_json: AsciiPointer) -> *mut SsmcClient 
                     access_key: r.access_key,
                     secret_key: r.secret_key,
                     session_token: r.session_token,
+                    credentials_file: r.credentials_file.map(Into::into),
+                    config_file: r.config_file.map(Into::into),
                 },
                 ec2_endpoint_url: r.ec2_endpoint_url,
             })),

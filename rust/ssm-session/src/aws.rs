@@ -4,10 +4,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use aws_config::profile::ProfileFileCredentialsProvider;
+use aws_config::provider_config::ProviderConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 use aws_smithy_http_client::tls;
 
@@ -32,6 +36,11 @@ pub struct AwsOptions {
     pub secret_key: Option<String>,
     /// Explicit session token.
     pub session_token: Option<String>,
+    /// Shared credentials file in place of the default (`~/.aws/credentials` or
+    /// `AWS_SHARED_CREDENTIALS_FILE`).
+    pub credentials_file: Option<PathBuf>,
+    /// Shared config file in place of the default (`~/.aws/config` or `AWS_CONFIG_FILE`).
+    pub config_file: Option<PathBuf>,
 }
 
 impl fmt::Debug for AwsOptions {
@@ -43,6 +52,8 @@ impl fmt::Debug for AwsOptions {
             .field("access_key", &self.access_key)
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
             .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field("credentials_file", &self.credentials_file)
+            .field("config_file", &self.config_file)
             .finish()
     }
 }
@@ -127,6 +138,9 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
     if let Some(p) = &opts.profile {
         loader = loader.profile_name(p);
     }
+    if opts.credentials_file.is_some() || opts.config_file.is_some() {
+        loader = loader.profile_files(profile_files(opts));
+    }
     if let Some(r) = &opts.region {
         loader = loader.region(Region::new(r.clone()));
     }
@@ -134,6 +148,19 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
         (Some(ak), Some(sk)) => {
             let creds = Credentials::new(ak, sk, opts.session_token.clone(), None, "ssmconnect-explicit");
             loader = loader.credentials_provider(creds);
+        }
+        // A profile asked for by name or file is the whole truth: the default chain would let
+        // AWS_ACCESS_KEY_ID in the process environment win over it, unlike AWS Tools.
+        (None, None) if opts.profile.is_some() || opts.credentials_file.is_some() => {
+            let provider_config = ProviderConfig::default()
+                .with_http_client(http_client())
+                .with_region(opts.region.clone().map(Region::new));
+            let mut b = ProfileFileCredentialsProvider::builder().configure(&provider_config);
+            if let Some(p) = &opts.profile {
+                b = b.profile_name(p);
+            }
+            b = b.profile_files(profile_files(opts));
+            loader = loader.credentials_provider(b.build());
         }
         (None, None) => {}
         _ => {
@@ -147,6 +174,20 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
         return Err(Error::NoRegion);
     }
     Ok(config)
+}
+
+/// The shared files to read profiles from: the given ones, the SDK's defaults for the others.
+fn profile_files(opts: &AwsOptions) -> EnvConfigFiles {
+    let mut b = EnvConfigFiles::builder();
+    b = match &opts.config_file {
+        Some(path) => b.with_file(EnvConfigFileKind::Config, path),
+        None => b.include_default_config_file(true),
+    };
+    b = match &opts.credentials_file {
+        Some(path) => b.with_file(EnvConfigFileKind::Credentials, path),
+        None => b.include_default_credentials_file(true),
+    };
+    b.build()
 }
 
 /// A session token. Its `Debug` and `Display` never show the value.
