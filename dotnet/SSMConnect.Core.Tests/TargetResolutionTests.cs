@@ -81,6 +81,43 @@ namespace SSMConnect.Tests
         }
 
         [Fact]
+        public async Task A_dns_name_resolves_through_the_one_type_a_resolver_answers()
+        {
+            // A small internal resolver: A answered, AAAA and TXT refused.
+            using var dns = Dnsmasq.StartRefusing("--address=/web.test/10.0.0.10");
+            using var emu = Emulator.Start(new
+            {
+                inventory = new object[] { new { instance_id = "i-0ddddddddddddddd4", private_ip = "10.0.0.10" } },
+            });
+            using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            using var client = new SsmClient(emu.ClientOptions());
+            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "web.test", RemotePort = 22, DnsServer = dns.Address });
+            try
+            {
+                Assert.Equal("i-0ddddddddddddddd4", forward.InstanceId);
+            }
+            finally
+            {
+                forward.Stop();
+            }
+        }
+
+        [Fact]
+        public async Task A_dns_name_nothing_answers_for_lists_each_type()
+        {
+            using var dns = Dnsmasq.StartRefusing("--address=/web.test/10.0.0.10");
+            using var emu = Emulator.Start(Inventory);
+            using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            using var client = new SsmClient(emu.ClientOptions());
+            var e = await Assert.ThrowsAsync<SsmException>(() =>
+                client.StartForwardAsync(new ForwardRequest { Target = "nothing.test", RemotePort = 22, DnsServer = dns.Address }));
+            Assert.Equal(SsmErrorKind.ConnectionFailed, e.Kind);
+            Assert.Equal("SSMConnect.ConnectionFailed", e.ErrorId);
+            Assert.Equal("DNS lookup of nothing.test found nothing usable: A: refused, AAAA: refused, TXT: refused", e.Message);
+            Assert.Empty(await emu.Sessions());
+        }
+
+        [Fact]
         public async Task A_malformed_dns_server_is_refused_at_once()
         {
             using var emu = Emulator.Start();

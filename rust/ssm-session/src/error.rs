@@ -83,13 +83,14 @@ pub enum Error {
         /// Whether more matched than are listed.
         more: bool,
     },
-    /// A DNS lookup failed for a reason other than the name having no such records.
-    #[error("DNS lookup of {name} failed: {message}")]
+    /// No record type of a DNS-name target gave a usable answer and at least one failed
+    /// (refused, SERVFAIL, timed out): whether the name means an instance is unknown.
+    #[error("DNS lookup of {name} found nothing usable: {outcomes}")]
     Dns {
         /// Name looked up.
         name: String,
-        /// What the resolver reported.
-        message: String,
+        /// Each record type's outcome, e.g. `A: refused, AAAA: timed out after 3 s, TXT: none`.
+        outcomes: String,
     },
 }
 

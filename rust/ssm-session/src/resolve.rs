@@ -19,6 +19,12 @@
 //!    the name means, and it works for managed nodes, which have no EC2 address. Without such a
 //!    TXT record, the A and AAAA addresses are searched as in form 2.
 //!
+//!    Each record type stands on its own: one that is refused, fails (SERVFAIL) or times out
+//!    counts as absent when another answered. The lookup is [`Error::Dns`], listing every
+//!    type's outcome, only when nothing usable came back and some type failed; when every type
+//!    says "no such record" it is [`Error::TargetNotFound`]. With an explicit DNS server each
+//!    type gets one query of at most 3 s; the whole lookup never takes more than 5 s.
+//!
 //! Only running instances count (`instance-state-name=running` is always a server-side filter).
 //! No match is [`Error::TargetNotFound`] saying what was searched (and naming instances that
 //! matched but were not running); several are [`Error::AmbiguousTarget`] listing them. Nothing
@@ -27,13 +33,14 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::{Filter, Instance};
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{Resolver, TokioResolver};
 
@@ -43,8 +50,13 @@ use crate::error::{Candidate, Error, Result};
 /// Most candidates an ambiguity error lists; the search stops paging once it has more.
 pub const MAX_CANDIDATES: usize = 20;
 
-/// How a DNS query to an explicit server may take before it counts as failed.
-const DNS_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one query (one record type) to an explicit DNS server may take: one attempt, so an
+/// unreachable server fails in this time, not a multiple of it.
+const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the lookup of a name may take in all, whatever the resolver configuration allows
+/// (the system's may list several servers and attempts, each with its own timeout).
+const DNS_LOOKUP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Where resolution looks besides the loaded AWS configuration.
 #[derive(Debug, Clone, Default)]
@@ -461,7 +473,7 @@ fn dns_resolver(server: Option<SocketAddr>) -> Result<TokioResolver> {
                 TokioRuntimeProvider::default(),
             );
             let o = b.options_mut();
-            o.timeout = DNS_TIMEOUT;
+            o.timeout = DNS_QUERY_TIMEOUT;
             o.attempts = 1;
             // An explicit server is the whole truth (split-horizon DNS): no hosts file.
             o.use_hosts_file = ResolveHosts::Never;
@@ -471,52 +483,136 @@ fn dns_resolver(server: Option<SocketAddr>) -> Result<TokioResolver> {
     }
 }
 
+/// How one record type's query ended.
+#[derive(Debug)]
+enum Outcome {
+    /// Records came back (possibly none of the wanted type, e.g. only a CNAME).
+    Answered(Vec<RData>),
+    /// NXDOMAIN or NODATA: the name has no record of this type.
+    NoRecords,
+    /// Refused, SERVFAIL, a timeout or a transport error: nothing is known about this type.
+    Failed(String),
+}
+
 /// What DNS says about a name.
 #[derive(Debug, Default)]
 struct DnsAnswer {
     addrs: Vec<IpAddr>,
     ids: Vec<String>,
+    /// Each type's outcome in words, in query order (`A: refused`), for messages.
+    outcomes: Vec<String>,
+    /// Whether any type failed rather than answering.
+    failed: bool,
 }
 
+impl DnsAnswer {
+    fn usable(&self) -> bool {
+        !self.addrs.is_empty() || !self.ids.is_empty()
+    }
+}
+
+/// Why a query failed, in a few words; response codes by their name (RFC 1035 §4.1.1).
+fn failure_text(e: &NetError, waited: Duration) -> String {
+    match e {
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => "refused".into(),
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => "server failure (SERVFAIL)".into(),
+        NetError::Dns(DnsError::ResponseCode(code)) => format!("error response {code}"),
+        NetError::Timeout => timed_out(waited),
+        other => other.to_string(),
+    }
+}
+
+fn timed_out(waited: Duration) -> String {
+    format!("timed out after {} s", waited.as_secs_f64().round())
+}
+
+/// Looks up A, AAAA and TXT together. Each type stands on its own: real resolvers refuse, fail
+/// or time out on one type while answering another (split-horizon and filtering resolvers,
+/// dnsmasq without an upstream), so one type's failure never discards another's answer.
 async fn lookup_name(server: Option<SocketAddr>, name: &str) -> Result<DnsAnswer> {
     let resolver = dns_resolver(server)?;
+    let started = Instant::now();
+    let deadline = started + DNS_LOOKUP_DEADLINE;
+    // An explicit server gets one attempt per type, so its timeout bounds each type; the system
+    // configuration brings its own timeouts and attempts, which only the deadline bounds.
+    let per_query = if server.is_some() {
+        DNS_QUERY_TIMEOUT
+    } else {
+        DNS_LOOKUP_DEADLINE
+    };
     let query = |rt: RecordType| {
         let resolver = &resolver;
         async move {
-            match resolver.lookup(name, rt).await {
-                Ok(lookup) => Ok(lookup.answers().iter().map(|r| r.data.clone()).collect::<Vec<RData>>()),
-                Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
-                Err(e) => Err(Error::Dns {
-                    name: name.to_owned(),
-                    message: format!("{rt}: {e}"),
-                }),
-            }
+            let until = deadline.min(started + per_query);
+            let outcome = match tokio::time::timeout_at(until.into(), resolver.lookup(name, rt)).await {
+                Ok(Ok(lookup)) => Outcome::Answered(lookup.answers().iter().map(|r| r.data.clone()).collect()),
+                Ok(Err(e)) if e.is_no_records_found() || e.is_nx_domain() => Outcome::NoRecords,
+                Ok(Err(e)) => Outcome::Failed(failure_text(&e, started.elapsed())),
+                Err(_) => Outcome::Failed(timed_out(started.elapsed())),
+            };
+            (rt, outcome)
         }
     };
-    let (a, aaaa, txt) = tokio::try_join!(query(RecordType::A), query(RecordType::AAAA), query(RecordType::TXT))?;
+    let (a, aaaa, txt) = tokio::join!(query(RecordType::A), query(RecordType::AAAA), query(RecordType::TXT));
     let mut answer = DnsAnswer::default();
-    for data in a.into_iter().chain(aaaa) {
-        let ip = match data {
-            RData::A(a) => IpAddr::V4(a.0),
-            RData::AAAA(a) => IpAddr::V6(a.0),
-            _ => continue,
-        };
-        if !answer.addrs.contains(&ip) {
-            answer.addrs.push(ip);
-        }
-    }
-    for data in txt {
-        let RData::TXT(txt) = data else { continue };
-        for part in txt.txt_data.iter() {
-            let text = String::from_utf8_lossy(part);
-            for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
-                if let Some(id) = txt_id(token)
-                    && !answer.ids.iter().any(|x| x == id)
-                {
-                    answer.ids.push(id.to_owned());
+    for (rt, outcome) in [a, aaaa, txt] {
+        let text = match outcome {
+            Outcome::NoRecords => "none".to_owned(),
+            Outcome::Failed(why) => {
+                answer.failed = true;
+                why
+            }
+            Outcome::Answered(data) if rt == RecordType::TXT => {
+                let before = answer.ids.len();
+                for data in &data {
+                    let RData::TXT(txt) = data else { continue };
+                    for part in txt.txt_data.iter() {
+                        let text = String::from_utf8_lossy(part);
+                        for token in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')) {
+                            if let Some(id) = txt_id(token)
+                                && !answer.ids.iter().any(|x| x == id)
+                            {
+                                answer.ids.push(id.to_owned());
+                            }
+                        }
+                    }
+                }
+                if answer.ids.len() > before {
+                    answer.ids[before..].join(" ")
+                } else {
+                    "no instance id".to_owned()
                 }
             }
-        }
+            Outcome::Answered(data) => {
+                let mut found = Vec::new();
+                for data in data {
+                    let ip = match data {
+                        RData::A(a) => IpAddr::V4(a.0),
+                        RData::AAAA(a) => IpAddr::V6(a.0),
+                        _ => continue,
+                    };
+                    if !found.contains(&ip) {
+                        found.push(ip);
+                    }
+                }
+                for ip in &found {
+                    if !answer.addrs.contains(ip) {
+                        answer.addrs.push(*ip);
+                    }
+                }
+                list_or_none(found.iter().map(ToString::to_string))
+            }
+        };
+        answer.outcomes.push(format!("{rt}: {text}"));
+    }
+    if answer.failed {
+        tracing::debug!(name, outcomes = answer.outcomes.join(", "), "DNS lookup partly failed");
+    }
+    if !answer.usable() && answer.failed {
+        return Err(Error::Dns {
+            name: name.to_owned(),
+            outcomes: answer.outcomes.join(", "),
+        });
     }
     Ok(answer)
 }
@@ -584,11 +680,16 @@ async fn resolve_parsed(
         }
         TargetSpec::DnsName(name) => {
             let answer = lookup_name(opts.dns_server, &name).await?;
-            let dns_seen = format!(
-                "DNS for {name} (A/AAAA: {}; TXT instance ids: {})",
-                list_or_none(answer.addrs.iter().map(ToString::to_string)),
-                list_or_none(answer.ids.iter().cloned())
-            );
+            // Failed types are named: the instance may hide behind the record that failed.
+            let dns_seen = if answer.failed {
+                format!("DNS for {name} ({})", answer.outcomes.join(", "))
+            } else {
+                format!(
+                    "DNS for {name} (A/AAAA: {}; TXT instance ids: {})",
+                    list_or_none(answer.addrs.iter().map(ToString::to_string)),
+                    list_or_none(answer.ids.iter().cloned())
+                )
+            };
             if !answer.ids.is_empty() {
                 return resolve_txt_ids(ec2, spec, &name, &answer.ids, dns_seen).await;
             }

@@ -1,13 +1,19 @@
 //! Shared by the target-resolution tests: moto and dnsmasq as child processes on loopback ports
-//! the OS picks (killed on drop), the AWS configuration they need, and the checks every EC2
-//! implementation must pass, so the same assertions run against moto and the emulator.
+//! the OS picks (killed on drop), a scripted DNS server for the failures dnsmasq cannot be told
+//! to give, the AWS configuration they need, and the checks every EC2 implementation must pass,
+//! so the same assertions run against moto and the emulator.
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use hickory_resolver::proto::op::{Message, ResponseCode};
+use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata};
 use ssm_session::aws::Config;
 use ssm_session::resolve::Via;
 use ssm_session::{AwsOptions, Error, ResolveOptions, resolve_target};
@@ -27,14 +33,31 @@ impl Drop for Guard {
 
 /// A port free for both TCP and UDP on 127.0.0.1 right now.
 pub fn free_port() -> u16 {
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port free for both TCP and UDP on `ip` right now.
+pub fn free_port_on(ip: IpAddr) -> u16 {
     for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+        let udp = UdpSocket::bind((ip, 0)).expect("bind udp");
         let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((ip, port)).is_ok() {
             return port;
         }
     }
     panic!("no port free for both TCP and UDP");
+}
+
+/// The loopback addresses DNS tests run on: 127.0.0.1, and ::1 when this machine has it (the
+/// test says so on stderr when it has not).
+pub fn loopbacks() -> Vec<IpAddr> {
+    let mut out = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        out.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    } else {
+        eprintln!("::1 is not available here: DNS over IPv6 loopback is not tested");
+    }
+    out
 }
 
 /// Fails the test, with what to install, when `program` cannot be run.
@@ -89,7 +112,9 @@ impl Moto {
     }
 }
 
-/// dnsmasq answering only from the given records, authoritative for `.test`.
+/// dnsmasq answering only from the given records: authoritative for `.test`
+/// ([`Dnsmasq::start`]), or, like a small internal resolver without an upstream, refusing every
+/// query it has no record of that type for ([`Dnsmasq::refusing`]).
 pub struct Dnsmasq {
     pub addr: SocketAddr,
     _guard: Guard,
@@ -100,27 +125,40 @@ impl Dnsmasq {
     /// `records` are dnsmasq options such as `--host-record=web.test,10.0.0.5` or
     /// `--txt-record=web.test,i-0123456789abcdef0`.
     pub async fn start(records: &[String]) -> Dnsmasq {
+        Self::spawn(records, IpAddr::V4(Ipv4Addr::LOCALHOST), true).await
+    }
+
+    /// On `listen` (a loopback address), with no upstream and no `--local`: a name and type with
+    /// no record is answered REFUSED, not NXDOMAIN or NODATA. `--address=/web.test/10.0.0.5`
+    /// thus answers A and refuses AAAA and TXT.
+    pub async fn refusing(records: &[String], listen: IpAddr) -> Dnsmasq {
+        Self::spawn(records, listen, false).await
+    }
+
+    async fn spawn(records: &[String], listen: IpAddr, authoritative: bool) -> Dnsmasq {
         let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or_else(|| panic!("dnsmasq is not installed: apt-get install dnsmasq (.ci/run does)"));
         let dir = tempfile::tempdir().unwrap();
         for _attempt in 0..3 {
-            let port = free_port();
+            let port = free_port_on(listen);
             let mut cmd = Command::new(dnsmasq);
             cmd.args([
                 "--no-daemon",
                 &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
+                &format!("--listen-address={listen}"),
                 "--bind-interfaces",
                 "--no-resolv",
                 "--no-hosts",
                 "--no-poll",
                 "--conf-file=/dev/null",
-                "--local=/test/",
                 "--cache-size=0",
                 &format!("--pid-file={}", dir.path().join("pid").display()),
             ]);
+            if authoritative {
+                cmd.arg("--local=/test/");
+            }
             // As root it would switch to `nobody`, which may not read the temp directory.
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
@@ -132,7 +170,7 @@ impl Dnsmasq {
                 .stderr(Stdio::null());
             let child = cmd.spawn().expect("spawning dnsmasq");
             let mut guard = Guard { child, what: "dnsmasq" };
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let addr = SocketAddr::new(listen, port);
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = guard.child.try_wait() {
@@ -152,9 +190,10 @@ impl Dnsmasq {
     }
 }
 
-/// Whether a DNS server answers at `addr` (a raw query for `ready.test` A).
+/// Whether a DNS server answers at `addr` (a raw query for `ready.test` A; any answer, REFUSED
+/// included, will do).
 fn dns_answers(addr: SocketAddr) -> bool {
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
     for label in ["ready", "test"] {
@@ -167,6 +206,106 @@ fn dns_answers(addr: SocketAddr) -> bool {
     }
     let mut buf = [0u8; 512];
     matches!(sock.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[0] == 0x12 && buf[1] == 0x34)
+}
+
+/// How [`FakeDns`] treats a query for one name and type.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// These records, as an authoritative answer.
+    Records(Vec<RData>),
+    /// NOERROR with no records (NODATA).
+    NoData,
+    /// REFUSED.
+    Refused,
+    /// SERVFAIL, as a resolver whose upstream failed answers.
+    ServFail,
+    /// Nothing at all: the query times out.
+    Silent,
+}
+
+/// A DNS server on a loopback UDP port (no TCP) that answers each name and type as told, every
+/// other query with the default: SERVFAIL and silence on demand, which dnsmasq gives only
+/// through an upstream's failures. Built from hickory-proto's message types.
+pub struct FakeDns {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeDns {
+    /// `replies` by (lower-case name without the final dot, type); `default` for the rest.
+    pub fn start(listen: IpAddr, replies: &[(&str, RecordType, Reply)], default: Reply) -> FakeDns {
+        let sock = UdpSocket::bind((listen, 0)).expect("bind the fake DNS server");
+        sock.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let replies: HashMap<(String, RecordType), Reply> = replies
+            .iter()
+            .map(|(name, rt, reply)| ((name.to_ascii_lowercase(), *rt), reply.clone()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(query) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                let Some(q) = query.queries.first() else { continue };
+                let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                let reply = replies.get(&(name, q.query_type())).unwrap_or(&default);
+                let mut response = Message::response(query.metadata.id, query.metadata.op_code);
+                response.metadata.recursion_desired = query.metadata.recursion_desired;
+                response.add_query(q.clone());
+                match reply {
+                    Reply::Silent => continue,
+                    Reply::Refused => response.metadata.response_code = ResponseCode::Refused,
+                    Reply::ServFail => response.metadata.response_code = ResponseCode::ServFail,
+                    Reply::NoData => response.metadata.authoritative = true,
+                    Reply::Records(data) => {
+                        response.metadata.authoritative = true;
+                        for d in data {
+                            response.add_answer(Record::from_rdata(q.name().clone(), 60, d.clone()));
+                        }
+                    }
+                }
+                if let Ok(bytes) = response.to_vec() {
+                    let _ = sock.send_to(&bytes, peer);
+                }
+            }
+        });
+        FakeDns {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An A record's data.
+pub fn a(ip: &str) -> RData {
+    RData::A(rdata::A(ip.parse().unwrap()))
+}
+
+/// An AAAA record's data.
+pub fn aaaa(ip: &str) -> RData {
+    RData::AAAA(rdata::AAAA(ip.parse().unwrap()))
+}
+
+/// A TXT record's data (one string).
+pub fn txt(text: &str) -> RData {
+    RData::TXT(rdata::TXT::new(vec![text.to_owned()]))
 }
 
 /// Configuration for a loopback test service: fixed test credentials and region, no profile.
