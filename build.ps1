@@ -289,7 +289,7 @@ function Invoke-WithEnvironment([hashtable] $Variables, [scriptblock] $Script) {
     }
     $saved = @{}
     foreach ($name in $Variables.Keys) {
-        $saved[$name] = (Get-Item "env:$name" -ErrorAction SilentlyContinue).Value
+        $saved[$name] = [Environment]::GetEnvironmentVariable($name)
         Set-EnvironmentValue $name $Variables[$name]
     }
     try {

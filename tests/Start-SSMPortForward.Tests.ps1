@@ -248,7 +248,7 @@ Describe 'Start-SSMPortForward' {
             $region = @{ Region = $TestRegion }
             $saved = @{}
             $variables = 'AWS_SHARED_CREDENTIALS_FILE', 'AWS_CONFIG_FILE', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_REGION', 'AWS_DEFAULT_REGION'
-            foreach ($name in $variables) { $saved[$name] = (Get-Item "env:$name" -ErrorAction SilentlyContinue).Value }
+            foreach ($name in $variables) { $saved[$name] = [Environment]::GetEnvironmentVariable($name) }
             # The signer of the session behind a forward, as the emulator saw it.
             function Get-Signer([Parameter(ValueFromPipeline)] $Forward) {
                 process {
@@ -355,6 +355,83 @@ Describe 'Start-SSMPortForward' {
             { Start-SSMPortForward -Target $instance -RemotePort $echo.Port @endpoint @region -Credential 'not credentials' -ErrorAction Stop } |
                 Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
             @(Get-EmulatorSession $emu).Count | Should -Be $before
+        }
+    }
+
+    # -DnsServer against a small internal resolver: dnsmasq with records and no upstream answers
+    # A for web.test and refuses its AAAA and TXT, and refuses every type of nothing.test.
+    Context '-DnsServer with a resolver that refuses some record types (child pwsh)' -Skip:$IsWindows {
+        BeforeAll {
+            $dnsEmu = Start-Emulator -ArgumentList '--unpaced' -Config @{
+                inventory = @(@{ instance_id = 'i-0ddddddddddddddd4'; tags = @{ Name = 'dns-web' }; private_ip = '10.0.0.10' })
+            }
+            $dnsPort = Get-FreePort
+            $dnsmasqPath = if (Test-Path /usr/sbin/dnsmasq) { '/usr/sbin/dnsmasq' } else { (Get-Command dnsmasq -CommandType Application)[0].Source }
+            $psi = [System.Diagnostics.ProcessStartInfo]::new($dnsmasqPath)
+            foreach ($a in @('--no-daemon', "--port=$dnsPort", '--listen-address=127.0.0.1', '--bind-interfaces',
+                    '--no-resolv', '--no-hosts', '--no-poll', '--conf-file=/dev/null', '--cache-size=0',
+                    '--address=/web.test/10.0.0.10')) { $psi.ArgumentList.Add($a) }
+            if ((id -u) -eq '0') { $psi.ArgumentList.Add('--user=root') }
+            $psi.UseShellExecute = $false
+            $psi.RedirectStandardError = $true
+            $dnsmasq = [System.Diagnostics.Process]::Start($psi)
+            $null = $dnsmasq.StandardError.ReadToEndAsync()
+            # Ready once anything answers on the port (a REFUSED will do): a query for ready.test A.
+            $ready = Wait-Until -TimeoutSeconds 10 {
+                $udp = [System.Net.Sockets.UdpClient]::new()
+                try {
+                    $udp.Client.ReceiveTimeout = 200
+                    $q = [byte[]](0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5) + [Text.Encoding]::ASCII.GetBytes('ready') +
+                        [byte[]](4) + [Text.Encoding]::ASCII.GetBytes('test') + [byte[]](0, 0, 1, 0, 1)
+                    $null = $udp.Send($q, $q.Length, '127.0.0.1', $dnsPort)
+                    $from = $null
+                    $udp.Receive([ref] $from).Length -ge 12
+                }
+                catch { $false }
+                finally { $udp.Dispose() }
+            }
+            $dnsAws = $dnsEmu.AwsParameters
+            # In a child: the native library reads AWS_ENDPOINT_URL_EC2 (tag and address lookups)
+            # from the environment its process started with.
+            $child = Invoke-ChildPwsh -Environment @{ AWS_ENDPOINT_URL_EC2 = $dnsEmu.Endpoint } -ArgumentList @(
+                (Get-TestModuleManifest), $dnsEmu.Endpoint, $dnsAws.Region, $dnsAws.AccessKey, $dnsAws.SecretKey, "127.0.0.1:$dnsPort"
+            ) -ScriptBlock {
+                param($Manifest, $Endpoint, $Region, $AccessKey, $SecretKey, $DnsServer)
+                Import-Module $Manifest -ErrorAction Stop
+                $aws = @{ EndpointUrl = $Endpoint; Region = $Region; AccessKey = $AccessKey; SecretKey = $SecretKey }
+                $f = Start-SSMPortForward -Target 'web.test' -RemotePort 22 -DnsServer $DnsServer @aws -ErrorAction SilentlyContinue -ErrorVariable e1
+                "web=$($f.InstanceId)|$(if ($e1) { $e1[0].FullyQualifiedErrorId + ' ' + $e1[0].Exception.Message } else { 'none' })"
+                $null = Start-SSMPortForward -Target 'nothing.test' -RemotePort 22 -DnsServer $DnsServer @aws -ErrorAction SilentlyContinue -ErrorVariable e2
+                if ($e2) { "nothing=$($e2[0].FullyQualifiedErrorId)|$($e2[0].CategoryInfo.Category)|$($e2[0].Exception.Message -replace '\s+', ' ')" }
+                else { 'nothing=none' }
+                Get-SSMPortForward | Stop-SSMPortForward
+            }
+            $result = @{}
+            foreach ($line in $child.Output) {
+                $key, $value = $line -split '=', 2
+                $result[$key] = $value
+            }
+        }
+
+        AfterAll {
+            if ($dnsmasq -and -not $dnsmasq.HasExited) { $dnsmasq.Kill(); $null = $dnsmasq.WaitForExit(5000) }
+            Stop-Emulator $dnsEmu
+        }
+
+        It 'started dnsmasq and ran' {
+            $ready | Should -BeTrue
+            $child.ExitCode | Should -Be 0 -Because $child.Errors
+        }
+
+        It 'reaches the instance of the A record although AAAA and TXT are refused' {
+            $result['web'] | Should -Be 'i-0ddddddddddddddd4|none'
+        }
+
+        It 'reports a name no type answers for as SSMConnect.ConnectionFailed, listing each type' {
+            $id, $category, $message = $result['nothing'] -split '\|', 3
+            $id | Should -BeLike 'SSMConnect.ConnectionFailed,*'
+            $category | Should -Be 'ConnectionError'
+            $message | Should -Be 'DNS lookup of nothing.test found nothing usable: A: refused, AAAA: refused, TXT: refused'
         }
     }
 

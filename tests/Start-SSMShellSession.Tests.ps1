@@ -105,6 +105,13 @@ Describe 'Start-SSMShellSession' {
             function Wait-Screen([string] $Pattern, [int] $TimeoutSeconds = 30) {
                 Wait-Until { (Get-Screen) -match $Pattern } -TimeoutSeconds $TimeoutSeconds
             }
+            # Fails with the screen as it is when the pattern does not show within the time.
+            function Assert-Screen([string] $Pattern) {
+                if (-not (Wait-Screen $Pattern)) { throw "the screen did not show $Pattern within 30 s:`n$(Get-Screen)" }
+            }
+            # Keys typed before the session has ended still go to the remote shell (as with ssh),
+            # so the next line waits for the PowerShell prompt to come back.
+            $psPrompt = '(?m)^PS [^\n]*>\s*$'
             & tmux new-session -d -s $session -x 160 -y 50 "$pwsh -NoProfile -NoLogo"
             Wait-Screen 'PS .*>' | Should -BeTrue
         }
@@ -123,13 +130,14 @@ Describe 'Start-SSMShellSession' {
         It 'runs a command in the remote shell, exits with its code and gives the terminal back' {
             Send-Line $shellCommand
             # The remote sh prints a prompt ($ or #) once the session runs.
-            Wait-Screen '(?m)^\s*[$#]\s*$' | Should -BeTrue -Because (Get-Screen)
+            Assert-Screen '(?m)^\s*[$#]\s*$'
             Send-Line 'echo remote-$((6*7))'
-            Wait-Screen 'remote-42' | Should -BeTrue -Because (Get-Screen)
+            Assert-Screen 'remote-42'
             Send-Line 'exit 5'
+            Assert-Screen $psPrompt
             # Back at the PowerShell prompt, which reads and echoes input again.
             Send-Line '"code=$LASTEXITCODE; back=" + (6*7)'
-            Wait-Screen 'code=5; back=42' | Should -BeTrue -Because (Get-Screen)
+            Assert-Screen 'code=5; back=42'
         }
 
         It 'sees the terminal size on the remote side' {
@@ -137,10 +145,11 @@ Describe 'Start-SSMShellSession' {
             Wait-Screen '(?m)^\s*[$#]\s*$' | Should -BeTrue
             Send-Line 'echo size-$(stty size | tr " " x)'
             # 160 columns; the rows are the window's less tmux's status line.
-            Wait-Screen 'size-\d+x160' | Should -BeTrue -Because (Get-Screen)
+            Assert-Screen 'size-\d+x160'
             Send-Line 'exit 0'
+            Assert-Screen $psPrompt
             Send-Line '"after=" + (7*6)'
-            Wait-Screen 'after=42' | Should -BeTrue -Because (Get-Screen)
+            Assert-Screen 'after=42'
         }
     }
 }

@@ -24,12 +24,14 @@ using System.Threading.Tasks;
 
 namespace SSMConnectTests
 {
-    public sealed class EchoServer : IDisposable
+    // A TCP server on 127.0.0.1 and a port the OS picks; each accepted connection is served by
+    // Serve on its own task, and closed with the server.
+    public abstract class LoopbackServer : IDisposable
     {
         private readonly TcpListener listener;
         private readonly List<TcpClient> clients = new List<TcpClient>();
 
-        public EchoServer()
+        protected LoopbackServer()
         {
             listener = new TcpListener(IPAddress.Loopback, 0);
             listener.Start();
@@ -39,6 +41,8 @@ namespace SSMConnectTests
 
         public int Port { get; private set; }
 
+        protected abstract Task Serve(TcpClient c);
+
         private async Task AcceptLoop()
         {
             while (true)
@@ -47,30 +51,29 @@ namespace SSMConnectTests
                 try { c = await listener.AcceptTcpClientAsync(); }
                 catch (Exception) { return; }
                 lock (clients) { clients.Add(c); }
-                _ = Task.Run(() => Echo(c));
+                _ = Task.Run(async () => { try { await Serve(c); } catch (Exception) { } });
             }
-        }
-
-        private static async Task Echo(TcpClient c)
-        {
-            try
-            {
-                var s = c.GetStream();
-                var buf = new byte[65536];
-                int n;
-                while ((n = await s.ReadAsync(buf, 0, buf.Length)) > 0)
-                {
-                    await s.WriteAsync(buf, 0, n);
-                }
-                c.Client.Shutdown(SocketShutdown.Send);
-            }
-            catch (Exception) { }
         }
 
         public void Dispose()
         {
             listener.Stop();
             lock (clients) { foreach (var c in clients) c.Dispose(); }
+        }
+    }
+
+    public sealed class EchoServer : LoopbackServer
+    {
+        protected override async Task Serve(TcpClient c)
+        {
+            var s = c.GetStream();
+            var buf = new byte[65536];
+            int n;
+            while ((n = await s.ReadAsync(buf, 0, buf.Length)) > 0)
+            {
+                await s.WriteAsync(buf, 0, n);
+            }
+            c.Client.Shutdown(SocketShutdown.Send);
         }
     }
 
@@ -83,51 +86,19 @@ namespace SSMConnectTests
     }
 
     // Answers every HTTP request on one connection with 200 and "ok" (a stand-in web server).
-    public sealed class HttpOkServer : IDisposable
+    public sealed class HttpOkServer : LoopbackServer
     {
-        private readonly TcpListener listener;
-
-        public HttpOkServer()
+        protected override async Task Serve(TcpClient c)
         {
-            listener = new TcpListener(IPAddress.Loopback, 0);
-            listener.Start();
-            Port = ((IPEndPoint)listener.LocalEndpoint).Port;
-            Task.Run(AcceptLoop);
+            var s = c.GetStream();
+            var reader = new StreamReader(s);
+            string line;
+            while (!string.IsNullOrEmpty(line = await reader.ReadLineAsync())) { }
+            var reply = System.Text.Encoding.ASCII.GetBytes(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            await s.WriteAsync(reply, 0, reply.Length);
+            c.Client.Shutdown(SocketShutdown.Send);
         }
-
-        public int Port { get; private set; }
-
-        private async Task AcceptLoop()
-        {
-            while (true)
-            {
-                TcpClient c;
-                try { c = await listener.AcceptTcpClientAsync(); }
-                catch (Exception) { return; }
-                _ = Task.Run(() => Serve(c));
-            }
-        }
-
-        private static async Task Serve(TcpClient c)
-        {
-            using (c)
-            {
-                try
-                {
-                    var s = c.GetStream();
-                    var reader = new StreamReader(s);
-                    string line;
-                    while (!string.IsNullOrEmpty(line = await reader.ReadLineAsync())) { }
-                    var reply = System.Text.Encoding.ASCII.GetBytes(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-                    await s.WriteAsync(reply, 0, reply.Length);
-                    c.Client.Shutdown(SocketShutdown.Send);
-                }
-                catch (Exception) { }
-            }
-        }
-
-        public void Dispose() { listener.Stop(); }
     }
 
     public static class Net

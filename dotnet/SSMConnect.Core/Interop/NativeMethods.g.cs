@@ -37,7 +37,8 @@ namespace SSMConnect.Native
         public static extern void ssmc_string_free(IntPtr s);
 
         /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-        /// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+        /// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
+        /// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
         /// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
         /// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
         /// [`ssmc_client_free`].

@@ -100,7 +100,8 @@ const char *ssmc_last_error_message(void);
 void ssmc_string_free(void *s);
 
 // Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`. The
+// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
+// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
 // process environment is read too (`AWS_*`), but callers whose own environment copy differs from
 // the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
 // [`ssmc_client_free`].
