@@ -228,14 +228,15 @@ function Initialize-TestModules {
     }
 }
 
-# Runs a native command with an argument array and fails the build when it fails.
+# Runs a native command with an argument array and fails the build when it fails. Its output goes
+# to the console, never into the calling function's output.
 function Invoke-Tool {
     param(
         [Parameter(Mandatory)] [string] $FilePath,
         [string[]] $ArgumentList = @()
     )
     Write-Host "    $FilePath $($ArgumentList -join ' ')" -ForegroundColor DarkGray
-    & $FilePath @ArgumentList
+    & $FilePath @ArgumentList | Out-Host
     if ($LASTEXITCODE -ne 0) {
         throw "$FilePath $($ArgumentList -join ' ') failed with exit code $LASTEXITCODE"
     }
