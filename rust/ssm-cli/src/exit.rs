@@ -1,6 +1,6 @@
 //! Exit codes and the mapping from errors to them. One line on stderr per failure.
 
-use ssm_session::Error;
+use ssm_session::{Error, ErrorKind};
 
 /// Distinct exit codes, stable for scripts.
 pub mod code {
@@ -42,17 +42,17 @@ impl Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let code = match &e {
-            Error::NoRegion | Error::Config(_) => code::CONFIG,
-            Error::Api { .. } => code::API,
-            Error::Listen { .. } => code::LISTEN,
-            Error::Connect(_) | Error::Closed { .. } => code::CONNECT,
-            Error::Handshake(_) => code::SESSION,
-            Error::TimedOut(_) | Error::Timeout(_) => code::TIMEOUT,
-            Error::Io(_) => code::INTERNAL,
-            Error::Cancelled => 130,
-            Error::InvalidTarget { .. } => code::USAGE,
-            Error::TargetNotFound { .. } | Error::AmbiguousTarget { .. } | Error::Dns { .. } => code::TARGET,
+        let code = match e.kind() {
+            ErrorKind::Config => code::CONFIG,
+            ErrorKind::Api => code::API,
+            ErrorKind::Listen => code::LISTEN,
+            ErrorKind::Connection => code::CONNECT,
+            ErrorKind::Session => code::SESSION,
+            ErrorKind::TimedOut => code::TIMEOUT,
+            ErrorKind::Io => code::INTERNAL,
+            ErrorKind::Cancelled => 130,
+            ErrorKind::InvalidTarget => code::USAGE,
+            ErrorKind::TargetNotFound | ErrorKind::AmbiguousTarget | ErrorKind::TargetLookup => code::TARGET,
         };
         Self {
             code,

@@ -9,7 +9,7 @@ mod plugin;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
-use ssm_session::{AwsOptions, ChannelOptions, ForwardOptions, PortForward, ResolveOptions, SsmApi};
+use ssm_session::{AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage};
 
 use crate::exit::Failure;
 
@@ -65,17 +65,27 @@ struct AwsArgs {
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
     /// DNS server for DNS-name targets, ADDR or ADDR:PORT (default: the system's resolver).
-    #[arg(long, global = true, value_name = "ADDR:PORT", value_parser = parse_dns_server)]
+    #[arg(long, global = true, value_name = "ADDR:PORT", value_parser = |s: &str| ssm_session::parse_dns_server(s).map_err(|e| e.to_string()))]
     dns_server: Option<SocketAddr>,
 }
 
-impl AwsArgs {
-    fn options(&self) -> AwsOptions {
-        AwsOptions {
-            profile: self.profile.clone(),
-            region: self.region.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-            ..AwsOptions::default()
+impl Cli {
+    fn settings(&self) -> Settings {
+        Settings {
+            aws: AwsOptions {
+                profile: self.aws.profile.clone(),
+                region: self.aws.region.clone(),
+                ..AwsOptions::default()
+            },
+            endpoints: Endpoints {
+                ssm: self.aws.endpoint_url.clone(),
+                ..Endpoints::default()
+            },
+            dns_server: self.aws.dns_server,
+            channel: ChannelOptions {
+                reconnect_for: std::time::Duration::from_secs(self.reconnect_timeout),
+                ..ChannelOptions::default()
+            },
         }
     }
 }
@@ -144,16 +154,6 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    let ip = s.trim_start_matches('[').trim_end_matches(']');
-    ip.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("expected ADDR or ADDR:PORT, got {s:?}"))
-}
-
 fn parse_parameter(s: &str) -> Result<(String, String), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
     Ok((k.to_owned(), v.to_owned()))
@@ -189,38 +189,13 @@ fn parse_destination(s: &str) -> Result<(String, String, u16), Failure> {
     Ok((user.to_owned(), target.to_owned(), port))
 }
 
-/// The id a session starts with: ids as given, any other form resolved to one running instance.
-async fn session_target(
-    config: &ssm_session::aws::Config,
-    spec: &str,
-    ro: &ResolveOptions,
-) -> Result<ssm_session::ResolvedTarget, Failure> {
-    let t = ssm_session::resolve_session_target(config, spec, ro).await?;
-    log_resolved(spec, &t);
-    Ok(t)
-}
-
-fn log_resolved(spec: &str, t: &ssm_session::ResolvedTarget) {
-    if t.via != ssm_session::resolve::Via::Unchecked {
-        tracing::info!(
-            "target {spec} is {} ({}; {})",
-            t.instance_id,
-            t.name.as_deref().unwrap_or("no Name tag"),
-            t.via
-        );
-    }
+/// Progress goes to the log at debug level; the connector logs resolved targets itself.
+fn log_stage(stage: Stage<'_>) {
+    tracing::debug!("{stage}");
 }
 
 async fn run(cli: Cli) -> Result<i32, Failure> {
-    let opts = cli.aws.options();
-    let ro = ResolveOptions {
-        dns_server: cli.aws.dns_server,
-        ..ResolveOptions::default()
-    };
-    let channel = ChannelOptions {
-        reconnect_for: std::time::Duration::from_secs(cli.reconnect_timeout),
-        ..ChannelOptions::default()
-    };
+    let connector = Connector::new(cli.settings());
     match cli.command {
         Command::Forward {
             target,
@@ -229,14 +204,12 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             local_address,
             remote_host,
         } => {
-            let config = ssm_session::aws::load_config(&opts).await?;
-            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
-            let target = session_target(&config, &target, &ro).await?.instance_id;
-            let mut fo = ForwardOptions::new(target, remote_port);
-            fo.local_addr = SocketAddr::new(local_address, local_port);
-            fo.remote_host = remote_host;
-            fo.channel = channel;
-            let mut forward = PortForward::start(&api, fo).await?;
+            let spec = ForwardSpec {
+                remote_port,
+                remote_host,
+                local_addr: SocketAddr::new(local_address, local_port),
+            };
+            let mut forward = connector.forward(&target, spec, &log_stage).await?.session;
             println!(
                 "Port {} opened for sessionId {}.",
                 forward.local_addr().port(),
@@ -259,18 +232,14 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             document,
             parameters,
         } => {
-            let config = ssm_session::aws::load_config(&opts).await?;
-            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
-            let target = session_target(&config, &target, &ro).await?.instance_id;
             let mut so = ssm_session::ShellOptions {
                 document,
-                channel,
                 ..Default::default()
             };
             for (k, v) in parameters {
                 so.parameters.entry(k).or_default().push(v);
             }
-            let dc = ssm_session::shell::start(&api, &target, so).await?;
+            let dc = connector.shell(&target, so, &log_stage).await?.session;
             let outcome = ssm_session::shell::run_on_terminal(dc).await?;
             Ok(outcome.exit_code.unwrap_or(0))
         }
@@ -280,31 +249,28 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             public_key,
         } => {
             let (user, target, port) = parse_destination(&destination)?;
-            let config = ssm_session::aws::load_config(&opts).await?;
-            let api = SsmApi::new(&config, opts.endpoint_url.as_deref())?;
-            let target = match (ec2ic, public_key) {
+            let key = match (ec2ic, public_key) {
                 (true, Some(path)) => {
                     if user.is_empty() {
                         return Err(Failure::usage(
                             "--ec2ic needs the OS user: user@target:port (ProxyCommand: %r@%h:%p)",
                         ));
                     }
-                    let key = std::fs::read_to_string(&path)
+                    let public_key = std::fs::read_to_string(&path)
                         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-                    // Instance Connect needs the instance's zone, so even an id is looked up.
-                    let resolved = ssm_session::resolve_target(&config, &target, &ro).await?;
-                    log_resolved(&target, &resolved);
-                    ssm_session::ec2ic::push_key(&config, None, &resolved, &user, &key).await?;
-                    resolved.instance_id
+                    Some(KeyPush {
+                        os_user: user,
+                        public_key,
+                    })
                 }
                 (true, None) => return Err(Failure::usage("--ec2ic needs --public-key FILE")),
-                (false, _) => session_target(&config, &target, &ro).await?.instance_id,
+                (false, _) => None,
             };
             // A signal ends the input: the session is drained and terminated, not abandoned.
             let stdin = exit::EofOnSignal::new(tokio::io::stdin());
             let stdout = tokio::io::stdout();
             tokio::select! {
-                end = ssm_session::stdio::run_ssh_stdio(&api, &target, port, channel, stdin, stdout) => { end?; }
+                end = connector.ssh_stdio(&target, port, key, stdin, stdout, &log_stage) => { end?; }
                 _ = exit::interrupted_and_grace() => {}
             }
             Ok(0)

@@ -8,9 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::Deserialize;
-use ssm_proto::{PortMode, PortProperties, SessionType};
+use ssm_proto::{PortMode, PortProperties};
 use ssm_session::aws::SharedControl;
-use ssm_session::{AwsOptions, ChannelOptions, DataChannel, End, PortForward, SsmApi, StartedSession, Token};
+use ssm_session::{AwsOptions, Connector, DataChannel, End, Endpoints, PortForward, Settings, StartedSession, Token};
 
 use crate::exit::{self, Failure, code};
 
@@ -117,7 +117,7 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
 struct Prepared {
     started: StartedSession,
     request: Request,
-    aws: AwsOptions,
+    settings: Settings,
 }
 
 /// Reads the arguments (and the response variable, which is then removed, as the plugin does).
@@ -157,28 +157,33 @@ fn prepare(args: &[String]) -> Result<Prepared, Failure> {
             stream_url: response.stream_url,
         },
         request,
-        aws: AwsOptions {
-            profile,
-            region,
-            endpoint_url,
-            ..AwsOptions::default()
+        settings: Settings {
+            aws: AwsOptions {
+                profile,
+                region,
+                ..AwsOptions::default()
+            },
+            endpoints: Endpoints {
+                ssm: endpoint_url,
+                ..Endpoints::default()
+            },
+            ..Settings::default()
         },
     })
 }
 
 async fn run(p: Prepared) -> Result<(), Failure> {
-    let api = SsmApi::from_options(&p.aws).await?;
-    let control: SharedControl = Arc::new(api);
+    let connector = Connector::new(p.settings);
+    let control: SharedControl = Arc::new(connector.api().await?.clone());
     let session_id = p.started.session_id.clone();
     tracing::info!(session = %session_id, target = %p.request.target, "starting");
-    let dc = DataChannel::open(p.started, control, ChannelOptions::default()).await?;
+    let dc = DataChannel::open(p.started, control, connector.settings().channel.clone()).await?;
     if !dc.start.customer_message.is_empty() {
         eprintln!("{}", dc.start.customer_message);
     }
-    match dc.start.session_type {
-        SessionType::Port => {
-            let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
-            match PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) {
+    match dc.start.port.clone() {
+        Some(port) => {
+            match port.mode {
                 PortMode::Stdio => {
                     // A signal ends the input: the session is drained and terminated.
                     let mut stdin = exit::EofOnSignal::new(tokio::io::stdin());
@@ -189,12 +194,15 @@ async fn run(p: Prepared) -> Result<(), Failure> {
                     }
                     Ok(())
                 }
-                _ => forward(dc, &props, &p.request, &session_id).await,
+                _ => forward(dc, &port.properties, &p.request, &session_id).await,
             }
         }
-        other => Err(Failure {
+        None => Err(Failure {
             code: code::SESSION,
-            message: format!("{} sessions are not supported in plugin mode yet", other.as_str()),
+            message: format!(
+                "{} sessions are not supported in plugin mode yet",
+                dc.start.session_type.as_str()
+            ),
         }),
     }
 }

@@ -99,20 +99,19 @@ impl FfiError {
 
 impl From<ssm_session::Error> for FfiError {
     fn from(e: ssm_session::Error) -> Self {
-        use ssm_session::Error as E;
-        let kind = match &e {
-            E::NoRegion | E::Config(_) => SsmcErrorKind::Configuration,
-            E::Api { .. } => SsmcErrorKind::Api,
-            E::Listen { .. } => SsmcErrorKind::PortInUse,
-            E::Connect(_) | E::Closed { .. } => SsmcErrorKind::ConnectionFailed,
-            E::Handshake(_) => SsmcErrorKind::SessionFailed,
-            E::TimedOut(_) | E::Timeout(_) => SsmcErrorKind::TimedOut,
-            E::Cancelled => SsmcErrorKind::Cancelled,
-            E::Io(_) => SsmcErrorKind::Internal,
-            E::InvalidTarget { .. } => SsmcErrorKind::InvalidArgument,
-            E::TargetNotFound { .. } => SsmcErrorKind::TargetNotFound,
-            E::AmbiguousTarget { .. } => SsmcErrorKind::AmbiguousTarget,
-            E::Dns { .. } => SsmcErrorKind::ConnectionFailed,
+        use ssm_session::ErrorKind as K;
+        let kind = match e.kind() {
+            K::Config => SsmcErrorKind::Configuration,
+            K::InvalidTarget => SsmcErrorKind::InvalidArgument,
+            K::TargetNotFound => SsmcErrorKind::TargetNotFound,
+            K::AmbiguousTarget => SsmcErrorKind::AmbiguousTarget,
+            K::Api => SsmcErrorKind::Api,
+            K::Listen => SsmcErrorKind::PortInUse,
+            K::Connection | K::TargetLookup => SsmcErrorKind::ConnectionFailed,
+            K::Session => SsmcErrorKind::SessionFailed,
+            K::TimedOut => SsmcErrorKind::TimedOut,
+            K::Cancelled => SsmcErrorKind::Cancelled,
+            K::Io => SsmcErrorKind::Internal,
         };
         Self {
             kind,
@@ -218,8 +217,7 @@ pub extern "C" fn ssmc_string_free(s: *mut c_void) {
 /// Client settings and connections to AWS (or to an emulator); shared by the operations.
 #[ffi_type(opaque)]
 pub struct SsmcClient {
-    pub(crate) options: ssm_session::AwsOptions,
-    pub(crate) ec2_endpoint_url: Option<String>,
+    pub(crate) connector: std::sync::Arc<ssm_session::Connector>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -228,38 +226,68 @@ struct ClientRequest {
     profile: Option<String>,
     region: Option<String>,
     endpoint_url: Option<String>,
+    ec2_endpoint_url: Option<String>,
+    ec2_instance_connect_endpoint_url: Option<String>,
     access_key: Option<String>,
     secret_key: Option<String>,
     session_token: Option<String>,
-    ec2_endpoint_url: Option<String>,
     credentials_file: Option<String>,
     config_file: Option<String>,
+    dns_server: Option<String>,
+    environment: Option<std::collections::HashMap<String, String>>,
+}
+
+impl ClientRequest {
+    fn into_settings(self) -> Result<ssm_session::Settings, FfiError> {
+        let dns_server = match self.dns_server.as_deref().map(str::trim) {
+            Some(s) if !s.is_empty() => Some(
+                ssm_session::parse_dns_server(s)
+                    .map_err(|e| FfiError::new(SsmcErrorKind::InvalidArgument, e.to_string()))?,
+            ),
+            _ => None,
+        };
+        let settings = ssm_session::Settings {
+            aws: ssm_session::AwsOptions {
+                profile: self.profile,
+                region: self.region,
+                access_key: self.access_key,
+                secret_key: self.secret_key,
+                session_token: self.session_token,
+                credentials_file: self.credentials_file.map(Into::into),
+                config_file: self.config_file.map(Into::into),
+            },
+            endpoints: ssm_session::Endpoints {
+                ssm: self.endpoint_url,
+                ec2: self.ec2_endpoint_url,
+                ec2_instance_connect: self.ec2_instance_connect_endpoint_url,
+            },
+            dns_server,
+            ..ssm_session::Settings::default()
+        };
+        Ok(match &self.environment {
+            Some(env) => settings.with_environment(env),
+            None => settings,
+        })
+    }
 }
 
 /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-/// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
-/// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
-/// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
-/// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
-/// [`ssmc_client_free`].
+/// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`, `access_key`,
+/// `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
+/// place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
+/// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:
+/// what they set fills what the other fields leave unset, read as the AWS SDK reads the
+/// environment; callers whose environment copy differs from the process's, .NET on Unix, pass
+/// theirs here). The process environment is read by the SDK too. Returns null on error (see last
+/// error). Free with [`ssmc_client_free`].
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_client_new(config_json: AsciiPointer) -> *mut SsmcClient {
     guard(null_mut(), || {
         clear_last_error();
-        match parse_request::<ClientRequest>(&config_json) {
-            Ok(r) => Box::into_raw(Box::new(SsmcClient {
-                options: ssm_session::AwsOptions {
-                    profile: r.profile,
-                    region: r.region,
-                    endpoint_url: r.endpoint_url,
-                    access_key: r.access_key,
-                    secret_key: r.secret_key,
-                    session_token: r.session_token,
-                    credentials_file: r.credentials_file.map(Into::into),
-                    config_file: r.config_file.map(Into::into),
-                },
-                ec2_endpoint_url: r.ec2_endpoint_url,
+        match parse_request::<ClientRequest>(&config_json).and_then(ClientRequest::into_settings) {
+            Ok(settings) => Box::into_raw(Box::new(SsmcClient {
+                connector: std::sync::Arc::new(ssm_session::Connector::new(settings)),
             })),
             Err(e) => {
                 set_last_error(&e);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use interoptopus::patterns::string::AsciiPointer;
 use interoptopus::{ffi_function, ffi_type};
-use ssm_session::{ForwardOptions, ForwardStats, PortForward, ResolveOptions, ShellOptions, SsmApi};
+use ssm_session::{Connector, ForwardSpec, ForwardStats, PortForward, ShellOptions, Stage};
 use tokio::sync::watch;
 
 use crate::{
@@ -84,8 +84,6 @@ struct ForwardRequest {
     local_address: Option<IpAddr>,
     #[serde(default)]
     local_port: u16,
-    #[serde(default)]
-    dns_server: Option<SocketAddr>,
 }
 
 #[derive(serde::Deserialize)]
@@ -96,123 +94,116 @@ struct ShellRequest {
     document: Option<String>,
     #[serde(default)]
     parameters: std::collections::HashMap<String, Vec<String>>,
-    #[serde(default)]
-    dns_server: Option<SocketAddr>,
 }
 
-fn client_options(client: *const SsmcClient) -> Result<(ssm_session::AwsOptions, Option<String>), FfiError> {
-    if client.is_null() {
-        return Err(FfiError::new(
+/// Starts an operation: the client and the request are read here (a null client or a malformed
+/// request sets the last error and returns null), `work` runs on the runtime with the connector
+/// and a stage callback, and `done` records its result.
+fn begin<R, T, F>(
+    client: *const SsmcClient,
+    request_json: &AsciiPointer,
+    work: impl FnOnce(Arc<Connector>, R, Arc<Mutex<Progress>>) -> F,
+    done: fn(&mut Progress, T),
+) -> *mut SsmcOperation
+where
+    R: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = Result<T, ssm_session::Error>> + Send + 'static,
+    T: Send + 'static,
+{
+    let connector = if client.is_null() {
+        Err(FfiError::new(
             SsmcErrorKind::InvalidArgument,
             "the client handle is null",
-        ));
-    }
-    // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
-    let c = unsafe { &*client };
-    Ok((c.options.clone(), c.ec2_endpoint_url.clone()))
+        ))
+    } else {
+        // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
+        Ok(unsafe { &*client }.connector.clone())
+    };
+    let (connector, req) = match connector.and_then(|c| Ok((c, parse_request::<R>(request_json)?))) {
+        Ok(p) => p,
+        Err(e) => {
+            set_last_error(&e);
+            return null_mut();
+        }
+    };
+    SsmcOperation::spawn(move |progress| {
+        let work = work(connector, req, progress.clone());
+        async move {
+            let result = work.await;
+            let mut p = lock(&progress);
+            match result {
+                Ok(value) => {
+                    done(&mut p, value);
+                    p.state = SsmcState::Succeeded;
+                }
+                Err(e) => p.fail(e.into()),
+            }
+        }
+    })
+}
+
+/// A stage callback that shows each stage as the operation's stage text.
+fn stages(progress: Arc<Mutex<Progress>>) -> impl Fn(Stage<'_>) + Send + Sync {
+    move |s| stage(&progress, &s.to_string())
 }
 
 /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-/// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
-/// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
-/// operation, or null with the last error set when the request is malformed. When the operation
-/// succeeds, [`ssmc_operation_take_forward`] hands over the forward.
+/// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
+/// an operation, or null with the last error set when the request is malformed. When the
+/// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
     guard(null_mut(), || {
-        let prepared = client_options(client).and_then(|o| Ok((o, parse_request::<ForwardRequest>(&request_json)?)));
-        let ((options, ec2_endpoint_url), req) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                set_last_error(&e);
-                return null_mut();
-            }
-        };
-        SsmcOperation::spawn(move |progress| async move {
-            let result: Result<Box<SsmcForward>, FfiError> = async {
-                stage(&progress, "Loading AWS configuration");
-                let config = ssm_session::aws::load_config(&options).await?;
-                let api = SsmApi::new(&config, options.endpoint_url.as_deref())?;
-                stage(&progress, &format!("Resolving {}", req.target));
-                let ro = ResolveOptions {
-                    dns_server: req.dns_server,
-                    ec2_endpoint_url,
-                    ..Default::default()
+        begin(
+            client,
+            &request_json,
+            |connector, req: ForwardRequest, progress| async move {
+                let spec = ForwardSpec {
+                    remote_port: req.remote_port,
+                    remote_host: req.remote_host,
+                    local_addr: SocketAddr::new(
+                        req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                        req.local_port,
+                    ),
                 };
-                let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;
-                stage(&progress, &format!("Starting a session with {}", instance.instance_id));
-                let mut fo = ForwardOptions::new(instance.instance_id.clone(), req.remote_port);
-                fo.remote_host = req.remote_host;
-                fo.local_addr = SocketAddr::new(
-                    req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-                    req.local_port,
-                );
-                let forward = PortForward::start(&api, fo).await?;
-                Ok(SsmcForward::new(forward, &req.target, &instance.instance_id))
-            }
-            .await;
-            let mut p = lock(&progress);
-            match result {
-                Ok(f) => {
-                    p.forward = Some(f);
-                    p.stage = "Forwarding".into();
-                    p.state = SsmcState::Succeeded;
-                }
-                Err(e) => p.fail(e),
-            }
-        })
+                let c = connector.forward(&req.target, spec, &stages(progress)).await?;
+                Ok(SsmcForward::new(c.session, &req.target, &c.target.instance_id))
+            },
+            |p, forward| {
+                p.forward = Some(forward);
+                p.stage = "Forwarding".into();
+            },
+        )
     })
 }
 
 /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-/// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
+/// optional `document` and `parameters`. The operation ends when the remote shell does; its
 /// exit code is then in [`ssmc_operation_exit_code`].
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
     guard(null_mut(), || {
-        let prepared = client_options(client).and_then(|o| Ok((o, parse_request::<ShellRequest>(&request_json)?)));
-        let ((options, ec2_endpoint_url), req) = match prepared {
-            Ok(p) => p,
-            Err(e) => {
-                set_last_error(&e);
-                return null_mut();
-            }
-        };
-        SsmcOperation::spawn(move |progress| async move {
-            let result: Result<i32, FfiError> = async {
-                stage(&progress, "Loading AWS configuration");
-                let config = ssm_session::aws::load_config(&options).await?;
-                let api = SsmApi::new(&config, options.endpoint_url.as_deref())?;
-                stage(&progress, &format!("Resolving {}", req.target));
-                let ro = ResolveOptions {
-                    dns_server: req.dns_server,
-                    ec2_endpoint_url,
-                    ..Default::default()
-                };
-                let instance = ssm_session::resolve_session_target(&config, &req.target, &ro).await?;
-                stage(&progress, &format!("Starting a session with {}", instance.instance_id));
-                let so = ShellOptions {
+        begin(
+            client,
+            &request_json,
+            |connector, req: ShellRequest, progress| async move {
+                let options = ShellOptions {
                     document: req.document,
                     parameters: req.parameters,
                     ..Default::default()
                 };
-                let dc = ssm_session::shell::start(&api, &instance.instance_id, so).await?;
+                let dc = connector
+                    .shell(&req.target, options, &stages(progress.clone()))
+                    .await?
+                    .session;
                 stage(&progress, "Running");
                 let outcome = ssm_session::shell::run_on_terminal(dc).await?;
                 Ok(outcome.exit_code.unwrap_or(0))
-            }
-            .await;
-            let mut p = lock(&progress);
-            match result {
-                Ok(code) => {
-                    p.exit_code = code;
-                    p.state = SsmcState::Succeeded;
-                }
-                Err(e) => p.fail(e),
-            }
-        })
+            },
+            |p, code| p.exit_code = code,
+        )
     })
 }
 

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 /// The loaded AWS configuration, re-exported so that callers need no aws-config dependency.
 pub use aws_config::SdkConfig as Config;
 
-/// Where credentials, region and endpoints come from. Unset fields fall back to the AWS SDK
+/// Where credentials and the region come from (endpoints are in [`crate::connect::Endpoints`]). Unset fields fall back to the AWS SDK
 /// default chain (environment, profiles, SSO, credential_process, instance metadata).
 #[derive(Clone, Default)]
 pub struct AwsOptions {
@@ -28,8 +28,6 @@ pub struct AwsOptions {
     pub profile: Option<String>,
     /// Region, e.g. `eu-west-1`.
     pub region: Option<String>,
-    /// SSM endpoint override. `AWS_ENDPOINT_URL_SSM` / `AWS_ENDPOINT_URL` are honoured too.
-    pub endpoint_url: Option<String>,
     /// Explicit access key id (with `secret_key`).
     pub access_key: Option<String>,
     /// Explicit secret key.
@@ -48,7 +46,6 @@ impl fmt::Debug for AwsOptions {
         f.debug_struct("AwsOptions")
             .field("profile", &self.profile)
             .field("region", &self.region)
-            .field("endpoint_url", &self.endpoint_url)
             .field("access_key", &self.access_key)
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<redacted>"))
             .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
@@ -267,12 +264,6 @@ impl SsmApi {
         Ok(Self {
             client: aws_sdk_ssm::Client::from_conf(b.build()),
         })
-    }
-
-    /// Loads configuration from `opts` and builds the client.
-    pub async fn from_options(opts: &AwsOptions) -> Result<Self> {
-        let config = load_config(opts).await?;
-        Self::new(&config, opts.endpoint_url.as_deref())
     }
 
     /// `StartSession`.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use ssm_proto::handshake::{self, HandshakeComplete};
-use ssm_proto::{Channel, Event, OpenDataChannel, PayloadType, SessionType};
+use ssm_proto::{Channel, Event, OpenDataChannel, PayloadType, PortMode, PortProperties, SessionType};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -65,12 +65,35 @@ pub struct SessionStart {
     pub session_id: String,
     /// Session type announced by the agent, or `Standard_Stream` without a handshake (§5.1).
     pub session_type: SessionType,
-    /// Handshake properties (`null` for shells).
-    pub properties: serde_json::Value,
+    /// For a `Port` session: the mode the client runs it in and the properties it was
+    /// announced with (§7.1), read once from the handshake.
+    pub port: Option<PortStart>,
     /// Agent version from the handshake (empty without one).
     pub agent_version: String,
     /// `CustomerMessage` from HandshakeComplete.
     pub customer_message: String,
+}
+
+/// How a `Port` session is to be run, as its handshake announced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortStart {
+    /// Basic, multiplexed or stream (§7.1).
+    pub mode: PortMode,
+    /// The handshake's port properties (`portNumber`, `type`, `localPortNumber`, `host`).
+    pub properties: PortProperties,
+}
+
+impl PortStart {
+    fn from_handshake(session_type: &SessionType, properties: &serde_json::Value, agent_version: &str) -> Option<Self> {
+        if *session_type != SessionType::Port {
+            return None;
+        }
+        let properties: PortProperties = serde_json::from_value(properties.clone()).unwrap_or_default();
+        Some(Self {
+            mode: PortMode::for_client(properties.kind.as_deref(), agent_version),
+            properties,
+        })
+    }
 }
 
 /// How a session ended.
@@ -268,7 +291,7 @@ async fn dial(url: &str, token: &Token, client_id: &str, client_version: &str) -
         Ok(Err(e)) => {
             return Err(Error::Connect(format!("cannot open {}: {e}", redact_url(url))));
         }
-        Err(_) => return Err(Error::Timeout("opening the data channel")),
+        Err(_) => return Err(Error::DeadlinePassed("opening the data channel")),
     };
     let open = OpenDataChannel {
         message_schema_version: "1.0".into(),
@@ -433,7 +456,7 @@ impl Driver {
         let now = Instant::now();
         self.channel.handle_timeout(now);
         if !self.started() && now >= self.start_deadline {
-            return Err(self.fail_start(Error::Timeout("waiting for the session to start")));
+            return Err(self.fail_start(Error::DeadlinePassed("waiting for the session to start")));
         }
         if now >= self.last_rx + self.opts.dead_after {
             tracing::info!(session = %self.session_id, "no traffic for {:?}; reconnecting", self.opts.dead_after);
@@ -508,8 +531,8 @@ impl Driver {
                         };
                         let start = SessionStart {
                             session_id: self.session_id.clone(),
+                            port: PortStart::from_handshake(&session_type, &hs.properties, &hs.agent_version),
                             session_type,
-                            properties: hs.properties,
                             agent_version: hs.agent_version,
                             customer_message: complete.customer_message,
                         };
@@ -531,7 +554,7 @@ impl Driver {
                         let start = SessionStart {
                             session_id: self.session_id.clone(),
                             session_type: SessionType::StandardStream,
-                            properties: serde_json::Value::Null,
+                            port: None,
                             agent_version: String::new(),
                             customer_message: String::new(),
                         };
@@ -628,7 +651,7 @@ impl Driver {
                     tracing::debug!(session = %self.session_id, "ended while finishing: {e}");
                     return Ok(Some(End::Finished));
                 }
-                Ok(None) => return Err(Error::TimedOut(self.session_id.clone())),
+                Ok(None) => return Err(Error::SessionExpired(self.session_id.clone())),
                 Err(e) if e.api_code() == Some("DoesNotExistException") => {
                     return Err(Error::Closed {
                         session_id: self.session_id.clone(),

@@ -43,12 +43,13 @@ pub enum Error {
         /// Text from `channel_closed`, if any.
         reason: String,
     },
-    /// `ResumeSession` returned no token: the session timed out (§1.4).
+    /// `ResumeSession` returned no token: the service let the session expire while the
+    /// connection was lost (§1.4).
     #[error("session {0} timed out")]
-    TimedOut(String),
-    /// A deadline passed.
+    SessionExpired(String),
+    /// A local deadline passed while waiting for the named step.
     #[error("{0} timed out")]
-    Timeout(&'static str),
+    DeadlinePassed(&'static str),
     /// Local I/O failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -118,7 +119,55 @@ impl Candidate {
     }
 }
 
+/// What kind of failure an [`Error`] is: the one classification that the helper's exit codes
+/// and the C ABI's error kinds are both mapped from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// No region, a bad endpoint, conflicting credentials or settings.
+    Config,
+    /// The target text is malformed.
+    InvalidTarget,
+    /// No running instance matched the target.
+    TargetNotFound,
+    /// Several running instances matched the target.
+    AmbiguousTarget,
+    /// DNS failed while resolving a name target.
+    TargetLookup,
+    /// An AWS API call failed.
+    Api,
+    /// The local port could not be bound.
+    Listen,
+    /// The data channel could not be opened, was lost for good, or was closed by the service.
+    Connection,
+    /// The session could not start (handshake, unsupported feature).
+    Session,
+    /// The session expired or a local deadline passed.
+    TimedOut,
+    /// The caller cancelled.
+    Cancelled,
+    /// Local I/O failed.
+    Io,
+}
+
 impl Error {
+    /// The kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NoRegion | Error::Config(_) => ErrorKind::Config,
+            Error::InvalidTarget { .. } => ErrorKind::InvalidTarget,
+            Error::TargetNotFound { .. } => ErrorKind::TargetNotFound,
+            Error::AmbiguousTarget { .. } => ErrorKind::AmbiguousTarget,
+            Error::Dns { .. } => ErrorKind::TargetLookup,
+            Error::Api { .. } => ErrorKind::Api,
+            Error::Listen { .. } => ErrorKind::Listen,
+            Error::Connect(_) | Error::Closed { .. } => ErrorKind::Connection,
+            Error::Handshake(_) => ErrorKind::Session,
+            Error::SessionExpired(_) | Error::DeadlinePassed(_) => ErrorKind::TimedOut,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Io(_) => ErrorKind::Io,
+        }
+    }
+
     /// The AWS error code, when this is an API error that carried one.
     pub fn api_code(&self) -> Option<&str> {
         match self {

@@ -1,5 +1,8 @@
 //! The SSMConnect client runtime: everything between a target id and bytes flowing.
 //!
+//! The way in is [`Connector`]: built once from [`Settings`], it resolves a target and starts a
+//! forward, a shell or an ssh stream session with it.
+//!
 //! What it is: AWS configuration and the SSM calls (`StartSession`, `ResumeSession`,
 //! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
 //! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
@@ -13,6 +16,7 @@
 //! it. Tokens never appear in its logs, errors or `Debug` output.
 
 pub mod aws;
+pub mod connect;
 pub mod driver;
 pub mod ec2ic;
 pub mod error;
@@ -22,10 +26,11 @@ pub mod shell;
 pub mod stdio;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
-pub use driver::{ChannelOptions, DataChannel, DataSender, End, SessionStart};
-pub use error::{Candidate, Error, Result};
+pub use connect::{Connected, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage, StageFn, no_stages};
+pub use driver::{ChannelOptions, DataChannel, DataSender, End, PortStart, SessionStart};
+pub use error::{Candidate, Error, ErrorKind, Result};
 pub use port::{ForwardOptions, ForwardStats, PortForward};
-pub use resolve::{ResolveOptions, ResolvedTarget, resolve_session_target, resolve_target};
+pub use resolve::{ResolveOptions, ResolvedTarget, parse_dns_server, resolve_session_target, resolve_target};
 pub use shell::{ShellOptions, ShellOutcome};
 
 /// Makes ring the process-wide rustls provider (idempotent).

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ssm_proto::smux::{Mux, MuxEvent, Side};
-use ssm_proto::{PayloadType, PortFlag, PortMode, PortProperties, SessionType};
+use ssm_proto::{PayloadType, PortFlag, PortMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -110,13 +110,11 @@ impl PortForward {
     /// session.
     pub async fn from_channel(dc: DataChannel, listener: TcpListener, payload_size: usize) -> Result<Self> {
         let local_addr = listener.local_addr()?;
-        if dc.start.session_type != SessionType::Port {
+        let Some(mode) = dc.start.port.as_ref().map(|p| p.mode) else {
             let (sender, _, _) = dc.into_parts();
             sender.finish(true).await;
             return Err(Error::Config("the agent did not start a port session".into()));
-        }
-        let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
-        let mode = PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version);
+        };
         let session_id = dc.start.session_id.clone();
         let agent_version = dc.start.agent_version.clone();
         let stats = Arc::new(ForwardStats::default());

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ssm_proto::{PayloadType, PortMode, PortProperties, SessionType};
+use ssm_proto::{PayloadType, PortMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::aws::{SharedControl, SsmApi, StartedSession};
@@ -45,17 +45,19 @@ where
     W: AsyncWrite + Unpin,
 {
     let dc = DataChannel::open(started, control, opts).await?;
-    if dc.start.session_type != SessionType::Port {
-        return Err(Error::Config(format!(
-            "expected a port session, the agent started {}",
-            dc.start.session_type.as_str()
-        )));
-    }
-    let props: PortProperties = serde_json::from_value(dc.start.properties.clone()).unwrap_or_default();
-    if PortMode::for_client(props.kind.as_deref(), &dc.start.agent_version) != PortMode::Stdio {
-        return Err(Error::Config(
-            "the session is a port forward, not a stream session".into(),
-        ));
+    match dc.start.port.as_ref().map(|p| p.mode) {
+        Some(PortMode::Stdio) => {}
+        Some(_) => {
+            return Err(Error::Config(
+                "the session is a port forward, not a stream session".into(),
+            ));
+        }
+        None => {
+            return Err(Error::Config(format!(
+                "expected a port session, the agent started {}",
+                dc.start.session_type.as_str()
+            )));
+        }
     }
     pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut input, &mut output).await
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use ssm_emulator::{Config, Emulator, SessionInfo};
-use ssm_session::{AwsOptions, ForwardOptions, PortForward, SsmApi};
+use ssm_session::{AwsOptions, Connector, Endpoints, ForwardOptions, PortForward, Settings, SsmApi};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -20,21 +20,31 @@ use tokio::task::JoinHandle;
 /// Target id every test uses (the emulator accepts any `i-…`).
 pub const TARGET: &str = "i-0123456789abcdef0";
 
-/// Client options for an emulator (or anything else) at `endpoint`: explicit credentials, so no
+/// Settings for an emulator (or anything else) at `endpoint`: explicit credentials, so no
 /// credential chain or instance metadata is consulted.
-pub fn aws_options(endpoint: &str) -> AwsOptions {
-    AwsOptions {
-        region: Some("us-east-1".into()),
-        endpoint_url: Some(endpoint.to_owned()),
-        access_key: Some("AKIDEXAMPLE".into()),
-        secret_key: Some("secret".into()),
-        ..AwsOptions::default()
+pub fn settings(endpoint: &str) -> Settings {
+    Settings {
+        aws: AwsOptions {
+            region: Some("us-east-1".into()),
+            access_key: Some("AKIDEXAMPLE".into()),
+            secret_key: Some("secret".into()),
+            ..AwsOptions::default()
+        },
+        endpoints: Endpoints {
+            ssm: Some(endpoint.to_owned()),
+            ..Endpoints::default()
+        },
+        ..Settings::default()
     }
 }
 
 /// An SSM client for `endpoint`.
 pub async fn api(endpoint: &str) -> SsmApi {
-    SsmApi::from_options(&aws_options(endpoint)).await.expect("SSM client")
+    Connector::new(settings(endpoint))
+        .api()
+        .await
+        .expect("SSM client")
+        .clone()
 }
 
 /// Starts the emulator.

@@ -1,0 +1,372 @@
+//! One way in: every setting in one [`Settings`], one [`Connector`] built from it, and one
+//! method per session kind that takes a target as the user typed it.
+//!
+//! The recipe each method follows is written only here: load the AWS configuration (once per
+//! connector), resolve the target (ids pass through unchecked, other forms go to EC2 and DNS),
+//! push an EC2 Instance Connect key when asked, start the session. The helper executable and the
+//! C ABI parse their input into [`Settings`], call a method and map the result; they hold no
+//! recipe of their own.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::OnceCell;
+
+use crate::aws::{AwsOptions, Config, SsmApi, load_config};
+use crate::driver::{ChannelOptions, DataChannel, End};
+use crate::error::Result;
+use crate::port::{ForwardOptions, PortForward};
+use crate::resolve::{ResolveOptions, ResolvedTarget, Via, resolve_session_target, resolve_target};
+use crate::shell::ShellOptions;
+
+/// Endpoint overrides, one per service. `None` leaves the choice to the SDK's own order
+/// (`AWS_ENDPOINT_URL_<SERVICE>`, the profile's `services` section, `AWS_ENDPOINT_URL`, the
+/// regional endpoint); whatever is chosen, plain `http://` is accepted only for loopback.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    /// Systems Manager (StartSession, ResumeSession, TerminateSession).
+    pub ssm: Option<String>,
+    /// EC2 (target resolution).
+    pub ec2: Option<String>,
+    /// EC2 Instance Connect (key pushes).
+    pub ec2_instance_connect: Option<String>,
+}
+
+/// Everything a [`Connector`] is built from.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Credentials, profile, region and shared files.
+    pub aws: AwsOptions,
+    /// Endpoint overrides.
+    pub endpoints: Endpoints,
+    /// DNS server for DNS-name targets; `None` is the system's resolver.
+    pub dns_server: Option<SocketAddr>,
+    /// Data-channel tunables, among them how long to keep reconnecting.
+    pub channel: ChannelOptions,
+}
+
+impl Settings {
+    /// Fills what is unset from `env`, a caller's view of the environment whose `AWS_*`
+    /// variables the SDK cannot see itself (.NET keeps its own copy on Linux and macOS: a
+    /// variable set after the process started never reaches the native `getenv`). Read in the
+    /// SDK's order: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`,
+    /// `AWS_REGION` then `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_SSM` / `_EC2` /
+    /// `_EC2_INSTANCE_CONNECT` each falling back to `AWS_ENDPOINT_URL` (unless
+    /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`), and the access key pair with its
+    /// session token when neither keys nor a profile nor a credentials file were given.
+    pub fn with_environment(mut self, env: &HashMap<String, String>) -> Self {
+        let get = |name: &str| {
+            env.get(name)
+                .map(|v| v.trim())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let aws = &mut self.aws;
+        let explicit_credentials = aws.access_key.is_some() || aws.profile.is_some() || aws.credentials_file.is_some();
+        aws.profile = aws.profile.take().or_else(|| get("AWS_PROFILE"));
+        aws.credentials_file = aws
+            .credentials_file
+            .take()
+            .or_else(|| get("AWS_SHARED_CREDENTIALS_FILE").map(PathBuf::from));
+        aws.config_file = aws
+            .config_file
+            .take()
+            .or_else(|| get("AWS_CONFIG_FILE").map(PathBuf::from));
+        aws.region = aws
+            .region
+            .take()
+            .or_else(|| get("AWS_REGION"))
+            .or_else(|| get("AWS_DEFAULT_REGION"));
+        let ignore_endpoints =
+            get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if !ignore_endpoints {
+            let e = &mut self.endpoints;
+            for (slot, var) in [
+                (&mut e.ssm, "AWS_ENDPOINT_URL_SSM"),
+                (&mut e.ec2, "AWS_ENDPOINT_URL_EC2"),
+                (&mut e.ec2_instance_connect, "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT"),
+            ] {
+                *slot = slot.take().or_else(|| get(var)).or_else(|| get("AWS_ENDPOINT_URL"));
+            }
+        }
+        if !explicit_credentials
+            && let (Some(key), Some(secret)) = (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY"))
+        {
+            aws.access_key = Some(key);
+            aws.secret_key = Some(secret);
+            aws.session_token = aws.session_token.take().or_else(|| get("AWS_SESSION_TOKEN"));
+        }
+        self
+    }
+}
+
+/// What a connector is doing, for progress displays.
+#[derive(Debug, Clone, Copy)]
+pub enum Stage<'a> {
+    /// Loading the AWS configuration (first use of a connector only).
+    LoadingConfig,
+    /// Resolving the target as typed.
+    Resolving(&'a str),
+    /// Pushing an EC2 Instance Connect key to the instance.
+    PushingKey(&'a str),
+    /// Starting a session with the instance (id).
+    Starting(&'a str),
+}
+
+impl fmt::Display for Stage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stage::LoadingConfig => f.write_str("Loading AWS configuration"),
+            Stage::Resolving(t) => write!(f, "Resolving {t}"),
+            Stage::PushingKey(id) => write!(f, "Pushing the public key to {id}"),
+            Stage::Starting(id) => write!(f, "Starting a session with {id}"),
+        }
+    }
+}
+
+/// Where a forward listens and what it reaches.
+#[derive(Debug, Clone)]
+pub struct ForwardSpec {
+    /// Port on the target, or on `remote_host`.
+    pub remote_port: u16,
+    /// A host reached through the target instead of the target itself.
+    pub remote_host: Option<String>,
+    /// Local address and port (port 0 picks a free one).
+    pub local_addr: SocketAddr,
+}
+
+/// An EC2 Instance Connect key to push before an SSH session.
+#[derive(Debug, Clone)]
+pub struct KeyPush {
+    /// The OS user the key is for.
+    pub os_user: String,
+    /// One OpenSSH public-key line.
+    pub public_key: String,
+}
+
+/// A session with its target, as resolved.
+#[derive(Debug)]
+pub struct Connected<T> {
+    /// The instance the target meant.
+    pub target: ResolvedTarget,
+    /// The session.
+    pub session: T,
+}
+
+/// Starts sessions with targets, from one set of [`Settings`]. Cheap to build: nothing is
+/// loaded or dialled until the first session; the AWS configuration is then loaded once and
+/// kept (a failed load is tried again next time).
+pub struct Connector {
+    settings: Settings,
+    loaded: OnceCell<(Config, SsmApi)>,
+}
+
+/// How progress is reported: called with each [`Stage`] as it begins.
+pub type StageFn<'a> = &'a (dyn Fn(Stage<'_>) + Send + Sync);
+
+/// A stage callback that ignores every stage.
+pub fn no_stages(_: Stage<'_>) {}
+
+impl Connector {
+    /// A connector for `settings`. Nothing is checked or loaded yet: endpoints are checked
+    /// when the client that uses them is built.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            loaded: OnceCell::new(),
+        }
+    }
+
+    /// The settings it was built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    async fn loaded(&self, stage: StageFn<'_>) -> Result<&(Config, SsmApi)> {
+        self.loaded
+            .get_or_try_init(|| async {
+                stage(Stage::LoadingConfig);
+                let config = load_config(&self.settings.aws).await?;
+                let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?;
+                Ok((config, api))
+            })
+            .await
+    }
+
+    /// The loaded AWS configuration.
+    pub async fn config(&self) -> Result<&Config> {
+        Ok(&self.loaded(&no_stages).await?.0)
+    }
+
+    /// The SSM calls, for sessions started elsewhere (the plugin-compatible mode, §1.3).
+    pub async fn api(&self) -> Result<&SsmApi> {
+        Ok(&self.loaded(&no_stages).await?.1)
+    }
+
+    fn resolve_options(&self) -> ResolveOptions {
+        ResolveOptions {
+            dns_server: self.settings.dns_server,
+            ec2_endpoint_url: self.settings.endpoints.ec2.clone(),
+            ..ResolveOptions::default()
+        }
+    }
+
+    /// Resolves `target` for a session: ids pass through unchecked, every other form is looked
+    /// up. With `full`, ids are looked up in EC2 too (EC2 Instance Connect needs the zone).
+    pub async fn resolve(&self, target: &str, full: bool, stage: StageFn<'_>) -> Result<ResolvedTarget> {
+        let (config, _) = self.loaded(stage).await?;
+        stage(Stage::Resolving(target));
+        let ro = self.resolve_options();
+        let resolved = if full {
+            resolve_target(config, target, &ro).await?
+        } else {
+            resolve_session_target(config, target, &ro).await?
+        };
+        if resolved.via != Via::Unchecked {
+            tracing::info!(
+                "target {target} is {} ({}; {})",
+                resolved.instance_id,
+                resolved.name.as_deref().unwrap_or("no Name tag"),
+                resolved.via
+            );
+        }
+        Ok(resolved)
+    }
+
+    /// Opens a port forward to `target`: the local port is bound first, then the session
+    /// started and its handshake awaited.
+    pub async fn forward(&self, target: &str, spec: ForwardSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {
+        let resolved = self.resolve(target, false, stage).await?;
+        stage(Stage::Starting(&resolved.instance_id));
+        let mut fo = ForwardOptions::new(resolved.instance_id.clone(), spec.remote_port);
+        fo.remote_host = spec.remote_host;
+        fo.local_addr = spec.local_addr;
+        fo.channel = self.settings.channel.clone();
+        let forward = PortForward::start(self.api().await?, fo).await?;
+        Ok(Connected {
+            target: resolved,
+            session: forward,
+        })
+    }
+
+    /// Starts a shell (or a document's interactive command) on `target`; run it with
+    /// [`crate::shell::run_on_terminal`].
+    pub async fn shell(
+        &self,
+        target: &str,
+        mut options: ShellOptions,
+        stage: StageFn<'_>,
+    ) -> Result<Connected<DataChannel>> {
+        let resolved = self.resolve(target, false, stage).await?;
+        stage(Stage::Starting(&resolved.instance_id));
+        options.channel = self.settings.channel.clone();
+        let dc = crate::shell::start(self.api().await?, &resolved.instance_id, options).await?;
+        Ok(Connected {
+            target: resolved,
+            session: dc,
+        })
+    }
+
+    /// Carries an SSH connection to `port` on `target` over `input`/`output` (the ssh
+    /// `ProxyCommand` mode, §7.5), after pushing `key` with EC2 Instance Connect when given.
+    pub async fn ssh_stdio<R, W>(
+        &self,
+        target: &str,
+        port: u16,
+        key: Option<KeyPush>,
+        input: R,
+        output: W,
+        stage: StageFn<'_>,
+    ) -> Result<End>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let resolved = self.resolve(target, key.is_some(), stage).await?;
+        if let Some(k) = key {
+            stage(Stage::PushingKey(&resolved.instance_id));
+            let endpoint = self.settings.endpoints.ec2_instance_connect.as_deref();
+            crate::ec2ic::push_key(self.config().await?, endpoint, &resolved, &k.os_user, &k.public_key).await?;
+        }
+        stage(Stage::Starting(&resolved.instance_id));
+        let api = self.api().await?;
+        crate::stdio::run_ssh_stdio(
+            api,
+            &resolved.instance_id,
+            port,
+            self.settings.channel.clone(),
+            input,
+            output,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn environment_fills_only_what_is_unset() {
+        let mut given = Settings::default();
+        given.aws.region = Some("eu-west-1".into());
+        given.endpoints.ec2 = Some("http://127.0.0.1:1".into());
+        let s = given.with_environment(&env(&[
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_PROFILE", " dev "),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:2"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]));
+        assert_eq!(s.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.aws.profile.as_deref(), Some("dev"));
+        assert_eq!(s.endpoints.ssm.as_deref(), Some("http://127.0.0.1:2"));
+        assert_eq!(s.endpoints.ec2.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(s.endpoints.ec2_instance_connect.as_deref(), Some("http://127.0.0.1:9"));
+        // As in the SDK's default chain, the environment's keys win over its AWS_PROFILE.
+        assert_eq!(s.aws.access_key.as_deref(), Some("AKID"));
+        let with_profile = Settings {
+            aws: AwsOptions {
+                profile: Some("ops".into()),
+                ..AwsOptions::default()
+            },
+            ..Settings::default()
+        }
+        .with_environment(&env(&[
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]));
+        assert_eq!(
+            with_profile.aws.access_key, None,
+            "a profile given by the caller is the whole truth"
+        );
+    }
+
+    #[test]
+    fn environment_keys_default_region_and_ignored_endpoints() {
+        let s = Settings::default().with_environment(&env(&[
+            ("AWS_DEFAULT_REGION", "ap-south-1"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "tok"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "TRUE"),
+            ("AWS_CONFIG_FILE", "/tmp/c"),
+            ("AWS_REGION", "  "),
+        ]));
+        assert_eq!(s.aws.region.as_deref(), Some("ap-south-1"));
+        assert_eq!(s.aws.access_key.as_deref(), Some("AKID"));
+        assert_eq!(s.aws.secret_key.as_deref(), Some("secret"));
+        assert_eq!(s.aws.session_token.as_deref(), Some("tok"));
+        assert_eq!(s.aws.config_file, Some(PathBuf::from("/tmp/c")));
+        assert!(s.endpoints.ssm.is_none() && s.endpoints.ec2.is_none());
+    }
+}
