@@ -1,232 +1,26 @@
-//! One emulated agent per session: the agent's reliable channel (§4.4, §4.5), the handshake
-//! (§5, §11.3), the session plugin, and the MGS-side faults on the socket (§11.4).
+//! One emulated agent per session, started by its first connection: the agent's reliable
+//! channel (§4.4, §4.5), the handshake (§5, §11.3) and the session plugin, with the frame faults,
+//! publication pauses and socket cuts of MGS applied to what it writes (§4.7, §11.4).
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::{Message, WebSocket};
-use futures_util::{SinkExt, StreamExt};
 use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse};
 use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
-use crate::faults::{self, DirectionFaults, Verdict};
+use crate::config::{AgentRetransmit, Config};
+use crate::faults::{self, Interrupt, Interruptions};
+use crate::link::{self, Inbound, Link};
 use crate::port::{DestEvent, PortPlugin};
 use crate::shell::ShellPlugin;
-use crate::state::{Counters, SessionSpec, Shared};
-
-/// Commands from the API side to a session's agent.
-pub(crate) enum AgentCommand {
-    /// A client connected with a valid token.
-    Attach(Box<Connection>),
-    /// `TerminateSession` was called.
-    Terminate,
-}
-
-/// An accepted data-channel WebSocket.
-pub(crate) struct Connection {
-    pub(crate) socket: WebSocket,
-    pub(crate) client_version: String,
-}
+use crate::state::{AgentCommand, Connection, Counters, SessionSpec, Shared};
 
 /// How long the agent waits for the handshake response (§5.3).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the agent waits for its output to be acked before closing (§4.9, §6.6).
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
-
-enum LinkOut {
-    Frame(Vec<u8>),
-    Cut,
-    Close,
-}
-
-enum Inbound {
-    Frame(u64, Vec<u8>),
-    Closed(u64),
-}
-
-struct Link {
-    id: u64,
-    out: mpsc::UnboundedSender<LinkOut>,
-    frames_sent: u64,
-}
-
-/// Delays, duplicates and reorders frames of one direction (§11.4).
-struct Shaper {
-    heap: BinaryHeap<Reverse<(tokio::time::Instant, u64, Vec<u8>)>>,
-    counter: u64,
-    held: Option<Vec<u8>>,
-}
-
-impl Shaper {
-    fn new() -> Self {
-        Self {
-            heap: BinaryHeap::new(),
-            counter: 0,
-            held: None,
-        }
-    }
-
-    /// Applies `f` to `frame`; returns frames due now, in order.
-    fn push(&mut self, shared: &Shared, f: &DirectionFaults, frame: Vec<u8>) -> Vec<Vec<u8>> {
-        let verdict = faults::decide(f, &mut rand::rng());
-        let now = tokio::time::Instant::now();
-        let mut ready = Vec::new();
-        match verdict {
-            Verdict::Drop => Counters::add(&shared.counters.frames_dropped, 1),
-            Verdict::Deliver { copies, delay, hold } => {
-                if copies > 1 {
-                    Counters::add(&shared.counters.frames_duplicated, 1);
-                }
-                let mut batch = Vec::new();
-                for _ in 0..copies {
-                    batch.push(frame.clone());
-                }
-                if hold && self.held.is_none() {
-                    self.held = batch.pop();
-                } else if let Some(h) = self.held.take() {
-                    batch.push(h);
-                }
-                for b in batch {
-                    if delay.is_zero() && self.heap.is_empty() {
-                        ready.push(b);
-                    } else {
-                        self.counter += 1;
-                        self.heap.push(Reverse((now + delay, self.counter, b)));
-                    }
-                }
-            }
-        }
-        ready.extend(self.pop_due(now));
-        ready
-    }
-
-    fn pop_due(&mut self, now: tokio::time::Instant) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(Reverse((at, _, _))) = self.heap.peek() {
-            if *at > now {
-                break;
-            }
-            if let Some(Reverse((_, _, b))) = self.heap.pop() {
-                out.push(b);
-            }
-        }
-        out
-    }
-
-    fn next_due(&self) -> Option<tokio::time::Instant> {
-        self.heap.peek().map(|Reverse((at, _, _))| *at)
-    }
-
-    fn drain_all(&mut self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
-        out.extend(self.held.take());
-        out
-    }
-}
-
-/// How long a socket is still read after its agent has finished.
-const CLOSE_LINGER: Duration = Duration::from_secs(5);
-
-/// The agent has finished: keep reading (and discarding) until the client closes its side or
-/// `CLOSE_LINGER` passes. Dropping the socket with unread frames in its receive buffer makes the
-/// kernel reset the connection, and a reset destroys what is still in flight to the client:
-/// acks, `channel_closed` and the close frame.
-async fn linger(stream: &mut futures_util::stream::SplitStream<WebSocket>) {
-    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
-}
-
-fn spawn_link(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::UnboundedSender<Inbound>) -> Link {
-    let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
-    let reader_shared = shared.clone();
-    let reader: JoinHandle<()> = tokio::spawn(async move {
-        let mut shaper = Shaper::new();
-        loop {
-            let due = shaper.next_due();
-            tokio::select! {
-                msg = stream.next() => {
-                    let bytes = match msg {
-                        Some(Ok(Message::Binary(b))) => b.to_vec(),
-                        // §2.3: text frames are parsed as binary messages too.
-                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                    };
-                    let f = reader_shared.faults().to_agent;
-                    for frame in shaper.push(&reader_shared, &f, bytes) {
-                        if inbound.send(Inbound::Frame(id, frame)).is_err() {
-                            linger(&mut stream).await;
-                            return;
-                        }
-                    }
-                }
-                _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    for frame in shaper.pop_due(tokio::time::Instant::now()) {
-                        if inbound.send(Inbound::Frame(id, frame)).is_err() {
-                            linger(&mut stream).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-        for frame in shaper.drain_all() {
-            let _ = inbound.send(Inbound::Frame(id, frame));
-        }
-        let _ = inbound.send(Inbound::Closed(id));
-    });
-    tokio::spawn(async move {
-        let mut shaper = Shaper::new();
-        loop {
-            let due = shaper.next_due();
-            tokio::select! {
-                cmd = out_rx.recv() => match cmd {
-                    Some(LinkOut::Frame(bytes)) => {
-                        let f = shared.faults().to_client;
-                        for frame in shaper.push(&shared, &f, bytes) {
-                            if sink.send(Message::Binary(frame.into())).await.is_err() {
-                                reader.abort();
-                                return;
-                            }
-                        }
-                    }
-                    Some(LinkOut::Cut) => {
-                        // Abrupt: no close frame; dropping both halves closes the TCP connection.
-                        Counters::add(&shared.counters.sockets_cut, 1);
-                        reader.abort();
-                        return;
-                    }
-                    Some(LinkOut::Close) | None => {
-                        for frame in shaper.drain_all() {
-                            let _ = sink.send(Message::Binary(frame.into())).await;
-                        }
-                        let _ = sink.send(Message::Close(None)).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
-                        return;
-                    }
-                },
-                _ = sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {
-                    for frame in shaper.pop_due(tokio::time::Instant::now()) {
-                        if sink.send(Message::Binary(frame.into())).await.is_err() {
-                            reader.abort();
-                            return;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Link {
-        id,
-        out: out_tx,
-        frames_sent: 0,
-    }
-}
 
 enum Stage {
     /// No client has connected yet.
@@ -246,10 +40,8 @@ struct Agent {
     link: Option<Link>,
     next_link_id: u64,
     link_lost_at: Option<Instant>,
-    cuts: u64,
-    frames_to_client: u64,
+    interruptions: Interruptions,
     pause_until: Option<Instant>,
-    pause_done: bool,
     inbound_tx: mpsc::UnboundedSender<Inbound>,
     stage: Stage,
     session_type: SessionType,
@@ -307,19 +99,22 @@ fn document_session(spec: &SessionSpec) -> (SessionType, serde_json::Value) {
     }
 }
 
-fn agent_channel_config(config: &crate::Config) -> ssm_proto::Config {
+fn agent_channel_config(config: &Config) -> ssm_proto::Config {
     let mut c = ssm_proto::Config::agent();
-    if config.agent_retransmit == crate::AgentRetransmit::PerMessage {
+    if config.agent_retransmit == AgentRetransmit::PerMessage {
         c.retransmit = ssm_proto::RetransmitPolicy::PerMessage;
     }
     c
 }
 
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    spec: Arc<SessionSpec>,
-    mut commands: mpsc::UnboundedReceiver<AgentCommand>,
-) {
+/// Hands a connection to the session's agent, starting the agent on first use.
+pub(crate) fn attach(shared: &Arc<Shared>, spec: Arc<SessionSpec>, conn: Connection) {
+    if let Some(commands) = shared.attach(&spec, conn) {
+        tokio::spawn(run(shared.clone(), spec, commands));
+    }
+}
+
+async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::UnboundedReceiver<AgentCommand>) {
     let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel();
     let (dest_tx, mut dest_rx) = mpsc::channel(64);
     let now = Instant::now();
@@ -332,10 +127,8 @@ pub(crate) async fn run(
         link: None,
         next_link_id: 0,
         link_lost_at: None,
-        cuts: 0,
-        frames_to_client: 0,
+        interruptions: Interruptions::default(),
         pause_until: None,
-        pause_done: false,
         inbound_tx,
         stage: Stage::Idle,
         session_type,
@@ -371,7 +164,7 @@ pub(crate) async fn run(
         agent.flush();
     }
     if let Some(link) = agent.link.take() {
-        let _ = link.out.send(LinkOut::Close);
+        link.close();
     }
     if let Some(port) = agent.port.as_mut() {
         port.shutdown();
@@ -404,10 +197,10 @@ impl Agent {
     async fn attach(&mut self, conn: Connection) {
         let now = Instant::now();
         if let Some(old) = self.link.take() {
-            let _ = old.out.send(LinkOut::Close);
+            old.close();
         }
         self.next_link_id += 1;
-        self.link = Some(spawn_link(
+        self.link = Some(link::spawn(
             self.shared.clone(),
             conn.socket,
             self.next_link_id,
@@ -699,47 +492,30 @@ impl Agent {
         let faults = self.shared.faults();
         // While publication is paused (§4.7) every frame waits in the channel, acks included.
         while self.pause_until.is_none()
-            && let Some(mut frame) = self.channel.poll_transmit()
+            && let Some(frame) = self.channel.poll_transmit()
         {
             let Some(link) = self.link.as_mut() else {
                 continue;
             };
-            let is_ack = frame.get(4..15) == Some(b"acknowledge".as_slice());
-            if is_ack && faults.withhold_acks > 0.0 && rand::random_bool(faults.withhold_acks.clamp(0.0, 1.0)) {
+            let Some(frame) = faults::outgoing(&faults, frame) else {
+                continue;
+            };
+            if !link.send(frame) {
                 continue;
             }
-            if frame.get(4..18) == Some(b"channel_closed".as_slice()) && faults.short_channel_closed {
-                frame = faults::shorten_header(&frame);
-            }
-            if faults.nul_padded_types {
-                faults::nul_pad_type(&mut frame);
-            }
-            if faults.corrupt_digest > 0.0 && !is_ack && rand::random_bool(faults.corrupt_digest.clamp(0.0, 1.0)) {
-                faults::corrupt_digest(&mut frame);
-            }
-            if link.out.send(LinkOut::Frame(frame)).is_err() {
-                continue;
-            }
-            link.frames_sent += 1;
-            self.frames_to_client += 1;
-            if let Some(n) = faults.cut_after_frames
-                && link.frames_sent >= n
-                && self.cuts < faults.max_cuts.unwrap_or(1)
-            {
-                self.cuts += 1;
-                let _ = link.out.send(LinkOut::Cut);
-                self.link = None;
-                self.link_lost_at = Some(now);
-                continue;
-            }
-            if let Some(n) = faults.pause_after_frames
-                && !self.pause_done
-                && self.frames_to_client >= n
-            {
-                self.pause_done = true;
-                self.pause_until = Some(now + Duration::from_millis(faults.pause_ms));
-                Counters::add(&self.shared.counters.publication_pauses, 1);
-                self.control_now(now, MessageType::PausePublication);
+            match self.interruptions.after_frame(&faults, link.frames_sent) {
+                Some(Interrupt::Cut) => {
+                    if let Some(link) = self.link.take() {
+                        link.cut();
+                    }
+                    self.link_lost_at = Some(now);
+                }
+                Some(Interrupt::Pause(length)) => {
+                    self.pause_until = Some(now + length);
+                    Counters::add(&self.shared.counters.publication_pauses, 1);
+                    self.control_now(now, MessageType::PausePublication);
+                }
+                None => {}
             }
         }
         self.report_stats();
@@ -758,7 +534,7 @@ impl Agent {
             payload: Vec::new(),
         };
         if let Some(link) = &self.link {
-            let _ = link.out.send(LinkOut::Frame(frame.encode()));
+            link.send_control(frame.encode());
         }
     }
 

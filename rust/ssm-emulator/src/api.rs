@@ -9,15 +9,16 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::agent::Connection;
-use crate::state::{Counters, OpenRefused, Shared, Signer};
-use crate::{Faults, ResumeEnded};
+use crate::config::ResumeEnded;
+use crate::faults::Faults;
+use crate::state::{Connection, Counters, OpenRefused, Shared, Signer};
+use crate::{agent, ec2, instance_connect, reply};
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -28,26 +29,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/instance-connect", get(instance_connect_keys))
         .with_state(shared)
-}
-
-const AWS_JSON: &str = "application/x-amz-json-1.1";
-
-pub(crate) fn aws_ok(body: serde_json::Value) -> Response {
-    let mut r = (StatusCode::OK, body.to_string()).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AWS_JSON));
-    r
-}
-
-pub(crate) fn aws_error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = json!({ "__type": code, "message": message }).to_string();
-    let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(AWS_JSON));
-    if let Ok(v) = HeaderValue::from_str(code) {
-        r.headers_mut().insert("x-amzn-errortype", v);
-    }
-    r
 }
 
 #[derive(Deserialize)]
@@ -67,7 +48,7 @@ struct SessionIdRequest {
 }
 
 /// Documents this emulator can run (§1.2).
-pub(crate) const DOCUMENTS: &[&str] = &[
+const DOCUMENTS: &[&str] = &[
     "SSM-SessionManagerRunShell",
     "AWS-StartPortForwardingSession",
     "AWS-StartPortForwardingSessionToRemoteHost",
@@ -84,103 +65,71 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
     match target.as_str() {
         "AmazonSSM.StartSession" => {
             let signer = Signer::from_authorization(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
-            start_session(&shared, &body, signer)
+            reply::with_json(&body, VALIDATION, |req| start_session(&shared, req, signer))
         }
-        "AmazonSSM.ResumeSession" => resume_session(&shared, &body),
-        "AmazonSSM.TerminateSession" => terminate_session(&shared, &body),
-        "AWSEC2InstanceConnectService.SendSSHPublicKey" => crate::instance_connect::send_ssh_public_key(&shared, &body),
+        "AmazonSSM.ResumeSession" => reply::with_json(&body, VALIDATION, |req| resume_session(&shared, req)),
+        "AmazonSSM.TerminateSession" => reply::with_json(&body, VALIDATION, |req| terminate_session(&shared, req)),
+        "AWSEC2InstanceConnectService.SendSSHPublicKey" => {
+            instance_connect::send_ssh_public_key(&shared.config, &shared.instance_connect, &body)
+        }
         // EC2 speaks the query protocol: a form body and no X-Amz-Target.
         "" if headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded")) =>
         {
-            crate::ec2::query(&shared, &body)
+            ec2::query(&shared.config.inventory, &body)
         }
-        "" => aws_error(StatusCode::BAD_REQUEST, "MissingAction", "no X-Amz-Target header"),
-        other => aws_error(
-            StatusCode::BAD_REQUEST,
+        "" => reply::json_error("MissingAction", "no X-Amz-Target header"),
+        other => reply::json_error(
             "UnknownOperationException",
             &format!("operation {other} is not emulated"),
         ),
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Box<Response>> {
-    serde_json::from_slice(body).map_err(|e| {
-        Box::new(aws_error(
-            StatusCode::BAD_REQUEST,
-            "ValidationException",
-            &format!("bad request body: {e}"),
-        ))
-    })
-}
+const VALIDATION: &str = "ValidationException";
 
-fn start_session(shared: &Arc<Shared>, body: &[u8], signer: Signer) -> Response {
-    let req: StartSessionRequest = match parse(body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+fn start_session(shared: &Shared, req: StartSessionRequest, signer: Signer) -> Response {
     if req.target.is_empty() || req.target.len() > 400 {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "ValidationException",
-            "Target must be 1..400 characters",
-        );
+        return reply::json_error(VALIDATION, "Target must be 1..400 characters");
     }
     let document = req.document_name.unwrap_or_default();
     if !document.is_empty() && !DOCUMENTS.contains(&document.as_str()) {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidDocument",
-            &format!("document {document} is not emulated"),
-        );
+        return reply::json_error("InvalidDocument", &format!("document {document} is not emulated"));
     }
     if !shared.target_known(&req.target) {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "TargetNotConnected",
-            &format!("{} is not connected.", req.target),
-        );
+        return reply::json_error("TargetNotConnected", &format!("{} is not connected.", req.target));
     }
     let (session_id, token) = shared.create_session(&req.target, &document, req.parameters, signer);
-    aws_ok(json!({
+    reply::json(json!({
         "SessionId": session_id,
         "TokenValue": token,
         "StreamUrl": shared.stream_url(&session_id),
     }))
 }
 
-fn resume_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
-    let req: SessionIdRequest = match parse(body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+fn resume_session(shared: &Shared, req: SessionIdRequest) -> Response {
     match shared.resume(&req.session_id) {
-        Some(Some(token)) => aws_ok(json!({
+        Some(Some(token)) => reply::json(json!({
             "SessionId": req.session_id,
             "TokenValue": token,
             "StreamUrl": shared.stream_url(&req.session_id),
         })),
         Some(None) if shared.config.resume_ended == ResumeEnded::NoToken => {
-            aws_ok(json!({ "SessionId": req.session_id }))
+            reply::json(json!({ "SessionId": req.session_id }))
         }
-        _ => aws_error(
-            StatusCode::BAD_REQUEST,
+        _ => reply::json_error(
             "DoesNotExistException",
             &format!("Session {} does not exist or has ended.", req.session_id),
         ),
     }
 }
 
-fn terminate_session(shared: &Arc<Shared>, body: &[u8]) -> Response {
-    let req: SessionIdRequest = match parse(body) {
-        Ok(r) => r,
-        Err(resp) => return *resp,
-    };
+fn terminate_session(shared: &Shared, req: SessionIdRequest) -> Response {
     // Like the real service, terminating an unknown or ended session is not an error.
     shared.terminate(&req.session_id);
-    aws_ok(json!({ "SessionId": req.session_id }))
+    reply::json(json!({ "SessionId": req.session_id }))
 }
 
 async fn data_channel(
@@ -224,7 +173,8 @@ async fn open_data_channel(shared: Arc<Shared>, session_id: String, mut socket: 
         Ok(spec) => {
             Counters::add(&shared.counters.connections, 1);
             tracing::debug!(session = %session_id, client_version = %open.client_version, "data channel opened");
-            shared.attach(
+            agent::attach(
+                &shared,
                 spec,
                 Connection {
                     socket,

@@ -8,12 +8,10 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use rand::Rng;
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use crate::state::Shared;
+use crate::reply;
 
 /// EC2 instance states with their numeric codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -179,52 +177,12 @@ fn err(code: &'static str, message: impl Into<String>) -> QueryError {
     }
 }
 
-fn request_id() -> String {
-    let b: [u8; 16] = rand::rng().random();
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
-}
-
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn xml(status: StatusCode, body: String) -> Response {
-    let mut r = (status, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml;charset=UTF-8"));
-    r
-}
-
-fn error_response(e: QueryError) -> Response {
-    xml(
-        StatusCode::BAD_REQUEST,
-        format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{}</Code><Message>{}</Message></Error></Errors><RequestID>{}</RequestID></Response>",
-            e.code,
-            escape(&e.message),
-            request_id()
-        ),
-    )
-}
-
 /// Entry point for form-encoded POSTs without `X-Amz-Target`.
-pub(crate) fn query(shared: &Shared, body: &[u8]) -> Response {
+pub(crate) fn query(inventory: &[Instance], body: &[u8]) -> Response {
     let params: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
     let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
     let result = match action {
-        Some("DescribeInstances") => describe_instances(&shared.config.inventory, &params),
+        Some("DescribeInstances") => describe_instances(inventory, &params),
         Some(other) => Err(err(
             "InvalidAction",
             format!("The action {other} is not valid for this web service."),
@@ -232,8 +190,8 @@ pub(crate) fn query(shared: &Shared, body: &[u8]) -> Response {
         None => Err(err("MissingAction", "The request must contain the parameter Action.")),
     };
     match result {
-        Ok(body) => xml(StatusCode::OK, body),
-        Err(e) => error_response(e),
+        Ok(body) => reply::xml(body),
+        Err(e) => reply::xml_error(e.code, &e.message),
     }
 }
 
@@ -430,7 +388,10 @@ fn describe_instances(inventory: &[Instance], params: &[(String, String)]) -> Re
     let mut out = String::from(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">",
     );
-    out.push_str(&format!("<requestId>{}</requestId><reservationSet>", request_id()));
+    out.push_str(&format!(
+        "<requestId>{}</requestId><reservationSet>",
+        reply::request_id()
+    ));
     for i in &matching[start..end] {
         write_reservation(&mut out, i);
     }
@@ -445,7 +406,7 @@ fn describe_instances(inventory: &[Instance], params: &[(String, String)]) -> Re
 const OWNER_ID: &str = "123456789012";
 
 fn write_reservation(out: &mut String, i: &Instance) {
-    let e = escape;
+    let e = reply::escape;
     out.push_str(&format!(
         "<item><reservationId>{}</reservationId><ownerId>{OWNER_ID}</ownerId><groupSet/><instancesSet><item>",
         e(&i.reservation_id())
@@ -535,29 +496,19 @@ mod tests {
                 Instance::running(format!("i-000000000000000{n:02x}")).tag("Role", if n < 6 { "web" } else { "db" })
             })
             .collect();
-        let body = describe_instances(
-            &inv,
-            &params(&[
+        let web_page = |token: Option<&str>| {
+            let mut p = vec![
                 ("Filter.1.Name", "tag:Role"),
                 ("Filter.1.Value.1", "web"),
                 ("MaxResults", "5"),
-            ]),
-        )
-        .map_err(|e| e.message)
-        .unwrap();
+            ];
+            p.extend(token.map(|t| ("NextToken", t)));
+            describe_instances(&inv, &params(&p)).map_err(|e| e.message).unwrap()
+        };
+        let body = web_page(None);
         assert_eq!(body.matches("<instanceId>").count(), 5);
         assert!(body.contains("<nextToken>emulator-page-5</nextToken>"));
-        let body = describe_instances(
-            &inv,
-            &params(&[
-                ("Filter.1.Name", "tag:Role"),
-                ("Filter.1.Value.1", "web"),
-                ("MaxResults", "5"),
-                ("NextToken", "emulator-page-5"),
-            ]),
-        )
-        .map_err(|e| e.message)
-        .unwrap();
+        let body = web_page(Some("emulator-page-5"));
         assert_eq!(body.matches("<instanceId>").count(), 1);
         assert!(!body.contains("nextToken"));
         let e = describe_instances(&inv, &params(&[("Filter.1.Name", "bogus"), ("Filter.1.Value.1", "x")]))

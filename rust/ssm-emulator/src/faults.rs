@@ -1,7 +1,8 @@
 //! Fault injection on data-channel frames (§11.4).
 //!
 //! Faults act where the emulated MGS meets the WebSocket, on whole frames, in each direction
-//! separately. Probabilities are per frame.
+//! separately. Probabilities are per frame. The link applies [`DirectionFaults`]; the agent
+//! applies the rest to the frames it writes.
 
 use std::time::Duration;
 
@@ -92,8 +93,65 @@ pub(crate) fn decide(f: &DirectionFaults, rng: &mut impl Rng) -> Verdict {
     Verdict::Deliver { copies, delay, hold }
 }
 
+/// The faults on one frame the agent writes (`withhold_acks`, `short_channel_closed`,
+/// `nul_padded_types`, `corrupt_digest`); `None` when it is withheld.
+pub(crate) fn outgoing(f: &Faults, mut frame: Vec<u8>) -> Option<Vec<u8>> {
+    let is_ack = frame.get(4..15) == Some(b"acknowledge".as_slice());
+    if is_ack && f.withhold_acks > 0.0 && rand::random_bool(f.withhold_acks.clamp(0.0, 1.0)) {
+        return None;
+    }
+    if frame.get(4..18) == Some(b"channel_closed".as_slice()) && f.short_channel_closed {
+        frame = shorten_header(&frame);
+    }
+    if f.nul_padded_types {
+        nul_pad_type(&mut frame);
+    }
+    if f.corrupt_digest > 0.0 && !is_ack && rand::random_bool(f.corrupt_digest.clamp(0.0, 1.0)) {
+        corrupt_digest(&mut frame);
+    }
+    Some(frame)
+}
+
+/// What `cut_after_frames` or `pause_after_frames` asks for after a frame.
+pub(crate) enum Interrupt {
+    /// Cut the socket.
+    Cut,
+    /// Pause publication for this long.
+    Pause(Duration),
+}
+
+/// One session's counts behind `cut_after_frames`, `max_cuts` and `pause_after_frames`.
+#[derive(Default)]
+pub(crate) struct Interruptions {
+    cuts: u64,
+    frames: u64,
+    paused: bool,
+}
+
+impl Interruptions {
+    /// Counts a frame written to a socket that has now carried `on_socket` frames.
+    pub(crate) fn after_frame(&mut self, f: &Faults, on_socket: u64) -> Option<Interrupt> {
+        self.frames += 1;
+        if let Some(n) = f.cut_after_frames
+            && on_socket >= n
+            && self.cuts < f.max_cuts.unwrap_or(1)
+        {
+            self.cuts += 1;
+            return Some(Interrupt::Cut);
+        }
+        if let Some(n) = f.pause_after_frames
+            && !self.paused
+            && self.frames >= n
+        {
+            self.paused = true;
+            return Some(Interrupt::Pause(Duration::from_millis(f.pause_ms)));
+        }
+        None
+    }
+}
+
 /// Rewrites the type field of an encoded frame from space padding to left NUL padding.
-pub(crate) fn nul_pad_type(frame: &mut [u8]) {
+fn nul_pad_type(frame: &mut [u8]) {
     let Some(field) = frame.get_mut(4..36) else {
         return;
     };
@@ -109,7 +167,7 @@ pub(crate) fn nul_pad_type(frame: &mut [u8]) {
 }
 
 /// Flips one bit of the digest of an encoded frame.
-pub(crate) fn corrupt_digest(frame: &mut [u8]) {
+fn corrupt_digest(frame: &mut [u8]) {
     if let Some(b) = frame.get_mut(80) {
         *b ^= 0x01;
     }
@@ -117,7 +175,7 @@ pub(crate) fn corrupt_digest(frame: &mut [u8]) {
 
 /// Re-encodes a frame with `HeaderLength` 112 (no `PayloadType` field), as SSC reports MGS does
 /// for `channel_closed`.
-pub(crate) fn shorten_header(frame: &[u8]) -> Vec<u8> {
+fn shorten_header(frame: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(frame.len().saturating_sub(4));
     out.extend_from_slice(&112u32.to_be_bytes());
     out.extend_from_slice(frame.get(4..112).unwrap_or_default());

@@ -2,21 +2,21 @@
 //! `X-Amz-Target: AWSEC2InstanceConnectService.SendSSHPublicKey`).
 //!
 //! A pushed key is written to the authorized_keys file the emulator manages
-//! ([`crate::Config::authorized_keys`]) and removed from it when its time is up
-//! ([`crate::Config::instance_connect_ttl_ms`], 60 s as in EC2), so a real sshd pointed at that
+//! ([`Config::authorized_keys`]) and removed from it when its time is up
+//! ([`Config::instance_connect_ttl_ms`], 60 s as in EC2), so a real sshd pointed at that
 //! file behaves like an instance with EC2 Instance Connect.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{aws_error, aws_ok};
-use crate::state::Shared;
+use crate::config::Config;
+use crate::ec2::InstanceState;
+use crate::reply;
 
 /// A key pushed through Instance Connect that is still valid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,30 +157,26 @@ fn valid_user(u: &str) -> bool {
         }
 }
 
+const INVALID_ARGS: &str = "InvalidArgsException";
+
 fn invalid(message: impl AsRef<str>) -> Response {
-    aws_error(StatusCode::BAD_REQUEST, "InvalidArgsException", message.as_ref())
+    reply::json_error(INVALID_ARGS, message.as_ref())
 }
 
-pub(crate) fn send_ssh_public_key(shared: &Arc<Shared>, body: &[u8]) -> Response {
-    let req: SendRequest = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return invalid(format!("bad request body: {e}")),
-    };
-    let Some(instance) = shared
-        .config
-        .inventory
-        .iter()
-        .find(|i| i.instance_id == req.instance_id)
-    else {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
+/// Handles a request body: checks the instance, user and key, then installs the key in `keys`.
+pub(crate) fn send_ssh_public_key(config: &Config, keys: &Arc<Keys>, body: &[u8]) -> Response {
+    reply::with_json(body, INVALID_ARGS, |req| send(config, keys, req))
+}
+
+fn send(config: &Config, keys: &Arc<Keys>, req: SendRequest) -> Response {
+    let Some(instance) = config.instance(&req.instance_id) else {
+        return reply::json_error(
             "EC2InstanceNotFoundException",
             &format!("Instance {} not found", req.instance_id),
         );
     };
-    if instance.state != crate::InstanceState::Running {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
+    if instance.state != InstanceState::Running {
+        return reply::json_error(
             "EC2InstanceStateInvalidException",
             &format!(
                 "Instance {} is not in a valid state ({}); it must be running",
@@ -214,16 +210,16 @@ pub(crate) fn send_ssh_public_key(shared: &Arc<Shared>, body: &[u8]) -> Response
         Ok(l) => l,
         Err(e) => return invalid(format!("SSHPublicKey cannot be encoded: {e}")),
     };
-    let file = shared.config.authorized_keys.as_ref().map(|p| {
+    let file = config.authorized_keys.as_ref().map(|p| {
         PathBuf::from(
             p.to_string_lossy()
                 .replace("%u", &req.os_user)
                 .replace("%i", &req.instance_id),
         )
     });
-    let ttl = Duration::from_millis(shared.config.instance_connect_ttl_ms);
+    let ttl = Duration::from_millis(config.instance_connect_ttl_ms);
     {
-        let mut entries = lock(&shared.instance_connect.entries);
+        let mut entries = lock(&keys.entries);
         entries.push(Entry {
             instance_id: req.instance_id.clone(),
             os_user: req.os_user.clone(),
@@ -235,17 +231,15 @@ pub(crate) fn send_ssh_public_key(shared: &Arc<Shared>, body: &[u8]) -> Response
             write_file(&entries, f);
         }
     }
-    let weak: Weak<Shared> = Arc::downgrade(shared);
+    let weak: Weak<Keys> = Arc::downgrade(keys);
     tokio::spawn(async move {
         tokio::time::sleep(ttl + Duration::from_millis(1)).await;
-        if let Some(shared) = weak.upgrade() {
-            shared.instance_connect.expire();
+        if let Some(keys) = weak.upgrade() {
+            keys.expire();
         }
     });
     tracing::debug!(instance = %req.instance_id, user = %req.os_user, "instance connect key installed");
-    let id: [u8; 16] = rand::Rng::random(&mut rand::rng());
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    aws_ok(json!({ "RequestId": id, "Success": true }))
+    reply::json(json!({ "RequestId": reply::random_hex(16), "Success": true }))
 }
 
 #[cfg(test)]

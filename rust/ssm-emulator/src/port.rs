@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::Pacing;
+use crate::config::Pacing;
 use crate::state::Shared;
 
 /// Bytes queued towards one destination before the agent stops acking client data (§4.4

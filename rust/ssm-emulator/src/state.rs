@@ -1,4 +1,5 @@
-//! Sessions, tokens and counters shared by the API handlers and the agent tasks.
+//! Sessions, tokens and counters shared by the API handlers and the agent tasks, and the
+//! commands the API side sends a session's agent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -6,11 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use axum::extract::ws::WebSocket;
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::agent::{AgentCommand, Connection};
-use crate::{Config, EmulatorStats, Faults, SessionInfo};
+use crate::config::Config;
+use crate::ec2::InstanceState;
+use crate::faults::Faults;
+use crate::instance_connect::Keys;
 
 /// Who signed an API request: the access key id and region of its SigV4 credential scope.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +48,20 @@ pub(crate) struct SessionSpec {
     pub(crate) parameters: HashMap<String, Vec<String>>,
 }
 
+/// Commands from the API side to a session's agent.
+pub(crate) enum AgentCommand {
+    /// A client connected with a valid token.
+    Attach(Box<Connection>),
+    /// `TerminateSession` was called.
+    Terminate,
+}
+
+/// An accepted data-channel WebSocket.
+pub(crate) struct Connection {
+    pub(crate) socket: WebSocket,
+    pub(crate) client_version: String,
+}
+
 struct TokenEntry {
     session_id: String,
     issued: Instant,
@@ -52,7 +71,6 @@ pub(crate) struct SessionEntry {
     pub(crate) spec: Arc<SessionSpec>,
     pub(crate) agent: Option<mpsc::UnboundedSender<AgentCommand>>,
     pub(crate) info: SessionInfo,
-    pub(crate) ended: bool,
 }
 
 #[derive(Default)]
@@ -80,7 +98,7 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<String, SessionEntry>>,
     tokens: Mutex<HashMap<String, TokenEntry>>,
     pub(crate) counters: Counters,
-    pub(crate) instance_connect: crate::instance_connect::Keys,
+    pub(crate) instance_connect: Arc<Keys>,
 }
 
 /// Why a WebSocket open was refused.
@@ -184,7 +202,6 @@ impl Shared {
                 spec,
                 agent: None,
                 info,
-                ended: false,
             },
         );
         Counters::add(&self.counters.sessions_started, 1);
@@ -194,7 +211,7 @@ impl Shared {
 
     /// A fresh token for a live session; `None` when it does not exist, `Some(None)` when ended.
     pub(crate) fn resume(&self, session_id: &str) -> Option<Option<String>> {
-        let ended = lock(&self.sessions).get(session_id)?.ended;
+        let ended = lock(&self.sessions).get(session_id)?.info.ended;
         if ended {
             return Some(None);
         }
@@ -210,7 +227,6 @@ impl Shared {
         if let Some(agent) = &entry.agent {
             let _ = agent.send(AgentCommand::Terminate);
         }
-        entry.ended = true;
         entry.info.ended = true;
         true
     }
@@ -221,7 +237,6 @@ impl Shared {
             if let Some(agent) = entry.agent.take() {
                 let _ = agent.send(AgentCommand::Terminate);
             }
-            entry.ended = true;
             entry.info.ended = true;
         }
     }
@@ -242,30 +257,26 @@ impl Shared {
         }
         let sessions = lock(&self.sessions);
         let s = sessions.get(session_id).ok_or(OpenRefused::UnknownToken)?;
-        if s.ended {
+        if s.info.ended {
             return Err(OpenRefused::SessionEnded);
         }
         Ok(s.spec.clone())
     }
 
-    /// Hands a connection to the session's agent, starting the agent on first use.
-    pub(crate) fn attach(self: &Arc<Self>, spec: Arc<SessionSpec>, conn: Connection) {
+    /// Hands a connection to the session's agent. A session without an agent gets a command
+    /// queue holding the connection, returned for the caller to start its agent on.
+    pub(crate) fn attach(&self, spec: &SessionSpec, conn: Connection) -> Option<mpsc::UnboundedReceiver<AgentCommand>> {
         let mut sessions = lock(&self.sessions);
-        let Some(entry) = sessions.get_mut(&spec.session_id) else {
-            return;
-        };
+        let entry = sessions.get_mut(&spec.session_id)?;
         if let Some(agent) = &entry.agent {
-            if agent.send(AgentCommand::Attach(Box::new(conn))).is_ok() {
-                return;
-            }
-            // The agent is gone (session ended): the connection is simply dropped.
-            return;
+            // If the agent is gone (session ended), the connection is simply dropped.
+            let _ = agent.send(AgentCommand::Attach(Box::new(conn)));
+            return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(AgentCommand::Attach(Box::new(conn)));
         entry.agent = Some(tx);
-        let shared = self.clone();
-        tokio::spawn(crate::agent::run(shared, spec, rx));
+        Some(rx)
     }
 
     pub(crate) fn update_info(&self, session_id: &str, f: impl FnOnce(&mut SessionInfo)) {
@@ -276,7 +287,6 @@ impl Shared {
 
     pub(crate) fn mark_ended(&self, session_id: &str) {
         if let Some(entry) = lock(&self.sessions).get_mut(session_id) {
-            entry.ended = true;
             entry.info.ended = true;
             entry.agent = None;
         }
@@ -290,26 +300,19 @@ impl Shared {
 
     pub(crate) fn target_known(&self, target: &str) -> bool {
         // Inventory instances are EC2's truth: only running ones take sessions.
-        if let Some(i) = self.instance(target) {
-            return i.state == crate::InstanceState::Running;
+        if let Some(i) = self.config.instance(target) {
+            return i.state == InstanceState::Running;
         }
         if self.config.targets.is_empty() {
             return target.starts_with("i-") || target.starts_with("mi-");
         }
         self.config.targets.iter().any(|t| t == target)
     }
-}
-
-impl Shared {
-    /// The inventory entry for `instance_id`.
-    pub(crate) fn instance(&self, instance_id: &str) -> Option<&crate::Instance> {
-        self.config.inventory.iter().find(|i| i.instance_id == instance_id)
-    }
 
     /// Where a port session on `target` dials `port`: the instance's own host and port map
     /// first, then the emulator-wide ones.
     pub(crate) fn destination(&self, target: &str, port: u16) -> (String, u16) {
-        let inst = self.instance(target);
+        let inst = self.config.instance(target);
         let port = inst
             .and_then(|i| i.port_map.get(&port))
             .or_else(|| self.config.port_map.get(&port))
@@ -320,6 +323,50 @@ impl Shared {
             .unwrap_or_else(|| self.config.instance_host.clone());
         (host, port)
     }
+}
+
+/// Counters over the emulator's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmulatorStats {
+    /// Sessions started.
+    pub sessions_started: u64,
+    /// WebSocket connections accepted with a valid token.
+    pub connections: u64,
+    /// Connections refused (bad or expired token).
+    pub connections_refused: u64,
+    /// Frames dropped by fault injection.
+    pub frames_dropped: u64,
+    /// Frames duplicated by fault injection.
+    pub frames_duplicated: u64,
+    /// Sockets cut by fault injection.
+    pub sockets_cut: u64,
+    /// Frames the agent retransmitted.
+    pub agent_retransmissions: u64,
+    /// Publication pauses injected (`pause_after_frames`), each ended by `start_publication`.
+    pub publication_pauses: u64,
+}
+
+/// One session as the emulator sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub session_id: String,
+    /// Target.
+    pub target: String,
+    /// Document name (empty for the default shell).
+    pub document: String,
+    /// Client version from the open frame / handshake.
+    pub client_version: String,
+    /// Port mode chosen, when a port session.
+    pub port_mode: String,
+    /// Whether the session ended.
+    pub ended: bool,
+    /// Last terminal size received (cols, rows).
+    pub terminal_size: Option<(u32, u32)>,
+    /// The access key id StartSession was signed with (SigV4 credential scope; empty if unsigned).
+    pub access_key_id: String,
+    /// The region StartSession was signed for (SigV4 credential scope; empty if unsigned).
+    pub signing_region: String,
 }
 
 #[cfg(test)]

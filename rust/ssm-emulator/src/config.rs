@@ -1,0 +1,138 @@
+//! Emulator settings: [`Config`] and the choices it is made of.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ec2::Instance;
+use crate::faults::Faults;
+
+/// How the emulated agent reads from its destination (§9 item 1, §6.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pacing {
+    /// The real agent: reads of at most 1024 bytes with a 1 ms pause after each.
+    Agent,
+    /// No pause; reads of up to `chunk` bytes, each one message. For measuring clients.
+    Unpaced {
+        /// Largest payload per message.
+        chunk: usize,
+    },
+}
+
+impl Pacing {
+    pub(crate) fn chunk(self) -> usize {
+        match self {
+            Pacing::Agent => ssm_proto::DEFAULT_PAYLOAD_SIZE,
+            Pacing::Unpaced { chunk } => chunk.max(1),
+        }
+    }
+
+    pub(crate) fn pause(self) -> Option<Duration> {
+        match self {
+            Pacing::Agent => Some(Duration::from_millis(1)),
+            Pacing::Unpaced { .. } => None,
+        }
+    }
+}
+
+/// The emulated agent's retransmission strategy (see [`Config::agent_retransmit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRetransmit {
+    /// Oldest unacked message only, every 100 ms, like the real agent.
+    #[default]
+    HeadOnly,
+    /// Every expired message on its own timer.
+    PerMessage,
+}
+
+/// What `ResumeSession` answers for a session that has ended (§11.1, emulator choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResumeEnded {
+    /// HTTP 400 `DoesNotExistException`.
+    #[default]
+    DoesNotExist,
+    /// A response without `TokenValue` (the plugin prints "timed out" and exits 0).
+    NoToken,
+}
+
+/// Emulator settings. Every field has a default; see [`Config::default`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Agent version announced in the handshake (§5.5 thresholds decide modes).
+    pub agent_version: String,
+    /// Agent read pacing.
+    pub pacing: Pacing,
+    /// Fault injection (changeable at run time through `POST /_emulator/faults`).
+    pub faults: Faults,
+    /// Lifetime of a token before it must be used.
+    pub token_ttl_ms: u64,
+    /// How long a session waits for its client to come back after the socket is lost.
+    pub reconnect_grace_ms: u64,
+    /// `ResumeSession` for an ended session.
+    pub resume_ended: ResumeEnded,
+    /// Remote port → local port, for destinations of port sessions (e.g. 22 → a test sshd).
+    pub port_map: std::collections::BTreeMap<u16, u16>,
+    /// Targets accepted by `StartSession`; empty accepts any `i-…`/`mi-…` id.
+    pub targets: Vec<String>,
+    /// Host that destinations without an explicit `host` are dialled on (the "instance").
+    pub instance_host: String,
+    /// Program and arguments of shell sessions (§6.5: `sh`).
+    pub shell: Vec<String>,
+    /// Working directory of shell sessions (default: the emulator's).
+    pub shell_dir: Option<std::path::PathBuf>,
+    /// Pause before the first read of shell output (§6.1: 1 s in the agent).
+    pub shell_start_delay_ms: u64,
+    /// Send `EXIT_CODE: n` (payload type 12) when a shell ends, before `channel_closed`.
+    /// The agent does this for NonInteractiveCommands (§6.5); doing it for shells too is an
+    /// emulator choice that lets clients report the remote exit status.
+    pub shell_exit_code: bool,
+    /// How the agent retransmits. The default is the real agent's: only the oldest unacked
+    /// message, once per 100 ms tick (§4.5), which makes recovery from lost frames slow.
+    /// `per_message` retransmits every lost message on its own timer, for tests that put
+    /// large volumes through lossy links in both directions.
+    pub agent_retransmit: AgentRetransmit,
+    /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
+    /// targets take sessions (inventory instances only when running; others as `targets` says).
+    pub inventory: Vec<Instance>,
+    /// The authorized_keys file EC2 Instance Connect keys are written to (point sshd's
+    /// `AuthorizedKeysFile` at it). `%u` is replaced by the OS user and `%i` by the instance id,
+    /// as sshd expands `%u`, for one file per user. `None`: keys are only recorded.
+    pub authorized_keys: Option<std::path::PathBuf>,
+    /// How long a pushed key stays in the file: 60 000 ms as in EC2 Instance Connect.
+    pub instance_connect_ttl_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            agent_version: "3.3.2299.0".into(),
+            pacing: Pacing::Agent,
+            faults: Faults::default(),
+            token_ttl_ms: 60_000,
+            reconnect_grace_ms: 30_000,
+            resume_ended: ResumeEnded::default(),
+            port_map: Default::default(),
+            targets: Vec::new(),
+            instance_host: "127.0.0.1".into(),
+            shell: vec!["sh".into()],
+            shell_dir: None,
+            shell_start_delay_ms: 1000,
+            shell_exit_code: true,
+            agent_retransmit: AgentRetransmit::default(),
+            inventory: Vec::new(),
+            authorized_keys: None,
+            instance_connect_ttl_ms: 60_000,
+        }
+    }
+}
+
+impl Config {
+    /// The inventory entry for `instance_id`.
+    pub(crate) fn instance(&self, instance_id: &str) -> Option<&Instance> {
+        self.inventory.iter().find(|i| i.instance_id == instance_id)
+    }
+}

@@ -1,0 +1,225 @@
+//! The emulated MGS between a session's agent and one client WebSocket: a reader and a writer
+//! task whose shapers drop, duplicate, delay and reorder frames in each direction (§11.4).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::stream::SplitStream;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep_until};
+
+use crate::faults::{self, DirectionFaults, Verdict};
+use crate::state::{Counters, Shared};
+
+/// What a link's reader hands the agent.
+pub(crate) enum Inbound {
+    /// A frame from the client on link `id`.
+    Frame(u64, Vec<u8>),
+    /// Link `id` is closed.
+    Closed(u64),
+}
+
+enum LinkOut {
+    Frame(Vec<u8>),
+    Cut,
+    Close,
+}
+
+/// The agent's handle on one socket.
+pub(crate) struct Link {
+    pub(crate) id: u64,
+    out: mpsc::UnboundedSender<LinkOut>,
+    /// Frames written to this socket so far.
+    pub(crate) frames_sent: u64,
+}
+
+impl Link {
+    /// Queues a frame for the client; false when the link has gone.
+    pub(crate) fn send(&mut self, frame: Vec<u8>) -> bool {
+        let sent = self.out.send(LinkOut::Frame(frame)).is_ok();
+        self.frames_sent += u64::from(sent);
+        sent
+    }
+
+    /// Queues an unnumbered control frame, not counted in `frames_sent`.
+    pub(crate) fn send_control(&self, frame: Vec<u8>) {
+        let _ = self.out.send(LinkOut::Frame(frame));
+    }
+
+    /// Drops the socket abruptly: no close frame.
+    pub(crate) fn cut(self) {
+        let _ = self.out.send(LinkOut::Cut);
+    }
+
+    /// Writes what is still queued, then a close frame.
+    pub(crate) fn close(self) {
+        let _ = self.out.send(LinkOut::Close);
+    }
+}
+
+/// Delays, duplicates and reorders frames of one direction (§11.4).
+struct Shaper {
+    heap: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+    counter: u64,
+    held: Option<Vec<u8>>,
+}
+
+impl Shaper {
+    fn new() -> Self {
+        Self {
+            heap: BinaryHeap::new(),
+            counter: 0,
+            held: None,
+        }
+    }
+
+    /// Applies `f` to `frame`; returns frames due now, in order.
+    fn push(&mut self, shared: &Shared, f: &DirectionFaults, frame: Vec<u8>) -> Vec<Vec<u8>> {
+        let verdict = faults::decide(f, &mut rand::rng());
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        match verdict {
+            Verdict::Drop => Counters::add(&shared.counters.frames_dropped, 1),
+            Verdict::Deliver { copies, delay, hold } => {
+                if copies > 1 {
+                    Counters::add(&shared.counters.frames_duplicated, 1);
+                }
+                let mut batch = Vec::new();
+                for _ in 0..copies {
+                    batch.push(frame.clone());
+                }
+                if hold && self.held.is_none() {
+                    self.held = batch.pop();
+                } else if let Some(h) = self.held.take() {
+                    batch.push(h);
+                }
+                for b in batch {
+                    if delay.is_zero() && self.heap.is_empty() {
+                        ready.push(b);
+                    } else {
+                        self.counter += 1;
+                        self.heap.push(Reverse((now + delay, self.counter, b)));
+                    }
+                }
+            }
+        }
+        ready.extend(self.pop_due(now));
+        ready
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(Reverse((at, _, _))) = self.heap.peek() {
+            if *at > now {
+                break;
+            }
+            if let Some(Reverse((_, _, b))) = self.heap.pop() {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    fn drain_all(&mut self) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
+        out.extend(self.held.take());
+        out
+    }
+}
+
+/// How long a socket is still read after its agent has finished.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// The agent has finished: keep reading (and discarding) until the client closes its side or
+/// `CLOSE_LINGER` passes. Dropping the socket with unread frames in its receive buffer makes the
+/// kernel reset the connection, and a reset destroys what is still in flight to the client:
+/// acks, `channel_closed` and the close frame.
+async fn linger(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+}
+
+/// Starts the reader and writer tasks of `socket`; client frames go to `inbound` as link `id`.
+pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::UnboundedSender<Inbound>) -> Link {
+    let (mut sink, mut stream) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
+    let reader_shared = shared.clone();
+    let reader: JoinHandle<()> = tokio::spawn(async move {
+        let mut shaper = Shaper::new();
+        loop {
+            let due = shaper.next_due();
+            let frames = tokio::select! {
+                msg = stream.next() => {
+                    let bytes = match msg {
+                        Some(Ok(Message::Binary(b))) => b.to_vec(),
+                        // §2.3: text frames are parsed as binary messages too.
+                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                        Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    };
+                    let f = reader_shared.faults().to_agent;
+                    shaper.push(&reader_shared, &f, bytes)
+                }
+                _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => shaper.pop_due(Instant::now()),
+            };
+            for frame in frames {
+                if inbound.send(Inbound::Frame(id, frame)).is_err() {
+                    linger(&mut stream).await;
+                    return;
+                }
+            }
+        }
+        for frame in shaper.drain_all() {
+            let _ = inbound.send(Inbound::Frame(id, frame));
+        }
+        let _ = inbound.send(Inbound::Closed(id));
+    });
+    tokio::spawn(async move {
+        let mut shaper = Shaper::new();
+        loop {
+            let due = shaper.next_due();
+            let frames = tokio::select! {
+                cmd = out_rx.recv() => match cmd {
+                    Some(LinkOut::Frame(bytes)) => {
+                        let f = shared.faults().to_client;
+                        shaper.push(&shared, &f, bytes)
+                    }
+                    Some(LinkOut::Cut) => {
+                        // Abrupt: no close frame; dropping both halves closes the TCP connection.
+                        Counters::add(&shared.counters.sockets_cut, 1);
+                        reader.abort();
+                        return;
+                    }
+                    Some(LinkOut::Close) | None => {
+                        for frame in shaper.drain_all() {
+                            let _ = sink.send(Message::Binary(frame.into())).await;
+                        }
+                        let _ = sink.send(Message::Close(None)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+                        return;
+                    }
+                },
+                _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => shaper.pop_due(Instant::now()),
+            };
+            for frame in frames {
+                if sink.send(Message::Binary(frame.into())).await.is_err() {
+                    reader.abort();
+                    return;
+                }
+            }
+        }
+    });
+    Link {
+        id,
+        out: out_tx,
+        frames_sent: 0,
+    }
+}
