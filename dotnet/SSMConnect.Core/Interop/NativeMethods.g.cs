@@ -13,7 +13,7 @@ namespace SSMConnect.Native
 {
     public static partial class NativeMethods
     {
-        public const string NativeLib = "ssmconnect";
+        public const string NativeLib = "ssmconnect_native";
 
         static NativeMethods()
         {
@@ -102,6 +102,9 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_cancel")]
         public static extern void ssmc_operation_cancel(IntPtr op);
 
+        [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_wait")]
+        public static extern SsmcState ssmc_operation_wait(IntPtr op, uint timeout_ms);
+
         /// Hands over the forward of a succeeded forward operation (once; null otherwise). Free it with
         /// [`ssmc_forward_free`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_take_forward")]
@@ -164,6 +167,9 @@ namespace SSMConnect.Native
         /// Returns at once; poll [`ssmc_forward_state`] to see it finish.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_stop")]
         public static extern void ssmc_forward_stop(IntPtr f);
+
+        [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_wait")]
+        public static extern SsmcState ssmc_forward_wait(IntPtr f, uint timeout_ms);
 
         /// Stops (if needed) and frees a forward. Null is ignored.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_free")]
