@@ -5,7 +5,8 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use interoptopus::patterns::string::AsciiPointer;
-use ssm_emulator::{Config, Emulator};
+use ssm_emulator::Config;
+use ssm_testkit::{echo_server, emulator, ACCESS_KEY, REGION, SECRET_KEY, TARGET};
 use ssmconnect::*;
 
 fn ascii(s: &CString) -> AsciiPointer<'_> {
@@ -33,24 +34,9 @@ fn wait_op(op: *mut SsmcOperation) -> SsmcState {
     }
 }
 
-fn echo_server() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
-    port
-}
-
 fn client(endpoint: &str) -> *mut SsmcClient {
     let cfg = CString::new(format!(
-        r#"{{"region":"us-east-1","endpoint_url":"{endpoint}","access_key":"AKIDEXAMPLE","secret_key":"secret"}}"#
+        r#"{{"region":"{REGION}","endpoint_url":"{endpoint}","access_key":"{ACCESS_KEY}","secret_key":"{SECRET_KEY}"}}"#
     ))
     .unwrap();
     let c = ssmc_client_new(ascii(&cfg));
@@ -78,11 +64,12 @@ fn bad_input_is_refused_with_a_kind_and_a_message() {
 #[test]
 fn a_forward_runs_reports_and_stops_through_the_abi() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
-    let echo = echo_server();
+    let emu = rt.block_on(emulator(Config::default()));
+    // The echo server runs on the runtime's worker threads while the test thread calls the ABI.
+    let echo = rt.block_on(echo_server());
     ssmc_log_enable(4);
     let c = client(&emu.endpoint());
-    let req = CString::new(format!(r#"{{"target":"i-0123456789abcdef0","remote_port":{echo}}}"#)).unwrap();
+    let req = CString::new(format!(r#"{{"target":"{TARGET}","remote_port":{echo}}}"#)).unwrap();
     let op = ssmc_forward_begin(c, ascii(&req));
     assert!(!op.is_null());
     assert_eq!(
@@ -99,7 +86,7 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     let port = ssmc_forward_local_port(f);
     assert_ne!(port, 0);
     assert_eq!(text(ssmc_forward_local_address(f)), "127.0.0.1");
-    assert_eq!(text(ssmc_forward_instance_id(f)), "i-0123456789abcdef0");
+    assert_eq!(text(ssmc_forward_instance_id(f)), TARGET);
     assert!(text(ssmc_forward_session_id(f)).starts_with("emulator-"));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"through the abi").unwrap();
@@ -147,12 +134,10 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
 #[test]
 fn port_in_use_and_unknown_targets_have_their_kinds() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt
-        .block_on(Emulator::start(Config {
-            targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
-            ..Config::default()
-        }))
-        .unwrap();
+    let emu = rt.block_on(emulator(Config {
+        targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
+        ..Config::default()
+    }));
     let c = client(&emu.endpoint());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
