@@ -2,16 +2,12 @@
 
 BeforeAll {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
-    Import-TestModule
-    $emu = Start-Emulator -ArgumentList '--unpaced'
+    $emu, $echo = Start-ForwardTestBed -ArgumentList '--unpaced'
     $aws = $emu.AwsParameters
-    $echo = Start-EchoServer
 }
 
 AfterAll {
-    Get-SSMPortForward | Stop-SSMPortForward
-    if ($echo) { $echo.Dispose() }
-    Stop-Emulator $emu
+    Stop-ForwardTestBed $emu $echo
 }
 
 Describe 'Get-SSMPortForward' {

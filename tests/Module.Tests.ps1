@@ -37,7 +37,7 @@ Describe 'SSMConnect module' {
     }
 
     It 'fails to import with the list of paths tried when the native library is missing' {
-        $missing = Join-Path ([IO.Path]::GetTempPath()) "no-such-dir-$([guid]::NewGuid().ToString('N'))"
+        $missing = New-TestTempPath 'no-such-dir'
         $saved = $env:SSMCONNECT_NATIVE_PATH
         try {
             $env:SSMCONNECT_NATIVE_PATH = $missing
@@ -180,7 +180,7 @@ BeforeDiscovery {
 
 Describe 'Examples in the help' -Skip:$IsWindows {
     BeforeAll {
-        $world = Join-Path ([IO.Path]::GetTempPath()) "ssmc-examples-$([guid]::NewGuid().ToString('N'))"
+        $world = New-TestTempPath 'ssmc-examples'
         $home_ = Join-Path $world 'home'
         $bin = Join-Path $world 'bin'
         $work = Join-Path $world 'work'
@@ -265,7 +265,7 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
 
     AfterAll {
         Stop-Emulator $emu
-        Stop-TestSshd $sshd
+        Stop-TestDaemon $sshd
         if ($echo) { $echo.Dispose() }
         if ($web) { $web.Dispose() }
         Remove-Item -LiteralPath $world, $files.Directory -Recurse -Force -ErrorAction SilentlyContinue
@@ -297,11 +297,8 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             $port = [regex]::Match($script, '(?<=-LocalPort )\d+').Value
             $file = Join-Path $work "wait-$Number.ps1"
             Set-Content -LiteralPath $file -Value ($prelude + "`n" + $script)
-            $psi = New-PwshStartInfo -ArgumentList '-NoProfile', '-NonInteractive', '-File', $file
+            $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-File', $file
             foreach ($name in $environment.Keys) { $psi.Environment[$name] = $environment[$name] }
-            $psi.RedirectStandardInput = $true
-            $psi.RedirectStandardOutput = $true
-            $psi.RedirectStandardError = $true
             $p = [System.Diagnostics.Process]::Start($psi)
             try {
                 $null = $p.StandardOutput.ReadToEndAsync()
@@ -316,8 +313,7 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
                 $stderr.Result | Should -Not -Match 'Exception'
             }
             finally {
-                if (-not $p.HasExited) { $p.Kill($true) }
-                $p.Dispose()
+                Stop-TestProcess $p
             }
             return
         }

@@ -3,10 +3,9 @@
 
 BeforeAll {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
-    Import-TestModule
     $instance = 'i-0123456789abcdef0'
     # Two running instances share Name=web (ambiguous); none is called nothing (not found).
-    $emu = Start-Emulator -ArgumentList '--unpaced' -Config @{
+    $emu, $echo = Start-ForwardTestBed -ArgumentList '--unpaced' -Config @{
         inventory = @(
             @{ instance_id = 'i-0aaaaaaaaaaaaaaa1'; tags = @{ Name = 'web' } }
             @{ instance_id = 'i-0aaaaaaaaaaaaaaa2'; tags = @{ Name = 'web' } }
@@ -14,13 +13,10 @@ BeforeAll {
         )
     }
     $aws = $emu.AwsParameters
-    $echo = Start-EchoServer
 }
 
 AfterAll {
-    Get-SSMPortForward | Stop-SSMPortForward
-    if ($echo) { $echo.Dispose() }
-    Stop-Emulator $emu
+    Stop-ForwardTestBed $emu $echo
 }
 
 Describe 'Start-SSMPortForward' {
@@ -365,36 +361,13 @@ Describe 'Start-SSMPortForward' {
             $dnsEmu = Start-Emulator -ArgumentList '--unpaced' -Config @{
                 inventory = @(@{ instance_id = 'i-0ddddddddddddddd4'; tags = @{ Name = 'dns-web' }; private_ip = '10.0.0.10' })
             }
-            $dnsPort = Get-FreePort
-            $dnsmasqPath = if (Test-Path /usr/sbin/dnsmasq) { '/usr/sbin/dnsmasq' } else { (Get-Command dnsmasq -CommandType Application)[0].Source }
-            $psi = [System.Diagnostics.ProcessStartInfo]::new($dnsmasqPath)
-            foreach ($a in @('--no-daemon', "--port=$dnsPort", '--listen-address=127.0.0.1', '--bind-interfaces',
-                    '--no-resolv', '--no-hosts', '--no-poll', '--conf-file=/dev/null', '--cache-size=0',
-                    '--address=/web.test/10.0.0.10')) { $psi.ArgumentList.Add($a) }
-            if ((id -u) -eq '0') { $psi.ArgumentList.Add('--user=root') }
-            $psi.UseShellExecute = $false
-            $psi.RedirectStandardError = $true
-            $dnsmasq = [System.Diagnostics.Process]::Start($psi)
-            $null = $dnsmasq.StandardError.ReadToEndAsync()
-            # Ready once anything answers on the port (a REFUSED will do): a query for ready.test A.
-            $ready = Wait-Until -TimeoutSeconds 10 {
-                $udp = [System.Net.Sockets.UdpClient]::new()
-                try {
-                    $udp.Client.ReceiveTimeout = 200
-                    $q = [byte[]](0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5) + [Text.Encoding]::ASCII.GetBytes('ready') +
-                        [byte[]](4) + [Text.Encoding]::ASCII.GetBytes('test') + [byte[]](0, 0, 1, 0, 1)
-                    $null = $udp.Send($q, $q.Length, '127.0.0.1', $dnsPort)
-                    $from = $null
-                    $udp.Receive([ref] $from).Length -ge 12
-                }
-                catch { $false }
-                finally { $udp.Dispose() }
-            }
+            $dns = Start-TestDnsmasq -Record '--address=/web.test/10.0.0.10'
+            $ready = [SSMConnectTests.Net]::DnsAnswers($dns.Port)
             $dnsAws = $dnsEmu.AwsParameters
             # In a child: the native library reads AWS_ENDPOINT_URL_EC2 (tag and address lookups)
             # from the environment its process started with.
             $child = Invoke-ChildPwsh -Environment @{ AWS_ENDPOINT_URL_EC2 = $dnsEmu.Endpoint } -ArgumentList @(
-                (Get-TestModuleManifest), $dnsEmu.Endpoint, $dnsAws.Region, $dnsAws.AccessKey, $dnsAws.SecretKey, "127.0.0.1:$dnsPort"
+                (Get-TestModuleManifest), $dnsEmu.Endpoint, $dnsAws.Region, $dnsAws.AccessKey, $dnsAws.SecretKey, $dns.Address
             ) -ScriptBlock {
                 param($Manifest, $Endpoint, $Region, $AccessKey, $SecretKey, $DnsServer)
                 Import-Module $Manifest -ErrorAction Stop
@@ -414,7 +387,7 @@ Describe 'Start-SSMPortForward' {
         }
 
         AfterAll {
-            if ($dnsmasq -and -not $dnsmasq.HasExited) { $dnsmasq.Kill(); $null = $dnsmasq.WaitForExit(5000) }
+            Stop-TestDaemon $dns
             Stop-Emulator $dnsEmu
         }
 

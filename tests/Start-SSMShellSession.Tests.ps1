@@ -47,11 +47,7 @@ Describe 'Start-SSMShellSession' {
     }
 
     It 'streams redirected stdin to the remote shell and returns its exit code' -Skip:(-not $unix) {
-        $psi = New-PwshStartInfo -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE"
-        $psi.RedirectStandardInput = $true
-        $psi.RedirectStandardOutput = $true
-        $psi.RedirectStandardError = $true
-        $psi.UseShellExecute = $false
+        $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE"
         $p = [System.Diagnostics.Process]::Start($psi)
         $stderr = $p.StandardError.ReadToEndAsync()
         $p.StandardInput.WriteLine('echo streamed-$((6*7))')
@@ -59,9 +55,10 @@ Describe 'Start-SSMShellSession' {
         $p.StandardInput.Close()
         $stdout = $p.StandardOutput.ReadToEndAsync()
         $exited = $p.WaitForExit(60000)
-        if (-not $exited) { $p.Kill($true) }
+        $code = if ($exited) { $p.ExitCode }
+        Stop-TestProcess $p
         $exited | Should -BeTrue
-        $p.ExitCode | Should -Be 0 -Because $stderr.Result
+        $code | Should -Be 0 -Because $stderr.Result
         $stdout.Result | Should -Match 'streamed-42'
         $stdout.Result | Should -Match 'exit-code=4'
         # -PassThru writes the exit code (after the remote shell's last prompt, when it left one).

@@ -23,7 +23,7 @@ BeforeAll {
 
 AfterAll {
     Stop-Emulator $emu
-    Stop-TestSshd $sshd
+    Stop-TestDaemon $sshd
 }
 
 Describe 'Start-SSMSshSession' -Skip:(-not $haveSshd) {
@@ -86,7 +86,7 @@ Describe 'Start-SSMSshSession' -Skip:(-not $haveSshd) {
     Context 'EC2 Instance Connect' {
         BeforeAll {
             # sshd accepts only the keys the emulator's Instance Connect writes.
-            $keys = Join-Path ([IO.Path]::GetTempPath()) "ssmc-ec2ic-$([guid]::NewGuid().ToString('N'))"
+            $keys = New-TestTempPath 'ssmc-ec2ic'
             $icSshd = Start-TestSshd -AuthorizedKeysFile $keys
             $icEmu = Start-Emulator -Config @{
                 inventory       = @(@{ instance_id = $instance; port_map = @{ '22' = $icSshd.Port } })
@@ -102,7 +102,7 @@ Describe 'Start-SSMSshSession' -Skip:(-not $haveSshd) {
             $env:AWS_ENDPOINT_URL_EC2 = $saved.EC2
             $env:AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT = $saved.IC
             Stop-Emulator $icEmu
-            Stop-TestSshd $icSshd
+            Stop-TestDaemon $icSshd
             Remove-Item -LiteralPath $keys -ErrorAction SilentlyContinue
         }
 

@@ -2,19 +2,15 @@
 
 BeforeAll {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
-    Import-TestModule
-    $emu = Start-Emulator -ArgumentList '--unpaced'
+    $emu, $echo = Start-ForwardTestBed -ArgumentList '--unpaced'
     $aws = $emu.AwsParameters
-    $echo = Start-EchoServer
     function New-Forward {
         Start-SSMPortForward -Target i-0123456789abcdef0 -RemotePort $echo.Port @aws
     }
 }
 
 AfterAll {
-    Get-SSMPortForward | Stop-SSMPortForward
-    if ($echo) { $echo.Dispose() }
-    Stop-Emulator $emu
+    Stop-ForwardTestBed $emu $echo
 }
 
 Describe 'Stop-SSMPortForward' {

@@ -1,6 +1,7 @@
-# Shared helpers of the Pester suite: where the module and the emulator are, and the loopback
-# servers the tests talk to (the emulator, a TCP echo server, a private sshd). Everything starts
-# on ports the OS picks and is stopped by the tests' AfterAll blocks.
+# The one helper module of the Pester suite: where the module and the emulator are, and the
+# loopback servers the tests talk to (the emulator, a TCP echo server, test daemons such as a
+# private sshd and dnsmasq). Everything starts on ports the OS picks and is stopped by the tests'
+# AfterAll blocks; every process started here is stopped by Stop-TestProcess.
 
 Set-StrictMode -Version 3.0
 
@@ -149,6 +150,24 @@ namespace SSMConnectTests
             }
         }
 
+        // Whether a DNS server answers on 127.0.0.1:port: a query for ready.test A (REFUSED will do).
+        public static bool DnsAnswers(int port)
+        {
+            using (var udp = new UdpClient(AddressFamily.InterNetwork))
+            {
+                udp.Client.ReceiveTimeout = 200;
+                var query = new byte[] { 0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, (byte)'r', (byte)'e', (byte)'a', (byte)'d', (byte)'y', 4, (byte)'t', (byte)'e', (byte)'s', (byte)'t', 0, 0, 1, 0, 1 };
+                try
+                {
+                    udp.Send(query, query.Length, new IPEndPoint(IPAddress.Loopback, port));
+                    IPEndPoint from = null;
+                    var reply = udp.Receive(ref from);
+                    return reply.Length >= 12 && reply[0] == 0x12 && reply[1] == 0x34;
+                }
+                catch (SocketException) { return false; }
+            }
+        }
+
         public static byte[] RandomBytes(int count)
         {
             var b = new byte[count];
@@ -184,13 +203,47 @@ function Invoke-Pwsh {
 }
 
 function New-PwshStartInfo {
-    <# A ProcessStartInfo for a child PowerShell, with $ArgumentList after the command's own. #>
-    param([string[]] $ArgumentList = @())
+    <#
+    A ProcessStartInfo for a child PowerShell, with $ArgumentList after the command's own;
+    -Redirect redirects its stdin, stdout and stderr.
+    #>
+    param([string[]] $ArgumentList = @(), [switch] $Redirect)
     $command = Get-PwshCommand
     $psi = [System.Diagnostics.ProcessStartInfo]::new($command[0])
     foreach ($a in @($command | Select-Object -Skip 1) + $ArgumentList) { $psi.ArgumentList.Add($a) }
     $psi.UseShellExecute = $false
+    if ($Redirect) {
+        $psi.RedirectStandardInput = $true
+        $psi.RedirectStandardOutput = $true
+        $psi.RedirectStandardError = $true
+    }
     $psi
+}
+
+function New-TestTempPath {
+    <# A path under the temporary directory that nothing uses yet: $Prefix and a fresh GUID. #>
+    param([Parameter(Mandatory)] [string] $Prefix, [string] $Extension = '')
+    Join-Path ([IO.Path]::GetTempPath()) "$Prefix-$([guid]::NewGuid().ToString('N'))$Extension"
+}
+
+function Stop-TestProcess {
+    <#
+    Stops a process a test started: waits up to $WaitMilliseconds for it to exit on its own when
+    -Wait is given, kills it and what it started if it still runs, and disposes it.
+    #>
+    param([Parameter(ValueFromPipeline)] [System.Diagnostics.Process] $Process, [int] $WaitMilliseconds = 5000, [switch] $Wait)
+    process {
+        if (-not $Process) { return }
+        try {
+            if ($Wait) { $null = $Process.WaitForExit($WaitMilliseconds) }
+            if (-not $Process.HasExited) {
+                $Process.Kill($true)
+                $null = $Process.WaitForExit($WaitMilliseconds)
+            }
+        }
+        catch [System.InvalidOperationException] { }
+        $Process.Dispose()
+    }
 }
 
 function Get-PwshCommandLine {
@@ -240,7 +293,7 @@ function Start-Emulator {
     $psi.UseShellExecute = $false
     $configFile = $null
     if ($Config) {
-        $configFile = Join-Path ([IO.Path]::GetTempPath()) "ssmc-emu-$([guid]::NewGuid().ToString('N')).json"
+        $configFile = New-TestTempPath 'ssmc-emu' -Extension '.json'
         $Config | ConvertTo-Json -Depth 10 | Set-Content -LiteralPath $configFile -Encoding utf8NoBOM
         $psi.ArgumentList.Add('--config')
         $psi.ArgumentList.Add($configFile)
@@ -251,7 +304,7 @@ function Start-Emulator {
     $null = $process.StandardError.ReadToEndAsync()
     $readLine = $process.StandardOutput.ReadLineAsync()
     if (-not $readLine.Wait([TimeSpan]::FromSeconds(30)) -or -not $readLine.Result) {
-        $process.Kill($true)
+        Stop-TestProcess $process
         throw 'the emulator printed no endpoint line'
     }
     $endpoint = ($readLine.Result | ConvertFrom-Json).endpoint
@@ -274,8 +327,7 @@ function Stop-Emulator {
         if (-not $Emulator) { return }
         # It exits when its stdin closes.
         try { $Emulator.Process.StandardInput.Close() } catch { }
-        if (-not $Emulator.Process.WaitForExit(10000)) { $Emulator.Process.Kill($true) }
-        $Emulator.Process.Dispose()
+        Stop-TestProcess $Emulator.Process -Wait -WaitMilliseconds 10000
         if ($Emulator.ConfigFile) { Remove-Item -LiteralPath $Emulator.ConfigFile -ErrorAction SilentlyContinue }
     }
 }
@@ -307,39 +359,118 @@ function Test-SshdAvailable {
     -not $IsWindows -and (Test-Path '/usr/sbin/sshd') -and (Get-Command ssh -ErrorAction SilentlyContinue) -and (Get-Command ssh-keygen -ErrorAction SilentlyContinue)
 }
 
+function Start-TestDaemon {
+    <#
+    .SYNOPSIS
+    A test daemon on loopback, started from a config file in a temporary directory of its own on a
+    free port (tried again on another port when something else takes it first); returns Name,
+    Port, Directory and Process. Stop-TestDaemon kills it and removes the directory.
+    .PARAMETER Configure
+    Given the port and the directory: writes the config file there and returns the arguments that
+    run the daemon in the foreground from it.
+    .PARAMETER ReadyPattern
+    The daemon is ready once it writes a line matching this on stderr ...
+    .PARAMETER ReadyProbe
+    ... or once this, given the port, returns true.
+    .PARAMETER Prepare
+    Given the directory: makes what every attempt uses (keys, say), once.
+    #>
+    param(
+        [Parameter(Mandatory)] [string] $Name,
+        [Parameter(Mandatory)] [string] $FilePath,
+        [Parameter(Mandatory)] [scriptblock] $Configure,
+        [string] $ReadyPattern,
+        [scriptblock] $ReadyProbe,
+        [scriptblock] $Prepare,
+        [int] $TimeoutSeconds = 20
+    )
+    if (-not (Test-Path -LiteralPath $FilePath)) { throw "$FilePath is missing: install $Name (.ci/run does)" }
+    $dir = New-TestTempPath "ssmc-$Name"
+    New-Item -ItemType Directory -Path $dir | Out-Null
+    try {
+        if ($Prepare) { & $Prepare $dir }
+        $lastLog = ''
+        foreach ($attempt in 1..5) {
+            $port = Get-FreePort
+            $psi = [System.Diagnostics.ProcessStartInfo]::new($FilePath)
+            foreach ($a in (& $Configure $port $dir)) { $psi.ArgumentList.Add($a) }
+            $psi.RedirectStandardInput = $true
+            $psi.RedirectStandardError = $true
+            $psi.UseShellExecute = $false
+            $process = [System.Diagnostics.Process]::Start($psi)
+            $log = [System.Text.StringBuilder]::new()
+            $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+            $ready = $false
+            if ($ReadyPattern) {
+                while (-not $ready -and [DateTime]::UtcNow -lt $deadline) {
+                    $line = $process.StandardError.ReadLineAsync()
+                    $left = [int][Math]::Max(0, ($deadline - [DateTime]::UtcNow).TotalMilliseconds)
+                    if (-not $line.Wait($left) -or $null -eq $line.Result) { break }
+                    $null = $log.AppendLine($line.Result)
+                    $ready = $line.Result -match $ReadyPattern
+                }
+                # Keep stderr flowing so that the daemon never blocks on a full pipe.
+                if ($ready) { $null = $process.StandardError.ReadToEndAsync() }
+            }
+            else {
+                $stderr = $process.StandardError.ReadToEndAsync()
+                while (-not $ready -and -not $process.HasExited -and [DateTime]::UtcNow -lt $deadline) {
+                    $ready = & $ReadyProbe $port
+                    if (-not $ready) { Start-Sleep -Milliseconds 50 }
+                }
+                if (-not $ready -and $process.HasExited) { $null = $log.Append($stderr.Result) }
+            }
+            if ($ready) {
+                return [pscustomobject]@{ Name = $Name; Port = $port; Directory = $dir; Process = $process }
+            }
+            # Most likely it lost the port to another process: try another one.
+            $lastLog = $log.ToString()
+            Stop-TestProcess $process
+        }
+        throw "$Name did not start: $lastLog"
+    }
+    catch {
+        Remove-Item -LiteralPath $dir -Recurse -Force -ErrorAction SilentlyContinue
+        throw
+    }
+}
+
+function Stop-TestDaemon {
+    <# Kills a daemon of Start-TestDaemon (Start-TestSshd, Start-TestDnsmasq) and removes its directory. #>
+    param([Parameter(ValueFromPipeline)] $Daemon)
+    process {
+        if (-not $Daemon) { return }
+        Stop-TestProcess $Daemon.Process
+        Remove-Item -LiteralPath $Daemon.Directory -Recurse -Force -ErrorAction SilentlyContinue
+    }
+}
+
 function Start-TestSshd {
     <#
     .SYNOPSIS
     A private sshd on 127.0.0.1 accepting a fresh client key; returns Port, ClientKey, Directory,
-    Process. -AuthorizedKeysFile replaces the file holding that key (e.g. the emulator's EC2
-    Instance Connect file); -ExtraAuthorizedKeysFile is read besides it.
+    Process (stop it with Stop-TestDaemon). -AuthorizedKeysFile replaces the file holding that key
+    (e.g. the emulator's EC2 Instance Connect file); -ExtraAuthorizedKeysFile is read besides it.
     #>
     param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile)
-    $dir = Join-Path ([IO.Path]::GetTempPath()) "ssmc-sshd-$([guid]::NewGuid().ToString('N'))"
-    New-Item -ItemType Directory -Path $dir | Out-Null
     # sshd refuses to start without its privilege-separation directory.
     if (-not (Test-Path /run/sshd) -and (Test-Path /run)) { New-Item -ItemType Directory -Path /run/sshd -ErrorAction SilentlyContinue | Out-Null }
-    $hostKey = Join-Path $dir 'host_ed25519'
-    $clientKey = Join-Path $dir 'id_ed25519'
-    foreach ($key in $hostKey, $clientKey) {
-        & ssh-keygen -q -t ed25519 -N '' -f $key
-        if ($LASTEXITCODE -ne 0) { throw "ssh-keygen failed for $key" }
-    }
-    $authorized = $AuthorizedKeysFile
-    if (-not $authorized) {
-        $authorized = Join-Path $dir 'authorized_keys'
-        Copy-Item "$clientKey.pub" $authorized
-    }
-
-    $lastLog = ''
-    foreach ($attempt in 1..5) {
-        $port = Get-FreePort
-        $cfg = Join-Path $dir 'sshd_config'
+    $sshd = Start-TestDaemon -Name sshd -FilePath '/usr/sbin/sshd' -ReadyPattern 'Server listening on' -Prepare {
+        param($Directory)
+        foreach ($key in 'host_ed25519', 'id_ed25519') {
+            & ssh-keygen -q -t ed25519 -N '' -f (Join-Path $Directory $key)
+            if ($LASTEXITCODE -ne 0) { throw "ssh-keygen failed for $key" }
+        }
+        if (-not $AuthorizedKeysFile) { Copy-Item (Join-Path $Directory 'id_ed25519.pub') (Join-Path $Directory 'authorized_keys') }
+    } -Configure {
+        param($Port, $Directory)
+        $authorized = if ($AuthorizedKeysFile) { $AuthorizedKeysFile } else { Join-Path $Directory 'authorized_keys' }
+        $cfg = Join-Path $Directory 'sshd_config'
         @(
             'ListenAddress 127.0.0.1'
-            "Port $port"
-            "HostKey $hostKey"
-            "PidFile $(Join-Path $dir 'sshd.pid')"
+            "Port $Port"
+            "HostKey $(Join-Path $Directory 'host_ed25519')"
+            "PidFile $(Join-Path $Directory 'sshd.pid')"
             "AuthorizedKeysFile $authorized $ExtraAuthorizedKeysFile".TrimEnd()
             'StrictModes no'
             'UsePAM no'
@@ -347,40 +478,64 @@ function Start-TestSshd {
             'KbdInteractiveAuthentication no'
             'PermitRootLogin prohibit-password'
         ) | Set-Content -LiteralPath $cfg
-        $psi = [System.Diagnostics.ProcessStartInfo]::new('/usr/sbin/sshd')
-        foreach ($a in '-D', '-e', '-f', $cfg) { $psi.ArgumentList.Add($a) }
-        $psi.RedirectStandardError = $true
-        $psi.RedirectStandardInput = $true
-        $psi.UseShellExecute = $false
-        $process = [System.Diagnostics.Process]::Start($psi)
-        $log = [System.Text.StringBuilder]::new()
-        $deadline = [DateTime]::UtcNow.AddSeconds(20)
-        $ready = $false
-        while ([DateTime]::UtcNow -lt $deadline) {
-            $line = $process.StandardError.ReadLineAsync()
-            if (-not $line.Wait([TimeSpan]::FromSeconds(20)) -or $null -eq $line.Result) { break }
-            $null = $log.AppendLine($line.Result)
-            if ($line.Result -match 'Server listening on') { $ready = $true; break }
-        }
-        if ($ready) {
-            $null = $process.StandardError.ReadToEndAsync()
-            return [pscustomobject]@{ Port = $port; ClientKey = $clientKey; Directory = $dir; Process = $process }
-        }
-        $lastLog = $log.ToString()
-        if (-not $process.HasExited) { $process.Kill() }
-        $process.Dispose()
+        '-D', '-e', '-f', $cfg
     }
-    throw "sshd did not start: $lastLog"
+    $sshd | Add-Member -NotePropertyName ClientKey -NotePropertyValue (Join-Path $sshd.Directory 'id_ed25519') -PassThru
 }
 
-function Stop-TestSshd {
-    param([Parameter(ValueFromPipeline)] $Sshd)
-    process {
-        if (-not $Sshd) { return }
-        if (-not $Sshd.Process.HasExited) { $Sshd.Process.Kill(); $null = $Sshd.Process.WaitForExit(5000) }
-        $Sshd.Process.Dispose()
-        Remove-Item -LiteralPath $Sshd.Directory -Recurse -Force -ErrorAction SilentlyContinue
+function Start-TestDnsmasq {
+    <#
+    .SYNOPSIS
+    dnsmasq on 127.0.0.1 as a small internal resolver: the given records (dnsmasq options such as
+    --address=/web.test/10.0.0.10), no upstream and no --local, so every name and type it has no
+    record for is answered REFUSED. Returns Port, Address (as -DnsServer takes it), Directory,
+    Process; stop it with Stop-TestDaemon.
+    #>
+    param([Parameter(Mandatory)] [string[]] $Record)
+    $path = if (Test-Path /usr/sbin/dnsmasq) { '/usr/sbin/dnsmasq' } else { '/usr/bin/dnsmasq' }
+    $dns = Start-TestDaemon -Name dnsmasq -FilePath $path -TimeoutSeconds 10 -ReadyProbe {
+        param($Port)
+        [SSMConnectTests.Net]::DnsAnswers($Port)
+    } -Configure {
+        param($Port, $Directory)
+        $conf = Join-Path $Directory 'dnsmasq.conf'
+        @(
+            "port=$Port"
+            'listen-address=127.0.0.1'
+            'bind-interfaces'
+            'no-resolv'
+            'no-hosts'
+            'no-poll'
+            'cache-size=0'
+            "pid-file=$(Join-Path $Directory 'dnsmasq.pid')"
+            # As root it would switch to `nobody`; staying root changes nothing it reads.
+            if ((id -u) -eq '0') { 'user=root' }
+            $Record | ForEach-Object { $_.TrimStart('-') }
+        ) | Set-Content -LiteralPath $conf
+        '--no-daemon', "--conf-file=$conf"
     }
+    $dns | Add-Member -NotePropertyName Address -NotePropertyValue "127.0.0.1:$($dns.Port)" -PassThru
+}
+
+function Start-ForwardTestBed {
+    <#
+    .SYNOPSIS
+    What the port-forward tests share: imports the module, starts the emulator (with -Config and
+    -ArgumentList as Start-Emulator takes them) and an echo server. Returns the emulator and the
+    echo server, in that order; Stop-ForwardTestBed stops them and every forward.
+    #>
+    param([hashtable] $Config, [string[]] $ArgumentList = @())
+    Import-TestModule
+    Start-Emulator -Config $Config -ArgumentList $ArgumentList
+    Start-EchoServer
+}
+
+function Stop-ForwardTestBed {
+    <# Stops every forward, then the echo server and the emulator of Start-ForwardTestBed. #>
+    param($Emulator, $Echo)
+    if (Get-Command Get-SSMPortForward -ErrorAction SilentlyContinue) { Get-SSMPortForward | Stop-SSMPortForward }
+    if ($Echo) { $Echo.Dispose() }
+    Stop-Emulator $Emulator
 }
 
 function Get-TestSshArguments {
@@ -432,22 +587,18 @@ function Invoke-ChildPwsh {
         [string] $InputText,
         [int] $TimeoutSeconds = 120
     )
-    $file = Join-Path ([IO.Path]::GetTempPath()) "ssmc-child-$([guid]::NewGuid().ToString('N')).ps1"
+    $file = New-TestTempPath 'ssmc-child' -Extension '.ps1'
     Set-Content -LiteralPath $file -Value $ScriptBlock.ToString() -Encoding utf8NoBOM
     try {
-        $psi = New-PwshStartInfo -ArgumentList (@('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList)
+        $psi = New-PwshStartInfo -Redirect -ArgumentList (@('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList)
         foreach ($name in $Environment.Keys) { $psi.Environment[$name] = [string]$Environment[$name] }
-        $psi.RedirectStandardOutput = $true
-        $psi.RedirectStandardError = $true
-        $psi.RedirectStandardInput = $true
-        $psi.UseShellExecute = $false
         $p = [System.Diagnostics.Process]::Start($psi)
         if ($InputText) { $p.StandardInput.Write($InputText) }
         $p.StandardInput.Close()
         $stdout = $p.StandardOutput.ReadToEndAsync()
         $stderr = $p.StandardError.ReadToEndAsync()
         if (-not $p.WaitForExit($TimeoutSeconds * 1000)) {
-            $p.Kill($true)
+            Stop-TestProcess $p
             throw "the child pwsh did not finish in $TimeoutSeconds s"
         }
         [pscustomobject]@{
@@ -455,6 +606,7 @@ function Invoke-ChildPwsh {
             Output   = @($stdout.Result -split '\r?\n' | Where-Object { $_ -ne '' })
             Errors   = $stderr.Result
         }
+        $p.Dispose()
     }
     finally {
         Remove-Item -LiteralPath $file -ErrorAction SilentlyContinue
@@ -520,7 +672,7 @@ function New-TestAwsFiles {
     A temporary shared credentials file and config file with the profiles the credential tests
     use; returns Directory, CredentialsFile, ConfigFile and the access key each profile holds.
     #>
-    $dir = Join-Path ([IO.Path]::GetTempPath()) "ssmc-aws-$([guid]::NewGuid().ToString('N'))"
+    $dir = New-TestTempPath 'ssmc-aws'
     New-Item -ItemType Directory -Path $dir | Out-Null
     $keys = [ordered]@{ default = 'AKIDDEFAULTPROFILE'; ops = 'AKIDOPSPROFILE'; prod = 'AKIDPRODPROFILE' }
     $credentials = Join-Path $dir 'credentials'

@@ -1,9 +1,9 @@
 using System;
-using System.Diagnostics;
+using System.Collections.Generic;
 using System.IO;
+using System.Linq;
 using System.Net;
 using System.Net.Sockets;
-using System.Threading;
 
 namespace SSMConnect.Tests
 {
@@ -12,66 +12,47 @@ namespace SSMConnect.Tests
     /// <c>--local</c>, so every name and type it has no record for is answered REFUSED
     /// (<c>--address=/web.test/10.0.0.10</c> answers A and refuses AAAA and TXT).
     /// </summary>
-    internal sealed class Dnsmasq : IDisposable
+    internal sealed class Dnsmasq : LoopbackDaemon
     {
-        private static readonly string[] Paths = { "/usr/sbin/dnsmasq", "/usr/bin/dnsmasq" };
-        private readonly Process process;
+        private readonly string[] records;
 
-        private Dnsmasq(Process process, int port)
+        private Dnsmasq(string[] records)
+            : base("dnsmasq")
         {
-            this.process = process;
-            Port = port;
+            this.records = records;
         }
-
-        internal int Port { get; }
 
         /// <summary>The server as <c>-DnsServer</c> takes it.</summary>
         internal string Address => $"127.0.0.1:{Port}";
 
-        internal static Dnsmasq StartRefusing(params string[] records)
+        protected override string Program { get; } =
+            new[] { "/usr/sbin/dnsmasq", "/usr/bin/dnsmasq" }.FirstOrDefault(File.Exists) ?? "/usr/sbin/dnsmasq";
+
+        protected override TimeSpan ReadyTimeout => TimeSpan.FromSeconds(10);
+
+        /// <summary>Starts dnsmasq with <paramref name="records"/>, given as options (<c>--address=…</c>, <c>--txt-record=…</c>).</summary>
+        internal static Dnsmasq StartRefusing(params string[] records) => Launch(new Dnsmasq(records));
+
+        protected override IEnumerable<string> Configure(int port)
         {
-            var exe = Array.Find(Paths, File.Exists)
-                ?? throw new FileNotFoundException("dnsmasq is missing: install dnsmasq (.ci/run does)");
-            var last = string.Empty;
-            for (var attempt = 0; attempt < 3; attempt++)
+            var lines = new List<string>
             {
-                var port = PortForwardTests.FreePort();
-                var psi = new ProcessStartInfo(exe) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
-                foreach (var a in new[]
-                {
-                    "--no-daemon", $"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv",
-                    "--no-hosts", "--no-poll", "--conf-file=/dev/null", "--cache-size=0",
-                })
-                {
-                    psi.ArgumentList.Add(a);
-                }
-                // As root it would switch to `nobody`; staying root changes nothing it reads.
-                if (Environment.UserName == "root")
-                {
-                    psi.ArgumentList.Add("--user=root");
-                }
-                foreach (var r in records)
-                {
-                    psi.ArgumentList.Add(r);
-                }
-                var p = Process.Start(psi) ?? throw new InvalidOperationException("cannot start dnsmasq");
-                var watch = Stopwatch.StartNew();
-                while (watch.Elapsed < TimeSpan.FromSeconds(10) && !p.HasExited)
-                {
-                    if (Answers(port))
-                    {
-                        return new Dnsmasq(p, port);
-                    }
-                    Thread.Sleep(50);
-                }
-                last = p.HasExited ? p.StandardError.ReadToEnd() : "(no answer within 10 s)";
-                Stop(p);
+                $"port={port}", "listen-address=127.0.0.1", "bind-interfaces", "no-resolv", "no-hosts", "no-poll",
+                "cache-size=0", $"pid-file={Path.Combine(Directory, "dnsmasq.pid")}",
+            };
+            // As root it would switch to `nobody`; staying root changes nothing it reads.
+            if (Environment.UserName == "root")
+            {
+                lines.Add("user=root");
             }
-            throw new InvalidOperationException("dnsmasq did not start: " + last);
+            lines.AddRange(records.Select(r => r.TrimStart('-')));
+            var conf = Path.Combine(Directory, "dnsmasq.conf");
+            File.WriteAllLines(conf, lines);
+            return new[] { "--no-daemon", $"--conf-file={conf}" };
         }
 
         /// <summary>Whether anything answers a query for <c>ready.test</c> A (REFUSED will do).</summary>
-        private static bool Answers(int port)
+        protected override bool IsReady(int port, string log)
         {
             using var udp = new UdpClient(AddressFamily.InterNetwork);
             udp.Client.ReceiveTimeout = 200;
@@ -88,23 +69,5 @@ namespace SSMConnect.Tests
                 return false;
             }
         }
-
-        private static void Stop(Process p)
-        {
-            try
-            {
-                if (!p.HasExited)
-                {
-                    p.Kill();
-                    p.WaitForExit(5000);
-                }
-            }
-            catch (InvalidOperationException)
-            {
-            }
-            p.Dispose();
-        }
-
-        public void Dispose() => Stop(process);
     }
 }

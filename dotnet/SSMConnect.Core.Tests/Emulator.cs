@@ -69,13 +69,7 @@ namespace SSMConnect.Tests
             if (!lineTask.Wait(TimeSpan.FromSeconds(30)) || lineTask.Result is null)
             {
                 var err = p.HasExited ? p.StandardError.ReadToEnd() : "(still running)";
-                try
-                {
-                    p.Kill(true);
-                }
-                catch (InvalidOperationException)
-                {
-                }
+                Processes.Stop(p);
                 throw new InvalidOperationException($"the emulator printed no endpoint line; stderr: {err}");
             }
             using var doc = JsonDocument.Parse(lineTask.Result);
@@ -135,13 +129,11 @@ namespace SSMConnect.Tests
 
         public void Dispose()
         {
+            // It exits when its stdin closes; killed only when it does not.
             try
             {
                 process.StandardInput.Close();
-                if (!process.WaitForExit(10_000))
-                {
-                    process.Kill(true);
-                }
+                process.WaitForExit(10_000);
             }
             catch (InvalidOperationException)
             {
@@ -149,78 +141,10 @@ namespace SSMConnect.Tests
             catch (IOException)
             {
             }
-            process.Dispose();
+            Processes.Stop(process);
             if (configFile is not null)
             {
                 File.Delete(configFile);
-            }
-        }
-    }
-
-    /// <summary>A loopback TCP echo server on a port the OS picks.</summary>
-    internal sealed class EchoServer : IDisposable
-    {
-        private readonly System.Net.Sockets.TcpListener listener;
-        private readonly List<System.Net.Sockets.TcpClient> clients = new List<System.Net.Sockets.TcpClient>();
-
-        internal EchoServer()
-        {
-            listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
-            listener.Start();
-            Port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
-            _ = AcceptLoop();
-        }
-
-        internal int Port { get; }
-
-        private async Task AcceptLoop()
-        {
-            while (true)
-            {
-                System.Net.Sockets.TcpClient c;
-                try
-                {
-                    c = await listener.AcceptTcpClientAsync().ConfigureAwait(false);
-                }
-                catch (Exception e) when (e is ObjectDisposedException || e is System.Net.Sockets.SocketException || e is InvalidOperationException)
-                {
-                    return;
-                }
-                lock (clients)
-                {
-                    clients.Add(c);
-                }
-                _ = Echo(c);
-            }
-        }
-
-        private static async Task Echo(System.Net.Sockets.TcpClient c)
-        {
-            try
-            {
-                var s = c.GetStream();
-                var buf = new byte[64 * 1024];
-                int n;
-                while ((n = await s.ReadAsync(buf).ConfigureAwait(false)) > 0)
-                {
-                    await s.WriteAsync(buf.AsMemory(0, n)).ConfigureAwait(false);
-                }
-                c.Client.Shutdown(System.Net.Sockets.SocketShutdown.Send);
-            }
-            catch (Exception e) when (e is IOException || e is System.Net.Sockets.SocketException || e is ObjectDisposedException)
-            {
-            }
-        }
-
-        public void Dispose()
-        {
-            listener.Stop();
-            lock (clients)
-            {
-                foreach (var c in clients)
-                {
-                    c.Dispose();
-                }
             }
         }
     }

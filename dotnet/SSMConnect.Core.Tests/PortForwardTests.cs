@@ -1,6 +1,5 @@
 using System;
 using System.Diagnostics;
-using System.IO;
 using System.Net;
 using System.Net.Sockets;
 using System.Security.Cryptography;
@@ -47,7 +46,7 @@ namespace SSMConnect.Tests
                 Assert.Contains(forward, ForwardRegistry.All);
 
                 var data = RandomNumberGenerator.GetBytes(16 * 1024 * 1024);
-                var back = await RoundTrip(forward.LocalPort, data, cts.Token);
+                var back = await Loopback.RoundTrip(forward.LocalPort, data, cts.Token);
                 Assert.Equal(data.Length, back.Length);
                 Assert.Equal(Convert.ToHexString(SHA256.HashData(data)), Convert.ToHexString(SHA256.HashData(back)));
 
@@ -63,7 +62,7 @@ namespace SSMConnect.Tests
             Assert.NotEqual(OperationState.Running, forward.State);
             Assert.Null(ForwardRegistry.Get(forward.Id));
             Assert.DoesNotContain(forward, ForwardRegistry.All);
-            await AssertNothingListens(forward.LocalPort);
+            await Loopback.AssertNothingListens(forward.LocalPort);
             var sessions = await emu.Sessions();
             Assert.Contains(sessions, s => s.Id == forward.SessionId);
             Assert.True(await emu.AllSessionsEnded(), "the session was not terminated");
@@ -85,7 +84,7 @@ namespace SSMConnect.Tests
                 Assert.True(b.Id > a.Id);
                 Assert.NotEqual(a.LocalPort, b.LocalPort);
                 var small = RandomNumberGenerator.GetBytes(4096);
-                Assert.Equal(small, await RoundTrip(b.LocalPort, small, cts.Token));
+                Assert.Equal(small, await Loopback.RoundTrip(b.LocalPort, small, cts.Token));
             }
             finally
             {
@@ -155,12 +154,12 @@ namespace SSMConnect.Tests
             // Every frame to the client is lost, so the handshake never completes.
             using var emu = Emulator.Start(null, "--faults", "{\"to_client\":{\"drop\":1.0}}");
             using var client = new SsmClient(emu.ClientOptions());
-            var port = FreePort();
+            var port = Loopback.FreePort();
             using var op = client.BeginForward(new ForwardRequest { Target = Instance, RemotePort = 22, LocalPort = (ushort)port });
 
             // The port is bound before the session starts; wait until the work got that far.
             var watch = Stopwatch.StartNew();
-            while (!await Listens(port))
+            while (!await Loopback.Listens(port))
             {
                 Assert.Equal(OperationState.Running, op.State);
                 Assert.True(watch.Elapsed < TimeSpan.FromSeconds(20), "the forward never bound its port");
@@ -179,7 +178,7 @@ namespace SSMConnect.Tests
             Assert.Equal(SsmErrorKind.Cancelled, op.Error?.Kind);
             Assert.NotEmpty(stages);
             Assert.Throws<InvalidOperationException>(() => op.TakeForward());
-            await AssertNothingListens(port);
+            await Loopback.AssertNothingListens(port);
             Assert.True(await emu.AllSessionsEnded(), "a session was left open after the cancel");
         }
 
@@ -193,7 +192,7 @@ namespace SSMConnect.Tests
                 using var echo = new EchoServer();
                 using var client = new SsmClient(emu.ClientOptions());
                 var forward = await client.StartForwardAsync(new ForwardRequest { Target = Instance, RemotePort = (ushort)echo.Port });
-                await RoundTrip(forward.LocalPort, new byte[] { 1, 2, 3 }, CancellationToken.None);
+                await Loopback.RoundTrip(forward.LocalPort, new byte[] { 1, 2, 3 }, CancellationToken.None);
                 forward.Stop();
                 var lines = new System.Collections.Generic.List<(NativeLogLevel, string)>();
                 NativeLog.Drain((level, line) => lines.Add((level, line)));
@@ -206,73 +205,6 @@ namespace SSMConnect.Tests
                 NativeLog.Enable(NativeLogLevel.Off);
                 NativeLog.Drain((_, _) => { });
             }
-        }
-
-        internal static async Task<byte[]> RoundTrip(int port, byte[] data, CancellationToken ct)
-        {
-            using var tcp = new TcpClient();
-            await tcp.ConnectAsync(IPAddress.Loopback, port, ct);
-            var stream = tcp.GetStream();
-            var writer = Task.Run(
-                async () =>
-                {
-                    for (var off = 0; off < data.Length; off += 64 * 1024)
-                    {
-                        await stream.WriteAsync(data.AsMemory(off, Math.Min(64 * 1024, data.Length - off)), ct);
-                    }
-                },
-                ct);
-            var back = new MemoryStream(data.Length);
-            var buf = new byte[64 * 1024];
-            while (back.Length < data.Length)
-            {
-                var n = await stream.ReadAsync(buf, ct);
-                if (n == 0)
-                {
-                    break;
-                }
-                back.Write(buf, 0, n);
-            }
-            await writer;
-            return back.ToArray();
-        }
-
-        internal static int FreePort()
-        {
-            var l = new TcpListener(IPAddress.Loopback, 0);
-            l.Start();
-            var port = ((IPEndPoint)l.LocalEndpoint).Port;
-            l.Stop();
-            return port;
-        }
-
-        private static async Task<bool> Listens(int port)
-        {
-            using var tcp = new TcpClient();
-            try
-            {
-                await tcp.ConnectAsync(IPAddress.Loopback, port);
-                return true;
-            }
-            catch (SocketException)
-            {
-                return false;
-            }
-        }
-
-        /// <summary>Connections to the port are refused (allowing the listener a moment to close).</summary>
-        internal static async Task AssertNothingListens(int port)
-        {
-            var watch = Stopwatch.StartNew();
-            while (await Listens(port))
-            {
-                Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"something still listens on 127.0.0.1:{port}");
-                await Task.Delay(50);
-            }
-            // And the port can be bound again.
-            var l = new TcpListener(IPAddress.Loopback, port);
-            l.Start();
-            l.Stop();
         }
     }
 }

@@ -1,6 +1,5 @@
 using System;
 using System.Collections.Generic;
-using System.Diagnostics;
 using System.Linq;
 using System.Text;
 using Xunit;
@@ -139,12 +138,7 @@ namespace SSMConnect.Tests
             var inv = SshInvocation.Build(o, windows: false);
             // What ssh does before handing the command to the shell: expand %-tokens.
             var expanded = ExpandPercent(inv.ProxyCommand, "ec2-user", "i-0123456789abcdef0", "2222");
-            var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardOutput = true, UseShellExecute = false };
-            psi.ArgumentList.Add("-c");
-            psi.ArgumentList.Add("printf '%s\\n' " + expanded);
-            using var p = Process.Start(psi)!;
-            var words = p.StandardOutput.ReadToEnd().Split('\n', StringSplitOptions.RemoveEmptyEntries);
-            p.WaitForExit();
+            var words = Processes.Run("/bin/sh", null, "-c", "printf '%s\\n' " + expanded).Split('\n', StringSplitOptions.RemoveEmptyEntries);
             Assert.Equal(
                 new[]
                 {

@@ -41,7 +41,7 @@ namespace SSMConnect.Tests
                 // Stages come and go faster than a poll may see them; the last one is always seen.
                 Assert.Contains(stages, s => s.Contains("i-0ccccccccccccccc3", StringComparison.Ordinal) || s == "Forwarding");
                 var data = new byte[] { 1, 2, 3, 4 };
-                Assert.Equal(data, await PortForwardTests.RoundTrip(forward.LocalPort, data, cts.Token));
+                Assert.Equal(data, await Loopback.RoundTrip(forward.LocalPort, data, cts.Token));
                 var sessions = await emu.Sessions();
                 Assert.Contains(sessions, s => s.Id == forward.SessionId && s.Target == "i-0ccccccccccccccc3");
             }
@@ -71,13 +71,13 @@ namespace SSMConnect.Tests
             using var emu = Emulator.Start(Inventory);
             using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
             using var client = new SsmClient(emu.ClientOptions());
-            var port = PortForwardTests.FreePort();
+            var port = Loopback.FreePort();
             var e = await Assert.ThrowsAsync<SsmException>(() =>
                 client.StartForwardAsync(new ForwardRequest { Target = "Name:nothing", RemotePort = 22, LocalPort = (ushort)port }));
             Assert.Equal(SsmErrorKind.TargetNotFound, e.Kind);
             Assert.Equal("SSMConnect.TargetNotFound", e.ErrorId);
             Assert.Equal("ObjectNotFound", e.CategoryName);
-            await PortForwardTests.AssertNothingListens(port);
+            await Loopback.AssertNothingListens(port);
         }
 
         [Fact]

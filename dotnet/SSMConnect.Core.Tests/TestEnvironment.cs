@@ -1,5 +1,4 @@
 using System;
-using System.Diagnostics;
 using System.IO;
 using System.Text.Json;
 using SSMConnect.Native;
@@ -101,24 +100,14 @@ namespace SSMConnect.Tests
             {
                 return Path.GetFullPath(env, RepoRoot);
             }
-            var psi = new ProcessStartInfo("cargo")
+            string stdout;
+            try
             {
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-                WorkingDirectory = RepoRoot,
-            };
-            foreach (var a in new[] { "metadata", "--format-version", "1", "--no-deps", "--offline" })
-            {
-                psi.ArgumentList.Add(a);
+                stdout = Processes.Run("cargo", RepoRoot, "metadata", "--format-version", "1", "--no-deps", "--offline");
             }
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException("cannot start cargo");
-            var stderr = p.StandardError.ReadToEndAsync();
-            var stdout = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            if (p.ExitCode != 0)
+            catch (InvalidOperationException e)
             {
-                throw new InvalidOperationException($"`cargo metadata` failed ({p.ExitCode}): {stderr.Result}; set CARGO_TARGET_DIR");
+                throw new InvalidOperationException($"{e.Message}; set CARGO_TARGET_DIR", e);
             }
             using var doc = JsonDocument.Parse(stdout);
             return doc.RootElement.GetProperty("target_directory").GetString()

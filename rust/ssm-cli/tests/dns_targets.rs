@@ -3,14 +3,11 @@
 //! must reach the instance; a name it refuses everything for fails with each type's outcome.
 
 mod common;
-#[path = "../../ssm-session/tests/resolve_common/mod.rs"]
-mod resolve_common;
 
 use std::net::Ipv4Addr;
 use std::process::Stdio;
 
 use common::*;
-use resolve_common::{Dnsmasq, loopbacks};
 use ssm_emulator::{Config, Instance};
 
 const WEB: &str = "i-0123456789abcdef0";

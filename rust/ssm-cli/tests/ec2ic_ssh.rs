@@ -8,119 +8,17 @@
 //! sitting through it.
 
 mod common;
-#[path = "../../ssm-session/tests/resolve_common/mod.rs"]
-mod resolve_common;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use ssm_emulator::{Config, Emulator, Instance};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 
-const SSHD: &str = "/usr/sbin/sshd";
 const BOX: &str = "i-0e2c00000000000b0";
 const OTHER: &str = "i-0e2c00000000000b1";
-
-/// A private sshd on 127.0.0.1 that trusts only `<keys_dir>/<user>`, the file the emulator
-/// manages.
-struct Sshd {
-    port: u16,
-    keys_dir: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-    _proc: Proc,
-}
-
-impl Sshd {
-    async fn start(home: &Home) -> Self {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: install openssh-server (.ci/run does)"
-        );
-        // sshd refuses to start without its privilege-separation directory.
-        if !Path::new("/run/sshd").exists() {
-            std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
-        }
-        let dir = home.path().join("sshd");
-        let keys_dir = home.path().join("instance-connect");
-        std::fs::create_dir_all(&dir).expect("sshd dir");
-        let host_key = dir.join("host_ed25519");
-        run_ok(
-            tokio::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(&host_key),
-            "ssh-keygen",
-        )
-        .await;
-        let mut last_log = Vec::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let cfg = dir.join("sshd_config");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nPidFile {pid}\n\
-                     AuthorizedKeysFile {keys}/%u\nStrictModes no\nUsePAM no\n\
-                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
-                    hk = host_key.display(),
-                    pid = dir.join("sshd.pid").display(),
-                    keys = keys_dir.display(),
-                ),
-            )
-            .expect("write sshd_config");
-            let mut cmd = tokio::process::Command::new(SSHD);
-            cmd.args(["-D", "-e", "-f"])
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut proc = Proc::spawn(&mut cmd, "sshd");
-            let mut lines = BufReader::new(proc.take_stderr()).lines();
-            let ready = within(20, "sshd to listen", async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let ok = line.contains("Server listening on");
-                    last_log.push(line);
-                    if ok {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if !ready {
-                let _ = proc.wait(5).await;
-                continue;
-            }
-            let log = Arc::new(Mutex::new(std::mem::take(&mut last_log)));
-            let sink = log.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    sink.lock().expect("log lock").push(line);
-                }
-            });
-            return Self {
-                port,
-                keys_dir,
-                log,
-                _proc: proc,
-            };
-        }
-        panic!("sshd did not start: {last_log:?}");
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-
-    /// The authorized_keys file sshd reads for `user`.
-    fn keys_file(&self, user: &str) -> PathBuf {
-        self.keys_dir.join(user)
-    }
-}
 
 /// An emulator whose inventory holds `box` (port 22 is the test sshd) and `other` (both
 /// `Role=web`), writing Instance Connect keys where the sshd looks for them.
@@ -138,7 +36,7 @@ async fn emulator_for(sshd: &Sshd, ttl_ms: u64) -> Emulator {
                 .tag("Role", "web")
                 .private_ip(Ipv4Addr::new(10, 0, 0, 10)),
         ],
-        authorized_keys: Some(sshd.keys_dir.join("%u")),
+        authorized_keys: Some(sshd.keys_dir().join("%u")),
         instance_connect_ttl_ms: ttl_ms,
         ..Config::default()
     };
@@ -156,13 +54,7 @@ fn endpoints(cmd: &mut tokio::process::Command, emu: &Emulator) {
 
 async fn user_key(home: &Home) -> PathBuf {
     let key = home.path().join("id_ed25519");
-    run_ok(
-        tokio::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&key),
-        "ssh-keygen",
-    )
-    .await;
+    ssh_keygen(&key).await;
     key
 }
 
@@ -213,7 +105,7 @@ async fn run_ssh(
 #[tokio::test]
 async fn ec2ic_key_logs_in_then_expires() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::with_keys_per_user().await;
     let ttl = Duration::from_secs(4);
     let emu = emulator_for(&sshd, ttl.as_millis() as u64).await;
     let key = user_key(&home).await;
@@ -271,9 +163,16 @@ async fn ec2ic_key_logs_in_then_expires() {
 #[tokio::test]
 async fn ec2ic_with_a_fresh_in_memory_key_from_the_library() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::with_keys_per_user().await;
     let emu = emulator_for(&sshd, 60_000).await;
-    let cfg = resolve_common::test_config().await;
+    let cfg = ssm_session::aws::load_config(&ssm_session::AwsOptions {
+        region: Some(REGION.into()),
+        access_key: Some(ACCESS_KEY.into()),
+        secret_key: Some(SECRET_KEY.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let ro = ssm_session::ResolveOptions {
         ec2_endpoint_url: Some(emu.endpoint()),
         ..Default::default()
@@ -304,9 +203,9 @@ async fn ec2ic_with_a_fresh_in_memory_key_from_the_library() {
 #[tokio::test]
 async fn ec2ic_over_a_dns_name_with_an_explicit_dns_server() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::with_keys_per_user().await;
     let emu = emulator_for(&sshd, 60_000).await;
-    let dns = resolve_common::Dnsmasq::start(&["--host-record=box.test,10.0.0.9".to_owned()]).await;
+    let dns = Dnsmasq::start(&["--host-record=box.test,10.0.0.9".to_owned()]).await;
     let key = user_key(&home).await;
     let proxy = format!(
         "{SSMCONNECT} -v --dns-server {} ssh-proxy --ec2ic --public-key {} %r@%h:%p",
@@ -358,7 +257,7 @@ async fn default_ttl_is_sixty_seconds() {
 #[tokio::test]
 async fn forward_resolves_a_tag_target() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::with_keys_per_user().await;
     let emu = emulator_for(&sshd, 60_000).await;
     let mut cmd = ssmconnect(&home);
     endpoints(&mut cmd, &emu);

@@ -10,7 +10,6 @@ use std::process::Stdio;
 use common::*;
 use ssm_emulator::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 fn aws_cli() -> PathBuf {
     which("aws").unwrap_or_else(|| {
@@ -95,30 +94,12 @@ async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
     assert_eq!(sessions[0].client_version, "1.2.650.0");
 }
 
-/// A loopback server that speaks first like sshd (`SSH-2.0-Test\r\n`) and then echoes.
-async fn banner_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                if s.write_all(b"SSH-2.0-Test\r\n").await.is_err() {
-                    return;
-                }
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
-
 /// Runs ssmconnect with the six-argument contract for an `AWS-StartSSHSession` the test started
 /// itself, with the response in argv[1] or (`via_env`) in AWS_SSM_START_SESSION_RESPONSE.
 async fn plugin_stream_session(via_env: bool) {
     let home = Home::new();
     let emu = emulator(Config::default()).await;
-    let server = banner_server().await;
+    let server = greeting_echo_server(b"SSH-2.0-Test\r\n").await;
     let response = start_session_raw(
         emu.addr(),
         "AWS-StartSSHSession",
@@ -215,7 +196,7 @@ async fn ssh_proxy_terminates_the_session_when_ssh_hangs_up() {
         ..Config::default()
     })
     .await;
-    let server = banner_server().await;
+    let server = greeting_echo_server(b"SSH-2.0-Test\r\n").await;
     let mut cmd = ssmconnect(&home);
     cmd.arg("--endpoint-url")
         .arg(emu.endpoint())

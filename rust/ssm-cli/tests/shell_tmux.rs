@@ -5,6 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ssm_emulator::{Config, Emulator, Faults};
+use ssm_testkit::{ACCESS_KEY, REGION, SECRET_KEY, aws_call, aws_env};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ssmconnect");
 
@@ -29,7 +30,7 @@ impl Tmux {
         std::fs::write(
             &init,
             format!(
-                "export AWS_ACCESS_KEY_ID=AKIDEXAMPLE AWS_SECRET_ACCESS_KEY=secret AWS_REGION=us-east-1 \
+                "export AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={SECRET_KEY} AWS_REGION={REGION} \
                  AWS_EC2_METADATA_DISABLED=true HOME={home} PS1='local$ '\n",
                 home = dir.display()
             ),
@@ -144,12 +145,11 @@ fn wait_file(path: &Path, limit: Duration) -> String {
 }
 
 async fn emulator() -> Emulator {
-    Emulator::start(Config {
+    ssm_testkit::emulator(Config {
         shell_start_delay_ms: 200,
         ..Config::default()
     })
     .await
-    .unwrap()
 }
 
 /// Starts `ssmconnect shell` in the pane after saving the terminal settings; afterwards the
@@ -212,23 +212,10 @@ async fn far_end_closing_restores_the_terminal() {
     run_shell_in(&t, &dir, &emu.endpoint(), "");
     t.wait_prompt(Duration::from_secs(15));
     let sid = emu.sessions().pop().unwrap().session_id;
-    let body = format!("{{\"SessionId\":\"{sid}\"}}");
-    terminate_raw(emu.addr(), &body).await;
+    let (status, body) = aws_call(emu.addr(), "TerminateSession", serde_json::json!({ "SessionId": sid })).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(), "0");
     assert_terminal_restored(&dir);
-}
-
-async fn terminate_raw(addr: std::net::SocketAddr, body: &str) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nX-Amz-Target: AmazonSSM.TerminateSession\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    assert!(resp.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&resp));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,10 +243,7 @@ fn run_piped(endpoint: &str, script: &[u8]) -> Output {
     use std::io::Write;
     let mut child = Command::new(BIN)
         .args(["--endpoint-url", endpoint, "shell", "i-0123456789abcdef0"])
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .envs(aws_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -300,13 +284,12 @@ async fn a_script_on_stdin_runs_and_returns_its_output_and_code() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_megabyte_of_output_arrives_intact_and_eof_ends_the_session() {
-    let emu = Emulator::start(Config {
+    let emu = ssm_testkit::emulator(Config {
         shell_start_delay_ms: 0,
         pacing: ssm_emulator::Pacing::Unpaced { chunk: 1024 },
         ..Config::default()
     })
-    .await
-    .unwrap();
+    .await;
     let endpoint = emu.endpoint();
     // No `exit`: the end of stdin ends the session.
     let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"stty -echo; seq 1 200000\n"))

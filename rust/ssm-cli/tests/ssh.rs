@@ -4,115 +4,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 
 use common::*;
 use ssm_emulator::{Config, Emulator};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
-const SSHD: &str = "/usr/sbin/sshd";
-
-/// A private sshd on 127.0.0.1 and a client key it accepts.
-struct Sshd {
-    port: u16,
-    client_key: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-    _proc: Proc,
-}
-
-impl Sshd {
-    async fn start(home: &Home) -> Self {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: install openssh-server (.ci/run does)"
-        );
-        // sshd refuses to start without its privilege-separation directory.
-        if !Path::new("/run/sshd").exists() {
-            std::fs::create_dir_all("/run/sshd").expect("create /run/sshd");
-        }
-        let dir = home.path().join("sshd");
-        std::fs::create_dir_all(&dir).expect("sshd dir");
-        let host_key = dir.join("host_ed25519");
-        let client_key = home.path().join("id_ed25519");
-        for key in [&host_key, &client_key] {
-            run_ok(
-                tokio::process::Command::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(key),
-                "ssh-keygen",
-            )
-            .await;
-        }
-        let authorized = dir.join("authorized_keys");
-        std::fs::copy(client_key.with_extension("pub"), &authorized).expect("authorized_keys");
-
-        // sshd cannot be told to pick a port itself, so take a free one and retry on a clash.
-        let mut last_log = Vec::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            let cfg = dir.join("sshd_config");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "ListenAddress 127.0.0.1\nPort {port}\nHostKey {hk}\nPidFile {pid}\n\
-                     AuthorizedKeysFile {ak}\nStrictModes no\nUsePAM no\n\
-                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                     PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n",
-                    hk = host_key.display(),
-                    pid = dir.join("sshd.pid").display(),
-                    ak = authorized.display(),
-                ),
-            )
-            .expect("write sshd_config");
-            let mut cmd = tokio::process::Command::new(SSHD);
-            cmd.arg("-D")
-                .arg("-e")
-                .arg("-f")
-                .arg(&cfg)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            let mut proc = Proc::spawn(&mut cmd, "sshd");
-            let mut lines = BufReader::new(proc.take_stderr()).lines();
-            let ready = within(20, "sshd to listen", async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let ok = line.contains("Server listening on");
-                    last_log.push(line);
-                    if ok {
-                        return true;
-                    }
-                }
-                false
-            })
-            .await;
-            if !ready {
-                // It exited: most likely the port was taken in the meantime.
-                let _ = proc.wait(5).await;
-                continue;
-            }
-            let log = Arc::new(Mutex::new(std::mem::take(&mut last_log)));
-            let sink = log.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    sink.lock().expect("log lock").push(line);
-                }
-            });
-            return Self {
-                port,
-                client_key,
-                log,
-                _proc: proc,
-            };
-        }
-        panic!("sshd did not start: {last_log:?}");
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log lock").join("\n")
-    }
-}
+use tokio::io::AsyncWriteExt;
 
 /// An emulator whose port 22 is the test sshd.
 async fn emulator_for(sshd: &Sshd) -> Emulator {
@@ -140,7 +36,7 @@ async fn run_ssh(
         .args(["-o", "LogLevel=ERROR"])
         .args(["-o", "ConnectTimeout=30"])
         .arg("-i")
-        .arg(&sshd.client_key)
+        .arg(sshd.client_key())
         .arg("-o")
         .arg(format!("ProxyCommand={proxy_command}"))
         .arg(format!("{}@{TARGET}", current_user()))
@@ -180,7 +76,7 @@ fn ssh_proxy_command(emu: &Emulator) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_runs_a_command_through_ssm_connect_proxy() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::start().await;
     let emu = emulator_for(&sshd).await;
     let (code, stdout, stderr) = run_ssh(
         &home,
@@ -217,7 +113,7 @@ async fn session_ends(emu: &Emulator) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssh_moves_a_mebibyte_through_ssm_connect_proxy() {
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::start().await;
     let emu = emulator_for(&sshd).await;
     let data = random_bytes(1 << 20, 42);
     let want = sha256_hex(&data);
@@ -236,7 +132,7 @@ async fn openssh_through_aws_cli_with_ssm_connect_as_its_plugin() {
     let aws = which("aws")
         .unwrap_or_else(|| panic!("the AWS CLI (`aws`) is not on PATH; CI has it preinstalled and this test needs it"));
     let home = Home::new();
-    let sshd = Sshd::start(&home).await;
+    let sshd = Sshd::start().await;
     let emu = emulator_for(&sshd).await;
     let proxy = format!(
         "{} ssm start-session --target %h --document-name AWS-StartSSHSession \

@@ -8,18 +8,17 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::StreamExt;
-use ssm_emulator::{Config, Emulator, Faults, ResumeEnded};
+use ssm_emulator::{Config, Faults, ResumeEnded};
 use ssm_proto::{PayloadType, PortFlag};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn start_session_validates_target_and_document() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
         ..Config::default()
     })
-    .await
-    .unwrap();
+    .await;
     let (status, body) = aws_call(
         emu.addr(),
         "StartSession",
@@ -72,11 +71,14 @@ async fn refused_close_code(url: &str, token: &str) -> Option<u16> {
 
 #[tokio::test]
 async fn tokens_are_single_use_and_can_expire() {
-    let emu = Emulator::start(Config::default()).await.unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
-    c.handshake("1.2.650.0").await;
+    let emu = emulator(Config::default()).await;
+    let EchoSession {
+        session_id: sid,
+        token,
+        url,
+        client: _client,
+        ..
+    } = echo_session(&emu, "1.2.650.0").await;
     assert_eq!(
         refused_close_code(&url, &token).await,
         Some(1008),
@@ -100,11 +102,12 @@ async fn tokens_are_single_use_and_can_expire() {
 
 #[tokio::test]
 async fn terminate_session_closes_the_channel_and_resume_then_fails() {
-    let emu = Emulator::start(Config::default()).await.unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
-    c.handshake("1.2.650.0").await;
+    let emu = emulator(Config::default()).await;
+    let EchoSession {
+        session_id: sid,
+        client: mut c,
+        ..
+    } = echo_session(&emu, "1.2.650.0").await;
     let (status, _) = aws_call(emu.addr(), "TerminateSession", serde_json::json!({"SessionId": sid})).await;
     assert_eq!(status, 200);
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
@@ -116,16 +119,16 @@ async fn terminate_session_closes_the_channel_and_resume_then_fails() {
 
 #[tokio::test]
 async fn resume_of_an_ended_session_can_answer_without_token() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         resume_ended: ResumeEnded::NoToken,
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
-    c.handshake("1.2.650.0").await;
+    .await;
+    let EchoSession {
+        session_id: sid,
+        client: mut c,
+        ..
+    } = echo_session(&emu, "1.2.650.0").await;
     c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     // The agent records the end as it closes; wait for that rather than guess a delay.
@@ -147,16 +150,12 @@ async fn unusual_frames_from_mgs_are_produced_on_request() {
         short_channel_closed: true,
         ..Faults::default()
     };
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         faults,
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
-    c.handshake("1.2.650.0").await;
+    .await;
+    let EchoSession { client: mut c, .. } = echo_session(&emu, "1.2.650.0").await;
     c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
 }
@@ -168,16 +167,12 @@ async fn pause_publication_then_start_loses_nothing() {
         pause_ms: 300,
         ..Faults::default()
     };
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         faults,
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
-    c.handshake("1.0.0.0").await;
+    .await;
+    let EchoSession { client: mut c, .. } = echo_session(&emu, "1.0.0.0").await;
     let data: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
     for chunk in data.chunks(1024) {
         c.send(PayloadType::Output, chunk.to_vec());
@@ -233,7 +228,7 @@ fn binary_prints_endpoints_and_exits_when_stdin_closes() {
 async fn a_ping_before_the_open_message_is_tolerated() {
     // The official plugin's pinger can win the race with its token message.
     use futures_util::SinkExt;
-    let emu = Emulator::start(Config::default()).await.unwrap();
+    let emu = emulator(Config::default()).await;
     let echo = echo_server().await;
     let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();

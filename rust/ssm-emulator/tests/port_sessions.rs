@@ -5,30 +5,27 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use ssm_emulator::{Config, Emulator, Faults, Pacing, faults::DirectionFaults};
+use ssm_emulator::{Config, Faults, Pacing, faults::DirectionFaults};
 use ssm_proto::smux::{Mux, MuxEvent, Side};
 use ssm_proto::{PayloadType, PortFlag, PortMode};
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
-
 #[tokio::test]
 async fn basic_mode_echoes_through_a_real_destination() {
-    let emu = Emulator::start(Config::default()).await.unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
+    let emu = emulator(Config::default()).await;
     // A client below 1.1.70 gets basic mode from the agent (§7.1).
-    let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
-    let hs = c.handshake("1.0.0.0").await;
+    let EchoSession {
+        session_id: sid,
+        client: mut c,
+        handshake: hs,
+        echo_port: echo,
+        ..
+    } = echo_session(&emu, "1.0.0.0").await;
     assert_eq!(hs.agent_version, "3.3.2299.0");
     let props: ssm_proto::PortProperties = serde_json::from_value(hs.properties).unwrap();
     assert_eq!(props.kind.as_deref(), Some("LocalPortForwarding"));
     assert_eq!(props.port_number, echo.to_string());
 
-    let data = pattern(100_000, 1);
+    let data = random_bytes(100_000, 1);
     for chunk in data.chunks(1024) {
         c.send(PayloadType::Output, chunk.to_vec());
     }
@@ -46,16 +43,17 @@ async fn basic_mode_echoes_through_a_real_destination() {
 
 #[tokio::test]
 async fn smux_mode_carries_concurrent_streams() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         pacing: Pacing::Unpaced { chunk: 1024 },
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
-    let hs = c.handshake("1.2.650.0").await;
+    .await;
+    let EchoSession {
+        session_id: sid,
+        client: mut c,
+        handshake: hs,
+        ..
+    } = echo_session(&emu, "1.2.650.0").await;
     let props: ssm_proto::PortProperties = serde_json::from_value(hs.properties).unwrap();
     assert_eq!(
         PortMode::for_client(props.kind.as_deref(), &hs.agent_version),
@@ -65,7 +63,7 @@ async fn smux_mode_carries_concurrent_streams() {
     let now = std::time::Instant::now();
     let mut mux = Mux::new(Side::Client, false, now);
     let streams: Vec<u32> = (0..4).map(|_| mux.open_stream().unwrap()).collect();
-    let payloads: Vec<Vec<u8>> = streams.iter().map(|id| pattern(50_000, *id as u8)).collect();
+    let payloads: Vec<Vec<u8>> = streams.iter().map(|id| random_bytes(50_000, u64::from(*id))).collect();
     for (id, p) in streams.iter().zip(&payloads) {
         mux.write(*id, p).unwrap();
     }
@@ -95,12 +93,9 @@ async fn smux_mode_carries_concurrent_streams() {
 
 #[tokio::test]
 async fn smux_stream_to_closed_port_gets_connect_error_flag() {
-    let emu = Emulator::start(Config::default()).await.unwrap();
+    let emu = emulator(Config::default()).await;
     // A port nothing listens on: bind, note, close.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", port).await;
     let mut c = TestClient::connect(&url, &token, "1.2.650.0").await;
     c.handshake("1.2.650.0").await;
@@ -121,7 +116,7 @@ async fn smux_stream_to_closed_port_gets_connect_error_flag() {
 
 #[tokio::test]
 async fn ssh_document_is_stdio_and_ends_when_the_destination_closes() {
-    let emu = Emulator::start(Config::default()).await.unwrap();
+    let emu = emulator(Config::default()).await;
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
     tokio::spawn(async move {
@@ -152,18 +147,14 @@ async fn lossy_network_still_delivers_everything() {
         to_agent: lossy,
         ..Faults::default()
     };
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         faults,
         pacing: Pacing::Unpaced { chunk: 1024 },
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (_, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
-    c.handshake("1.0.0.0").await;
-    let data = pattern(256 * 1024, 9);
+    .await;
+    let EchoSession { client: mut c, .. } = echo_session(&emu, "1.0.0.0").await;
+    let data = random_bytes(256 * 1024, 9);
     for chunk in data.chunks(1024) {
         c.send(PayloadType::Output, chunk.to_vec());
     }
@@ -181,17 +172,19 @@ async fn cut_socket_resumes_with_a_fresh_token_and_keeps_sequence_state() {
         cut_after_frames: Some(40),
         ..Faults::default()
     };
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         faults,
         ..Config::default()
     })
-    .await
-    .unwrap();
-    let echo = echo_server().await;
-    let (sid, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo).await;
-    let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
-    c.handshake("1.0.0.0").await;
-    let data = pattern(64 * 1024, 3);
+    .await;
+    let EchoSession {
+        session_id: sid,
+        token,
+        url,
+        client: mut c,
+        ..
+    } = echo_session(&emu, "1.0.0.0").await;
+    let data = random_bytes(64 * 1024, 3);
     for chunk in data.chunks(1024) {
         c.send(PayloadType::Output, chunk.to_vec());
     }

@@ -36,12 +36,11 @@ async fn start_shell(emu: &Emulator) -> TestClient {
 
 #[tokio::test]
 async fn shell_runs_commands_resizes_and_reports_the_exit_code() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         shell_start_delay_ms: 100,
         ..Config::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut c = start_shell(&emu).await;
     // No handshake (§5.1): the first message from the agent is output, sequence 0.
     c.run_until(Duration::from_secs(10), |c| !c.received.is_empty()).await;
@@ -67,13 +66,12 @@ async fn shell_runs_commands_resizes_and_reports_the_exit_code() {
 
 #[tokio::test]
 async fn a_megabyte_of_output_arrives_intact() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         shell_start_delay_ms: 0,
         pacing: ssm_emulator::Pacing::Unpaced { chunk: 1024 },
         ..Config::default()
     })
-    .await
-    .unwrap();
+    .await;
     let mut c = start_shell(&emu).await;
     c.send(PayloadType::Output, b"stty -echo; seq 1 200000; exit\n".to_vec());
     c.run_until(Duration::from_secs(60), |c| c.closed.is_some()).await;
@@ -89,12 +87,11 @@ async fn a_megabyte_of_output_arrives_intact() {
 
 #[tokio::test]
 async fn interactive_command_runs_once_and_closes() {
-    let emu = Emulator::start(Config {
+    let emu = emulator(Config {
         shell_start_delay_ms: 0,
         ..Config::default()
     })
-    .await
-    .unwrap();
+    .await;
     let (status, body) = aws_call(
         emu.addr(),
         "StartSession",

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use interoptopus::patterns::string::AsciiPointer;
 use ssm_emulator::{Config, Emulator, Faults};
+use ssm_testkit::{echo_server, emulator, ACCESS_KEY, REGION, SECRET_KEY, TARGET};
 use ssmconnect_native::*;
 
 fn ascii(s: &CString) -> AsciiPointer<'_> {
@@ -37,24 +38,9 @@ fn wait_op(op: *mut SsmcOperation) -> SsmcState {
     }
 }
 
-fn echo_server() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            std::thread::spawn(move || {
-                let mut r = s.try_clone().unwrap();
-                let _ = std::io::copy(&mut r, &mut s);
-            });
-        }
-    });
-    port
-}
-
 fn client(endpoint: &str) -> *mut SsmcClient {
     let cfg = CString::new(format!(
-        r#"{{"region":"us-east-1","endpoint_url":"{endpoint}","access_key":"AKIDEXAMPLE","secret_key":"secret"}}"#
+        r#"{{"region":"{REGION}","endpoint_url":"{endpoint}","access_key":"{ACCESS_KEY}","secret_key":"{SECRET_KEY}"}}"#
     ))
     .unwrap();
     let c = ssmc_client_new(ascii(&cfg));
@@ -82,12 +68,13 @@ fn bad_input_is_refused_with_a_kind_and_a_message() {
 #[test]
 fn a_forward_runs_reports_and_stops_through_the_abi() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
-    let echo = echo_server();
+    let emu = rt.block_on(emulator(Config::default()));
+    // The echo server runs on the runtime's worker threads while the test thread calls the ABI.
+    let echo = rt.block_on(echo_server());
     let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
     ssmc_log_enable(4);
     let c = client(&emu.endpoint());
-    let req = CString::new(format!(r#"{{"target":"i-0123456789abcdef0","remote_port":{echo}}}"#)).unwrap();
+    let req = CString::new(format!(r#"{{"target":"{TARGET}","remote_port":{echo}}}"#)).unwrap();
     let op = ssmc_forward_begin(c, ascii(&req));
     assert!(!op.is_null());
     assert_eq!(
@@ -104,7 +91,7 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     let port = ssmc_forward_local_port(f);
     assert_ne!(port, 0);
     assert_eq!(text(ssmc_forward_local_address(f)), "127.0.0.1");
-    assert_eq!(text(ssmc_forward_instance_id(f)), "i-0123456789abcdef0");
+    assert_eq!(text(ssmc_forward_instance_id(f)), TARGET);
     assert!(text(ssmc_forward_session_id(f)).starts_with("emulator-"));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"through the abi").unwrap();
@@ -152,12 +139,10 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
 #[test]
 fn port_in_use_and_unknown_targets_have_their_kinds() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt
-        .block_on(Emulator::start(Config {
-            targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
-            ..Config::default()
-        }))
-        .unwrap();
+    let emu = rt.block_on(emulator(Config {
+        targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
+        ..Config::default()
+    }));
     let c = client(&emu.endpoint());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -206,7 +191,7 @@ fn wait_for_the_session_start(op: *mut SsmcOperation) {
 #[test]
 fn a_wait_returns_promptly_when_the_state_changes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
+    let emu = rt.block_on(emulator(Config::default()));
     let c = client(&emu.endpoint());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -304,11 +289,11 @@ fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
 fn a_stop_from_another_thread_wakes_a_forward_waiter_at_once() {
     let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
+    let emu = rt.block_on(emulator(Config::default()));
     let c = client(&emu.endpoint());
     let req = CString::new(format!(
-        r#"{{"target":"i-0123456789abcdef0","remote_port":{}}}"#,
-        echo_server()
+        r#"{{"target":"{TARGET}","remote_port":{}}}"#,
+        rt.block_on(echo_server())
     ))
     .unwrap();
     let op = ssmc_forward_begin(c, ascii(&req));

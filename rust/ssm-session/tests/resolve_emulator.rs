@@ -1,11 +1,12 @@
 //! Target resolution against the emulator's EC2 endpoint: the same checks as against moto, and
 //! what moto cannot show (IPv6, paging, EC2's errors, Instance Connect validation).
 
-mod resolve_common;
+mod common;
 
 use std::net::Ipv4Addr;
 
-use resolve_common::{Node, World, resolve, test_config};
+use common::emulator;
+use common::resolve::{Node, World, resolve, test_config};
 use ssm_emulator::{Config as EmuConfig, Emulator, Instance, InstanceState};
 use ssm_session::resolve::Via;
 use ssm_session::{Error, ResolveOptions};
@@ -48,12 +49,11 @@ fn inventory(w: &World) -> Vec<Instance> {
 }
 
 async fn setup_with(inventory: Vec<Instance>) -> (Emulator, ssm_session::aws::Config, ResolveOptions) {
-    let emu = Emulator::start(EmuConfig {
+    let emu = emulator(EmuConfig {
         inventory,
         ..EmuConfig::default()
     })
-    .await
-    .unwrap();
+    .await;
     let ro = ResolveOptions {
         ec2_endpoint_url: Some(emu.endpoint()),
         ..ResolveOptions::default()
@@ -65,21 +65,21 @@ async fn setup_with(inventory: Vec<Instance>) -> (Emulator, ssm_session::aws::Co
 async fn emulator_resolves_id_tag_private_and_public_ip() {
     let w = world();
     let (_emu, cfg, ro) = setup_with(inventory(&w)).await;
-    resolve_common::check_id_tag_and_addresses(&cfg, &ro, &w).await;
+    common::resolve::check_id_tag_and_addresses(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]
 async fn emulator_ambiguous_tag_lists_every_candidate() {
     let w = world();
     let (_emu, cfg, ro) = setup_with(inventory(&w)).await;
-    resolve_common::check_ambiguous(&cfg, &ro, &w).await;
+    common::resolve::check_ambiguous(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]
 async fn emulator_stopped_instance_does_not_count() {
     let w = world();
     let (_emu, cfg, ro) = setup_with(inventory(&w)).await;
-    resolve_common::check_stopped(&cfg, &ro, &w).await;
+    common::resolve::check_stopped(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]

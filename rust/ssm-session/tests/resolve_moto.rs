@@ -2,33 +2,15 @@
 //! `RunInstances` (moto assigns their addresses and zones) resolve by id, tag, private IP and
 //! public IP; an ambiguous tag lists its candidates; a stopped instance does not count.
 
-mod resolve_common;
+mod common;
 
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
-use resolve_common::{Moto, Node, World, test_config};
+use common::Moto;
+use common::resolve::{Node, World, moto_run_instance, test_config};
 use ssm_session::ResolveOptions;
 use ssm_session::aws::Config;
 
-/// An AMI moto knows by default.
-const AMI: &str = "ami-12c6146b";
-
 async fn run_instance(ec2: &aws_sdk_ec2::Client, name: &str, role: &str) -> Node {
-    let tags = TagSpecification::builder()
-        .resource_type(ResourceType::Instance)
-        .tags(Tag::builder().key("Name").value(name).build())
-        .tags(Tag::builder().key("Role").value(role).build())
-        .build();
-    let out = ec2
-        .run_instances()
-        .image_id(AMI)
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(tags)
-        .send()
-        .await
-        .expect("RunInstances on moto");
-    let i = &out.instances()[0];
+    let i = moto_run_instance(ec2, &[("Name", name), ("Role", role)]).await;
     Node {
         id: i.instance_id().unwrap().to_owned(),
         name: name.to_owned(),
@@ -77,25 +59,25 @@ async fn setup() -> (Moto, Config, ResolveOptions, World) {
 #[tokio::test]
 async fn moto_resolves_id_tag_private_and_public_ip() {
     let (_moto, cfg, ro, w) = setup().await;
-    resolve_common::check_id_tag_and_addresses(&cfg, &ro, &w).await;
+    common::resolve::check_id_tag_and_addresses(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]
 async fn moto_ambiguous_tag_lists_every_candidate() {
     let (_moto, cfg, ro, w) = setup().await;
-    resolve_common::check_ambiguous(&cfg, &ro, &w).await;
+    common::resolve::check_ambiguous(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]
 async fn moto_stopped_instance_does_not_count() {
     let (_moto, cfg, ro, w) = setup().await;
-    resolve_common::check_stopped(&cfg, &ro, &w).await;
+    common::resolve::check_stopped(&cfg, &ro, &w).await;
 }
 
 #[tokio::test]
 async fn moto_accepts_an_instance_connect_key_for_the_resolved_instance() {
     let (moto, cfg, ro, _w) = setup().await;
-    let target = resolve_common::resolve(&cfg, &ro, "Name:db").await.unwrap();
+    let target = common::resolve::resolve(&cfg, &ro, "Name:db").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let key = ssm_session::ec2ic::generate_ephemeral_key(dir.path()).unwrap();
     ssm_session::ec2ic::push_key(

@@ -1,6 +1,6 @@
-//! A minimal data-channel client for exercising the emulator: raw HTTP for the API, a
-//! tokio-tungstenite socket, and an `ssm_proto::Channel`. The product client lives elsewhere;
-//! this one only needs to be obviously correct.
+//! A minimal data-channel client for exercising the emulator: raw HTTP for the API
+//! (`ssm_testkit::aws_call`), a tokio-tungstenite socket, and an `ssm_proto::Channel`. The
+//! product client lives elsewhere; this one only needs to be obviously correct.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -8,46 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use ssm_proto::{Channel, Config, Event, OpenDataChannel, PayloadType};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+pub use ssm_testkit::*;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
 pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-/// POSTs an awsJson1.1 call; returns status and parsed body.
-pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-    let body = body.to_string();
-    let req = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: AmazonSSM.{operation}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8(resp).unwrap();
-    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
-}
-
-/// A loopback echo server; returns its port.
-pub async fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    port
-}
 
 pub struct TestClient {
     pub ws: Ws,
@@ -178,7 +143,7 @@ pub async fn start_port_session(addr: SocketAddr, document: &str, port: u16) -> 
     let (status, body) = aws_call(
         addr,
         "StartSession",
-        serde_json::json!({"Target":"i-0123456789abcdef0","DocumentName":document,
+        serde_json::json!({"Target":TARGET,"DocumentName":document,
             "Parameters":{"portNumber":[port.to_string()],"localPortNumber":["0"]}}),
     )
     .await;
@@ -188,4 +153,30 @@ pub async fn start_port_session(addr: SocketAddr, document: &str, port: u16) -> 
         body["TokenValue"].as_str().unwrap().to_owned(),
         body["StreamUrl"].as_str().unwrap().to_owned(),
     )
+}
+
+/// A port-forwarding session to a fresh echo server, its client connected as `client_version`
+/// and past the handshake.
+pub struct EchoSession {
+    pub session_id: String,
+    pub token: String,
+    pub url: String,
+    pub client: TestClient,
+    pub handshake: ssm_proto::handshake::ClientHandshake,
+    pub echo_port: u16,
+}
+
+pub async fn echo_session(emu: &ssm_emulator::Emulator, client_version: &str) -> EchoSession {
+    let echo_port = echo_server().await;
+    let (session_id, token, url) = start_port_session(emu.addr(), "AWS-StartPortForwardingSession", echo_port).await;
+    let mut client = TestClient::connect(&url, &token, client_version).await;
+    let handshake = client.handshake(client_version).await;
+    EchoSession {
+        session_id,
+        token,
+        url,
+        client,
+        handshake,
+        echo_port,
+    }
 }

@@ -1,35 +1,42 @@
-//! Shared pieces of the port-forwarding tests: an emulator with a client API pointed at it, a
-//! destination server that checks what it receives and sends a stream of its own, a client that
-//! drives one connection through a forward, and a recorder of the SSM API calls the client makes.
+//! Shared pieces of the session tests. Here: an SSM client for the emulator, a destination
+//! server that checks what it receives and sends a stream of its own, a client that drives one
+//! connection through a forward, and a recorder of the SSM API calls the client makes; in
+//! [`resolve`], what the target-resolution tests share. What other crates' tests use too (the
+//! emulator, bounded waits, moto, dnsmasq, ports) is `ssm_testkit`'s, re-exported here.
 //!
 //! Everything runs on loopback, on ports the OS picks; every wait is bounded.
 #![allow(dead_code)]
+
+pub mod resolve;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ssm_emulator::{Config, Emulator, SessionInfo};
+use ssm_emulator::{Emulator, SessionInfo};
 use ssm_session::{AwsOptions, Connector, Endpoints, ForwardOptions, PortForward, Settings, SsmApi};
+pub use ssm_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Target id every test uses (the emulator accepts any `i-…`).
-pub const TARGET: &str = "i-0123456789abcdef0";
+/// The test credentials and region: explicit, so no credential chain, profile or instance
+/// metadata is consulted.
+pub fn credentials() -> AwsOptions {
+    AwsOptions {
+        region: Some(REGION.into()),
+        access_key: Some(ACCESS_KEY.into()),
+        secret_key: Some(SECRET_KEY.into()),
+        ..AwsOptions::default()
+    }
+}
 
-/// Settings for an emulator (or anything else) at `endpoint`: explicit credentials, so no
-/// credential chain or instance metadata is consulted.
+/// Settings for an emulator (or anything else) at `endpoint`, with [`credentials`].
 pub fn settings(endpoint: &str) -> Settings {
     Settings {
-        aws: AwsOptions {
-            region: Some("us-east-1".into()),
-            access_key: Some("AKIDEXAMPLE".into()),
-            secret_key: Some("secret".into()),
-            ..AwsOptions::default()
-        },
+        aws: credentials(),
         endpoints: Endpoints {
             ssm: Some(endpoint.to_owned()),
             ..Endpoints::default()
@@ -47,11 +54,6 @@ pub async fn api(endpoint: &str) -> SsmApi {
         .clone()
 }
 
-/// Starts the emulator.
-pub async fn emulator(config: Config) -> Emulator {
-    Emulator::start(config).await.expect("emulator starts")
-}
-
 /// Starts a forward to `remote_port` with `opts` adjusted by `adjust`, bounded.
 pub async fn forward(api: &SsmApi, remote_port: u16, adjust: impl FnOnce(&mut ForwardOptions)) -> PortForward {
     let mut opts = ForwardOptions::new(TARGET, remote_port);
@@ -60,20 +62,6 @@ pub async fn forward(api: &SsmApi, remote_port: u16, adjust: impl FnOnce(&mut Fo
         .await
         .expect("forward starts within 30 s")
         .expect("forward starts")
-}
-
-/// Polls `f` every 20 ms until it returns true or `limit` passes.
-pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The emulator's record of session `id`.
@@ -90,31 +78,6 @@ pub struct AbortOnDrop<T>(pub JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// A deterministic byte stream (splitmix64), cheap enough for 64 MiB in a debug build.
-pub struct Pattern {
-    state: u64,
-}
-
-impl Pattern {
-    pub fn new(seed: u64) -> Self {
-        Self {
-            state: seed ^ 0x5851_f42d_4c95_7f2d,
-        }
-    }
-
-    pub fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^= z >> 31;
-            let bytes = z.to_le_bytes();
-            chunk.copy_from_slice(bytes.get(..chunk.len()).unwrap_or_default());
-        }
     }
 }
 

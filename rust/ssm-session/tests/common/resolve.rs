@@ -1,212 +1,19 @@
-//! Shared by the target-resolution tests: moto and dnsmasq as child processes on loopback ports
-//! the OS picks (killed on drop), a scripted DNS server for the failures dnsmasq cannot be told
-//! to give, the AWS configuration they need, and the checks every EC2 implementation must pass,
-//! so the same assertions run against moto and the emulator.
-
-#![allow(dead_code)]
+//! Shared by the target-resolution tests: a scripted DNS server for the failures dnsmasq cannot
+//! be told to give, the AWS configuration they need, instances made on moto, and the checks every
+//! EC2 implementation must pass, so the same assertions run against moto and the emulator.
+//! (moto and dnsmasq themselves are `ssm_testkit`'s.)
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
-use std::process::{Child, Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, ResponseCode};
 use hickory_resolver::proto::rr::{RData, Record, RecordType, rdata};
 use ssm_session::aws::Config;
 use ssm_session::resolve::Via;
-use ssm_session::{AwsOptions, Error, ResolveOptions, resolve_target};
-
-/// A child process killed and reaped on drop.
-pub struct Guard {
-    pub child: Child,
-    pub what: &'static str,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port free for both TCP and UDP on 127.0.0.1 right now.
-pub fn free_port() -> u16 {
-    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
-}
-
-/// A port free for both TCP and UDP on `ip` right now.
-pub fn free_port_on(ip: IpAddr) -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind((ip, 0)).expect("bind udp");
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind((ip, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
-}
-
-/// The loopback addresses DNS tests run on: 127.0.0.1, and ::1 when this machine has it (the
-/// test says so on stderr when it has not).
-pub fn loopbacks() -> Vec<IpAddr> {
-    let mut out = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
-    if UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
-        out.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
-    } else {
-        eprintln!("::1 is not available here: DNS over IPv6 loopback is not tested");
-    }
-    out
-}
-
-/// Fails the test, with what to install, when `program` cannot be run.
-pub fn require(program: &str, args: &[&str], hint: &str) {
-    let ok = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "`{program} {}` does not work here: {hint}", args.join(" "));
-}
-
-/// `python3 -m moto.server` on a free loopback port.
-pub struct Moto {
-    pub endpoint: String,
-    _guard: Guard,
-}
-
-impl Moto {
-    pub async fn start() -> Moto {
-        require(
-            "python3",
-            &["-c", "import moto.server"],
-            "these tests need Python 3 with moto[server] (pip install 'moto[server]'); CI has it",
-        );
-        for _attempt in 0..3 {
-            let port = free_port();
-            let child = Command::new("python3")
-                .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawning python3 -m moto.server");
-            let mut guard = Guard { child, what: "moto" };
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = guard.child.try_wait() {
-                    break; // lost the port race: try another
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Moto {
-                        endpoint: format!("http://127.0.0.1:{port}"),
-                        _guard: guard,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        panic!("moto.server did not start listening within 60 s");
-    }
-}
-
-/// dnsmasq answering only from the given records: authoritative for `.test`
-/// ([`Dnsmasq::start`]), or, like a small internal resolver without an upstream, refusing every
-/// query it has no record of that type for ([`Dnsmasq::refusing`]).
-pub struct Dnsmasq {
-    pub addr: SocketAddr,
-    _guard: Guard,
-    _dir: tempfile::TempDir,
-}
-
-impl Dnsmasq {
-    /// `records` are dnsmasq options such as `--host-record=web.test,10.0.0.5` or
-    /// `--txt-record=web.test,i-0123456789abcdef0`.
-    pub async fn start(records: &[String]) -> Dnsmasq {
-        Self::spawn(records, IpAddr::V4(Ipv4Addr::LOCALHOST), true).await
-    }
-
-    /// On `listen` (a loopback address), with no upstream and no `--local`: a name and type with
-    /// no record is answered REFUSED, not NXDOMAIN or NODATA. `--address=/web.test/10.0.0.5`
-    /// thus answers A and refuses AAAA and TXT.
-    pub async fn refusing(records: &[String], listen: IpAddr) -> Dnsmasq {
-        Self::spawn(records, listen, false).await
-    }
-
-    async fn spawn(records: &[String], listen: IpAddr, authoritative: bool) -> Dnsmasq {
-        let dnsmasq = ["/usr/sbin/dnsmasq", "/usr/bin/dnsmasq"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or_else(|| panic!("dnsmasq is not installed: apt-get install dnsmasq (.ci/run does)"));
-        let dir = tempfile::tempdir().unwrap();
-        for _attempt in 0..3 {
-            let port = free_port_on(listen);
-            let mut cmd = Command::new(dnsmasq);
-            cmd.args([
-                "--no-daemon",
-                &format!("--port={port}"),
-                &format!("--listen-address={listen}"),
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--no-poll",
-                "--conf-file=/dev/null",
-                "--cache-size=0",
-                &format!("--pid-file={}", dir.path().join("pid").display()),
-            ]);
-            if authoritative {
-                cmd.arg("--local=/test/");
-            }
-            // As root it would switch to `nobody`, which may not read the temp directory.
-            // SAFETY: geteuid has no preconditions.
-            if unsafe { libc::geteuid() } == 0 {
-                cmd.arg("--user=root");
-            }
-            cmd.args(records)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            let child = cmd.spawn().expect("spawning dnsmasq");
-            let mut guard = Guard { child, what: "dnsmasq" };
-            let addr = SocketAddr::new(listen, port);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = guard.child.try_wait() {
-                    break;
-                }
-                if dns_answers(addr) {
-                    return Dnsmasq {
-                        addr,
-                        _guard: guard,
-                        _dir: dir,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        panic!("dnsmasq did not start answering within 10 s");
-    }
-}
-
-/// Whether a DNS server answers at `addr` (a raw query for `ready.test` A; any answer, REFUSED
-/// included, will do).
-fn dns_answers(addr: SocketAddr) -> bool {
-    let sock = UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in ["ready", "test"] {
-        q.push(label.len() as u8);
-        q.extend_from_slice(label.as_bytes());
-    }
-    q.extend_from_slice(&[0, 0, 1, 0, 1]);
-    if sock.send_to(&q, addr).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 512];
-    matches!(sock.recv_from(&mut buf), Ok((n, _)) if n >= 12 && buf[0] == 0x12 && buf[1] == 0x34)
-}
+use ssm_session::{Error, ResolveOptions, resolve_target};
 
 /// How [`FakeDns`] treats a query for one name and type.
 #[derive(Debug, Clone)]
@@ -310,14 +117,36 @@ pub fn txt(text: &str) -> RData {
 
 /// Configuration for a loopback test service: fixed test credentials and region, no profile.
 pub async fn test_config() -> Config {
-    ssm_session::aws::load_config(&AwsOptions {
-        region: Some("us-east-1".into()),
-        access_key: Some("testing".into()),
-        secret_key: Some("testing".into()),
-        ..AwsOptions::default()
-    })
-    .await
-    .expect("loading the test configuration")
+    ssm_session::aws::load_config(&super::credentials())
+        .await
+        .expect("loading the test configuration")
+}
+
+/// An AMI moto knows by default.
+pub const MOTO_AMI: &str = "ami-12c6146b";
+
+/// Runs one t3.micro instance on moto (`ec2` points there) with `tags`; moto assigns its
+/// addresses and zone.
+pub async fn moto_run_instance(ec2: &aws_sdk_ec2::Client, tags: &[(&str, &str)]) -> aws_sdk_ec2::types::Instance {
+    use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+    let spec = tags
+        .iter()
+        .fold(
+            TagSpecification::builder().resource_type(ResourceType::Instance),
+            |b, (k, v)| b.tags(Tag::builder().key(*k).value(*v).build()),
+        )
+        .build();
+    let out = ec2
+        .run_instances()
+        .image_id(MOTO_AMI)
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(spec)
+        .send()
+        .await
+        .expect("RunInstances on moto");
+    out.instances().first().expect("moto ran an instance").clone()
 }
 
 /// One instance of the test world, as the EC2 implementation made it.

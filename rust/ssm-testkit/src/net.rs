@@ -1,0 +1,88 @@
+//! Loopback ports and servers, and the SSM API spoken by hand.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::proc::read_all;
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now: for programs that must be told a
+/// port number (and for a port nothing listens on).
+pub fn free_port() -> u16 {
+    free_port_on(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// A port free for both TCP and UDP on `ip` right now.
+pub fn free_port_on(ip: IpAddr) -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind((ip, 0)).expect("bind udp for a free port");
+        let port = udp.local_addr().expect("udp addr").port();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both TCP and UDP on {ip}");
+}
+
+/// The loopback addresses to run a test on: 127.0.0.1, and ::1 when this machine has it (the
+/// test says so on stderr when it has not).
+pub fn loopbacks() -> Vec<IpAddr> {
+    let mut out = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
+    if UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_ok() {
+        out.push(IpAddr::V6(Ipv6Addr::LOCALHOST));
+    } else {
+        eprintln!("::1 is not available here: IPv6 loopback is not tested");
+    }
+    out
+}
+
+/// A loopback TCP echo server; returns its port. It runs as long as the test's runtime.
+pub async fn echo_server() -> u16 {
+    greeting_echo_server(b"").await
+}
+
+/// A loopback TCP server that first sends `greeting` on each connection (as sshd sends its
+/// identification, `SSH-2.0-…\r\n`), then echoes; returns its port.
+pub async fn greeting_echo_server(greeting: &'static [u8]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind an echo server");
+    let port = listener.local_addr().expect("echo server addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if !greeting.is_empty() && s.write_all(greeting).await.is_err() {
+                    return;
+                }
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+/// One awsJson1.1 call (`X-Amz-Target: AmazonSSM.<operation>`) over raw HTTP, as the AWS CLI
+/// sends it, bounded by 10 s; returns the status and the body (`Null` when it is not JSON).
+pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let body = body.to_string();
+    let req = format!(
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         X-Amz-Target: AmazonSSM.{operation}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut s = TcpStream::connect(addr).await.expect("connect to the API");
+    s.write_all(req.as_bytes()).await.expect("send the request");
+    let resp = read_all(s, 10).await;
+    let text = String::from_utf8(resp).expect("utf-8 response");
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{operation}: not an HTTP response: {text:?}"));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{operation}: no status in {head:?}"));
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+}
