@@ -256,7 +256,7 @@ function Get-RuntimeId {
 }
 
 function Get-NativeFileName {
-    if ($IsWindows) { 'ssmconnect.dll' } elseif ($IsMacOS) { 'libssmconnect.dylib' } else { 'libssmconnect.so' }
+    if ($IsWindows) { 'ssmconnect_native.dll' } elseif ($IsMacOS) { 'libssmconnect_native.dylib' } else { 'libssmconnect_native.so' }
 }
 
 function Get-ExeName([string] $Name) {

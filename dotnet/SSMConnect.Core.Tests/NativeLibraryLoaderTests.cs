@@ -12,13 +12,13 @@ namespace SSMConnect.Tests
         public void Module_layout_paths_come_in_order()
         {
             var asm = Path.Combine(Path.GetTempPath(), "mod", "bin");
-            var list = NativeLibraryLoader.CandidatePaths(null, asm, "linux-x64", "libssmconnect.so");
+            var list = NativeLibraryLoader.CandidatePaths(null, asm, "linux-x64", "libssmconnect_native.so");
             Assert.Equal(
                 new string?[]
                 {
-                    Path.Combine(asm, "runtimes", "linux-x64", "native", "libssmconnect.so"),
-                    Path.Combine(Path.GetTempPath(), "mod", "runtimes", "linux-x64", "native", "libssmconnect.so"),
-                    Path.Combine(asm, "libssmconnect.so"),
+                    Path.Combine(asm, "runtimes", "linux-x64", "native", "libssmconnect_native.so"),
+                    Path.Combine(Path.GetTempPath(), "mod", "runtimes", "linux-x64", "native", "libssmconnect_native.so"),
+                    Path.Combine(asm, "libssmconnect_native.so"),
                     null,
                 },
                 list);
@@ -30,9 +30,9 @@ namespace SSMConnect.Tests
             var dir = Directory.CreateTempSubdirectory("ssmc-loader").FullName;
             try
             {
-                Assert.Equal(new string?[] { Path.Combine(dir, "ssmconnect.dll") }, NativeLibraryLoader.CandidatePaths(dir, "/x", "win-x64", "ssmconnect.dll"));
+                Assert.Equal(new string?[] { Path.Combine(dir, "ssmconnect_native.dll") }, NativeLibraryLoader.CandidatePaths(dir, "/x", "win-x64", "ssmconnect_native.dll"));
                 var file = Path.Combine(dir, "custom.so");
-                Assert.Equal(new string?[] { file }, NativeLibraryLoader.CandidatePaths(file, "/x", "linux-x64", "libssmconnect.so"));
+                Assert.Equal(new string?[] { file }, NativeLibraryLoader.CandidatePaths(file, "/x", "linux-x64", "libssmconnect_native.so"));
             }
             finally
             {
@@ -46,7 +46,7 @@ namespace SSMConnect.Tests
             var dir = Directory.CreateTempSubdirectory("ssmc-loader").FullName;
             try
             {
-                var notALibrary = Path.Combine(dir, "runtimes", "linux-x64", "native", "libssmconnect.so");
+                var notALibrary = Path.Combine(dir, "runtimes", "linux-x64", "native", "libssmconnect_native.so");
                 Directory.CreateDirectory(Path.GetDirectoryName(notALibrary)!);
                 File.WriteAllText(notALibrary, "not a shared library");
                 var missing = Path.Combine(dir, "nothing-here.so");
@@ -70,9 +70,9 @@ namespace SSMConnect.Tests
             Assert.Equal("osx-x64", NativeLibraryLoader.RidFor(NativeLibraryLoader.Os.MacOs, Architecture.X64));
             Assert.Equal("win-x64", NativeLibraryLoader.RidFor(NativeLibraryLoader.Os.Windows, Architecture.X64));
             Assert.Equal("win-arm64", NativeLibraryLoader.RidFor(NativeLibraryLoader.Os.Windows, Architecture.Arm64));
-            Assert.Equal("libssmconnect.so", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.Linux));
-            Assert.Equal("libssmconnect.dylib", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.MacOs));
-            Assert.Equal("ssmconnect.dll", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.Windows));
+            Assert.Equal("libssmconnect_native.so", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.Linux));
+            Assert.Equal("libssmconnect_native.dylib", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.MacOs));
+            Assert.Equal("ssmconnect_native.dll", NativeLibraryLoader.FileNameFor(NativeLibraryLoader.Os.Windows));
         }
     }
 }

@@ -6,16 +6,16 @@ using SSMConnect.Native;
 namespace SSMConnect
 {
     /// <summary>
-    /// Work running on the native library's runtime (connecting, running a shell), polled from
-    /// the caller's thread so it can show progress and logs and cancel. Disposing cancels work
-    /// still running.
+    /// Work running on the native library's runtime (connecting, running a shell), waited for on
+    /// the caller's thread so it can show progress and logs as they come, and cancelled from any
+    /// thread. Disposing cancels work still running.
     /// </summary>
-    /// <remarks>Native calls on one operation are serialised: the C ABI wants one thread at a time.</remarks>
+    /// <remarks>
+    /// Reads of strings from the native operation are serialised (each is valid until the next
+    /// read); the wait holds no lock, so that <see cref="Cancel"/> can wake it.
+    /// </remarks>
     public class Operation : IDisposable
     {
-        /// <summary>How often the wait helpers poll.</summary>
-        public static readonly TimeSpan DefaultPollInterval = TimeSpan.FromMilliseconds(50);
-
         private readonly OperationHandle handle;
 
         internal Operation(OperationHandle handle, string target)
@@ -27,67 +27,33 @@ namespace SSMConnect
         /// <summary>The target the operation was started for.</summary>
         public string Target { get; }
 
-        /// <summary>Serialises native calls on this operation.</summary>
+        /// <summary>Serialises native reads on this operation.</summary>
         protected object Gate { get; } = new object();
 
         /// <summary>The current state.</summary>
-        public OperationState State
-        {
-            get
-            {
-                lock (Gate)
-                {
-                    return (OperationState)(uint)handle.Use(NativeMethods.ssmc_operation_state);
-                }
-            }
-        }
+        public OperationState State => (OperationState)(uint)Read(NativeMethods.ssmc_operation_state);
 
         /// <summary>What the operation is doing now, for progress display.</summary>
-        public string Stage
-        {
-            get
-            {
-                lock (Gate)
-                {
-                    return handle.Use(h => NativeText.Borrowed(NativeMethods.ssmc_operation_stage(h)));
-                }
-            }
-        }
+        public string Stage => Read(h => NativeText.Borrowed(NativeMethods.ssmc_operation_stage(h)));
 
         /// <summary>The error once the operation failed or was cancelled; null otherwise.</summary>
-        public SsmException? Error
-        {
-            get
-            {
-                lock (Gate)
-                {
-                    return handle.Use(h =>
-                    {
-                        var kind = (SsmErrorKind)(uint)NativeMethods.ssmc_operation_error_kind(h);
-                        if (kind == SsmErrorKind.None)
-                        {
-                            return null;
-                        }
-                        return new SsmException(kind, NativeText.Borrowed(NativeMethods.ssmc_operation_error_message(h)));
-                    });
-                }
-            }
-        }
+        public SsmException? Error => Read(h => (SsmErrorKind)(uint)NativeMethods.ssmc_operation_error_kind(h) is var kind && kind != SsmErrorKind.None
+            ? new SsmException(kind, NativeText.Borrowed(NativeMethods.ssmc_operation_error_message(h)))
+            : null);
 
         /// <summary>Exit code of a finished shell (0 when the agent reported none).</summary>
-        public int ExitCode
-        {
-            get
-            {
-                lock (Gate)
-                {
-                    return handle.Use(NativeMethods.ssmc_operation_exit_code);
-                }
-            }
-        }
+        public int ExitCode => Read(NativeMethods.ssmc_operation_exit_code);
 
         /// <summary>The native handle, for subclasses.</summary>
         protected OperationHandle Handle => handle;
+
+        private T Read<T>(Func<IntPtr, T> read)
+        {
+            lock (Gate)
+            {
+                return handle.Use(read);
+            }
+        }
 
         /// <summary>
         /// Cancels the work: a half-started session is terminated, a bound port released, the
@@ -105,88 +71,53 @@ namespace SSMConnect
         }
 
         /// <summary>
+        /// Blocks until something changed (the state left Running, the stage changed, a native log
+        /// line was captured) or <paramref name="timeout"/> passed, and returns the state then.
+        /// <see cref="Cancel"/> from another thread wakes it at once.
+        /// </summary>
+        public OperationState WaitForChange(TimeSpan timeout) =>
+            (OperationState)(uint)handle.Use(h => NativeMethods.ssmc_operation_wait(h, NativeWait.Milliseconds(timeout)));
+
+        /// <summary>
         /// Blocks until the operation finishes, reporting each new stage. Cancelling the token
         /// cancels the operation.
         /// </summary>
+        /// <param name="cancellationToken">Cancels the operation and ends the wait.</param>
+        /// <param name="onStage">Called with each new stage.</param>
+        /// <param name="onWake">Called after every wake-up (for draining <see cref="NativeLog"/>).</param>
         /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
         /// <exception cref="SsmException">The operation failed.</exception>
-        public void Wait(CancellationToken cancellationToken = default, Action<string>? onStage = null, TimeSpan? pollInterval = null)
+        public void Wait(CancellationToken cancellationToken = default, Action<string>? onStage = null, Action? onWake = null)
         {
-            var interval = pollInterval ?? DefaultPollInterval;
             string? last = null;
-            while (true)
-            {
-                if (cancellationToken.IsCancellationRequested)
+            NativeWait.Until(
+                WaitForChange,
+                state =>
                 {
-                    Cancel();
-                    cancellationToken.ThrowIfCancellationRequested();
-                }
-                if (Poll(onStage, ref last))
-                {
-                    return;
-                }
-                cancellationToken.WaitHandle.WaitOne(interval);
-            }
+                    if (onStage is not null && Stage is var stage && !string.Equals(stage, last, StringComparison.Ordinal))
+                    {
+                        last = stage;
+                        onStage(stage);
+                    }
+                    onWake?.Invoke();
+                    return state switch
+                    {
+                        OperationState.Running => false,
+                        OperationState.Succeeded => true,
+                        _ => throw Error ?? new SsmException(
+                            state == OperationState.Cancelled ? SsmErrorKind.Cancelled : SsmErrorKind.Internal,
+                            state == OperationState.Cancelled ? "cancelled" : "the operation failed without an error"),
+                    };
+                },
+                Cancel,
+                cancellationToken);
         }
 
-        /// <summary>As <see cref="Wait"/>, without blocking a thread.</summary>
+        /// <summary>As <see cref="Wait"/>, on a thread of its own (the native wait blocks it).</summary>
         /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
         /// <exception cref="SsmException">The operation failed.</exception>
-        public async Task WaitAsync(CancellationToken cancellationToken = default, Action<string>? onStage = null, TimeSpan? pollInterval = null)
-        {
-            var interval = pollInterval ?? DefaultPollInterval;
-            string? last = null;
-            while (true)
-            {
-                if (cancellationToken.IsCancellationRequested)
-                {
-                    Cancel();
-                    cancellationToken.ThrowIfCancellationRequested();
-                }
-                if (Poll(onStage, ref last))
-                {
-                    return;
-                }
-                try
-                {
-                    await Task.Delay(interval, cancellationToken).ConfigureAwait(false);
-                }
-                catch (OperationCanceledException)
-                {
-                    // Handled at the top of the loop: cancel the native work first, then throw.
-                }
-            }
-        }
-
-        /// <summary>
-        /// One step of a wait loop: reports a changed stage, and returns true once the operation
-        /// finished successfully.
-        /// </summary>
-        /// <exception cref="SsmException">The operation failed or was cancelled.</exception>
-        public bool Poll(Action<string>? onStage, ref string? lastStage)
-        {
-            var state = State;
-            if (onStage is not null)
-            {
-                var stage = Stage;
-                if (!string.Equals(stage, lastStage, StringComparison.Ordinal))
-                {
-                    lastStage = stage;
-                    onStage(stage);
-                }
-            }
-            switch (state)
-            {
-                case OperationState.Running:
-                    return false;
-                case OperationState.Succeeded:
-                    return true;
-                default:
-                    throw Error ?? new SsmException(
-                        state == OperationState.Cancelled ? SsmErrorKind.Cancelled : SsmErrorKind.Internal,
-                        state == OperationState.Cancelled ? "cancelled" : "the operation failed without an error");
-            }
-        }
+        public Task WaitAsync(CancellationToken cancellationToken = default, Action<string>? onStage = null) =>
+            Task.Factory.StartNew(() => Wait(cancellationToken, onStage), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
 
         /// <summary>Frees the operation, cancelling it if it still runs.</summary>
         public void Dispose()
@@ -200,6 +131,8 @@ namespace SSMConnect
         {
             if (disposing)
             {
+                // Wakes a waiter on another thread, whose reference keeps the handle alive.
+                Cancel();
                 lock (Gate)
                 {
                     handle.Dispose();

@@ -1,5 +1,4 @@
 using System;
-using System.Diagnostics;
 using System.Threading;
 using SSMConnect.Native;
 
@@ -11,7 +10,7 @@ namespace SSMConnect
     /// </summary>
     /// <remarks>
     /// The native forward runs on the library's runtime in the background; this object owns its
-    /// handle. Native calls on one forward are serialised (the C ABI wants one thread at a time).
+    /// handle. Native reads are serialised; waits hold no lock, so that a stop wakes them.
     /// </remarks>
     public sealed class PortForward : IDisposable
     {
@@ -100,33 +99,8 @@ namespace SSMConnect
         /// <returns>True when the forward had finished within the timeout.</returns>
         public bool Stop(TimeSpan? timeout = null)
         {
-            ForwardHandle? h;
-            lock (gate)
-            {
-                h = handle;
-                if (h is null)
-                {
-                    ForwardRegistry.Remove(this);
-                    return true;
-                }
-                h.Use(NativeMethods.ssmc_forward_stop);
-            }
-            var finished = false;
-            var watch = Stopwatch.StartNew();
-            var limit = timeout ?? TimeSpan.FromSeconds(10);
-            while (true)
-            {
-                if (Refresh().State != OperationState.Running)
-                {
-                    finished = true;
-                    break;
-                }
-                if (watch.Elapsed >= limit)
-                {
-                    break;
-                }
-                Thread.Sleep(20);
-            }
+            RequestStop();
+            var finished = NativeWait.Until(WaitForChange, state => state != OperationState.Running, timeout: timeout ?? TimeSpan.FromSeconds(10));
             lock (gate)
             {
                 if (!finished)
@@ -141,19 +115,61 @@ namespace SSMConnect
             return finished;
         }
 
-        /// <summary>Blocks until the forward ends (stopped elsewhere, closed by the service, failed) or the token is cancelled.</summary>
-        /// <returns>The final state, or Running when the token was cancelled first.</returns>
-        public OperationState WaitForExit(CancellationToken cancellationToken)
+        /// <summary>Asks the forward to stop and returns at once; a thread waiting on it wakes.</summary>
+        public void RequestStop()
         {
-            while (true)
+            lock (gate)
             {
-                var state = State;
-                if (state != OperationState.Running || cancellationToken.IsCancellationRequested)
-                {
-                    return state;
-                }
-                cancellationToken.WaitHandle.WaitOne(Operation.DefaultPollInterval);
+                handle?.Use(NativeMethods.ssmc_forward_stop);
             }
+        }
+
+        /// <summary>
+        /// Blocks until the forward ends (stopped elsewhere, closed by the service, failed).
+        /// Cancelling the token stops the forward and ends the wait.
+        /// </summary>
+        /// <param name="cancellationToken">Stops the forward and ends the wait.</param>
+        /// <param name="onWake">Called after every wake-up (a native log line, <paramref name="tick"/>).</param>
+        /// <param name="tick">Longest time between calls of <paramref name="onWake"/>.</param>
+        /// <returns>The final state.</returns>
+        /// <exception cref="OperationCanceledException">The token was cancelled.</exception>
+        public OperationState WaitForExit(CancellationToken cancellationToken, Action? onWake = null, TimeSpan? tick = null)
+        {
+            NativeWait.Until(
+                WaitForChange,
+                state =>
+                {
+                    onWake?.Invoke();
+                    return state != OperationState.Running;
+                },
+                RequestStop,
+                cancellationToken,
+                tick: tick);
+            return State;
+        }
+
+        /// <summary>
+        /// Blocks until something changed (the forward ended, a stop was asked for, a native log
+        /// line was captured) or <paramref name="timeout"/> passed, and returns the state then.
+        /// </summary>
+        public OperationState WaitForChange(TimeSpan timeout)
+        {
+            ForwardHandle? h;
+            lock (gate)
+            {
+                h = handle;
+            }
+            try
+            {
+                // No lock held while blocked, so that a stop from another thread can wake it; the
+                // reference taken by Use keeps the native forward alive meanwhile.
+                h?.Use(raw => NativeMethods.ssmc_forward_wait(raw, NativeWait.Milliseconds(timeout)));
+            }
+            catch (ObjectDisposedException)
+            {
+                // Stopped and freed meanwhile: the last values stand.
+            }
+            return Refresh().State;
         }
 
         /// <summary>Stops and frees the forward.</summary>

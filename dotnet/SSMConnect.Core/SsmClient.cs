@@ -44,48 +44,18 @@ namespace SSMConnect
             }
         }
 
-        /// <summary>Starts a port forward; poll or wait on the returned operation, then <see cref="ForwardOperation.TakeForward"/>.</summary>
+        /// <summary>Starts a port forward; wait on the returned operation, then <see cref="ForwardOperation.TakeForward"/>.</summary>
         /// <exception cref="SsmException">The request was refused at once (malformed).</exception>
-        public ForwardOperation BeginForward(ForwardRequest request)
-        {
-            if (request is null)
-            {
-                throw new ArgumentNullException(nameof(request));
-            }
-            var json = RequestJson.Serialize(request);
-            var op = new OperationHandle();
-            var raw = handle.Use(c => NativeMethods.ssmc_forward_begin(c, json));
-            if (raw == IntPtr.Zero)
-            {
-                op.Dispose();
-                throw NativeText.LastError("starting the port forward");
-            }
-            op.Adopt(raw);
-            return new ForwardOperation(op, request);
-        }
+        public ForwardOperation BeginForward(ForwardRequest request) =>
+            new ForwardOperation(Begin(request ?? throw new ArgumentNullException(nameof(request)), NativeMethods.ssmc_forward_begin, "starting the port forward"), request);
 
         /// <summary>
         /// Starts an interactive shell on this process's terminal (non-interactive when stdin is
         /// redirected). The operation ends with the remote shell; see <see cref="Operation.ExitCode"/>.
         /// </summary>
         /// <exception cref="SsmException">The request was refused at once (malformed).</exception>
-        public Operation BeginShell(ShellRequest request)
-        {
-            if (request is null)
-            {
-                throw new ArgumentNullException(nameof(request));
-            }
-            var json = RequestJson.Serialize(request);
-            var op = new OperationHandle();
-            var raw = handle.Use(c => NativeMethods.ssmc_shell_begin(c, json));
-            if (raw == IntPtr.Zero)
-            {
-                op.Dispose();
-                throw NativeText.LastError("starting the shell session");
-            }
-            op.Adopt(raw);
-            return new Operation(op, request.Target);
-        }
+        public Operation BeginShell(ShellRequest request) =>
+            new Operation(Begin(request ?? throw new ArgumentNullException(nameof(request)), NativeMethods.ssmc_shell_begin, "starting the shell session"), request.Target);
 
         /// <summary>Starts a port forward and waits for it to listen; the forward is registered in <see cref="ForwardRegistry"/>.</summary>
         /// <exception cref="SsmException">It failed.</exception>
@@ -95,6 +65,20 @@ namespace SSMConnect
             using var op = BeginForward(request);
             await op.WaitAsync(cancellationToken).ConfigureAwait(false);
             return op.TakeForward();
+        }
+
+        private OperationHandle Begin<T>(T request, Func<IntPtr, string, IntPtr> begin, string what)
+        {
+            var json = RequestJson.Serialize(request);
+            var op = new OperationHandle();
+            var raw = handle.Use(c => begin(c, json));
+            if (raw == IntPtr.Zero)
+            {
+                op.Dispose();
+                throw NativeText.LastError(what);
+            }
+            op.Adopt(raw);
+            return op;
         }
 
         /// <summary>Frees the native client.</summary>

@@ -7,7 +7,7 @@ namespace SSMConnect
 {
     /// <summary>
     /// Shared parameters (the AWS Tools ones) and the machinery every session-starting cmdlet
-    /// needs: a client from those parameters, a wait loop on the pipeline thread that writes
+    /// needs: a client from those parameters, a wait on the pipeline thread that writes
     /// progress and native log lines and cancels native work when the pipeline stops (Ctrl+C),
     /// and ErrorRecords with stable ids.
     /// </summary>
@@ -182,8 +182,9 @@ namespace SSMConnect
 
         /// <summary>
         /// Waits on the pipeline thread for <paramref name="op"/> to finish, writing its stages as
-        /// progress and native log lines as verbose/debug output. When the pipeline stops, the
-        /// operation is cancelled and <see cref="PipelineStoppedException"/> thrown.
+        /// progress and native log lines as verbose/debug output as they come. When the pipeline
+        /// stops (Ctrl+C), the operation is cancelled, which wakes the wait at once, and
+        /// <see cref="PipelineStoppedException"/> thrown.
         /// </summary>
         /// <param name="op">The operation.</param>
         /// <param name="activity">Progress activity text.</param>
@@ -198,53 +199,46 @@ namespace SSMConnect
         {
             var progress = new ProgressRecord(ProgressId, activity, "Starting");
             var quiet = false;
-            string? last = null;
             try
             {
-                while (true)
-                {
-                    if (StopToken.IsCancellationRequested)
+                op.Wait(
+                    StopToken,
+                    stage =>
                     {
-                        op.Cancel();
-                        throw new PipelineStoppedException();
-                    }
-                    var done = op.Poll(
-                        stage =>
+                        if (quiet)
                         {
-                            if (quiet)
-                            {
-                                return;
-                            }
-                            if (quietWhen is not null && string.Equals(stage, quietWhen, StringComparison.Ordinal))
-                            {
-                                quiet = true;
-                                if (showProgress)
-                                {
-                                    CompleteProgress(progress);
-                                }
-                                return;
-                            }
-                            progress.StatusDescription = stage.Length == 0 ? "Working" : stage;
+                            return;
+                        }
+                        if (quietWhen is not null && string.Equals(stage, quietWhen, StringComparison.Ordinal))
+                        {
+                            quiet = true;
                             if (showProgress)
                             {
-                                WriteProgress(progress);
+                                CompleteProgress(progress);
                             }
-                            else
-                            {
-                                WriteVerbose($"{activity}: {progress.StatusDescription}");
-                            }
-                        },
-                        ref last);
-                    if (!quiet)
+                            return;
+                        }
+                        progress.StatusDescription = stage.Length == 0 ? "Working" : stage;
+                        if (showProgress)
+                        {
+                            WriteProgress(progress);
+                        }
+                        else
+                        {
+                            WriteVerbose($"{activity}: {progress.StatusDescription}");
+                        }
+                    },
+                    () =>
                     {
-                        DrainLogs();
-                    }
-                    if (done)
-                    {
-                        return;
-                    }
-                    StopToken.WaitHandle.WaitOne(Operation.DefaultPollInterval);
-                }
+                        if (!quiet)
+                        {
+                            DrainLogs();
+                        }
+                    });
+            }
+            catch (OperationCanceledException) when (StopToken.IsCancellationRequested)
+            {
+                throw new PipelineStoppedException();
             }
             finally
             {

@@ -8,7 +8,7 @@ using System.Text;
 namespace SSMConnect.Native
 {
     /// <summary>
-    /// Finds and loads the native library <c>ssmconnect</c> for the P/Invoke declarations in
+    /// Finds and loads the native library <c>ssmconnect_native</c> for the P/Invoke declarations in
     /// <see cref="NativeMethods"/>, from the places a build or the module layout puts it.
     /// </summary>
     /// <remarks>
@@ -106,7 +106,7 @@ namespace SSMConnect.Native
         /// <param name="overrideValue">Value of <see cref="OverrideVariable"/>, or null/empty when unset.</param>
         /// <param name="assemblyDirectory">Directory of the managed assembly.</param>
         /// <param name="rid">Runtime identifier, e.g. <c>linux-x64</c>.</param>
-        /// <param name="fileName">Library file name, e.g. <c>libssmconnect.so</c>.</param>
+        /// <param name="fileName">Library file name, e.g. <c>libssmconnect_native.so</c>.</param>
         public static IReadOnlyList<string?> CandidatePaths(string? overrideValue, string assemblyDirectory, string rid, string fileName)
         {
             if (!string.IsNullOrWhiteSpace(overrideValue))
@@ -208,9 +208,9 @@ namespace SSMConnect.Native
 
         internal static string FileNameFor(Os os) => os switch
         {
-            Os.Windows => "ssmconnect.dll",
-            Os.MacOs => "libssmconnect.dylib",
-            _ => "libssmconnect.so",
+            Os.Windows => "ssmconnect_native.dll",
+            Os.MacOs => "libssmconnect_native.dylib",
+            _ => "libssmconnect_native.so",
         };
     }
 }

@@ -3,7 +3,6 @@ using System.Collections.Generic;
 using System.Globalization;
 using System.Linq;
 using System.Management.Automation;
-using System.Threading;
 
 namespace SSMConnect.Commands
 {
@@ -98,31 +97,32 @@ namespace SSMConnect.Commands
             }
             var progress = new ProgressRecord(ProgressId, "Start-SSMPortForward -Wait", "Forwarding; Ctrl+C stops");
             var nextUpdate = DateTime.MinValue;
+            void OnWake()
+            {
+                if (DateTime.UtcNow >= nextUpdate)
+                {
+                    progress.StatusDescription = string.Join(
+                        "; ",
+                        started.Select(f => string.Format(
+                            CultureInfo.InvariantCulture,
+                            "{0} -> {1}: {2} connection(s), {3:N0} bytes sent, {4:N0} received",
+                            f.LocalEndpoint,
+                            f.Target,
+                            f.Connections,
+                            f.BytesSent,
+                            f.BytesReceived)));
+                    WriteProgress(progress);
+                    nextUpdate = DateTime.UtcNow.AddSeconds(1);
+                }
+                DrainLogs();
+            }
             try
             {
-                while (started.Any(f => f.State == OperationState.Running))
+                // Done when every forward has ended. Ctrl+C stops the one waited for, which wakes
+                // the wait at once; the others are stopped below.
+                foreach (var forward in started)
                 {
-                    if (StopToken.IsCancellationRequested)
-                    {
-                        throw new PipelineStoppedException();
-                    }
-                    if (DateTime.UtcNow >= nextUpdate)
-                    {
-                        progress.StatusDescription = string.Join(
-                            "; ",
-                            started.Select(f => string.Format(
-                                CultureInfo.InvariantCulture,
-                                "{0} -> {1}: {2} connection(s), {3:N0} bytes sent, {4:N0} received",
-                                f.LocalEndpoint,
-                                f.Target,
-                                f.Connections,
-                                f.BytesSent,
-                                f.BytesReceived)));
-                        WriteProgress(progress);
-                        nextUpdate = DateTime.UtcNow.AddSeconds(1);
-                    }
-                    DrainLogs();
-                    StopToken.WaitHandle.WaitOne(Operation.DefaultPollInterval * 4);
+                    forward.WaitForExit(StopToken, OnWake, tick: TimeSpan.FromSeconds(1));
                 }
                 progress.RecordType = ProgressRecordType.Completed;
                 WriteProgress(progress);
@@ -130,6 +130,10 @@ namespace SSMConnect.Commands
                 {
                     WriteSsmError(new SsmException(SsmErrorKind.ConnectionFailed, $"forward {f.Id} to {f.Target} failed: {f.Error}"), f);
                 }
+            }
+            catch (OperationCanceledException) when (StopToken.IsCancellationRequested)
+            {
+                throw new PipelineStoppedException();
             }
             finally
             {

@@ -1,9 +1,12 @@
-//! The C ABI of SSMConnect: the shared library `ssmconnect` that the PowerShell module loads.
+//! The C ABI of SSMConnect: the shared library `ssmconnect_native` that the PowerShell module
+//! loads (named apart from the helper executable `ssmconnect`, whose debug files would collide).
 //!
 //! What it is: a thin layer of `extern "C"` functions, all prefixed `ssmc_`, over `ssm-session`.
 //! Long work (resolving, connecting, running a shell) runs on a tokio runtime owned by the library
-//! and is exposed as an *operation* the caller polls, so the caller's thread stays free to report
-//! progress and logs and to cancel. Port forwards live on as handles after their operation.
+//! and is exposed as an *operation* the caller waits on ([`ssmc_operation_wait`] blocks until the
+//! stage or state changes or a log line is captured), so the caller's thread reports progress and
+//! logs as they happen and stays free to cancel. Port forwards live on as handles after their
+//! operation ([`ssmc_forward_wait`]).
 //!
 //! What it is not: a place for logic. Anything beyond marshalling belongs in `ssm-session`.
 //!
@@ -15,7 +18,10 @@
 //!   call on that handle or until it is freed, unless the export says the caller frees them with
 //!   [`ssmc_string_free`];
 //! - failures of functions that return a handle are described by [`ssmc_last_error_kind`] and
-//!   [`ssmc_last_error_message`] on the calling thread.
+//!   [`ssmc_last_error_message`] on the calling thread;
+//! - a handle may be used from several threads (a cancel or stop typically comes from another
+//!   thread while one waits), but a string borrowed from it is only valid until the next call of
+//!   the same function on it, so callers serialise those.
 //!
 //! Tokens never cross this boundary and never appear in messages.
 // `extern "C"` functions take raw pointers by design; each one checks for null before use.
@@ -23,6 +29,7 @@
 
 mod logs;
 mod ops;
+mod wait;
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CString};
@@ -145,7 +152,7 @@ pub(crate) fn guard<T>(fallback: T, f: impl FnOnce() -> T) -> T {
         Err(_) => {
             set_last_error(&FfiError::new(
                 SsmcErrorKind::Internal,
-                "internal error (panic) in ssmconnect",
+                "internal error (panic) in ssmconnect_native",
             ));
             fallback
         }
@@ -164,7 +171,7 @@ pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
             Ok(rt) => rt,
             Err(e) => {
                 // Without a runtime nothing in this library can work; never expected in practice.
-                eprintln!("ssmconnect: cannot start its runtime: {e}");
+                eprintln!("ssmconnect_native: cannot start its runtime: {e}");
                 std::process::abort()
             }
         }
@@ -327,6 +334,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_operation_error_message))
         .register(function!(ssmc_operation_exit_code))
         .register(function!(ssmc_operation_cancel))
+        .register(function!(ssmc_operation_wait))
         .register(function!(ssmc_operation_take_forward))
         .register(function!(ssmc_operation_free))
         .register(function!(ssmc_forward_local_port))
@@ -342,6 +350,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_forward_state))
         .register(function!(ssmc_forward_error_message))
         .register(function!(ssmc_forward_stop))
+        .register(function!(ssmc_forward_wait))
         .register(function!(ssmc_forward_free))
         .inventory()
 }

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, Once};
 
 use tracing::Level;
@@ -15,6 +15,8 @@ const CAPACITY: usize = 10_000;
 static MAX_LEVEL: AtomicU32 = AtomicU32::new(0);
 static QUEUE: Mutex<VecDeque<(u32, String)>> = Mutex::new(VecDeque::new());
 static INSTALL: Once = Once::new();
+/// Lines queued so far; waits return when it moved (see `wait::Seen`).
+static CAPTURED: AtomicU64 = AtomicU64::new(0);
 
 fn level_number(level: &Level) -> u32 {
     match *level {
@@ -31,7 +33,8 @@ pub(crate) fn enable(max_level: u32) {
     INSTALL.call_once(|| {
         // Our crates at any level (filtered again per line by MAX_LEVEL); the AWS SDK's own
         // events only from warnings up.
-        let filter = tracing_subscriber::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect=trace");
+        let filter =
+            tracing_subscriber::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(Capture)
@@ -41,6 +44,10 @@ pub(crate) fn enable(max_level: u32) {
             .with_level(false)
             .try_init();
     });
+}
+
+pub(crate) fn captured() -> u64 {
+    CAPTURED.load(Ordering::Relaxed)
 }
 
 pub(crate) fn next() -> Option<(u32, String)> {
@@ -80,6 +87,9 @@ impl Drop for Line {
             q.pop_front();
         }
         q.push_back((self.level, text));
+        drop(q);
+        CAPTURED.fetch_add(1, Ordering::Relaxed);
+        crate::wait::notify();
     }
 }
 

@@ -1,8 +1,9 @@
-//! Operations (started, polled, cancelled) and port-forward handles.
+//! Operations (started, waited for, cancelled) and port-forward handles.
 
 use std::ffi::{c_char, CString};
 use std::net::{IpAddr, SocketAddr};
 use std::ptr::null_mut;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use interoptopus::patterns::string::AsciiPointer;
@@ -10,17 +11,21 @@ use interoptopus::{ffi_function, ffi_type};
 use ssm_session::{ForwardOptions, ForwardStats, PortForward, ResolveOptions, ShellOptions, SsmApi};
 use tokio::sync::watch;
 
+use crate::wait::{self, Seen};
 use crate::{
-    guard, parse_request, runtime, set_last_error, to_cstring, FfiError, SsmcClient, SsmcErrorKind, SsmcState,
+    guard, logs, parse_request, runtime, set_last_error, to_cstring, FfiError, SsmcClient, SsmcErrorKind, SsmcState,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Shared by an operation's task and its handle. Whoever holds the lock neither logs nor calls
+/// `wait::notify` (waiters take this lock inside the wait lock).
 struct Progress {
     state: SsmcState,
     stage: String,
+    stage_changes: u64,
     error: Option<FfiError>,
     exit_code: i32,
     forward: Option<Box<SsmcForward>>,
@@ -37,14 +42,15 @@ impl Progress {
     }
 }
 
-/// A piece of work running on the library's runtime. Poll [`ssmc_operation_state`]; free with
+/// A piece of work running on the library's runtime. Wait with [`ssmc_operation_wait`]; free with
 /// [`ssmc_operation_free`].
 #[ffi_type(opaque)]
 pub struct SsmcOperation {
     progress: Arc<Mutex<Progress>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-    stage_c: CString,
-    error_c: CString,
+    task: tokio::task::JoinHandle<()>,
+    stage_c: Mutex<CString>,
+    error_c: Mutex<CString>,
+    seen: Seen,
 }
 
 impl SsmcOperation {
@@ -55,22 +61,33 @@ impl SsmcOperation {
         let progress = Arc::new(Mutex::new(Progress {
             state: SsmcState::Running,
             stage: "Starting".into(),
+            stage_changes: 0,
             error: None,
             exit_code: 0,
             forward: None,
         }));
-        let task = runtime().spawn(work(progress.clone()));
+        let work = work(progress.clone());
+        let task = runtime().spawn(async move {
+            work.await;
+            wait::notify();
+        });
         Box::into_raw(Box::new(SsmcOperation {
             progress,
-            task: Some(task),
-            stage_c: CString::default(),
-            error_c: CString::default(),
+            task,
+            stage_c: Mutex::default(),
+            error_c: Mutex::default(),
+            seen: Seen::default(),
         }))
     }
 }
 
 fn stage(progress: &Mutex<Progress>, text: &str) {
-    lock(progress).stage = text.to_owned();
+    {
+        let mut p = lock(progress);
+        p.stage = text.to_owned();
+        p.stage_changes += 1;
+    }
+    wait::notify();
 }
 
 #[derive(serde::Deserialize)]
@@ -216,34 +233,29 @@ pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: Asci
     })
 }
 
-fn null_handle<T>(what: &str) -> Option<T> {
-    set_last_error(&FfiError::new(
-        SsmcErrorKind::InvalidArgument,
-        format!("the {what} handle is null"),
-    ));
-    None
+/// Runs `f` on a live handle; a null one sets an InvalidArgument last error and gives `fallback`.
+fn with<H, T>(handle: *const H, what: &str, fallback: T, f: impl FnOnce(&H) -> T) -> T {
+    guard(None, || {
+        if handle.is_null() {
+            let message = format!("the {what} handle is null");
+            set_last_error(&FfiError::new(SsmcErrorKind::InvalidArgument, message));
+            return None;
+        }
+        // SAFETY: non-null and, by contract, a live handle (shared between threads: see the crate docs).
+        Some(f(unsafe { &*handle }))
+    })
+    .unwrap_or(fallback)
 }
 
 fn with_op<T>(op: *const SsmcOperation, fallback: T, f: impl FnOnce(&SsmcOperation) -> T) -> T {
-    guard(None, || {
-        if op.is_null() {
-            return null_handle("operation");
-        }
-        // SAFETY: non-null and, by contract, a live operation.
-        Some(f(unsafe { &*op }))
-    })
-    .unwrap_or(fallback)
+    with(op, "operation", fallback, f)
 }
 
-fn with_op_mut<T>(op: *mut SsmcOperation, fallback: T, f: impl FnOnce(&mut SsmcOperation) -> T) -> T {
-    guard(None, || {
-        if op.is_null() {
-            return null_handle("operation");
-        }
-        // SAFETY: non-null and, by contract, a live operation used from one thread at a time.
-        Some(f(unsafe { &mut *op }))
-    })
-    .unwrap_or(fallback)
+/// Keeps `text` in `slot` and lends it out, valid until the slot is next written.
+fn lend(slot: &Mutex<CString>, text: &str) -> *const c_char {
+    let mut c = lock(slot);
+    *c = to_cstring(text);
+    c.as_ptr()
 }
 
 /// The operation's state.
@@ -258,9 +270,9 @@ pub extern "C" fn ssmc_operation_state(op: *const SsmcOperation) -> SsmcState {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_stage(op: *mut SsmcOperation) -> *const c_char {
-    with_op_mut(op, std::ptr::null(), |o| {
-        o.stage_c = to_cstring(&lock(&o.progress).stage);
-        o.stage_c.as_ptr()
+    with_op(op, std::ptr::null(), |o| {
+        let text = lock(&o.progress).stage.clone();
+        lend(&o.stage_c, &text)
     })
 }
 
@@ -278,14 +290,13 @@ pub extern "C" fn ssmc_operation_error_kind(op: *const SsmcOperation) -> SsmcErr
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_error_message(op: *mut SsmcOperation) -> *const c_char {
-    with_op_mut(op, std::ptr::null(), |o| {
+    with_op(op, std::ptr::null(), |o| {
         let text = lock(&o.progress)
             .error
             .as_ref()
             .map(|e| e.message.clone())
             .unwrap_or_default();
-        o.error_c = to_cstring(&text);
-        o.error_c.as_ptr()
+        lend(&o.error_c, &text)
     })
 }
 
@@ -297,19 +308,46 @@ pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation) -> i32 {
 }
 
 /// Cancels a running operation: its work stops, a half-started session is terminated and the
-/// terminal restored. The state becomes Cancelled. No effect on a finished operation.
+/// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
+/// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
+/// while another one waits.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
-    with_op_mut(op, (), |o| {
-        let mut p = lock(&o.progress);
-        if p.state == SsmcState::Running {
-            if let Some(task) = &o.task {
-                task.abort();
+    with_op(op, (), |o| {
+        {
+            let mut p = lock(&o.progress);
+            if p.state != SsmcState::Running {
+                return;
             }
+            o.task.abort();
             p.fail(FfiError::new(SsmcErrorKind::Cancelled, "cancelled"));
         }
+        wait::notify();
     });
+}
+
+/// Blocks the calling thread, without spinning, until the caller has something to react to or
+/// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+/// returns the state then. It returns as soon as
+/// - the state is not Running (at once when it already is not; a cancel from another thread
+///   makes it Cancelled and so wakes the waiter at once), or
+/// - since the previous wait on this operation returned (or since it began, for the first wait)
+///   the stage changed ([`ssmc_operation_stage`]) or a log line was captured for
+///   `ssmc_log_next`.
+///
+/// A return with Running therefore means: read the stage, drain the log lines, wait again. Waits
+/// on one operation from several threads are safe, but a stage change or log line returns only
+/// the first to see it. A null handle returns Failed with the last error set.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_operation_wait(op: *const SsmcOperation, timeout_ms: u32) -> SsmcState {
+    with_op(op, SsmcState::Failed, |o| {
+        let pulse = || lock(&o.progress).stage_changes + logs::captured();
+        o.seen
+            .wait(timeout_ms, || lock(&o.progress).state == SsmcState::Running, pulse);
+        lock(&o.progress).state
+    })
 }
 
 /// Hands over the forward of a succeeded forward operation (once; null otherwise). Free it with
@@ -317,7 +355,7 @@ pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_take_forward(op: *mut SsmcOperation) -> *mut SsmcForward {
-    with_op_mut(op, null_mut(), |o| {
+    with_op(op, null_mut(), |o| {
         lock(&o.progress).forward.take().map_or(null_mut(), Box::into_raw)
     })
 }
@@ -331,10 +369,7 @@ pub extern "C" fn ssmc_operation_free(op: *mut SsmcOperation) {
             return;
         }
         // SAFETY: from `*_begin`, freed once (the contract).
-        let o = unsafe { Box::from_raw(op) };
-        if let Some(task) = &o.task {
-            task.abort();
-        }
+        unsafe { Box::from_raw(op) }.task.abort();
     });
 }
 
@@ -347,10 +382,12 @@ pub struct SsmcForward {
     target_c: CString,
     instance_id_c: CString,
     mode_c: CString,
-    error_c: CString,
+    error_c: Mutex<CString>,
     stats: Arc<ForwardStats>,
     stopper: watch::Sender<bool>,
     outcome: Arc<Mutex<Option<Result<(), FfiError>>>>,
+    stop_requests: AtomicU64,
+    seen: Seen,
 }
 
 impl SsmcForward {
@@ -368,28 +405,24 @@ impl SsmcForward {
                 ssm_proto::PortMode::Mux { .. } => "Multiplexed",
                 ssm_proto::PortMode::Stdio => "Stream",
             }),
-            error_c: CString::default(),
+            error_c: Mutex::default(),
             stats: forward.stats(),
             stopper: forward.stopper(),
             outcome,
+            stop_requests: AtomicU64::new(0),
+            seen: Seen::default(),
         });
         runtime().spawn(async move {
             let result = forward.wait().await.map(|_| ()).map_err(FfiError::from);
             *lock(&done) = Some(result);
+            wait::notify();
         });
         f
     }
 }
 
-fn with_forward<T>(f: *mut SsmcForward, fallback: T, body: impl FnOnce(&mut SsmcForward) -> T) -> T {
-    guard(None, || {
-        if f.is_null() {
-            return null_handle("forward");
-        }
-        // SAFETY: non-null and, by contract, a live forward used from one thread at a time.
-        Some(body(unsafe { &mut *f }))
-    })
-    .unwrap_or(fallback)
+fn with_forward<T>(f: *const SsmcForward, fallback: T, body: impl FnOnce(&SsmcForward) -> T) -> T {
+    with(f, "forward", fallback, body)
 }
 
 /// Local port the forward listens on.
@@ -438,36 +471,28 @@ pub extern "C" fn ssmc_forward_mode(f: *mut SsmcForward) -> *const c_char {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_bytes_sent(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| {
-        f.stats.bytes_to_target.load(std::sync::atomic::Ordering::Relaxed)
-    })
+    with_forward(f, 0, |f| f.stats.bytes_to_target.load(Ordering::Relaxed))
 }
 
 /// Bytes received from the target so far.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_bytes_received(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| {
-        f.stats.bytes_from_target.load(std::sync::atomic::Ordering::Relaxed)
-    })
+    with_forward(f, 0, |f| f.stats.bytes_from_target.load(Ordering::Relaxed))
 }
 
 /// Connections accepted so far.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_connections(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| {
-        f.stats.connections_total.load(std::sync::atomic::Ordering::Relaxed)
-    })
+    with_forward(f, 0, |f| f.stats.connections_total.load(Ordering::Relaxed))
 }
 
 /// Connections open now.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_active_connections(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| {
-        f.stats.connections_active.load(std::sync::atomic::Ordering::Relaxed)
-    })
+    with_forward(f, 0, |f| f.stats.connections_active.load(Ordering::Relaxed))
 }
 
 /// Running while forwarding; Succeeded once it ended normally (stopped, or closed by the
@@ -475,11 +500,15 @@ pub extern "C" fn ssmc_forward_active_connections(f: *mut SsmcForward) -> u64 {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_state(f: *mut SsmcForward) -> SsmcState {
-    with_forward(f, SsmcState::Failed, |f| match &*lock(&f.outcome) {
+    with_forward(f, SsmcState::Failed, forward_state)
+}
+
+fn forward_state(f: &SsmcForward) -> SsmcState {
+    match &*lock(&f.outcome) {
         None => SsmcState::Running,
         Some(Ok(())) => SsmcState::Succeeded,
         Some(Err(_)) => SsmcState::Failed,
-    })
+    }
 }
 
 /// Why the forward failed (empty otherwise). Owned by the forward; valid until the next call.
@@ -491,19 +520,41 @@ pub extern "C" fn ssmc_forward_error_message(f: *mut SsmcForward) -> *const c_ch
             Some(Err(e)) => e.message.clone(),
             _ => String::new(),
         };
-        f.error_c = to_cstring(&text);
-        f.error_c.as_ptr()
+        lend(&f.error_c, &text)
     })
 }
 
 /// Asks the forward to stop: the listener closes, connections close, the session is terminated.
-/// Returns at once; poll [`ssmc_forward_state`] to see it finish.
+/// Returns at once and wakes a thread blocked in [`ssmc_forward_wait`]; wait again to see the
+/// forward finish. May be called from any thread, also while another one waits.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_stop(f: *mut SsmcForward) {
     with_forward(f, (), |f| {
         let _ = f.stopper.send(true);
+        f.stop_requests.fetch_add(1, Ordering::Relaxed);
+        wait::notify();
     });
+}
+
+/// Blocks the calling thread, without spinning, until the caller has something to react to or
+/// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+/// returns the state then ([`ssmc_forward_state`]). It returns as soon as
+/// - the forward has ended (state not Running; at once when it already has), or
+/// - since the previous wait on this forward returned (or since it was handed over, for the
+///   first wait) [`ssmc_forward_stop`] was called (from any thread: it wakes the waiter at once)
+///   or a log line was captured for `ssmc_log_next`.
+///
+/// Waits on one forward from several threads are safe, but a stop request or log line returns
+/// only the first to see it. A null handle returns Failed with the last error set.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_forward_wait(f: *const SsmcForward, timeout_ms: u32) -> SsmcState {
+    with_forward(f, SsmcState::Failed, |f| {
+        let pulse = || f.stop_requests.load(Ordering::Relaxed) + logs::captured();
+        f.seen.wait(timeout_ms, || lock(&f.outcome).is_none(), pulse);
+        forward_state(f)
+    })
 }
 
 /// Stops (if needed) and frees a forward. Null is ignored.

@@ -1,12 +1,13 @@
-//! The C ABI driven the way a foreign caller drives it: raw pointers, polling, explicit frees.
+//! The C ABI driven the way a foreign caller drives it: raw pointers, blocking waits, explicit frees.
 
 use std::ffi::{CStr, CString};
 use std::io::{Read, Write};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use interoptopus::patterns::string::AsciiPointer;
-use ssm_emulator::{Config, Emulator};
-use ssmconnect::*;
+use ssm_emulator::{Config, Emulator, Faults};
+use ssmconnect_native::*;
 
 fn ascii(s: &CString) -> AsciiPointer<'_> {
     AsciiPointer::from_slice_with_nul(s.as_bytes_with_nul()).unwrap()
@@ -17,10 +18,14 @@ fn text(p: *const std::ffi::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
+/// Tests that enable log capture (which wakes every waiter per line) and tests that time a wait
+/// take turns.
+static LOGS: Mutex<()> = Mutex::new(());
+
 fn wait_op(op: *mut SsmcOperation) -> SsmcState {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let s = ssmc_operation_state(op);
+        let s = ssmc_operation_wait(op, 1000);
         if s != SsmcState::Running {
             return s;
         }
@@ -29,7 +34,6 @@ fn wait_op(op: *mut SsmcOperation) -> SsmcState {
             "operation still running at stage {}",
             text(ssmc_operation_stage(op))
         );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -80,6 +84,7 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
     let echo = echo_server();
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
     ssmc_log_enable(4);
     let c = client(&emu.endpoint());
     let req = CString::new(format!(r#"{{"target":"i-0123456789abcdef0","remote_port":{echo}}}"#)).unwrap();
@@ -113,9 +118,8 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
 
     ssmc_forward_stop(f);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while ssmc_forward_state(f) == SsmcState::Running {
+    while ssmc_forward_wait(f, 1000) == SsmcState::Running {
         assert!(Instant::now() < deadline, "forward did not stop");
-        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(
         ssmc_forward_state(f),
@@ -140,6 +144,7 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
         ssmc_string_free(line.cast());
         lines += 1;
     }
+    ssmc_log_enable(0);
     assert!(lines > 0, "the forward logged nothing at debug level");
     ssmc_client_free(c);
 }
@@ -173,5 +178,173 @@ fn port_in_use_and_unknown_targets_have_their_kinds() {
     assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::Api);
     assert!(text(ssmc_operation_error_message(op)).contains("TargetNotConnected"));
     ssmc_operation_free(op);
+    ssmc_client_free(c);
+}
+
+/// An emulator whose frames to the client are all lost: a session never completes its handshake,
+/// so a forward operation stays Running at its last stage until cancelled.
+fn emulator_that_never_answers(rt: &tokio::runtime::Runtime) -> Emulator {
+    let mut faults = Faults::default();
+    faults.to_client.drop = 1.0;
+    rt.block_on(Emulator::start(Config {
+        faults,
+        ..Config::default()
+    }))
+    .unwrap()
+}
+
+/// Waits (with returns for each stage) until the operation reaches its last stage before the
+/// handshake, from where nothing changes on its own.
+fn wait_for_the_session_start(op: *mut SsmcOperation) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(ssmc_operation_stage(op)).starts_with("Starting a session") {
+        assert_eq!(ssmc_operation_wait(op, 1000), SsmcState::Running);
+        assert!(Instant::now() < deadline, "stuck at {}", text(ssmc_operation_stage(op)));
+    }
+}
+
+#[test]
+fn a_wait_returns_promptly_when_the_state_changes() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
+    let c = client(&emu.endpoint());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let req = CString::new(format!(
+        r#"{{"target":"i-0123456789abcdef0","remote_port":80,"local_port":{port}}}"#
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    let mut stages = vec![];
+    let mut returns = 0;
+    let state = loop {
+        let s = ssmc_operation_wait(op, 60_000);
+        returns += 1;
+        stages.push(text(ssmc_operation_stage(op)));
+        if s != SsmcState::Running {
+            break s;
+        }
+        assert!(returns < 50, "the wait keeps returning with nothing new: {stages:?}");
+    };
+    assert_eq!(state, SsmcState::Failed);
+    assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::PortInUse);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the waits took {:?} for a failure that comes at once: {stages:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        ssmc_operation_wait(op, 60_000),
+        SsmcState::Failed,
+        "a finished operation returns at once"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+}
+
+#[test]
+fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = emulator_that_never_answers(&rt);
+    let c = client(&emu.endpoint());
+    let req = CString::new(r#"{"target":"i-0123456789abcdef0","remote_port":80}"#).unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    wait_for_the_session_start(op);
+    // Whatever woke the previous wait has been seen; nothing new comes now.
+    ssmc_operation_wait(op, 0);
+    let started = Instant::now();
+    assert_eq!(ssmc_operation_wait(op, 400), SsmcState::Running);
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400) && waited < Duration::from_secs(5),
+        "waited {waited:?} for a 400 ms timeout"
+    );
+    ssmc_operation_cancel(op);
+    assert_eq!(ssmc_operation_wait(op, 0), SsmcState::Cancelled);
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+}
+
+#[test]
+fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = emulator_that_never_answers(&rt);
+    let c = client(&emu.endpoint());
+    let req = CString::new(r#"{"target":"i-0123456789abcdef0","remote_port":80}"#).unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    wait_for_the_session_start(op);
+
+    let shared = op as usize;
+    let canceller = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        ssmc_operation_cancel(shared as *mut SsmcOperation);
+        at
+    });
+    let state = ssmc_operation_wait(op, 60_000);
+    let woken = Instant::now();
+    let cancelled_at = canceller.join().unwrap();
+    assert_eq!(state, SsmcState::Cancelled);
+    assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::Cancelled);
+    assert!(woken >= cancelled_at, "the waiter returned before the cancel");
+    assert!(
+        woken - cancelled_at < Duration::from_millis(500),
+        "the waiter woke {:?} after the cancel",
+        woken - cancelled_at
+    );
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+}
+
+#[test]
+fn a_stop_from_another_thread_wakes_a_forward_waiter_at_once() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(Emulator::start(Config::default())).unwrap();
+    let c = client(&emu.endpoint());
+    let req = CString::new(format!(
+        r#"{{"target":"i-0123456789abcdef0","remote_port":{}}}"#,
+        echo_server()
+    ))
+    .unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    ssmc_operation_free(op);
+
+    let shared = f as usize;
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        ssmc_forward_stop(shared as *mut SsmcForward);
+        at
+    });
+    let first = ssmc_forward_wait(f, 60_000);
+    let woken = Instant::now();
+    let stopped_at = stopper.join().unwrap();
+    assert!(woken >= stopped_at, "the waiter returned ({first:?}) before the stop");
+    assert!(
+        woken < stopped_at + Duration::from_millis(500),
+        "the waiter woke {:?} after the stop",
+        woken - stopped_at
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ssmc_forward_wait(f, 1000) == SsmcState::Running {
+        assert!(Instant::now() < deadline, "the forward did not end after the stop");
+    }
+    assert_eq!(ssmc_forward_state(f), SsmcState::Succeeded);
+    assert_eq!(ssmc_forward_wait(std::ptr::null(), 0), SsmcState::Failed);
+    assert_eq!(ssmc_last_error_kind(), SsmcErrorKind::InvalidArgument);
+    ssmc_forward_free(f);
     ssmc_client_free(c);
 }
