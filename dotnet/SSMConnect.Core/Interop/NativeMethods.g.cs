@@ -37,14 +37,11 @@ namespace SSMConnect.Native
         public static extern void ssmc_string_free(IntPtr s);
 
         /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-        /// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`, `access_key`,
-        /// `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
-        /// place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
-        /// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:
-        /// what they set fills what the other fields leave unset, read as the AWS SDK reads the
-        /// environment; callers whose environment copy differs from the process's, .NET on Unix, pass
-        /// theirs here). The process environment is read by the SDK too. Returns null on error (see last
-        /// error). Free with [`ssmc_client_free`].
+        /// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
+        /// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
+        /// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
+        /// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
+        /// [`ssmc_client_free`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_client_new")]
         public static extern IntPtr ssmc_client_new(string config_json);
 
@@ -63,14 +60,15 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_log_next(out uint level);
 
         /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-        /// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
-        /// an operation, or null with the last error set when the request is malformed. When the
-        /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
+        /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
+        /// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
+        /// operation, or null with the last error set when the request is malformed. When the operation
+        /// succeeds, [`ssmc_operation_take_forward`] hands over the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_begin")]
         public static extern IntPtr ssmc_forward_begin(IntPtr client, string request_json);
 
         /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-        /// optional `document` and `parameters`. The operation ends when the remote shell does; its
+        /// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
         /// exit code is then in [`ssmc_operation_exit_code`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_shell_begin")]
         public static extern IntPtr ssmc_shell_begin(IntPtr client, string request_json);
@@ -98,10 +96,24 @@ namespace SSMConnect.Native
         public static extern int ssmc_operation_exit_code(IntPtr op);
 
         /// Cancels a running operation: its work stops, a half-started session is terminated and the
-        /// terminal restored. The state becomes Cancelled. No effect on a finished operation.
+        /// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
+        /// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
+        /// while another one waits.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_cancel")]
         public static extern void ssmc_operation_cancel(IntPtr op);
 
+        /// Blocks the calling thread, without spinning, until the caller has something to react to or
+        /// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+        /// returns the state then. It returns as soon as
+        /// - the state is not Running (at once when it already is not; a cancel from another thread
+        ///   makes it Cancelled and so wakes the waiter at once), or
+        /// - since the previous wait on this operation returned (or since it began, for the first wait)
+        ///   the stage changed ([`ssmc_operation_stage`]) or a log line was captured for
+        ///   `ssmc_log_next`.
+        ///
+        /// A return with Running therefore means: read the stage, drain the log lines, wait again. Waits
+        /// on one operation from several threads are safe, but a stage change or log line returns only
+        /// the first to see it. A null handle returns Failed with the last error set.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_wait")]
         public static extern SsmcState ssmc_operation_wait(IntPtr op, uint timeout_ms);
 
@@ -164,10 +176,21 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_forward_error_message(IntPtr f);
 
         /// Asks the forward to stop: the listener closes, connections close, the session is terminated.
-        /// Returns at once; poll [`ssmc_forward_state`] to see it finish.
+        /// Returns at once and wakes a thread blocked in [`ssmc_forward_wait`]; wait again to see the
+        /// forward finish. May be called from any thread, also while another one waits.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_stop")]
         public static extern void ssmc_forward_stop(IntPtr f);
 
+        /// Blocks the calling thread, without spinning, until the caller has something to react to or
+        /// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+        /// returns the state then ([`ssmc_forward_state`]). It returns as soon as
+        /// - the forward has ended (state not Running; at once when it already has), or
+        /// - since the previous wait on this forward returned (or since it was handed over, for the
+        ///   first wait) [`ssmc_forward_stop`] was called (from any thread: it wakes the waiter at once)
+        ///   or a log line was captured for `ssmc_log_next`.
+        ///
+        /// Waits on one forward from several threads are safe, but a stop request or log line returns
+        /// only the first to see it. A null handle returns Failed with the last error set.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_wait")]
         public static extern SsmcState ssmc_forward_wait(IntPtr f, uint timeout_ms);
 

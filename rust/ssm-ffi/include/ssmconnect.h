@@ -79,7 +79,7 @@ typedef struct SsmcClient SsmcClient;
 // A running port forward.
 typedef struct SsmcForward SsmcForward;
 
-// A piece of work running on the library's runtime. Poll [`ssmc_operation_state`]; free with
+// A piece of work running on the library's runtime. Wait with [`ssmc_operation_wait`]; free with
 // [`ssmc_operation_free`].
 typedef struct SsmcOperation SsmcOperation;
 
@@ -151,8 +151,24 @@ const char *ssmc_operation_error_message(struct SsmcOperation *op);
 int32_t ssmc_operation_exit_code(const struct SsmcOperation *op);
 
 // Cancels a running operation: its work stops, a half-started session is terminated and the
-// terminal restored. The state becomes Cancelled. No effect on a finished operation.
+// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
+// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
+// while another one waits.
 void ssmc_operation_cancel(struct SsmcOperation *op);
+
+// Blocks the calling thread, without spinning, until the caller has something to react to or
+// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+// returns the state then. It returns as soon as
+// - the state is not Running (at once when it already is not; a cancel from another thread
+//   makes it Cancelled and so wakes the waiter at once), or
+// - since the previous wait on this operation returned (or since it began, for the first wait)
+//   the stage changed ([`ssmc_operation_stage`]) or a log line was captured for
+//   `ssmc_log_next`.
+//
+// A return with Running therefore means: read the stage, drain the log lines, wait again. Waits
+// on one operation from several threads are safe, but a stage change or log line returns only
+// the first to see it. A null handle returns Failed with the last error set.
+SsmcState ssmc_operation_wait(const struct SsmcOperation *op, uint32_t timeout_ms);
 
 // Hands over the forward of a succeeded forward operation (once; null otherwise). Free it with
 // [`ssmc_forward_free`].
@@ -199,8 +215,21 @@ SsmcState ssmc_forward_state(struct SsmcForward *f);
 const char *ssmc_forward_error_message(struct SsmcForward *f);
 
 // Asks the forward to stop: the listener closes, connections close, the session is terminated.
-// Returns at once; poll [`ssmc_forward_state`] to see it finish.
+// Returns at once and wakes a thread blocked in [`ssmc_forward_wait`]; wait again to see the
+// forward finish. May be called from any thread, also while another one waits.
 void ssmc_forward_stop(struct SsmcForward *f);
+
+// Blocks the calling thread, without spinning, until the caller has something to react to or
+// `timeout_ms` milliseconds passed (`u32::MAX`, about 49 days, for no practical limit), and
+// returns the state then ([`ssmc_forward_state`]). It returns as soon as
+// - the forward has ended (state not Running; at once when it already has), or
+// - since the previous wait on this forward returned (or since it was handed over, for the
+//   first wait) [`ssmc_forward_stop`] was called (from any thread: it wakes the waiter at once)
+//   or a log line was captured for `ssmc_log_next`.
+//
+// Waits on one forward from several threads are safe, but a stop request or log line returns
+// only the first to see it. A null handle returns Failed with the last error set.
+SsmcState ssmc_forward_wait(const struct SsmcForward *f, uint32_t timeout_ms);
 
 // Stops (if needed) and frees a forward. Null is ignored.
 void ssmc_forward_free(struct SsmcForward *f);

@@ -91,7 +91,7 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     let port = ssmc_forward_local_port(f);
     assert_ne!(port, 0);
     assert_eq!(text(ssmc_forward_local_address(f)), "127.0.0.1");
-    assert_eq!(text(ssmc_forward_instance_id(f)), TARGET);
+    assert_eq!(text(ssmc_forward_instance_id(f)), "i-0123456789abcdef0");
     assert!(text(ssmc_forward_session_id(f)).starts_with("emulator-"));
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.write_all(b"through the abi").unwrap();
@@ -139,10 +139,12 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
 #[test]
 fn port_in_use_and_unknown_targets_have_their_kinds() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = rt.block_on(emulator(Config {
-        targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
-        ..Config::default()
-    }));
+    let emu = rt
+        .block_on(Emulator::start(Config {
+            targets: vec!["i-0aaaaaaaaaaaaaaaa".into()],
+            ..Config::default()
+        }))
+        .unwrap();
     let c = client(&emu.endpoint());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -190,6 +192,7 @@ fn wait_for_the_session_start(op: *mut SsmcOperation) {
 
 #[test]
 fn a_wait_returns_promptly_when_the_state_changes() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = rt.block_on(emulator(Config::default()));
     let c = client(&emu.endpoint());
