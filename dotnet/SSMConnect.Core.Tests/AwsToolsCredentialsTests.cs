@@ -106,22 +106,6 @@ namespace SSMConnect.Tests
             Assert.Contains("/no/such/credentials", e.Message);
         }
 
-        [Fact]
-        public void Resolved_credentials_keep_environment_keys_out()
-        {
-            var o = Resolve(new AwsToolsCredentials.Sources { ProfileName = "ops" })
-                .WithEnvironmentDefaults(name => name switch
-                {
-                    "AWS_ACCESS_KEY_ID" => "AKIDENV",
-                    "AWS_SECRET_ACCESS_KEY" => "s",
-                    "AWS_CONFIG_FILE" => "/config",
-                    "AWS_SHARED_CREDENTIALS_FILE" => "/other",
-                    _ => null,
-                });
-            Assert.Null(o.AccessKey);
-            Assert.Equal(("/other", "/config"), (o.CredentialsFile, o.ConfigFile));
-        }
-
         [Theory]
         [InlineData("AKID", null)]
         [InlineData(null, "secret")]

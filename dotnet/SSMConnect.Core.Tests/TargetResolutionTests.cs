@@ -90,8 +90,10 @@ namespace SSMConnect.Tests
                 inventory = new object[] { new { instance_id = "i-0ddddddddddddddd4", private_ip = "10.0.0.10" } },
             });
             using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
-            using var client = new SsmClient(emu.ClientOptions());
-            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "web.test", RemotePort = 22, DnsServer = dns.Address });
+            var options = emu.ClientOptions();
+            options.DnsServer = dns.Address;
+            using var client = new SsmClient(options);
+            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "web.test", RemotePort = 22 });
             try
             {
                 Assert.Equal("i-0ddddddddddddddd4", forward.InstanceId);
@@ -103,14 +105,39 @@ namespace SSMConnect.Tests
         }
 
         [Fact]
+        public async Task A_variable_set_only_in_the_managed_environment_reaches_the_native_library()
+        {
+            using var emu = Emulator.Start(new
+            {
+                inventory = new object[] { new { instance_id = "i-0ddddddddddddddd4", private_ip = "10.0.0.10" } },
+            });
+            // What `$env:AWS_ENDPOINT_URL_EC2 = ...` does in PowerShell on Unix: native getenv
+            // never sees it, so only the handed-over environment can carry it.
+            Environment.SetEnvironmentVariable("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
+            try
+            {
+                using var client = new SsmClient(emu.ClientOptions().WithAwsEnvironment());
+                var forward = await client.StartForwardAsync(new ForwardRequest { Target = "10.0.0.10", RemotePort = 22 });
+                Assert.Equal("i-0ddddddddddddddd4", forward.InstanceId);
+                forward.Stop();
+            }
+            finally
+            {
+                Environment.SetEnvironmentVariable("AWS_ENDPOINT_URL_EC2", null);
+            }
+        }
+
+        [Fact]
         public async Task A_dns_name_nothing_answers_for_lists_each_type()
         {
             using var dns = Dnsmasq.StartRefusing("--address=/web.test/10.0.0.10");
             using var emu = Emulator.Start(Inventory);
             using var env = NativeEnvironment.Set("AWS_ENDPOINT_URL_EC2", emu.Endpoint);
-            using var client = new SsmClient(emu.ClientOptions());
+            var options = emu.ClientOptions();
+            options.DnsServer = dns.Address;
+            using var client = new SsmClient(options);
             var e = await Assert.ThrowsAsync<SsmException>(() =>
-                client.StartForwardAsync(new ForwardRequest { Target = "nothing.test", RemotePort = 22, DnsServer = dns.Address }));
+                client.StartForwardAsync(new ForwardRequest { Target = "nothing.test", RemotePort = 22 }));
             Assert.Equal(SsmErrorKind.ConnectionFailed, e.Kind);
             Assert.Equal("SSMConnect.ConnectionFailed", e.ErrorId);
             Assert.Equal("DNS lookup of nothing.test found nothing usable: A: refused, AAAA: refused, TXT: refused", e.Message);
@@ -121,11 +148,15 @@ namespace SSMConnect.Tests
         public async Task A_malformed_dns_server_is_refused_at_once()
         {
             using var emu = Emulator.Start();
-            using var client = new SsmClient(emu.ClientOptions());
-            var e = Assert.Throws<SsmException>(() => client.BeginForward(new ForwardRequest { Target = "i-0123456789abcdef0", RemotePort = 22, DnsServer = "not-an-address" }));
+            var options = emu.ClientOptions();
+            options.DnsServer = "not-an-address";
+            var e = Assert.Throws<SsmException>(() => new SsmClient(options));
             Assert.Equal(SsmErrorKind.InvalidArgument, e.Kind);
+            Assert.Contains("not-an-address", e.Message, StringComparison.Ordinal);
             // A well-formed one is accepted (instance ids are not looked up).
-            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "i-0123456789abcdef0", RemotePort = 22, DnsServer = DnsServerAddress.Normalize("127.0.0.1") });
+            options.DnsServer = "127.0.0.1";
+            using var client = new SsmClient(options);
+            var forward = await client.StartForwardAsync(new ForwardRequest { Target = "i-0123456789abcdef0", RemotePort = 22 });
             forward.Stop();
         }
     }

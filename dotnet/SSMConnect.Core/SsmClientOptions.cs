@@ -45,44 +45,32 @@ namespace SSMConnect
         [JsonPropertyName("config_file")]
         public string? ConfigFile { get; set; }
 
+        /// <summary>DNS server for DNS-name targets, <c>ADDR</c> or <c>ADDR:PORT</c> as the user typed it; the native library parses it (a malformed one makes the client fail with InvalidArgument). Null for the system resolver.</summary>
+        [JsonPropertyName("dns_server")]
+        public string? DnsServer { get; set; }
+
         /// <summary>
-        /// Fills what is unset from the caller's view of the environment: <c>AWS_PROFILE</c>,
-        /// <c>AWS_REGION</c>/<c>AWS_DEFAULT_REGION</c>, <c>AWS_ENDPOINT_URL_SSM</c>, <c>AWS_ENDPOINT_URL_EC2</c>
-        /// (each falling back to <c>AWS_ENDPOINT_URL</c>), <c>AWS_SHARED_CREDENTIALS_FILE</c>, <c>AWS_CONFIG_FILE</c>,
-        /// and the <c>AWS_ACCESS_KEY_ID</c> set when neither keys nor a profile were given.
+        /// The caller's <c>AWS_*</c> variables, as-is. The native library reads them as the AWS SDK
+        /// reads the environment and fills from them what the other options leave unset.
         /// </summary>
         /// <remarks>
         /// On Linux and macOS, .NET keeps its own copy of the environment: a variable set in the
         /// process after it started (<c>$env:AWS_REGION = ...</c> in PowerShell) is seen by
-        /// managed code and child processes but never by the native library's <c>getenv</c>. The
-        /// values are therefore handed over explicitly, in the same order the AWS SDK reads them.
+        /// managed code and child processes but never by the native library's <c>getenv</c>.
         /// </remarks>
-        public SsmClientOptions WithEnvironmentDefaults(System.Func<string, string?> getenv)
+        [JsonPropertyName("environment")]
+        public System.Collections.Generic.Dictionary<string, string>? Environment { get; set; }
+
+        /// <summary>Sets <see cref="Environment"/> to every <c>AWS_*</c> variable of this process's (managed) environment.</summary>
+        public SsmClientOptions WithAwsEnvironment()
         {
-            if (getenv is null)
+            Environment = new System.Collections.Generic.Dictionary<string, string>(System.StringComparer.Ordinal);
+            foreach (System.Collections.DictionaryEntry e in System.Environment.GetEnvironmentVariables())
             {
-                throw new System.ArgumentNullException(nameof(getenv));
-            }
-            string? Env(string name)
-            {
-                var v = getenv(name);
-                return string.IsNullOrWhiteSpace(v) ? null : v.Trim();
-            }
-            var explicitCredentials = !string.IsNullOrEmpty(AccessKey) || !string.IsNullOrEmpty(Profile) || !string.IsNullOrEmpty(CredentialsFile);
-            Profile ??= Env("AWS_PROFILE");
-            CredentialsFile ??= Env("AWS_SHARED_CREDENTIALS_FILE");
-            ConfigFile ??= Env("AWS_CONFIG_FILE");
-            Region ??= Env("AWS_REGION") ?? Env("AWS_DEFAULT_REGION");
-            if (!string.Equals(Env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"), "true", System.StringComparison.OrdinalIgnoreCase))
-            {
-                EndpointUrl ??= Env("AWS_ENDPOINT_URL_SSM") ?? Env("AWS_ENDPOINT_URL");
-                Ec2EndpointUrl ??= Env("AWS_ENDPOINT_URL_EC2") ?? Env("AWS_ENDPOINT_URL");
-            }
-            if (!explicitCredentials && Env("AWS_ACCESS_KEY_ID") is string key && Env("AWS_SECRET_ACCESS_KEY") is string secret)
-            {
-                AccessKey = key;
-                SecretKey = secret;
-                SessionToken ??= Env("AWS_SESSION_TOKEN");
+                if (e.Key is string name && name.StartsWith("AWS_", System.StringComparison.Ordinal) && e.Value is string value)
+                {
+                    Environment[name] = value;
+                }
             }
             return this;
         }
@@ -110,10 +98,6 @@ namespace SSMConnect
         /// <summary>Local port; 0 picks a free one.</summary>
         [JsonPropertyName("local_port")]
         public ushort LocalPort { get; set; }
-
-        /// <summary>DNS server (<c>ADDR:PORT</c>) for DNS-name targets; null for the system resolver.</summary>
-        [JsonPropertyName("dns_server")]
-        public string? DnsServer { get; set; }
     }
 
     /// <summary>What <see cref="SsmClient.BeginShell"/> opens.</summary>
@@ -130,9 +114,5 @@ namespace SSMConnect
         /// <summary>Document parameters.</summary>
         [JsonPropertyName("parameters")]
         public System.Collections.Generic.Dictionary<string, string[]>? Parameters { get; set; }
-
-        /// <summary>DNS server (<c>ADDR:PORT</c>) for DNS-name targets; null for the system resolver.</summary>
-        [JsonPropertyName("dns_server")]
-        public string? DnsServer { get; set; }
     }
 }

@@ -98,7 +98,7 @@ namespace SSMConnect
         /// </summary>
         private SsmClientOptions ResolveClientOptions()
         {
-            var options = new SsmClientOptions { Region = ResolvedRegion(), EndpointUrl = EndpointUrl };
+            var options = new SsmClientOptions { Region = ResolvedRegion(), EndpointUrl = EndpointUrl, DnsServer = DnsServer };
             try
             {
                 AwsToolsCredentials.Apply(options, new AwsToolsCredentials.Sources
@@ -117,24 +117,10 @@ namespace SSMConnect
                 ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, null));
                 throw;
             }
-            return options.WithEnvironmentDefaults(Environment.GetEnvironmentVariable);
+            return options.WithAwsEnvironment();
         }
 
         private static object? Unwrap(object? value) => value is PSObject p && p.BaseObject is not PSCustomObject ? p.BaseObject : value;
-
-        /// <summary>-DnsServer as ADDR:PORT; a malformed value is a terminating error.</summary>
-        protected string? ResolvedDnsServer()
-        {
-            try
-            {
-                return DnsServerAddress.Normalize(DnsServer);
-            }
-            catch (ArgumentException e)
-            {
-                ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, DnsServer));
-                throw;
-            }
-        }
 
         /// <summary>A native client from the shared parameters; a refusal is a terminating error.</summary>
         protected SsmClient CreateClient()

@@ -53,7 +53,6 @@ namespace SSMConnect.Commands
             {
                 return;
             }
-            var dnsServer = ResolvedDnsServer();
             using var client = CreateClient();
             foreach (var target in targets)
             {
@@ -70,7 +69,6 @@ namespace SSMConnect.Commands
                     RemoteHost = RemoteHost,
                     LocalAddress = LocalAddress,
                     LocalPort = (ushort)LocalPort,
-                    DnsServer = dnsServer,
                 };
                 try
                 {

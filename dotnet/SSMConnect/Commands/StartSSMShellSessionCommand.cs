@@ -44,7 +44,6 @@ namespace SSMConnect.Commands
                 return;
             }
             var parameters = DocumentParameters();
-            var dnsServer = ResolvedDnsServer();
             using var client = CreateClient();
             foreach (var target in targets)
             {
@@ -54,7 +53,7 @@ namespace SSMConnect.Commands
                 }
                 try
                 {
-                    using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters, DnsServer = dnsServer });
+                    using var op = client.BeginShell(new ShellRequest { Target = target, Document = DocumentName, Parameters = parameters });
                     // The remote shell writes to this terminal: no progress bar whose late erasing
                     // would take its first prompt with it.
                     WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage, showProgress: false);

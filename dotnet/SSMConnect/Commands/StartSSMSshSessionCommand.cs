@@ -81,7 +81,11 @@ namespace SSMConnect.Commands
                 throw;
             }
             var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
-            var dnsServer = ResolvedDnsServer();
+            // The settings are checked as the other cmdlets check them (a malformed -DnsServer,
+            // unusable credentials) before ssh starts.
+            using (CreateClient())
+            {
+            }
             // The helper runs as a child process, which sees this session's environment; only
             // what was given as parameters goes on its command line, credentials go through its
             // environment.
@@ -106,7 +110,7 @@ namespace SSMConnect.Commands
                     Region = aws.Region,
                     Profile = aws.Profile,
                     EndpointUrl = EndpointUrl,
-                    DnsServer = dnsServer,
+                    DnsServer = DnsServer,
                     AccessKey = aws.AccessKey,
                     SecretKey = aws.SecretKey,
                     SessionToken = aws.SessionToken,

@@ -76,7 +76,7 @@ impl SsmcOperation {
             task,
             stage_c: Mutex::default(),
             error_c: Mutex::default(),
-            seen: Seen::default(),
+            seen: Seen::now(),
         }))
     }
 }
@@ -401,7 +401,7 @@ impl SsmcForward {
             stopper: forward.stopper(),
             outcome,
             stop_requests: AtomicU64::new(0),
-            seen: Seen::default(),
+            seen: Seen::now(),
         });
         runtime().spawn(async move {
             let result = forward.wait().await.map(|_| ()).map_err(FfiError::from);

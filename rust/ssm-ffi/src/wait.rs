@@ -34,10 +34,15 @@ pub(crate) fn until(timeout_ms: u32, mut ready: impl FnMut() -> bool) {
 /// What a handle's waiter has seen: the sum of its event counters (stage changes, stop requests,
 /// captured log lines) when its previous wait returned. The counters only grow, so a different
 /// sum means something happened since.
-#[derive(Default)]
 pub(crate) struct Seen(std::sync::atomic::AtomicU64);
 
 impl Seen {
+    /// What a new handle has seen: the log lines captured before it existed (its own counters
+    /// start at zero), so that they do not end its first wait.
+    pub(crate) fn now() -> Self {
+        Self(crate::logs::captured().into())
+    }
+
     /// Waits until `running()` is false or `pulse()` differs from what the previous wait saw.
     pub(crate) fn wait(&self, timeout_ms: u32, mut running: impl FnMut() -> bool, pulse: impl Fn() -> u64) {
         use std::sync::atomic::Ordering::Relaxed;

@@ -23,6 +23,14 @@ fn text(p: *const std::ffi::c_char) -> String {
 /// take turns.
 static LOGS: Mutex<()> = Mutex::new(());
 
+/// Takes the log turn with capture off: once a test turned capture on it stays installed for the
+/// process, and a captured line would wake a timed waiter early.
+fn quiet() -> std::sync::MutexGuard<'static, ()> {
+    let turn = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    ssmc_log_enable(0);
+    turn
+}
+
 fn wait_op(op: *mut SsmcOperation) -> SsmcState {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -192,7 +200,7 @@ fn wait_for_the_session_start(op: *mut SsmcOperation) {
 
 #[test]
 fn a_wait_returns_promptly_when_the_state_changes() {
-    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = rt.block_on(emulator(Config::default()));
     let c = client(&emu.endpoint());
@@ -234,7 +242,7 @@ fn a_wait_returns_promptly_when_the_state_changes() {
 
 #[test]
 fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
-    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = emulator_that_never_answers(&rt);
     let c = client(&emu.endpoint());
@@ -258,7 +266,7 @@ fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
 
 #[test]
 fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
-    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = emulator_that_never_answers(&rt);
     let c = client(&emu.endpoint());
@@ -290,7 +298,7 @@ fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
 
 #[test]
 fn a_stop_from_another_thread_wakes_a_forward_waiter_at_once() {
-    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let emu = rt.block_on(emulator(Config::default()));
     let c = client(&emu.endpoint());
