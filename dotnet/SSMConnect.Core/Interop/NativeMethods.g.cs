@@ -37,11 +37,14 @@ namespace SSMConnect.Native
         public static extern void ssmc_string_free(IntPtr s);
 
         /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-        /// `ec2_endpoint_url` (target resolution), `access_key`, `secret_key`, `session_token`,
-        /// `credentials_file` and `config_file` (the shared AWS files, in place of the defaults). The
-        /// process environment is read too (`AWS_*`), but callers whose own environment copy differs from
-        /// the process's (.NET on Unix) should pass what they mean here. Returns null on error (see last error). Free with
-        /// [`ssmc_client_free`].
+        /// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`, `access_key`,
+        /// `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
+        /// place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
+        /// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:
+        /// what they set fills what the other fields leave unset, read as the AWS SDK reads the
+        /// environment; callers whose environment copy differs from the process's, .NET on Unix, pass
+        /// theirs here). The process environment is read by the SDK too. Returns null on error (see last
+        /// error). Free with [`ssmc_client_free`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_client_new")]
         public static extern IntPtr ssmc_client_new(string config_json);
 
@@ -60,15 +63,14 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_log_next(out uint level);
 
         /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-        /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one), `dns_server`
-        /// (`ADDR:PORT` for DNS-name targets; default the system resolver). Returns an
-        /// operation, or null with the last error set when the request is malformed. When the operation
-        /// succeeds, [`ssmc_operation_take_forward`] hands over the forward.
+        /// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
+        /// an operation, or null with the last error set when the request is malformed. When the
+        /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_begin")]
         public static extern IntPtr ssmc_forward_begin(IntPtr client, string request_json);
 
         /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-        /// optional `document`, `parameters` and `dns_server`. The operation ends when the remote shell does; its
+        /// optional `document` and `parameters`. The operation ends when the remote shell does; its
         /// exit code is then in [`ssmc_operation_exit_code`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_shell_begin")]
         public static extern IntPtr ssmc_shell_begin(IntPtr client, string request_json);

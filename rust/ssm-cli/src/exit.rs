@@ -61,23 +61,43 @@ impl From<Error> for Failure {
     }
 }
 
+/// Sets up log output on stderr: `SSMCONNECT_LOG` if set, else `filter` (an `EnvFilter`).
+pub fn init_logging(filter: &str) {
+    let filter = std::env::var("SSMCONNECT_LOG").unwrap_or_else(|_| filter.to_owned());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        // No colour codes when stderr is a file or a pipe (logs, ssh's stderr, CI).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Runs `work` on a new runtime and turns its outcome into the exit code, with one line on
+/// stderr for a failure.
+pub fn run(work: impl std::future::Future<Output = Result<i32, Failure>>) -> i32 {
+    let outcome = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure {
+            code: code::INTERNAL,
+            message: format!("cannot start the runtime: {e}"),
+        })
+        .and_then(|runtime| {
+            let outcome = runtime.block_on(work);
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            outcome
+        });
+    outcome.unwrap_or_else(|f| {
+        eprintln!("ssmconnect: {}", f.message);
+        f.code
+    })
+}
+
 /// Resolves on Ctrl+C, and on SIGTERM/SIGHUP on Unix.
 pub async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let mut hup = signal(SignalKind::hangup()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-            _ = async { match hup.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    let mut signals = Signals::new();
+    std::future::poll_fn(|cx| signals.poll_any(cx)).await;
 }
 
 /// Longest wait for a stream session to drain and be terminated after a signal.

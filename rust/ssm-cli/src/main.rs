@@ -9,7 +9,7 @@ mod plugin;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
-use ssm_session::{AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage};
+use ssm_session::{AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, Settings, no_stages};
 
 use crate::exit::Failure;
 
@@ -143,15 +143,9 @@ fn init_logging(verbose: u8) {
         _ => "trace",
     };
     // Our crates at the chosen level; the AWS SDK's own chatter only from warnings up.
-    let filter = std::env::var("SSMCONNECT_LOG")
-        .unwrap_or_else(|_| format!("warn,ssm_session={level},ssm_proto={level},ssmconnect={level}"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        // No colour codes when stderr is a file or a pipe (logs, ssh's stderr, CI).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+    exit::init_logging(&format!(
+        "warn,ssm_session={level},ssm_proto={level},ssmconnect={level}"
+    ));
 }
 
 fn parse_parameter(s: &str) -> Result<(String, String), String> {
@@ -189,11 +183,6 @@ fn parse_destination(s: &str) -> Result<(String, String, u16), Failure> {
     Ok((user.to_owned(), target.to_owned(), port))
 }
 
-/// Progress goes to the log at debug level; the connector logs resolved targets itself.
-fn log_stage(stage: Stage<'_>) {
-    tracing::debug!("{stage}");
-}
-
 async fn run(cli: Cli) -> Result<i32, Failure> {
     let connector = Connector::new(cli.settings());
     match cli.command {
@@ -209,7 +198,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 remote_host,
                 local_addr: SocketAddr::new(local_address, local_port),
             };
-            let mut forward = connector.forward(&target, spec, &log_stage).await?.session;
+            let mut forward = connector.forward(&target, spec, &no_stages).await?.session;
             println!(
                 "Port {} opened for sessionId {}.",
                 forward.local_addr().port(),
@@ -239,7 +228,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             for (k, v) in parameters {
                 so.parameters.entry(k).or_default().push(v);
             }
-            let dc = connector.shell(&target, so, &log_stage).await?.session;
+            let dc = connector.shell(&target, so, &no_stages).await?.session;
             let outcome = ssm_session::shell::run_on_terminal(dc).await?;
             Ok(outcome.exit_code.unwrap_or(0))
         }
@@ -270,7 +259,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             let stdin = exit::EofOnSignal::new(tokio::io::stdin());
             let stdout = tokio::io::stdout();
             tokio::select! {
-                end = connector.ssh_stdio(&target, port, key, stdin, stdout, &log_stage) => { end?; }
+                end = connector.ssh_stdio(&target, port, key, stdin, stdout, &no_stages) => { end?; }
                 _ = exit::interrupted_and_grace() => {}
             }
             Ok(0)
@@ -285,22 +274,7 @@ fn main() {
     }
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ssmconnect: cannot start the runtime: {e}");
-            std::process::exit(exit::code::INTERNAL);
-        }
-    };
-    let code = match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(f) => {
-            eprintln!("ssmconnect: {}", f.message);
-            f.code
-        }
-    };
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    std::process::exit(code);
+    std::process::exit(exit::run(run(cli)));
 }
 
 #[cfg(test)]

@@ -78,33 +78,11 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
             0
         }
         Mode::Run => {
-            let level = std::env::var("SSMCONNECT_LOG").unwrap_or_else(|_| "warn".into());
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-                .with_writer(std::io::stderr)
-                // No colour codes when stderr is a file or a pipe (logs, ssh's stderr, CI).
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .with_target(false)
-                .try_init();
+            exit::init_logging("warn");
             let args: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
-            let prepared = match prepare(&args) {
-                Ok(p) => p,
-                Err(f) => {
-                    eprintln!("ssmconnect: {}", f.message);
-                    return f.code;
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("ssmconnect: cannot start the runtime: {e}");
-                    return code::INTERNAL;
-                }
-            };
-            let result = runtime.block_on(run(prepared));
-            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-            match result {
-                Ok(()) => 0,
+            // Before the runtime: reading the response may remove a variable from the environment.
+            match prepare(&args) {
+                Ok(prepared) => exit::run(async move { run(prepared).await.map(|()| 0) }),
                 Err(f) => {
                     eprintln!("ssmconnect: {}", f.message);
                     f.code

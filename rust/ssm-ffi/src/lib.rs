@@ -246,13 +246,10 @@ struct ClientRequest {
 
 impl ClientRequest {
     fn into_settings(self) -> Result<ssm_session::Settings, FfiError> {
-        let dns_server = match self.dns_server.as_deref().map(str::trim) {
-            Some(s) if !s.is_empty() => Some(
-                ssm_session::parse_dns_server(s)
-                    .map_err(|e| FfiError::new(SsmcErrorKind::InvalidArgument, e.to_string()))?,
-            ),
-            _ => None,
-        };
+        let dns_server = (self.dns_server.as_deref().map(str::trim).filter(|s| !s.is_empty()))
+            .map(ssm_session::parse_dns_server)
+            .transpose()
+            .map_err(|e| FfiError::new(SsmcErrorKind::InvalidArgument, e.to_string()))?;
         let settings = ssm_session::Settings {
             aws: ssm_session::AwsOptions {
                 profile: self.profile,

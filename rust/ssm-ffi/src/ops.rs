@@ -53,34 +53,6 @@ pub struct SsmcOperation {
     seen: Seen,
 }
 
-impl SsmcOperation {
-    fn spawn<F>(work: impl FnOnce(Arc<Mutex<Progress>>) -> F) -> *mut SsmcOperation
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
-    {
-        let progress = Arc::new(Mutex::new(Progress {
-            state: SsmcState::Running,
-            stage: "Starting".into(),
-            stage_changes: 0,
-            error: None,
-            exit_code: 0,
-            forward: None,
-        }));
-        let work = work(progress.clone());
-        let task = runtime().spawn(async move {
-            work.await;
-            wait::notify();
-        });
-        Box::into_raw(Box::new(SsmcOperation {
-            progress,
-            task,
-            stage_c: Mutex::default(),
-            error_c: Mutex::default(),
-            seen: Seen::now(),
-        }))
-    }
-}
-
 fn stage(progress: &Mutex<Progress>, text: &str) {
     {
         let mut p = lock(progress);
@@ -143,11 +115,20 @@ where
             return null_mut();
         }
     };
-    SsmcOperation::spawn(move |progress| {
-        let work = work(connector, req, progress.clone());
-        async move {
-            let result = work.await;
-            let mut p = lock(&progress);
+    let progress = Arc::new(Mutex::new(Progress {
+        state: SsmcState::Running,
+        stage: "Starting".into(),
+        stage_changes: 0,
+        error: None,
+        exit_code: 0,
+        forward: None,
+    }));
+    let work = work(connector, req, progress.clone());
+    let shared = progress.clone();
+    let task = runtime().spawn(async move {
+        let result = work.await;
+        {
+            let mut p = lock(&shared);
             match result {
                 Ok(value) => {
                     done(&mut p, value);
@@ -156,7 +137,15 @@ where
                 Err(e) => p.fail(e.into()),
             }
         }
-    })
+        wait::notify();
+    });
+    Box::into_raw(Box::new(SsmcOperation {
+        progress,
+        task,
+        stage_c: Mutex::default(),
+        error_c: Mutex::default(),
+        seen: Seen::now(),
+    }))
 }
 
 /// A stage callback that shows each stage as the operation's stage text.
@@ -238,10 +227,6 @@ fn with<H, T>(handle: *const H, what: &str, fallback: T, f: impl FnOnce(&H) -> T
     .unwrap_or(fallback)
 }
 
-fn with_op<T>(op: *const SsmcOperation, fallback: T, f: impl FnOnce(&SsmcOperation) -> T) -> T {
-    with(op, "operation", fallback, f)
-}
-
 /// Keeps `text` in `slot` and lends it out, valid until the slot is next written.
 fn lend(slot: &Mutex<CString>, text: &str) -> *const c_char {
     let mut c = lock(slot);
@@ -253,7 +238,7 @@ fn lend(slot: &Mutex<CString>, text: &str) -> *const c_char {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_state(op: *const SsmcOperation) -> SsmcState {
-    with_op(op, SsmcState::Failed, |o| lock(&o.progress).state)
+    with(op, "operation", SsmcState::Failed, |o| lock(&o.progress).state)
 }
 
 /// What the operation is doing now (for progress display). Owned by the operation; valid until
@@ -261,7 +246,7 @@ pub extern "C" fn ssmc_operation_state(op: *const SsmcOperation) -> SsmcState {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_stage(op: *mut SsmcOperation) -> *const c_char {
-    with_op(op, std::ptr::null(), |o| {
+    with(op, "operation", std::ptr::null(), |o| {
         let text = lock(&o.progress).stage.clone();
         lend(&o.stage_c, &text)
     })
@@ -271,7 +256,7 @@ pub extern "C" fn ssmc_operation_stage(op: *mut SsmcOperation) -> *const c_char 
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_error_kind(op: *const SsmcOperation) -> SsmcErrorKind {
-    with_op(op, SsmcErrorKind::InvalidArgument, |o| {
+    with(op, "operation", SsmcErrorKind::InvalidArgument, |o| {
         lock(&o.progress).error.as_ref().map_or(SsmcErrorKind::None, |e| e.kind)
     })
 }
@@ -281,7 +266,7 @@ pub extern "C" fn ssmc_operation_error_kind(op: *const SsmcOperation) -> SsmcErr
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_error_message(op: *mut SsmcOperation) -> *const c_char {
-    with_op(op, std::ptr::null(), |o| {
+    with(op, "operation", std::ptr::null(), |o| {
         let text = lock(&o.progress)
             .error
             .as_ref()
@@ -295,7 +280,7 @@ pub extern "C" fn ssmc_operation_error_message(op: *mut SsmcOperation) -> *const
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation) -> i32 {
-    with_op(op, -1, |o| lock(&o.progress).exit_code)
+    with(op, "operation", -1, |o| lock(&o.progress).exit_code)
 }
 
 /// Cancels a running operation: its work stops, a half-started session is terminated and the
@@ -305,7 +290,7 @@ pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation) -> i32 {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
-    with_op(op, (), |o| {
+    with(op, "operation", (), |o| {
         {
             let mut p = lock(&o.progress);
             if p.state != SsmcState::Running {
@@ -333,7 +318,7 @@ pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_wait(op: *const SsmcOperation, timeout_ms: u32) -> SsmcState {
-    with_op(op, SsmcState::Failed, |o| {
+    with(op, "operation", SsmcState::Failed, |o| {
         let pulse = || lock(&o.progress).stage_changes + logs::captured();
         o.seen
             .wait(timeout_ms, || lock(&o.progress).state == SsmcState::Running, pulse);
@@ -346,7 +331,7 @@ pub extern "C" fn ssmc_operation_wait(op: *const SsmcOperation, timeout_ms: u32)
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_take_forward(op: *mut SsmcOperation) -> *mut SsmcForward {
-    with_op(op, null_mut(), |o| {
+    with(op, "operation", null_mut(), |o| {
         lock(&o.progress).forward.take().map_or(null_mut(), Box::into_raw)
     })
 }
@@ -412,78 +397,74 @@ impl SsmcForward {
     }
 }
 
-fn with_forward<T>(f: *const SsmcForward, fallback: T, body: impl FnOnce(&SsmcForward) -> T) -> T {
-    with(f, "forward", fallback, body)
-}
-
 /// Local port the forward listens on.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_local_port(f: *mut SsmcForward) -> u16 {
-    with_forward(f, 0, |f| f.local_port)
+    with(f, "forward", 0, |f| f.local_port)
 }
 
 /// Local address the forward listens on. Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_local_address(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| f.local_address_c.as_ptr())
+    with(f, "forward", std::ptr::null(), |f| f.local_address_c.as_ptr())
 }
 
 /// Session id. Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_session_id(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| f.session_id_c.as_ptr())
+    with(f, "forward", std::ptr::null(), |f| f.session_id_c.as_ptr())
 }
 
 /// Target the session was started with. Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_target(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| f.target_c.as_ptr())
+    with(f, "forward", std::ptr::null(), |f| f.target_c.as_ptr())
 }
 
 /// Instance id the target resolved to. Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_instance_id(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| f.instance_id_c.as_ptr())
+    with(f, "forward", std::ptr::null(), |f| f.instance_id_c.as_ptr())
 }
 
 /// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_mode(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| f.mode_c.as_ptr())
+    with(f, "forward", std::ptr::null(), |f| f.mode_c.as_ptr())
 }
 
 /// Bytes sent to the target so far.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_bytes_sent(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| f.stats.bytes_to_target.load(Ordering::Relaxed))
+    with(f, "forward", 0, |f| f.stats.bytes_to_target.load(Ordering::Relaxed))
 }
 
 /// Bytes received from the target so far.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_bytes_received(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| f.stats.bytes_from_target.load(Ordering::Relaxed))
+    with(f, "forward", 0, |f| f.stats.bytes_from_target.load(Ordering::Relaxed))
 }
 
 /// Connections accepted so far.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_connections(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| f.stats.connections_total.load(Ordering::Relaxed))
+    with(f, "forward", 0, |f| f.stats.connections_total.load(Ordering::Relaxed))
 }
 
 /// Connections open now.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_active_connections(f: *mut SsmcForward) -> u64 {
-    with_forward(f, 0, |f| f.stats.connections_active.load(Ordering::Relaxed))
+    with(f, "forward", 0, |f| f.stats.connections_active.load(Ordering::Relaxed))
 }
 
 /// Running while forwarding; Succeeded once it ended normally (stopped, or closed by the
@@ -491,7 +472,7 @@ pub extern "C" fn ssmc_forward_active_connections(f: *mut SsmcForward) -> u64 {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_state(f: *mut SsmcForward) -> SsmcState {
-    with_forward(f, SsmcState::Failed, forward_state)
+    with(f, "forward", SsmcState::Failed, forward_state)
 }
 
 fn forward_state(f: &SsmcForward) -> SsmcState {
@@ -506,7 +487,7 @@ fn forward_state(f: &SsmcForward) -> SsmcState {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_error_message(f: *mut SsmcForward) -> *const c_char {
-    with_forward(f, std::ptr::null(), |f| {
+    with(f, "forward", std::ptr::null(), |f| {
         let text = match &*lock(&f.outcome) {
             Some(Err(e)) => e.message.clone(),
             _ => String::new(),
@@ -521,7 +502,7 @@ pub extern "C" fn ssmc_forward_error_message(f: *mut SsmcForward) -> *const c_ch
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_stop(f: *mut SsmcForward) {
-    with_forward(f, (), |f| {
+    with(f, "forward", (), |f| {
         let _ = f.stopper.send(true);
         f.stop_requests.fetch_add(1, Ordering::Relaxed);
         wait::notify();
@@ -541,7 +522,7 @@ pub extern "C" fn ssmc_forward_stop(f: *mut SsmcForward) {
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_wait(f: *const SsmcForward, timeout_ms: u32) -> SsmcState {
-    with_forward(f, SsmcState::Failed, |f| {
+    with(f, "forward", SsmcState::Failed, |f| {
         let pulse = || f.stop_requests.load(Ordering::Relaxed) + logs::captured();
         f.seen.wait(timeout_ms, || lock(&f.outcome).is_none(), pulse);
         forward_state(f)

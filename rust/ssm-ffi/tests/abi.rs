@@ -188,14 +188,20 @@ fn emulator_that_never_answers(rt: &tokio::runtime::Runtime) -> Emulator {
     .unwrap()
 }
 
-/// Waits (with returns for each stage) until the operation reaches its last stage before the
-/// handshake, from where nothing changes on its own.
-fn wait_for_the_session_start(op: *mut SsmcOperation) {
+/// A forward operation against [`emulator_that_never_answers`], waited for (with returns for
+/// each stage) until it reaches its last stage before the handshake, from where nothing changes
+/// on its own.
+fn stalled_forward(rt: &tokio::runtime::Runtime) -> (Emulator, *mut SsmcClient, *mut SsmcOperation) {
+    let emu = emulator_that_never_answers(rt);
+    let c = client(&emu.endpoint());
+    let req = CString::new(format!(r#"{{"target":"{TARGET}","remote_port":80}}"#)).unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !text(ssmc_operation_stage(op)).starts_with("Starting a session") {
         assert_eq!(ssmc_operation_wait(op, 1000), SsmcState::Running);
         assert!(Instant::now() < deadline, "stuck at {}", text(ssmc_operation_stage(op)));
     }
+    (emu, c, op)
 }
 
 #[test]
@@ -244,11 +250,7 @@ fn a_wait_returns_promptly_when_the_state_changes() {
 fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
     let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = emulator_that_never_answers(&rt);
-    let c = client(&emu.endpoint());
-    let req = CString::new(r#"{"target":"i-0123456789abcdef0","remote_port":80}"#).unwrap();
-    let op = ssmc_forward_begin(c, ascii(&req));
-    wait_for_the_session_start(op);
+    let (_emu, c, op) = stalled_forward(&rt);
     // Whatever woke the previous wait has been seen; nothing new comes now.
     ssmc_operation_wait(op, 0);
     let started = Instant::now();
@@ -268,11 +270,7 @@ fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
 fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
     let _logs = quiet();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let emu = emulator_that_never_answers(&rt);
-    let c = client(&emu.endpoint());
-    let req = CString::new(r#"{"target":"i-0123456789abcdef0","remote_port":80}"#).unwrap();
-    let op = ssmc_forward_begin(c, ascii(&req));
-    wait_for_the_session_start(op);
+    let (_emu, c, op) = stalled_forward(&rt);
 
     let shared = op as usize;
     let canceller = std::thread::spawn(move || {
