@@ -266,6 +266,31 @@ fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
     ssmc_client_free(c);
 }
 
+/// Runs `wait` on this thread while another thread does `act` 300 ms later, and checks that the
+/// wait returned after `act`, and within 500 ms of it. Returns what the wait returned.
+fn woken_by_another_thread(
+    what: &str,
+    wait: impl FnOnce() -> SsmcState,
+    act: impl FnOnce() + Send + 'static,
+) -> SsmcState {
+    let actor = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        act();
+        at
+    });
+    let state = wait();
+    let woken = Instant::now();
+    let acted_at = actor.join().unwrap();
+    assert!(woken >= acted_at, "the waiter returned ({state:?}) before the {what}");
+    assert!(
+        woken - acted_at < Duration::from_millis(500),
+        "the waiter woke {:?} after the {what}",
+        woken - acted_at
+    );
+    state
+}
+
 #[test]
 fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
     let _logs = quiet();
@@ -273,23 +298,13 @@ fn a_cancel_from_another_thread_wakes_the_waiter_at_once() {
     let (_emu, c, op) = stalled_forward(&rt);
 
     let shared = op as usize;
-    let canceller = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let at = Instant::now();
-        ssmc_operation_cancel(shared as *mut SsmcOperation);
-        at
-    });
-    let state = ssmc_operation_wait(op, 60_000);
-    let woken = Instant::now();
-    let cancelled_at = canceller.join().unwrap();
+    let state = woken_by_another_thread(
+        "cancel",
+        || ssmc_operation_wait(op, 60_000),
+        move || ssmc_operation_cancel(shared as *mut SsmcOperation),
+    );
     assert_eq!(state, SsmcState::Cancelled);
     assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::Cancelled);
-    assert!(woken >= cancelled_at, "the waiter returned before the cancel");
-    assert!(
-        woken - cancelled_at < Duration::from_millis(500),
-        "the waiter woke {:?} after the cancel",
-        woken - cancelled_at
-    );
     ssmc_operation_free(op);
     ssmc_client_free(c);
 }
@@ -316,20 +331,10 @@ fn a_stop_from_another_thread_wakes_a_forward_waiter_at_once() {
     ssmc_operation_free(op);
 
     let shared = f as usize;
-    let stopper = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let at = Instant::now();
-        ssmc_forward_stop(shared as *mut SsmcForward);
-        at
-    });
-    let first = ssmc_forward_wait(f, 60_000);
-    let woken = Instant::now();
-    let stopped_at = stopper.join().unwrap();
-    assert!(woken >= stopped_at, "the waiter returned ({first:?}) before the stop");
-    assert!(
-        woken < stopped_at + Duration::from_millis(500),
-        "the waiter woke {:?} after the stop",
-        woken - stopped_at
+    woken_by_another_thread(
+        "stop",
+        || ssmc_forward_wait(f, 60_000),
+        move || ssmc_forward_stop(shared as *mut SsmcForward),
     );
     let deadline = Instant::now() + Duration::from_secs(15);
     while ssmc_forward_wait(f, 1000) == SsmcState::Running {
