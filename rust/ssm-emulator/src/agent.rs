@@ -1,30 +1,36 @@
-//! One emulated agent per session, started by its first connection: the agent's reliable
-//! channel (§4.4, §4.5), the handshake (§5, §11.3) and the session plugin, with the frame faults,
-//! publication pauses and socket cuts of MGS applied to what it writes (§4.7, §11.4).
+//! One emulated agent per session, started when the session is dispatched (StartSession), not
+//! when the client connects: the agent's reliable channel (§4.4, §4.5), the handshake (§5,
+//! §11.3) and the session plugin, with what MGS does between agent and client applied to what
+//! it writes: frame faults, publication pauses, socket cuts (§4.7, §11.4), the idle and
+//! maximum-duration limits, and `channel_closed`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse};
-use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
+use ssm_proto::{Channel, ChannelClosed, Event, Frame, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
 use crate::config::{AgentRetransmit, Config};
 use crate::faults::{self, Interrupt, Interruptions};
 use crate::link::{self, Inbound, Link};
-use crate::port::{DestEvent, PortPlugin};
+use crate::port::{DestEvent, DestQueues, Handled, PortPlugin};
 use crate::shell::ShellPlugin;
 use crate::state::{AgentCommand, Connection, Counters, SessionSpec, Shared};
 
-/// How long the agent waits for the handshake response (§5.3).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Client frames read ahead of the agent's processing.
+const INBOUND_QUEUE: usize = 16;
 /// How long the agent waits for its output to be acked before closing (§4.9, §6.6).
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// `channel_closed` output when MGS ends an idle session. The service's exact text is not
+/// known (§12); this is the console's wording.
+const IDLE_OUTPUT: &str = "Your session timed out due to inactivity and has been terminated.";
+/// `channel_closed` output when the maximum session duration has passed (wording as above).
+const MAX_DURATION_OUTPUT: &str = "Your session has reached its maximum duration and has been terminated.";
 
 enum Stage {
-    /// No client has connected yet.
-    Idle,
     /// HandshakeRequest sent; waiting for the response.
     Handshake { deadline: Instant },
     /// The session plugin runs.
@@ -42,13 +48,21 @@ struct Agent {
     link_lost_at: Option<Instant>,
     interruptions: Interruptions,
     pause_until: Option<Instant>,
-    inbound_tx: mpsc::UnboundedSender<Inbound>,
+    inbound_tx: mpsc::Sender<Inbound>,
     stage: Stage,
+    dispatched: Instant,
+    last_input: Instant,
     session_type: SessionType,
     properties: serde_json::Value,
     port: Option<PortPlugin>,
     shell: Option<ShellPlugin>,
-    dest_tx: mpsc::Sender<DestEvent>,
+    queues: DestQueues,
+    /// The client message whose processing (a write, a dial) has not finished: the agent reads
+    /// nothing more from the socket until it has (datachannel.go processes each message in its
+    /// listener before reading the next).
+    processing: Option<i64>,
+    /// Unnumbered frames for the client (publication control, session state, `channel_closed`).
+    control: VecDeque<Vec<u8>>,
     reported_retransmissions: u64,
     finished: bool,
 }
@@ -107,16 +121,33 @@ fn agent_channel_config(config: &Config) -> ssm_proto::Config {
     c
 }
 
-/// Hands a connection to the session's agent, starting the agent on first use.
-pub(crate) fn attach(shared: &Arc<Shared>, spec: Arc<SessionSpec>, conn: Connection) {
-    if let Some(commands) = shared.attach(&spec, conn) {
+/// Whether a raw frame is client stream data (MGS's idle clock counts only that), read from
+/// the `MessageType` field without decoding the rest.
+fn is_client_data(bytes: &[u8]) -> bool {
+    bytes
+        .get(4..36)
+        .and_then(|t| std::str::from_utf8(t).ok())
+        .is_some_and(|t| t.trim_matches(|c: char| c == '\0' || c.is_whitespace()) == "input_stream_data")
+}
+
+/// Starts the agent of a session that StartSession has just created.
+pub(crate) fn dispatch(shared: &Arc<Shared>, session_id: &str) {
+    if let Some((spec, commands)) = shared.install_agent(session_id) {
         tokio::spawn(run(shared.clone(), spec, commands));
     }
 }
 
+/// Hands a client connection to the session's agent.
+pub(crate) fn attach(shared: &Arc<Shared>, spec: Arc<SessionSpec>, conn: Connection) {
+    shared.attach(&spec, conn);
+}
+
 async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::UnboundedReceiver<AgentCommand>) {
-    let (inbound_tx, mut inbound_rx) = mpsc::unbounded_channel();
-    let (dest_tx, mut dest_rx) = mpsc::channel(64);
+    // Small: while the agent processes a message it reads nothing more from its socket
+    // (datachannel.go), so frames back up to the client's TCP connection.
+    let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (data_tx, mut data_rx) = mpsc::channel(64);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let seed = rand::random::<u64>();
     let (session_type, properties) = document_session(&spec);
@@ -130,15 +161,23 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         interruptions: Interruptions::default(),
         pause_until: None,
         inbound_tx,
-        stage: Stage::Idle,
+        stage: Stage::Running,
+        dispatched: now,
+        last_input: now,
         session_type,
         properties,
         port: None,
         shell: None,
-        dest_tx,
+        queues: DestQueues {
+            data: data_tx,
+            done: done_tx,
+        },
+        processing: None,
+        control: VecDeque::new(),
         reported_retransmissions: 0,
         finished: false,
     };
+    agent.start(now);
     let grace = Duration::from_millis(shared.config.reconnect_grace_ms);
     while !agent.finished {
         let wake = agent.next_wake(grace);
@@ -146,18 +185,20 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
             && !agent.channel.is_paused()
             && agent.pause_until.is_none()
             && agent.port.as_ref().is_none_or(PortPlugin::accepting_dest);
+        let reading = agent.processing.is_none();
         tokio::select! {
             cmd = commands.recv() => match cmd {
-                Some(AgentCommand::Attach(conn)) => agent.attach(*conn).await,
+                Some(AgentCommand::Attach(conn)) => agent.attach(*conn),
                 Some(AgentCommand::Terminate) | None => agent.begin_close(String::new()),
             },
-            Some(msg) = inbound_rx.recv() => match msg {
+            Some(msg) = inbound_rx.recv(), if reading => match msg {
                 Inbound::Frame(id, bytes) => agent.on_frame(id, &bytes).await,
                 Inbound::Closed(id) => agent.on_link_closed(id),
             },
-            Some(ev) = dest_rx.recv(), if can_take_dest => agent.on_dest(ev).await,
+            Some(ev) = done_rx.recv() => agent.on_done(ev).await,
+            Some(ev) = data_rx.recv(), if can_take_dest => agent.on_dest(ev),
             _ = sleep_until(tokio::time::Instant::from_std(wake.unwrap_or_else(Instant::now))), if wake.is_some() => {
-                agent.on_timer(grace).await;
+                agent.on_timer(grace);
             }
         }
         agent.pump();
@@ -183,10 +224,12 @@ impl Agent {
         };
         consider(self.pause_until);
         consider(self.link_lost_at.map(|t| t + grace));
+        consider(Some(self.idle_deadline()));
+        consider(self.max_deadline());
         match &self.stage {
             Stage::Handshake { deadline } => consider(Some(*deadline)),
             Stage::Closing { deadline, .. } => consider(Some(*deadline)),
-            _ => {}
+            Stage::Running => {}
         }
         if let Some(port) = &self.port {
             consider(port.poll_timeout());
@@ -194,8 +237,18 @@ impl Agent {
         wake
     }
 
-    async fn attach(&mut self, conn: Connection) {
+    fn idle_deadline(&self) -> Instant {
+        self.last_input + Duration::from_millis(self.shared.config.idle_timeout_ms)
+    }
+
+    fn max_deadline(&self) -> Option<Instant> {
+        let max = self.shared.config.max_session_duration_ms?;
+        Some(self.dispatched + Duration::from_millis(max))
+    }
+
+    fn attach(&mut self, conn: Connection) {
         let now = Instant::now();
+        let reconnect = self.next_link_id > 0;
         if let Some(old) = self.link.take() {
             old.close();
         }
@@ -211,14 +264,20 @@ impl Agent {
             let v = conn.client_version.clone();
             self.shared.update_info(&self.spec.session_id, |i| i.client_version = v);
         }
-        match self.stage {
-            Stage::Idle => self.start(now, &conn.client_version).await,
-            // §11.2 step 2: keep all sequence state; MGS redelivers what the old socket lost.
-            _ => self.channel.reset_transport(now),
+        // §11.2 step 2: sequence state is kept. The agent is not told that its client came
+        // back: it goes on resending its oldest unacked message once per tick, so what the
+        // old socket lost comes back one message at a time.
+        if reconnect && self.shared.config.redeliver_on_reconnect {
+            self.channel.reset_transport(now);
         }
     }
 
-    async fn start(&mut self, now: Instant, open_client_version: &str) {
+    /// Starts the session as the agent does on dispatch (sessionplugin.go Execute): the
+    /// handshake when the plugin needs one, else the plugin at once.
+    fn start(&mut self, now: Instant) {
+        // datachannel.go SendAgentSessionStateMessage(Connected) once the agent's data
+        // channel is open.
+        self.session_state("Connected");
         match self.session_type {
             SessionType::Port => {
                 let req = HandshakeRequest::new(
@@ -228,29 +287,46 @@ impl Agent {
                 );
                 let _ = self.channel.send(now, PayloadType::HandshakeRequest, req.to_json());
                 self.stage = Stage::Handshake {
-                    deadline: now + HANDSHAKE_TIMEOUT,
+                    deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
                 };
             }
             _ => {
-                let _ = open_client_version;
                 // §5.1, §6.1: no handshake; the first output tells the client it is a shell.
                 let command = self
                     .properties
                     .get("commands")
                     .and_then(|c| c.as_str())
                     .map(str::to_owned);
-                match ShellPlugin::start(&self.shared, command.as_deref(), self.dest_tx.clone()) {
-                    Ok(shell) => {
-                        self.shell = Some(shell);
-                        self.stage = Stage::Running;
-                    }
-                    Err(e) => {
-                        self.stage = Stage::Running;
-                        self.begin_close(e);
-                    }
+                match ShellPlugin::start(&self.shared, command.as_deref(), self.queues.clone()) {
+                    Ok(shell) => self.shell = Some(shell),
+                    Err(e) => self.begin_close(e),
                 }
             }
         }
+    }
+
+    /// Queues an `agent_session_state` message (§4.9) when the emulator forwards them.
+    fn session_state(&mut self, state: &str) {
+        if !self.shared.config.forward_agent_session_state {
+            return;
+        }
+        let payload = serde_json::json!({
+            "SchemaVersion": 1,
+            "SessionState": state,
+            "SessionId": self.spec.session_id,
+        });
+        let now = Instant::now();
+        let frame = Frame {
+            message_type: MessageType::AgentSessionState,
+            schema_version: 1,
+            created_date: self.channel.unix_ms(now),
+            sequence_number: 0,
+            flags: ssm_proto::frame::FLAGS_ACK,
+            message_id: self.channel.new_message_id(),
+            payload_type: PayloadType::Null,
+            payload: payload.to_string().into_bytes(),
+        };
+        self.control.push_back(frame.encode());
     }
 
     async fn on_frame(&mut self, link_id: u64, bytes: &[u8]) {
@@ -258,39 +334,60 @@ impl Agent {
             return; // late frame from a replaced socket
         }
         let now = Instant::now();
+        if is_client_data(bytes) {
+            self.last_input = now;
+        }
         if self.pause_until.is_some() {
             // Observed MGS behaviour while paused (§4.7): client stream data is answered with
             // another pause and goes nowhere; acks still reach the agent.
-            if let Ok(frame) = ssm_proto::Frame::decode(bytes)
-                && frame.message_type.is_stream_data()
-            {
+            if is_client_data(bytes) {
                 self.control_now(now, MessageType::PausePublication);
                 return;
             }
         }
-        let ready = self.port.as_ref().is_none_or(|p| p.ready());
+        let ready = self.port.as_ref().is_none_or(PortPlugin::ready);
         self.channel.set_receive_ready(ready);
         if let Err(e) = self.channel.handle_frame(now, bytes) {
             tracing::debug!(session = %self.spec.session_id, "dropped frame: {e}");
         }
-        while let Some(ev) = self.channel.poll_event() {
-            self.on_event(now, ev).await;
+        self.drain_events(now).await;
+    }
+
+    /// Handles what the channel delivered, stopping at a message whose processing is pending.
+    async fn drain_events(&mut self, now: Instant) {
+        while self.processing.is_none()
+            && let Some(ev) = self.channel.poll_event()
+        {
+            let Event::Stream {
+                payload_type,
+                payload,
+                sequence_number,
+            } = ev
+            else {
+                continue;
+            };
+            let handled = self.on_stream(now, sequence_number, payload_type, payload).await;
+            let awaited = self.channel.processing() == Some(sequence_number);
+            match handled {
+                Handled::Done(ok) => self.channel.processed(now, sequence_number, ok),
+                Handled::Pending if awaited => self.processing = Some(sequence_number),
+                Handled::Pending => {}
+                Handled::End(output) => {
+                    self.channel.processed(now, sequence_number, true);
+                    self.begin_close(output);
+                }
+            }
         }
     }
 
-    async fn on_event(&mut self, now: Instant, ev: Event) {
-        let Event::Stream {
-            payload_type, payload, ..
-        } = ev
-        else {
-            return;
-        };
+    async fn on_stream(&mut self, now: Instant, seq: i64, payload_type: PayloadType, payload: Vec<u8>) -> Handled {
         match (&self.stage, payload_type) {
             (Stage::Handshake { .. }, PayloadType::HandshakeResponse) => {
-                self.on_handshake_response(now, &payload).await
+                self.on_handshake_response(now, &payload);
+                Handled::Done(true)
             }
             // §4.4: anything else before the handshake completes is consumed and acked.
-            (Stage::Handshake { .. } | Stage::Idle, _) => {}
+            (Stage::Handshake { .. } | Stage::Closing { .. }, _) => Handled::Done(true),
             (Stage::Running, PayloadType::Size) => {
                 if let Ok(size) = ssm_proto::TerminalSize::parse(&payload) {
                     self.shared.update_info(&self.spec.session_id, |i| {
@@ -300,24 +397,20 @@ impl Agent {
                         shell.resize(size.cols, size.rows);
                     }
                 }
+                Handled::Done(true)
             }
-            (Stage::Running, PayloadType::Output) if self.shell.is_some() => {
-                if let Some(shell) = &self.shell {
-                    shell.write(payload);
-                }
-            }
-            (Stage::Running, _) => {
-                if let Some(port) = self.port.as_mut()
-                    && let Some(reason) = port.on_client(now, payload_type, payload).await
-                {
-                    self.begin_close(reason);
-                }
-            }
-            (Stage::Closing { .. }, _) => {}
+            (Stage::Running, PayloadType::Output) if self.shell.is_some() => match &self.shell {
+                Some(shell) => shell.write(payload, seq),
+                None => Handled::Done(true),
+            },
+            (Stage::Running, _) => match self.port.as_mut() {
+                Some(port) => port.on_client(now, seq, payload_type, payload),
+                None => Handled::Done(true),
+            },
         }
     }
 
-    async fn on_handshake_response(&mut self, now: Instant, payload: &[u8]) {
+    fn on_handshake_response(&mut self, now: Instant, payload: &[u8]) {
         let resp = match HandshakeResponse::parse(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -329,18 +422,16 @@ impl Agent {
             self.begin_close(format!("{e}"));
             return;
         }
-        let started = match &self.stage {
-            Stage::Handshake { deadline } => *deadline - HANDSHAKE_TIMEOUT,
-            _ => now,
-        };
         let complete = HandshakeComplete {
-            handshake_time_to_complete: i64::try_from(now.saturating_duration_since(started).as_nanos())
+            handshake_time_to_complete: i64::try_from(now.saturating_duration_since(self.dispatched).as_nanos())
                 .unwrap_or(i64::MAX),
             customer_message: String::new(),
         };
         let _ = self
             .channel
             .send(now, PayloadType::HandshakeComplete, complete.to_json());
+        // HandshakeComplete goes out before the plugin starts (and dials).
+        self.flush();
         let client_version = resp.client_version.clone();
         self.shared
             .update_info(&self.spec.session_id, |i| i.client_version = client_version.clone());
@@ -353,22 +444,44 @@ impl Agent {
             &self.spec.target,
             mode,
             props,
-            self.dest_tx.clone(),
+            self.queues.clone(),
             now,
         );
-        match plugin.start().await {
-            Ok(()) => {
-                self.port = Some(plugin);
-                self.stage = Stage::Running;
-            }
-            Err(reason) => {
-                self.stage = Stage::Running;
-                self.begin_close(reason);
-            }
+        self.stage = Stage::Running;
+        match plugin.start() {
+            Ok(()) => self.port = Some(plugin),
+            Err(reason) => self.begin_close(reason),
         }
     }
 
-    async fn on_dest(&mut self, ev: DestEvent) {
+    /// Completions: writes, dials, the shell's exit.
+    async fn on_done(&mut self, ev: DestEvent) {
+        let now = Instant::now();
+        match ev {
+            DestEvent::Written(seq, ok) => self.finish_processing(now, seq, ok).await,
+            DestEvent::BasicDialed(pending, res) => {
+                let seq = pending.as_ref().map(|(s, _)| *s);
+                let Some(port) = self.port.as_mut() else { return };
+                if let Err(output) = port.on_basic_dialed(pending, res) {
+                    if let Some(seq) = seq {
+                        self.finish_processing(now, seq, false).await;
+                    }
+                    self.begin_close(output);
+                }
+            }
+            ev => self.on_dest(ev),
+        }
+    }
+
+    async fn finish_processing(&mut self, now: Instant, seq: i64, ok: bool) {
+        self.channel.processed(now, seq, ok);
+        if self.processing == Some(seq) {
+            self.processing = None;
+            self.drain_events(now).await;
+        }
+    }
+
+    fn on_dest(&mut self, ev: DestEvent) {
         let now = Instant::now();
         if self.shell.is_some() {
             match ev {
@@ -388,13 +501,13 @@ impl Agent {
             return;
         }
         if let Some(port) = self.port.as_mut()
-            && let Some(reason) = port.on_dest(now, ev, &mut self.channel).await
+            && let Some(reason) = port.on_dest(ev, &mut self.channel)
         {
             self.begin_close(reason);
         }
     }
 
-    async fn on_timer(&mut self, grace: Duration) {
+    fn on_timer(&mut self, grace: Duration) {
         let now = Instant::now();
         self.channel.handle_timeout(now);
         if let Some(until) = self.pause_until
@@ -409,6 +522,14 @@ impl Agent {
         {
             tracing::info!(session = %self.spec.session_id, "client did not come back; ending session");
             self.finished = true;
+        }
+        if now >= self.idle_deadline() {
+            self.mgs_close(now, IDLE_OUTPUT);
+            return;
+        }
+        if self.max_deadline().is_some_and(|t| now >= t) {
+            self.mgs_close(now, MAX_DURATION_OUTPUT);
+            return;
         }
         match &self.stage {
             Stage::Handshake { deadline } if now >= *deadline => {
@@ -434,6 +555,7 @@ impl Agent {
         }
     }
 
+    /// The plugin has ended: drain output (≤ 2 s), then `channel_closed` (§4.9, §6.6).
     fn begin_close(&mut self, output: String) {
         if matches!(self.stage, Stage::Closing { .. }) {
             return;
@@ -456,18 +578,39 @@ impl Agent {
             Stage::Closing { output, .. } => output.clone(),
             _ => String::new(),
         };
-        let id = self.channel.new_message_id().to_string();
+        // shell.go / sessionplugin.go: Terminating once the plugin is done.
+        self.session_state("Terminating");
+        self.mgs_close(now, &output);
+    }
+
+    /// MGS ends the session: `channel_closed` to the client at once, ahead of anything the
+    /// channel still holds.
+    fn mgs_close(&mut self, now: Instant, output: &str) {
+        if let Some(port) = self.port.as_mut() {
+            port.shutdown();
+        }
+        self.shell = None;
         let closed = ChannelClosed {
-            message_id: id,
+            message_id: self.channel.new_message_id().to_string(),
             created_date: self.channel.unix_ms(now).to_string(),
             destination_id: self.spec.target.clone(),
             session_id: self.spec.session_id.clone(),
             message_type: "channel_closed".into(),
             schema_version: 1,
-            output,
+            output: output.to_owned(),
         };
-        self.channel
-            .send_control(now, MessageType::ChannelClosed, closed.to_json());
+        let frame = Frame {
+            message_type: MessageType::ChannelClosed,
+            schema_version: 1,
+            created_date: self.channel.unix_ms(now),
+            sequence_number: 0,
+            flags: 0,
+            message_id: self.channel.new_message_id(),
+            payload_type: PayloadType::Null,
+            payload: closed.to_json(),
+        };
+        // MGS-generated: HeaderLength 112, no PayloadType field (§3.6).
+        self.control.push_back(frame.encode_short_header());
         self.channel.close();
         // A pause in progress must not hold back `channel_closed`.
         self.pause_until = None;
@@ -486,9 +629,14 @@ impl Agent {
         }
     }
 
-    /// Writes queued frames to the socket, applying the per-frame faults.
+    /// Writes queued frames to the socket, applying the per-frame faults. Until the client
+    /// first connects, MGS holds what the agent sends; while a client that had connected is
+    /// away, what the agent sends is lost (and only its retransmissions recover it).
     fn flush(&mut self) {
         let now = Instant::now();
+        if self.link.is_none() && self.next_link_id == 0 {
+            return;
+        }
         let faults = self.shared.faults();
         // While publication is paused (§4.7) every frame waits in the channel, acks included.
         while self.pause_until.is_none()
@@ -516,6 +664,14 @@ impl Agent {
                     self.control_now(now, MessageType::PausePublication);
                 }
                 None => {}
+            }
+        }
+        // Session state and `channel_closed` follow what the agent sent before them.
+        if self.pause_until.is_none() {
+            while let Some(frame) = self.control.pop_front() {
+                if let Some(link) = &self.link {
+                    link.send_control(frame);
+                }
             }
         }
         self.report_stats();

@@ -90,7 +90,7 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 
 const VALIDATION: &str = "ValidationException";
 
-fn start_session(shared: &Shared, req: StartSessionRequest, signer: Signer) -> Response {
+fn start_session(shared: &Arc<Shared>, req: StartSessionRequest, signer: Signer) -> Response {
     if req.target.is_empty() || req.target.len() > 400 {
         return reply::json_error(VALIDATION, "Target must be 1..400 characters");
     }
@@ -102,6 +102,8 @@ fn start_session(shared: &Shared, req: StartSessionRequest, signer: Signer) -> R
         return reply::json_error("TargetNotConnected", &format!("{} is not connected.", req.target));
     }
     let (session_id, token) = shared.create_session(&req.target, &document, req.parameters, signer);
+    // The agent starts on dispatch, before the client connects (its clocks run from here).
+    agent::dispatch(shared, &session_id);
     reply::json(json!({
         "SessionId": session_id,
         "TokenValue": token,

@@ -95,6 +95,25 @@ pub struct Config {
     /// `per_message` retransmits every lost message on its own timer, for tests that put
     /// large volumes through lossy links in both directions.
     pub agent_retransmit: AgentRetransmit,
+    /// Resend every unacked message at once when a client reconnects. NOT what AWS does: the
+    /// agent is never told of a client reconnect and keeps resending only its oldest unacked
+    /// message once per 100 ms (agent/session/datachannel/datachannel.go,
+    /// ResendStreamDataMessageScheduler). Off by default; for tests that need the kinder peer.
+    pub redeliver_on_reconnect: bool,
+    /// How long the agent waits for the HandshakeResponse, counted from session dispatch, not
+    /// from the client's connection (agent/session/datachannel/datachannel.go: handshakeTimeout
+    /// = 15 s in PerformHandshake).
+    pub handshake_timeout_ms: u64,
+    /// MGS's idle-session timeout: no stream data from the client for this long ends the
+    /// session with `channel_closed` (Session Manager preferences `idleSessionTimeout`, 20 min
+    /// by default).
+    pub idle_timeout_ms: u64,
+    /// MGS's maximum session duration (preferences `maxSessionDuration`; unset by default).
+    pub max_session_duration_ms: Option<u64>,
+    /// Pass the agent's `agent_session_state` messages (`Connected`, `Terminating`) on to the
+    /// client. Whether MGS forwards them is not known (§4.9, §12); clients must ignore them, so
+    /// the emulator sends them unless a test turns this off.
+    pub forward_agent_session_state: bool,
     /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
     /// targets take sessions (inventory instances only when running; others as `targets` says).
     pub inventory: Vec<Instance>,
@@ -123,6 +142,11 @@ impl Default for Config {
             shell_start_delay_ms: 1000,
             shell_exit_code: true,
             agent_retransmit: AgentRetransmit::default(),
+            redeliver_on_reconnect: false,
+            handshake_timeout_ms: 15_000,
+            idle_timeout_ms: 20 * 60 * 1000,
+            max_session_duration_ms: None,
+            forward_agent_session_state: true,
             inventory: Vec::new(),
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,

@@ -148,7 +148,7 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
 }
 
 /// Starts the reader and writer tasks of `socket`; client frames go to `inbound` as link `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::UnboundedSender<Inbound>) -> Link {
+pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Sender<Inbound>) -> Link {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
     let reader_shared = shared.clone();
@@ -171,16 +171,16 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                 _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => shaper.pop_due(Instant::now()),
             };
             for frame in frames {
-                if inbound.send(Inbound::Frame(id, frame)).is_err() {
+                if inbound.send(Inbound::Frame(id, frame)).await.is_err() {
                     linger(&mut stream).await;
                     return;
                 }
             }
         }
         for frame in shaper.drain_all() {
-            let _ = inbound.send(Inbound::Frame(id, frame));
+            let _ = inbound.send(Inbound::Frame(id, frame)).await;
         }
-        let _ = inbound.send(Inbound::Closed(id));
+        let _ = inbound.send(Inbound::Closed(id)).await;
     });
     tokio::spawn(async move {
         let mut shaper = Shaper::new();

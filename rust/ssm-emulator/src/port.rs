@@ -1,5 +1,6 @@
 //! The agent's `Port` plugin (§7): basic mode, smux mode, and the stdio mode of
-//! `AWS-StartSSHSession`, dialling real TCP destinations.
+//! `AWS-StartSSHSession`, dialling real TCP destinations as the agent does
+//! (agent/session/plugins/port/port.go, port_basic.go, port_mux.go).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -17,54 +18,80 @@ use tokio::task::JoinHandle;
 use crate::config::Pacing;
 use crate::state::Shared;
 
-/// Bytes queued towards one destination before the agent stops acking client data (§4.4
-/// "handler not ready"), so a slow destination pushes back on the client.
-const DEST_QUEUE_LIMIT: usize = 4 << 20;
-/// smux output waiting for the data channel before destination reads pause.
+/// Bytes smux buffers for its streams before its reader blocks: smux's default
+/// `MaxReceiveBuffer` (4 MiB), which the agent uses (port_mux.go: `smux.DefaultConfig()`).
+const MUX_RECEIVE_BUFFER: usize = 4 << 20;
+/// smux output waiting for the data channel before destination reads pause (the agent's unix
+/// socket between smux and its 1 KiB-per-ms reader pushes back the same way).
 const MUX_OUTPUT_LIMIT: usize = 256 << 10;
-const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read size of the agent's copy from a destination into an smux stream: `io.Copy`'s 32 KiB
+/// buffer (port_mux.go handleDataTransfer), so PSH frames of up to 32 KiB span many messages.
+const MUX_COPY_BUFFER: usize = 32 << 10;
 
-/// What destination tasks report to the agent.
+/// What destination tasks report to the agent. `Data` and `Eof` arrive on the paced queue
+/// (held while the data channel cannot take more); the rest on the completion queue.
 pub(crate) enum DestEvent {
     /// Bytes read from destination `id`.
     Data(u32, Vec<u8>),
     /// Destination `id` reached EOF or failed.
     Eof(u32),
+    /// A write that processes client message `seq` finished (`ok`: it reached the socket/pty).
+    Written(i64, bool),
     /// Dial for smux stream `id` finished.
     Dialed(u32, std::io::Result<TcpStream>),
+    /// Dial of the basic/stdio destination finished; `pending` is the client message that
+    /// triggered a re-dial (its sequence number and payload), written once connected.
+    BasicDialed(Option<(i64, Vec<u8>)>, std::io::Result<TcpStream>),
     /// The shell program exited with this code.
     Exited(i32),
 }
 
+/// Senders for the two queues of [`DestEvent`].
+#[derive(Clone)]
+pub(crate) struct DestQueues {
+    pub(crate) data: mpsc::Sender<DestEvent>,
+    pub(crate) done: mpsc::UnboundedSender<DestEvent>,
+}
+
+/// How the agent's handler dealt with one client message (its ack waits for this).
+pub(crate) enum Handled {
+    /// Processed now; `false` means it failed (not acked, so the client retransmits it).
+    Done(bool),
+    /// A [`DestEvent::Written`] (or a dial) will tell.
+    Pending,
+    /// Processed, and the session must end with this output.
+    End(String),
+}
+
 struct DestConn {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<(Vec<u8>, Option<i64>)>,
     queued: Arc<AtomicUsize>,
     reader: JoinHandle<()>,
 }
 
 impl DestConn {
-    fn spawn(
-        stream: TcpStream,
-        id: u32,
-        events: mpsc::Sender<DestEvent>,
-        chunk: usize,
-        pause: Option<Duration>,
-    ) -> Self {
+    fn spawn(stream: TcpStream, id: u32, queues: DestQueues, chunk: usize, pause: Option<Duration>) -> Self {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Option<i64>)>();
         let queued = Arc::new(AtomicUsize::new(0));
         let q = queued.clone();
+        let done = queues.done.clone();
         tokio::spawn(async move {
-            while let Some(buf) = rx.recv().await {
-                let res = wr.write_all(&buf).await;
+            let mut failed = false;
+            while let Some((buf, seq)) = rx.recv().await {
+                let ok = !failed && wr.write_all(&buf).await.is_ok();
+                failed = !ok;
                 q.fetch_sub(buf.len(), Ordering::Relaxed);
-                if res.is_err() {
-                    return;
+                if let Some(seq) = seq {
+                    let _ = done.send(DestEvent::Written(seq, ok));
                 }
             }
-            let _ = wr.shutdown().await;
+            if !failed {
+                let _ = wr.shutdown().await;
+            }
         });
+        let events = queues.data;
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; chunk];
             loop {
@@ -88,13 +115,14 @@ impl DestConn {
         Self { tx, queued, reader }
     }
 
-    fn write(&self, data: Vec<u8>) {
+    /// Queues `data`; with `seq`, a [`DestEvent::Written`] reports when it reached the socket.
+    fn write(&self, data: Vec<u8>, seq: Option<i64>) {
         self.queued.fetch_add(data.len(), Ordering::Relaxed);
-        let _ = self.tx.send(data);
+        let _ = self.tx.send((data, seq));
     }
 
-    fn is_ready(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) < DEST_QUEUE_LIMIT
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 }
 
@@ -109,19 +137,39 @@ struct Slot {
     pending: Vec<Vec<u8>>,
 }
 
+/// The basic/stdio destination connection's state (port_basic.go).
+enum Basic {
+    /// The first dial is running; client data is refused until it ends (port.go
+    /// InputStreamMessageHandler: ErrHandlerNotReady while no connection is available).
+    Dialing,
+    /// Connected; `u32` is the generation, so events of a replaced connection are ignored.
+    Open(u32, DestConn),
+    /// The connection was closed; the next client data re-dials (`reconnectToPort`).
+    Reconnect,
+    /// A re-dial for the client message being processed is running.
+    Redialing,
+}
+
 pub(crate) struct PortPlugin {
     shared: Arc<Shared>,
     target: String,
     mode: PortMode,
     props: PortProperties,
-    events: mpsc::Sender<DestEvent>,
+    queues: DestQueues,
     pacing: Pacing,
-    conn: Option<(u32, DestConn)>,
+    basic: Basic,
     generation: u32,
-    reconnect: bool,
     mux: Option<Mux>,
+    dialer: Option<mpsc::UnboundedSender<u32>>,
     slots: HashMap<u32, Slot>,
     pump_at: Option<Instant>,
+}
+
+/// Dials `host:port` as the agent does: `net.Dial` without a timeout of its own (port.go
+/// DialCall), so only the operating system gives up.
+async fn dial(dest: Result<(String, u16), String>) -> std::io::Result<TcpStream> {
+    let (host, port) = dest.map_err(std::io::Error::other)?;
+    TcpStream::connect((host.as_str(), port)).await
 }
 
 impl PortPlugin {
@@ -130,7 +178,7 @@ impl PortPlugin {
         target: &str,
         mode: PortMode,
         props: PortProperties,
-        events: mpsc::Sender<DestEvent>,
+        queues: DestQueues,
         now: Instant,
     ) -> Self {
         let mux = match mode {
@@ -143,12 +191,12 @@ impl PortPlugin {
             target: target.to_owned(),
             mode,
             props,
-            events,
+            queues,
             pacing,
-            conn: None,
+            basic: Basic::Dialing,
             generation: 0,
-            reconnect: false,
             mux,
+            dialer: None,
             slots: HashMap::new(),
             pump_at: None,
         }
@@ -178,17 +226,13 @@ impl PortPlugin {
         Ok((host, port))
     }
 
-    async fn dial(&self) -> Result<TcpStream, String> {
-        let (host, port) = self.destination()?;
-        match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(s)) => Ok(s),
-            Ok(Err(e)) => Err(format!(
-                "Unable to start the port session: connect to {host}:{port}: {e}"
-            )),
-            Err(_) => Err(format!(
-                "Unable to start the port session: connect to {host}:{port} timed out"
-            )),
-        }
+    fn dial_failed(&self, e: &std::io::Error) -> String {
+        let dest = self
+            .destination()
+            .map(|(h, p)| format!("{h}:{p}"))
+            .unwrap_or_default();
+        // port.go InitializeSession: "Unable to connect to specified port: <dial error>".
+        format!("Unable to connect to specified port: dial tcp {dest}: {e}")
     }
 
     fn reader_pause(&self) -> Option<Duration> {
@@ -199,28 +243,54 @@ impl PortPlugin {
         }
     }
 
-    fn open_basic(&mut self, stream: TcpStream) {
+    fn open_basic(&mut self, stream: TcpStream) -> &DestConn {
         self.generation += 1;
         let id = self.generation;
         let conn = DestConn::spawn(
             stream,
             id,
-            self.events.clone(),
+            self.queues.clone(),
             self.pacing.chunk(),
             self.reader_pause(),
         );
-        self.conn = Some((id, conn));
-        self.reconnect = false;
+        self.basic = Basic::Open(id, conn);
+        match &self.basic {
+            Basic::Open(_, c) => c,
+            _ => unreachable!("just set"),
+        }
     }
 
-    /// Basic and stdio modes dial at session start (§7.3); smux waits for streams.
-    pub(crate) async fn start(&mut self) -> Result<(), String> {
+    fn spawn_basic_dial(&self, pending: Option<(i64, Vec<u8>)>) {
+        let dest = self.destination();
+        let done = self.queues.done.clone();
+        tokio::spawn(async move {
+            let res = dial(dest).await;
+            let _ = done.send(DestEvent::BasicDialed(pending, res));
+        });
+    }
+
+    /// Starts the plugin after HandshakeComplete has gone out (sessionplugin.go runs the
+    /// plugin after the handshake): basic and stdio dial in the background (port.go
+    /// InitializeSession; a failure ends the session), smux starts its one-at-a-time dialer.
+    pub(crate) fn start(&mut self) -> Result<(), String> {
         if self.mux.is_some() {
             self.destination()?;
+            let (tx, mut rx) = mpsc::unbounded_channel::<u32>();
+            let dest = self.destination();
+            let done = self.queues.done.clone();
+            // port_mux.go handleServerConnections: AcceptStream, then DialCall, in one loop.
+            tokio::spawn(async move {
+                while let Some(id) = rx.recv().await {
+                    let res = dial(dest.clone()).await;
+                    if done.send(DestEvent::Dialed(id, res)).is_err() {
+                        return;
+                    }
+                }
+            });
+            self.dialer = Some(tx);
             return Ok(());
         }
-        let stream = self.dial().await?;
-        self.open_basic(stream);
+        self.spawn_basic_dial(None);
         Ok(())
     }
 
@@ -229,63 +299,73 @@ impl PortPlugin {
         self.mux.as_ref().is_none_or(|m| m.pending_output() < MUX_OUTPUT_LIMIT)
     }
 
+    /// Whether the handler takes client data now. The agent's handler answers
+    /// ErrHandlerNotReady (no ack; the client retransmits) while no connection is available
+    /// (port.go InputStreamMessageHandler); smux's reader stops while its streams hold
+    /// `MUX_RECEIVE_BUFFER` bytes.
     pub(crate) fn ready(&self) -> bool {
-        self.conn.as_ref().is_none_or(|(_, c)| c.is_ready())
-            && self
+        if self.mux.is_some() {
+            let queued: usize = self
                 .slots
                 .values()
-                .all(|s| s.conn.as_ref().is_none_or(DestConn::is_ready))
+                .map(|s| {
+                    s.conn.as_ref().map_or(0, DestConn::queued) + s.pending.iter().map(Vec::len).sum::<usize>()
+                })
+                .sum();
+            return queued < MUX_RECEIVE_BUFFER;
+        }
+        !matches!(self.basic, Basic::Dialing)
     }
 
-    /// Client stream data. Returns `Some(reason)` when the session must end.
-    pub(crate) async fn on_client(
-        &mut self,
-        now: Instant,
-        payload_type: PayloadType,
-        payload: Vec<u8>,
-    ) -> Option<String> {
+    /// Client stream message `seq`.
+    pub(crate) fn on_client(&mut self, now: Instant, seq: i64, payload_type: PayloadType, payload: Vec<u8>) -> Handled {
         match payload_type {
             PayloadType::Flag => match PortFlag::parse(&payload) {
-                Ok(PortFlag::TerminateSession) => return Some(String::new()),
+                Ok(PortFlag::TerminateSession) => return Handled::End(String::new()),
                 Ok(PortFlag::DisconnectToPort) if self.mux.is_none() => {
-                    self.conn = None;
-                    self.reconnect = true;
+                    // port_basic.go: DisconnectToPort closes the connection. With
+                    // LocalPortForwarding the failed read then arms a re-dial on the next
+                    // data; in SSH mode (no type) the read error ends the session.
+                    if self.mode == PortMode::Stdio {
+                        return Handled::End(String::new());
+                    }
+                    self.basic = Basic::Reconnect;
                 }
                 _ => {}
             },
             PayloadType::Output => {
                 if let Some(mux) = self.mux.as_mut() {
                     if let Err(e) = mux.handle_input(now, &payload) {
-                        return Some(format!("smux: {e}"));
+                        return Handled::End(format!("smux: {e}"));
                     }
                     self.drain_mux_events();
-                } else {
-                    if self.conn.is_none() {
-                        match self.dial().await {
-                            Ok(s) => self.open_basic(s),
-                            Err(e) => {
-                                tracing::warn!("{e}");
-                                return None;
-                            }
-                        }
+                    return Handled::Done(true);
+                }
+                match &self.basic {
+                    Basic::Open(_, c) => {
+                        c.write(payload, Some(seq));
+                        return Handled::Pending;
                     }
-                    if let Some((_, c)) = &self.conn {
-                        c.write(payload);
+                    // port_basic.go HandleStreamMessage: re-dial before writing; a failed
+                    // re-dial fails the message and ends the session.
+                    Basic::Reconnect => {
+                        self.basic = Basic::Redialing;
+                        self.spawn_basic_dial(Some((seq, payload)));
+                        return Handled::Pending;
                     }
+                    Basic::Dialing | Basic::Redialing => return Handled::Done(false),
                 }
             }
             _ => {}
         }
-        None
+        Handled::Done(true)
     }
 
     fn drain_mux_events(&mut self) {
-        let dest = self.destination();
         let Some(mux) = self.mux.as_mut() else { return };
         while let Some(ev) = mux.poll_event() {
             match ev {
                 MuxEvent::Opened(id) => {
-                    let dest = dest.clone();
                     self.slots.insert(
                         id,
                         Slot {
@@ -293,39 +373,32 @@ impl PortPlugin {
                             pending: Vec::new(),
                         },
                     );
-                    let events = self.events.clone();
-                    tokio::spawn(async move {
-                        let res = match dest {
-                            Ok((host, port)) => {
-                                match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect((host.as_str(), port)))
-                                    .await
-                                {
-                                    Ok(r) => r,
-                                    Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "dial timed out")),
-                                }
-                            }
-                            Err(e) => Err(std::io::Error::other(e)),
-                        };
-                        let _ = events.send(DestEvent::Dialed(id, res)).await;
-                    });
+                    if let Some(dialer) = &self.dialer {
+                        let _ = dialer.send(id);
+                    }
                 }
                 MuxEvent::Data(id, data) => {
                     if let Some(slot) = self.slots.get_mut(&id) {
                         match &slot.conn {
-                            Some(c) => c.write(data),
+                            Some(c) => c.write(data, None),
                             None => slot.pending.push(data),
                         }
                     }
                 }
                 MuxEvent::Closed(id) => {
-                    self.slots.remove(&id);
+                    // port_mux.go handleDataTransfer: the stream's EOF ends the copy to the
+                    // destination, which closes the connection; the copy from it then fails
+                    // and closes the stream, so the agent answers the client's FIN with its own.
+                    if self.slots.remove(&id).is_some() {
+                        mux.answer_fin(id);
+                    }
                 }
             }
         }
     }
 
     /// Destination events. Returns `Some(reason)` when the session must end.
-    pub(crate) async fn on_dest(&mut self, _now: Instant, ev: DestEvent, channel: &mut Channel) -> Option<String> {
+    pub(crate) fn on_dest(&mut self, ev: DestEvent, channel: &mut Channel) -> Option<String> {
         let now = Instant::now();
         match ev {
             DestEvent::Data(id, data) => {
@@ -333,7 +406,7 @@ impl PortPlugin {
                     if mux.is_open(id) {
                         let _ = mux.write(id, &data);
                     }
-                } else if self.conn.as_ref().is_some_and(|(g, _)| *g == id) {
+                } else if matches!(&self.basic, Basic::Open(g, _) if *g == id) {
                     let _ = channel.send(now, PayloadType::Output, data);
                 }
             }
@@ -341,26 +414,25 @@ impl PortPlugin {
                 if let Some(mux) = self.mux.as_mut() {
                     mux.close_stream(id);
                     self.slots.remove(&id);
-                } else if self.conn.as_ref().is_some_and(|(g, _)| *g == id) {
-                    self.conn = None;
+                } else if matches!(&self.basic, Basic::Open(g, _) if *g == id) {
                     match self.mode {
-                        // §7.3: with LocalPortForwarding the agent re-dials on the next data.
-                        PortMode::Basic => self.reconnect = true,
-                        // SSH: the destination closing ends the session.
+                        // port_basic.go handlePortError: with LocalPortForwarding the agent
+                        // re-dials on the next data.
+                        PortMode::Basic => self.basic = Basic::Reconnect,
+                        // handleSSHDPortError: in SSH mode the destination closing ends it.
                         _ => return Some(String::new()),
                     }
                 }
             }
-            DestEvent::Exited(_) => {}
             DestEvent::Dialed(id, res) => {
-                let chunk = self.pacing.chunk();
-                let pause = self.reader_pause();
+                let chunk = MUX_COPY_BUFFER.max(self.pacing.chunk());
+                let queues = self.queues.clone();
                 let slot = self.slots.get_mut(&id)?;
                 match res {
                     Ok(stream) => {
-                        let conn = DestConn::spawn(stream, id, self.events.clone(), chunk, pause);
+                        let conn = DestConn::spawn(stream, id, queues, chunk, None);
                         for p in slot.pending.drain(..) {
-                            conn.write(p);
+                            conn.write(p, None);
                         }
                         slot.conn = Some(conn);
                     }
@@ -374,8 +446,28 @@ impl PortPlugin {
                     }
                 }
             }
+            DestEvent::BasicDialed(..) | DestEvent::Written(..) | DestEvent::Exited(_) => {}
         }
         None
+    }
+
+    /// A basic/stdio dial finished. For a re-dial, returns how the pending client message
+    /// went; `Err(output)` ends the session.
+    pub(crate) fn on_basic_dialed(
+        &mut self,
+        pending: Option<(i64, Vec<u8>)>,
+        res: std::io::Result<TcpStream>,
+    ) -> Result<(), String> {
+        match res {
+            Ok(stream) => {
+                let conn = self.open_basic(stream);
+                if let Some((seq, payload)) = pending {
+                    conn.write(payload, Some(seq));
+                }
+                Ok(())
+            }
+            Err(e) => Err(self.dial_failed(&e)),
+        }
     }
 
     /// Moves smux output into the channel, one paced chunk per millisecond like the agent's
@@ -419,7 +511,8 @@ impl PortPlugin {
     }
 
     pub(crate) fn shutdown(&mut self) {
-        self.conn = None;
+        self.basic = Basic::Reconnect;
+        self.dialer = None;
         self.slots.clear();
     }
 }

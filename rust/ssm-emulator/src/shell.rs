@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portable_pty::{CommandBuilder, MasterPty, PtySize, native_pty_system};
-use tokio::sync::mpsc;
 
-use crate::port::DestEvent;
+use crate::port::{DestEvent, DestQueues, Handled};
 use crate::state::Shared;
 
 /// Id used for shell output in [`DestEvent::Data`].
@@ -18,7 +17,7 @@ pub(crate) const SHELL_STREAM: u32 = 0;
 
 pub(crate) struct ShellPlugin {
     master: Box<dyn MasterPty + Send>,
-    input: std::sync::mpsc::Sender<Vec<u8>>,
+    input: std::sync::mpsc::Sender<(Vec<u8>, i64)>,
     killer: Box<dyn portable_pty::ChildKiller + Send + Sync>,
 }
 
@@ -46,8 +45,9 @@ impl ShellPlugin {
     pub(crate) fn start(
         shared: &Arc<Shared>,
         command: Option<&str>,
-        events: mpsc::Sender<DestEvent>,
+        queues: DestQueues,
     ) -> Result<Self, String> {
+        let DestQueues { data: events, done } = queues;
         let cfg = &shared.config;
         let pty = native_pty_system()
             .openpty(PtySize {
@@ -87,10 +87,13 @@ impl ShellPlugin {
         let killer = child.clone_killer();
         let mut reader = pty.master.try_clone_reader().map_err(|e| format!("pty reader: {e}"))?;
         let mut writer = pty.master.take_writer().map_err(|e| format!("pty writer: {e}"))?;
-        let (input, input_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let (input, input_rx) = std::sync::mpsc::channel::<(Vec<u8>, i64)>();
+        // shell.go InputStreamMessageHandler writes each payload to the pty before the data
+        // channel acks it, so a pty that does not drain delays the acks.
         std::thread::spawn(move || {
-            while let Ok(buf) = input_rx.recv() {
-                if writer.write_all(&buf).and_then(|()| writer.flush()).is_err() {
+            while let Ok((buf, seq)) = input_rx.recv() {
+                let ok = writer.write_all(&buf).and_then(|()| writer.flush()).is_ok();
+                if done.send(DestEvent::Written(seq, ok)).is_err() {
                     return;
                 }
             }
@@ -140,8 +143,12 @@ impl ShellPlugin {
         })
     }
 
-    pub(crate) fn write(&self, data: Vec<u8>) {
-        let _ = self.input.send(data);
+    /// Writes client message `seq` to the pty; a [`DestEvent::Written`] reports the outcome.
+    pub(crate) fn write(&self, data: Vec<u8>, seq: i64) -> Handled {
+        match self.input.send((data, seq)) {
+            Ok(()) => Handled::Pending,
+            Err(_) => Handled::Done(false),
+        }
     }
 
     pub(crate) fn resize(&self, cols: u32, rows: u32) {

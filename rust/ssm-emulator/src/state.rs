@@ -263,20 +263,28 @@ impl Shared {
         Ok(s.spec.clone())
     }
 
-    /// Hands a connection to the session's agent. A session without an agent gets a command
-    /// queue holding the connection, returned for the caller to start its agent on.
-    pub(crate) fn attach(&self, spec: &SessionSpec, conn: Connection) -> Option<mpsc::UnboundedReceiver<AgentCommand>> {
+    /// Gives a new session its agent's command queue; returns the session and the receiving
+    /// end for the caller to run the agent on (once per session).
+    pub(crate) fn install_agent(
+        &self,
+        session_id: &str,
+    ) -> Option<(Arc<SessionSpec>, mpsc::UnboundedReceiver<AgentCommand>)> {
         let mut sessions = lock(&self.sessions);
-        let entry = sessions.get_mut(&spec.session_id)?;
-        if let Some(agent) = &entry.agent {
-            // If the agent is gone (session ended), the connection is simply dropped.
-            let _ = agent.send(AgentCommand::Attach(Box::new(conn)));
+        let entry = sessions.get_mut(session_id)?;
+        if entry.agent.is_some() || entry.info.ended {
             return None;
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let _ = tx.send(AgentCommand::Attach(Box::new(conn)));
         entry.agent = Some(tx);
-        Some(rx)
+        Some((entry.spec.clone(), rx))
+    }
+
+    /// Hands a connection to the session's agent. If the agent is gone (the session ended),
+    /// the connection is simply dropped.
+    pub(crate) fn attach(&self, spec: &SessionSpec, conn: Connection) {
+        if let Some(agent) = lock(&self.sessions).get(&spec.session_id).and_then(|e| e.agent.as_ref()) {
+            let _ = agent.send(AgentCommand::Attach(Box::new(conn)));
+        }
     }
 
     pub(crate) fn update_info(&self, session_id: &str, f: impl FnOnce(&mut SessionInfo)) {

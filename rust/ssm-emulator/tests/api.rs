@@ -241,16 +241,21 @@ async fn a_ping_before_the_open_message_is_tolerated() {
         client_version: "1.2.650.0".into(),
     };
     ws.send(Message::text(open.to_json())).await.unwrap();
-    let first = loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+    // The first stream message, past pongs and the agent's session state (§4.9).
+    let frame = loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        match next {
             Some(Ok(Message::Pong(_))) => continue,
-            other => break other,
+            Some(Ok(Message::Binary(bytes))) => {
+                let frame = ssm_proto::Frame::decode(&bytes).unwrap();
+                if frame.message_type == ssm_proto::MessageType::AgentSessionState {
+                    continue;
+                }
+                break frame;
+            }
+            other => panic!("expected the handshake request, got {other:?}"),
         }
     };
-    let Some(Ok(Message::Binary(frame))) = first else {
-        panic!("expected the handshake request, got {first:?}")
-    };
-    let frame = ssm_proto::Frame::decode(&frame).unwrap();
     assert_eq!(frame.payload_type, PayloadType::HandshakeRequest);
     assert_eq!(emu.stats().connections_refused, 0);
 }

@@ -80,6 +80,11 @@ pub struct Config {
     pub retransmit: RetransmitPolicy,
     /// Set SYN on our sequence-0 message, as the agent does (§3.5).
     pub syn_on_first: bool,
+    /// Ack an in-order message only once the caller has processed it ([`Channel::processed`]),
+    /// and deliver nothing after it until then: the agent's way (it writes the payload to the
+    /// pty or socket, then acks; a failed write is not acked and the peer retransmits it).
+    /// Out-of-order messages are still acked on arrival, as the agent does.
+    pub ack_after_processing: bool,
 }
 
 impl Config {
@@ -95,6 +100,7 @@ impl Config {
             clock_granularity: Duration::from_millis(10),
             retransmit: RetransmitPolicy::PerMessage,
             syn_on_first: false,
+            ack_after_processing: false,
         }
     }
 
@@ -108,6 +114,9 @@ impl Config {
                 tick: Duration::from_millis(100),
             },
             syn_on_first: true,
+            // agent/session/datachannel/datachannel.go handleStreamDataMessage: process, then
+            // SendAcknowledgeMessage; an error returns before the ack.
+            ack_after_processing: true,
             ..Self::client()
         }
     }
@@ -221,6 +230,9 @@ pub struct Channel {
     rtt: RttEstimator,
     expected: i64,
     out_of_order: BTreeMap<i64, Frame>,
+    /// The in-order message handed out and not yet [`Channel::processed`] (with
+    /// `ack_after_processing`): its sequence number, type and id, for the ack.
+    processing: Option<(i64, MessageType, MessageId)>,
     receive_ready: bool,
     paused: bool,
     closed: bool,
@@ -252,6 +264,7 @@ impl Channel {
             rtt,
             expected: 0,
             out_of_order: BTreeMap::new(),
+            processing: None,
             receive_ready: true,
             paused: false,
             closed: false,
@@ -426,6 +439,10 @@ impl Channel {
             is_sequential: true,
         }
         .to_json();
+        self.push_ack(now, payload);
+    }
+
+    fn push_ack(&mut self, now: Instant, payload: Vec<u8>) {
         let ack = Frame {
             message_type: MessageType::Acknowledge,
             schema_version: 1,
@@ -505,6 +522,9 @@ impl Channel {
 
     fn handle_stream(&mut self, now: Instant, frame: Frame) {
         let seq = frame.sequence_number;
+        if self.processing() == Some(seq) {
+            return; // still being processed: acked (or not) when that ends
+        }
         if seq < self.expected {
             // §4.4: the agent re-acks duplicates; the plugin does not (§9 item 5).
             self.stats.duplicates_received += 1;
@@ -521,8 +541,13 @@ impl Channel {
             }
             return;
         }
-        if !self.receive_ready {
+        if !self.receive_ready || self.processing.is_some() {
             self.stats.refused_not_ready += 1;
+            return;
+        }
+        if self.config.ack_after_processing {
+            self.processing = Some((seq, frame.message_type.clone(), frame.message_id));
+            self.deliver(frame);
             return;
         }
         self.ack(now, &frame);
@@ -562,9 +587,38 @@ impl Channel {
         }
     }
 
+    /// The in-order message delivered and waiting for [`Channel::processed`], if any.
+    pub fn processing(&self) -> Option<i64> {
+        self.processing.as_ref().map(|(seq, _, _)| *seq)
+    }
+
+    /// Reports the outcome of processing message `seq` (with `ack_after_processing`). Success
+    /// acks it and delivers the buffered messages after it; failure leaves it unacked and
+    /// expected again, so the peer's retransmission is processed anew. Any other `seq` (a
+    /// message that was acked on arrival) is ignored.
+    pub fn processed(&mut self, now: Instant, seq: i64, ok: bool) {
+        let Some((current, message_type, message_id)) = self.processing.take_if(|(s, _, _)| *s == seq) else {
+            return;
+        };
+        if !ok {
+            self.expected = current;
+            self.stats.messages_received = self.stats.messages_received.saturating_sub(1);
+            return;
+        }
+        let payload = Acknowledge {
+            message_type: message_type.as_str().to_owned(),
+            message_id: message_id.to_string(),
+            sequence_number: current,
+            is_sequential: true,
+        }
+        .to_json();
+        self.push_ack(now, payload);
+        self.poll_ready();
+    }
+
     /// Resumes in-order delivery of messages buffered while the receiver was not ready.
     pub fn poll_ready(&mut self) {
-        while self.receive_ready {
+        while self.receive_ready && self.processing.is_none() {
             let Some(next) = self.out_of_order.remove(&self.expected) else {
                 break;
             };
@@ -689,9 +743,42 @@ mod tests {
                 sequence_number: 0
             })
         );
+        assert_eq!(a.pending_transmit(), 0, "the agent acks only once it has processed");
+        a.processed(now + Duration::from_millis(20), 0, true);
         pump(&mut a, &mut c, now + Duration::from_millis(20));
         assert_eq!(c.unacked(), 0);
         assert!(c.rto() < Duration::from_millis(200));
+    }
+
+    #[test]
+    fn ack_after_processing_holds_successors_and_failure_means_retransmission() {
+        let (mut c, mut a, now) = pair();
+        for b in [b"0", b"1", b"2"] {
+            c.send(now, PayloadType::Output, b.to_vec()).unwrap();
+        }
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        a.handle_frame(now, &frames[0]).unwrap();
+        a.handle_frame(now, &frames[2]).unwrap(); // out of order: acked on arrival
+        a.handle_frame(now, &frames[1]).unwrap(); // in order, but 0 is still being processed
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 0, .. })));
+        assert_eq!(a.poll_event(), None, "nothing after a message still being processed");
+        assert_eq!(a.processing(), Some(0));
+        a.handle_frame(now, &frames[0]).unwrap(); // its retransmission: neither acked nor delivered
+        a.processed(now, 0, false);
+        pump(&mut a, &mut c, now);
+        assert_eq!(c.unacked(), 2, "only the out-of-order message was acked");
+        // The peer retransmits 0 (and 1); this time processing succeeds.
+        a.handle_frame(now, &frames[0]).unwrap();
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 0, .. })));
+        a.processed(now, 0, true);
+        a.handle_frame(now, &frames[1]).unwrap();
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 1, .. })));
+        a.processed(now, 1, true);
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 2, .. })));
+        a.processed(now, 2, true); // acked on arrival already: nothing more
+        pump(&mut a, &mut c, now);
+        assert_eq!(c.unacked(), 0);
+        assert_eq!(a.expected_sequence_number(), 3);
     }
 
     #[test]
@@ -700,6 +787,7 @@ mod tests {
         c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
         let f = c.poll_transmit().unwrap();
         a.handle_frame(now, &f).unwrap();
+        a.processed(now, 0, true);
         a.handle_frame(now, &f).unwrap();
         assert_eq!(
             a.pending_transmit(),

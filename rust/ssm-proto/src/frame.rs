@@ -277,6 +277,16 @@ impl Frame {
         out.extend_from_slice(&self.payload);
     }
 
+    /// Encodes with `HeaderLength` 112: no `PayloadType` field, `PayloadLength` at offset 112.
+    /// This is how MGS-generated `channel_closed` frames are reported to look (§3.6); the
+    /// emulator writes them so, and readers must accept both forms.
+    pub fn encode_short_header(&self) -> Vec<u8> {
+        let mut out = self.encode();
+        out.splice(..4, MIN_HEADER_LENGTH.to_be_bytes());
+        out.drain(MIN_HEADER_LENGTH as usize..HEADER_LENGTH as usize);
+        out
+    }
+
     /// Decodes and validates per §3.6 (the robust superset of plugin and agent rules).
     ///
     /// Never panics, whatever the input.
@@ -376,7 +386,7 @@ mod tests {
     fn short_header_length_reads_payload_after_it() {
         // §3.6: MGS channel_closed with HeaderLength 112, PayloadLength at 112.
         let payload = br#"{"Output":""}"#;
-        let mut f = Frame {
+        let f = Frame {
             message_type: MessageType::ChannelClosed,
             schema_version: 1,
             created_date: 5,
@@ -386,9 +396,10 @@ mod tests {
             payload_type: PayloadType::Null,
             payload: payload.to_vec(),
         }
-        .encode();
-        f[..4].copy_from_slice(&112u32.to_be_bytes());
-        f.drain(112..116);
+        .encode_short_header();
+        assert_eq!(&f[..4], &112u32.to_be_bytes());
+        assert_eq!(f.len(), 112 + 4 + payload.len());
+        assert_eq!(&f[112..116], &(payload.len() as u32).to_be_bytes());
         let d = Frame::decode(&f).unwrap();
         assert_eq!(d.message_type, MessageType::ChannelClosed);
         assert_eq!(d.payload, payload);

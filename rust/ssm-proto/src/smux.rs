@@ -172,6 +172,14 @@ impl Mux {
         }
     }
 
+    /// Sends FIN for stream `id` after the peer's FIN has closed it here: a smux stream that
+    /// reads EOF and is then closed locally sends its own FIN, as the agent's streams do.
+    pub fn answer_fin(&mut self, id: u32) {
+        if !self.closed && !self.streams.contains(&id) {
+            self.push_frame(Cmd::Fin, id, &[]);
+        }
+    }
+
     fn push_frame(&mut self, cmd: Cmd, id: u32, data: &[u8]) {
         let mut f = Vec::with_capacity(HEADER_LEN + data.len());
         encode_frame(&mut f, cmd, id, data);

@@ -312,6 +312,7 @@ proptest! {
                 if let Event::Stream { sequence_number, .. } = e {
                     prop_assert_eq!(sequence_number, delivered);
                     delivered += 1;
+                    ch.processed(now, sequence_number, true);
                 }
             }
         }

@@ -281,7 +281,7 @@ impl Peer {
         }
     }
 
-    fn drain_events(&mut self) {
+    fn drain_events(&mut self, now: Instant) {
         while let Some(e) = self.ch.poll_event() {
             match e {
                 Event::Stream {
@@ -299,6 +299,8 @@ impl Peer {
                     self.next_seq += 1;
                     self.received_len += payload.len();
                     self.received.update(&payload);
+                    // The agent acks only once a message is processed; this one is.
+                    self.ch.processed(now, sequence_number, true);
                 }
                 Event::Paused => self.paused_events += 1,
                 Event::Resumed => self.resumed_events += 1,
@@ -440,8 +442,8 @@ impl Sim {
             peer.ch
                 .handle_frame(now, &bytes)
                 .unwrap_or_else(|e| panic!("{}: valid frame rejected: {e}", peer.name));
+            peer.drain_events(now);
             peer.flush(now, &mut self.net, back);
-            peer.drain_events();
         }
         for (peer, dir) in [(&mut self.client, Dir::ToAgent), (&mut self.agent, Dir::ToClient)] {
             if peer.ch.poll_timeout().is_some_and(|t| t <= now) {
@@ -824,6 +826,7 @@ fn pause_is_lifted_by_peer_traffic() {
     c.send(now, PayloadType::Output, b"two".to_vec()).unwrap();
     assert_eq!(c.poll_transmit(), None);
     a.handle_frame(now, &one).unwrap();
+    a.processed(now, 0, true);
     let ack = a.poll_transmit().unwrap();
     assert_eq!(
         Acknowledge::parse(&Frame::decode(&ack).unwrap().payload)
