@@ -53,8 +53,6 @@ pub struct Faults {
     pub corrupt_digest: f64,
     /// Pad message types with NULs on the left instead of spaces (§3.6, §11.4).
     pub nul_padded_types: bool,
-    /// Send `channel_closed` with `HeaderLength` 112 (§3.6).
-    pub short_channel_closed: bool,
     /// Never let a token be used (every open is refused): models expired tokens.
     pub expire_tokens: bool,
 }
@@ -93,15 +91,12 @@ pub(crate) fn decide(f: &DirectionFaults, rng: &mut impl Rng) -> Verdict {
     Verdict::Deliver { copies, delay, hold }
 }
 
-/// The faults on one frame the agent writes (`withhold_acks`, `short_channel_closed`,
-/// `nul_padded_types`, `corrupt_digest`); `None` when it is withheld.
+/// The faults on one frame the agent writes (`withhold_acks`, `nul_padded_types`,
+/// `corrupt_digest`); `None` when it is withheld.
 pub(crate) fn outgoing(f: &Faults, mut frame: Vec<u8>) -> Option<Vec<u8>> {
     let is_ack = frame.get(4..15) == Some(b"acknowledge".as_slice());
     if is_ack && f.withhold_acks > 0.0 && rand::random_bool(f.withhold_acks.clamp(0.0, 1.0)) {
         return None;
-    }
-    if frame.get(4..18) == Some(b"channel_closed".as_slice()) && f.short_channel_closed {
-        frame = shorten_header(&frame);
     }
     if f.nul_padded_types {
         nul_pad_type(&mut frame);
@@ -171,14 +166,4 @@ fn corrupt_digest(frame: &mut [u8]) {
     if let Some(b) = frame.get_mut(80) {
         *b ^= 0x01;
     }
-}
-
-/// Re-encodes a frame with `HeaderLength` 112 (no `PayloadType` field), as SSC reports MGS does
-/// for `channel_closed`.
-fn shorten_header(frame: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame.len().saturating_sub(4));
-    out.extend_from_slice(&112u32.to_be_bytes());
-    out.extend_from_slice(frame.get(4..112).unwrap_or_default());
-    out.extend_from_slice(frame.get(116..).unwrap_or_default());
-    out
 }

@@ -144,10 +144,9 @@ async fn resume_of_an_ended_session_can_answer_without_token() {
 
 #[tokio::test]
 async fn unusual_frames_from_mgs_are_produced_on_request() {
-    // §3.6/§11.4: NUL-padded types and a 112-byte-header channel_closed still decode.
+    // §3.6/§11.4: NUL-padded types still decode (channel_closed has a 112-byte header always).
     let faults = Faults {
         nul_padded_types: true,
-        short_channel_closed: true,
         ..Faults::default()
     };
     let emu = emulator(Config {
@@ -158,6 +157,7 @@ async fn unusual_frames_from_mgs_are_produced_on_request() {
     let EchoSession { client: mut c, .. } = echo_session(&emu, "1.2.650.0").await;
     c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
+    assert_eq!(c.closed_header_length, Some(112));
 }
 
 #[tokio::test]

@@ -626,9 +626,15 @@ impl Driver {
                     self.opts.reconnect_for
                 )));
             }
-            let delay = Duration::from_millis(100u64 << attempt.min(6)).min(Duration::from_secs(5));
-            let jitter = Duration::from_millis(rand::random::<u64>() % 100);
-            tokio::time::sleep(delay + jitter).await;
+            // The first attempt goes at once: the agent is not told that we left and goes on
+            // sending into the void, and it recovers each lost message only at one per 100 ms
+            // (its ResendStreamDataMessageScheduler), so each millisecond away costs a tick.
+            // Later attempts back off.
+            if attempt > 0 {
+                let delay = Duration::from_millis(100u64 << (attempt - 1).min(6)).min(Duration::from_secs(5));
+                let jitter = Duration::from_millis(rand::random::<u64>() % 100);
+                tokio::time::sleep(delay + jitter).await;
+            }
             attempt += 1;
             match self.control.resume(&self.session_id).await {
                 Ok(Some(token)) => {

@@ -154,3 +154,37 @@ async fn pause_and_start_publication_mid_transfer_lose_nothing() {
         .expect("stop");
     emu.stop().await;
 }
+
+/// A clean socket cut in the middle of a 1 MiB download from the agent-paced emulator, with the
+/// agent's recovery as it is: it is never told that the client came back, and resends only its
+/// oldest unacked message once per 100 ms, so every message lost with the old socket costs a
+/// tick. The client's part is to come back at once (each millisecond away loses about one more
+/// message at the agent's 1 KiB/ms). The time is printed for the record, not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_mid_download_recovers_against_the_agents_one_message_per_tick() {
+    let emu = emulator(Config {
+        faults: Faults {
+            cut_after_frames: Some(300),
+            max_cuts: Some(1),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let api = api(&emu.endpoint()).await;
+    let mut dest = destination().await;
+    let fwd = forward(&api, dest.port, |_| {}).await;
+    let started = Instant::now();
+    let client = exchange(fwd.local_addr(), 1, 1024, MIB, Duration::from_secs(300)).await;
+    let server = report_for(&mut dest, 1, &mut Vec::new()).await;
+    check_exchange(&client, &server, 1024, MIB);
+    let stats = emu.stats();
+    eprintln!(
+        "1 MiB down through one cut: {:.2?}; agent retransmissions {}",
+        started.elapsed(),
+        stats.agent_retransmissions
+    );
+    assert_eq!(stats.sockets_cut, 1, "{stats:?}");
+    assert_eq!(stats.connections, 2, "{stats:?}");
+    fwd.stop().await.expect("stop");
+}

@@ -21,6 +21,10 @@ pub struct TestClient {
     pub closed: Option<ssm_proto::ChannelClosed>,
     pub pauses: usize,
     pub resumes: usize,
+    /// Message types the channel passed over (e.g. `agent_session_state`).
+    pub ignored: Vec<ssm_proto::MessageType>,
+    /// `HeaderLength` of the `channel_closed` frame, as it came off the wire.
+    pub closed_header_length: Option<u32>,
 }
 
 impl TestClient {
@@ -42,13 +46,26 @@ impl TestClient {
             closed: None,
             pauses: 0,
             resumes: 0,
+            ignored: Vec::new(),
+            closed_header_length: None,
         }
     }
 
-    async fn flush(&mut self) {
+    /// Replaces the socket with a new one opened with `token` (after ResumeSession), keeping
+    /// the channel's sequence state; like the agent, this client does not resend on its own.
+    pub async fn reconnect(&mut self, url: &str, token: &str, client_version: &str) {
+        let fresh = Self::connect(url, token, client_version).await;
+        self.ws = fresh.ws;
+    }
+
+    /// Writes what the channel queued; false when the socket is gone.
+    async fn flush(&mut self) -> bool {
         while let Some(f) = self.channel.poll_transmit() {
-            self.ws.send(Message::binary(f)).await.unwrap();
+            if self.ws.send(Message::binary(f)).await.is_err() {
+                return false;
+            }
         }
+        true
     }
 
     /// Processes socket traffic until `done` says so or `limit` passes; panics on timeout and
@@ -64,14 +81,20 @@ impl TestClient {
     pub async fn run_until_or_end(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            self.flush().await;
+            let open = self.flush().await;
             if done(self) {
                 return true;
+            }
+            if !open {
+                return false;
             }
             let timer = self.channel.poll_timeout().map(tokio::time::Instant::from_std);
             tokio::select! {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Binary(b))) => {
+                        if b.get(4..18) == Some(b"channel_closed".as_slice()) {
+                            self.closed_header_length = b.get(..4).map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
+                        }
                         let _ = self.channel.handle_frame(Instant::now(), &b);
                         while let Some(ev) = self.channel.poll_event() {
                             match ev {
@@ -79,7 +102,7 @@ impl TestClient {
                                 Event::ChannelClosed(c) => self.closed = Some(c),
                                 Event::Paused => self.pauses += 1,
                                 Event::Resumed => self.resumes += 1,
-                                Event::Ignored(_) => {}
+                                Event::Ignored(t) => self.ignored.push(t),
                             }
                         }
                     }
