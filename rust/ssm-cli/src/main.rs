@@ -64,6 +64,10 @@ struct AwsArgs {
     /// follow AWS_ENDPOINT_URL_EC2 and AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT).
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
+    /// PEM file of CA certificates to trust besides the system's, for the AWS API calls and the
+    /// session's WebSocket alike (a private CA, a TLS-inspecting proxy).
+    #[arg(long, global = true, value_name = "FILE", env = "AWS_CA_BUNDLE")]
+    ca_bundle: Option<std::path::PathBuf>,
     /// DNS server for DNS-name targets, ADDR or ADDR:PORT (default: the system's resolver).
     #[arg(long, global = true, value_name = "ADDR:PORT", value_parser = |s: &str| ssm_session::parse_dns_server(s).map_err(|e| e.to_string()))]
     dns_server: Option<SocketAddr>,
@@ -75,6 +79,7 @@ impl Cli {
             aws: AwsOptions {
                 profile: self.aws.profile.clone(),
                 region: self.aws.region.clone(),
+                ca_bundle: self.aws.ca_bundle.clone(),
                 ..AwsOptions::default()
             },
             endpoints: Endpoints {

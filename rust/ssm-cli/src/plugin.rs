@@ -139,6 +139,11 @@ fn prepare(args: &[String]) -> Result<Prepared, Failure> {
             aws: AwsOptions {
                 profile,
                 region,
+                // The AWS CLI's own environment, which it hands down: the CLI trusted the bundle
+                // for StartSession, and the stream URL it got is dialled trusting it too.
+                ca_bundle: std::env::var_os("AWS_CA_BUNDLE")
+                    .filter(|v| !v.is_empty())
+                    .map(Into::into),
                 ..AwsOptions::default()
             },
             endpoints: Endpoints {

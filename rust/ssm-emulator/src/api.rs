@@ -31,12 +31,16 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .with_state(shared)
 }
 
+/// `StartSessionRequest` of the botocore SSM model (2014-11-06). Every member is optional
+/// here so that a missing `Target` gets the service's answer, not a parse error.
 #[derive(Deserialize)]
 struct StartSessionRequest {
-    #[serde(rename = "Target")]
-    target: String,
+    #[serde(rename = "Target", default)]
+    target: Option<String>,
     #[serde(rename = "DocumentName", default)]
     document_name: Option<String>,
+    #[serde(rename = "Reason", default)]
+    reason: Option<String>,
     #[serde(rename = "Parameters", default)]
     parameters: HashMap<String, Vec<String>>,
 }
@@ -90,18 +94,142 @@ async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: By
 
 const VALIDATION: &str = "ValidationException";
 
+/// A constraint violation as AWS words it in a `ValidationException`:
+/// `Value 'x' at 'member' failed to satisfy constraint: Member must …`.
+fn violation(value: Option<&str>, member: &str, constraint: &str) -> String {
+    match value {
+        Some(v) => format!("Value '{v}' at '{member}' failed to satisfy constraint: {constraint}"),
+        None => format!("Value null at '{member}' failed to satisfy constraint: {constraint}"),
+    }
+}
+
+/// The length constraint of a model string shape (`min`, `max`), if `value` breaks it.
+fn length_violation(value: &str, min: usize, max: usize) -> Option<String> {
+    let n = value.chars().count();
+    if n < min {
+        Some(format!("Member must have length greater than or equal to {min}"))
+    } else if n > max {
+        Some(format!("Member must have length less than or equal to {max}"))
+    } else {
+        None
+    }
+}
+
+/// `DocumentARN`: `^[a-zA-Z0-9_\-.:/]{3,128}$`.
+const DOCUMENT_PATTERN: &str = r"^[a-zA-Z0-9_\-.:/]{3,128}$";
+
+fn document_name_matches(name: &str) -> bool {
+    (3..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'/'))
+}
+
+/// The members' constraints of `StartSessionRequest` in the botocore SSM model, checked the way
+/// the service checks them before anything else: all at once, reported together.
+fn start_session_violations(req: &StartSessionRequest) -> Vec<String> {
+    let mut out = Vec::new();
+    // `Target`: required, shape `SessionTarget` (length 1..400, no pattern).
+    match req.target.as_deref() {
+        None => out.push(violation(None, "target", "Member must not be null")),
+        Some(t) => out.extend(length_violation(t, 1, 400).map(|c| violation(Some(t), "target", &c))),
+    }
+    // `DocumentName`: shape `DocumentARN`, a pattern that also bounds the length.
+    if let Some(d) = req.document_name.as_deref()
+        && !document_name_matches(d)
+    {
+        let c = format!("Member must satisfy regular expression pattern: {DOCUMENT_PATTERN}");
+        out.push(violation(Some(d), "documentName", &c));
+    }
+    // `Reason`: shape `SessionReason`, length 1..256 and pattern `^.{1,256}$` (`.` is no line
+    // terminator).
+    if let Some(r) = req.reason.as_deref() {
+        if let Some(c) = length_violation(r, 1, 256) {
+            out.push(violation(Some(r), "reason", &c));
+        } else if r.contains(['\n', '\r', '\u{85}', '\u{2028}', '\u{2029}']) {
+            out.push(violation(
+                Some(r),
+                "reason",
+                "Member must satisfy regular expression pattern: ^.{1,256}$",
+            ));
+        }
+    }
+    // `Parameters`: `SessionManagerParameters`, keys `SessionManagerParameterName` (1..255),
+    // values lists of `SessionManagerParameterValue` (1..65535).
+    let keys_bad = req.parameters.keys().any(|k| length_violation(k, 1, 255).is_some());
+    let values_bad = req
+        .parameters
+        .values()
+        .flatten()
+        .any(|v| length_violation(v, 1, 65535).is_some());
+    if keys_bad || values_bad {
+        let mut entries: Vec<String> = req
+            .parameters
+            .iter()
+            .map(|(k, v)| format!("{k}=[{}]", v.join(", ")))
+            .collect();
+        entries.sort();
+        let shown = format!("{{{}}}", entries.join(", "));
+        if keys_bad {
+            out.push(violation(
+                Some(&shown),
+                "parameters",
+                "Map keys must satisfy constraint: [Member must have length less than or equal to 255, \
+                 Member must have length greater than or equal to 1]",
+            ));
+        }
+        if values_bad {
+            out.push(violation(
+                Some(&shown),
+                "parameters",
+                "Map value must satisfy constraint: [Member must satisfy constraint: [Member must have \
+                 length less than or equal to 65535, Member must have length greater than or equal to 1]]",
+            ));
+        }
+    }
+    out
+}
+
+/// `N validation error(s) detected: …; …`, the service's `ValidationException`.
+fn validation_error(violations: &[String]) -> Response {
+    let n = violations.len();
+    let plural = if n == 1 { "" } else { "s" };
+    reply::json_error(
+        VALIDATION,
+        &format!("{n} validation error{plural} detected: {}", violations.join("; ")),
+    )
+}
+
+/// The document a `DocumentName` means: a name, or the ARN of one
+/// (`arn:<partition>:ssm:<region>:<account>:document/<name>`, which `DocumentARN` allows).
+fn document_of(name: &str) -> &str {
+    match name.strip_prefix("arn:") {
+        Some(rest) if rest.contains(":ssm:") => rest.rsplit_once(":document/").map_or(name, |(_, n)| n),
+        _ => name,
+    }
+}
+
 fn start_session(shared: &Arc<Shared>, req: StartSessionRequest, signer: Signer) -> Response {
-    if req.target.is_empty() || req.target.len() > 400 {
-        return reply::json_error(VALIDATION, "Target must be 1..400 characters");
+    let violations = start_session_violations(&req);
+    if !violations.is_empty() {
+        return validation_error(&violations);
     }
-    let document = req.document_name.unwrap_or_default();
+    let target = req.target.unwrap_or_default();
+    let document = req
+        .document_name
+        .as_deref()
+        .map(document_of)
+        .unwrap_or_default()
+        .to_owned();
     if !document.is_empty() && !DOCUMENTS.contains(&document.as_str()) {
-        return reply::json_error("InvalidDocument", &format!("document {document} is not emulated"));
+        // `InvalidDocument` ("The specified SSM document doesn't exist.", botocore model).
+        return reply::json_error("InvalidDocument", &format!("Document {document} does not exist."));
     }
-    if !shared.target_known(&req.target) {
-        return reply::json_error("TargetNotConnected", &format!("{} is not connected.", req.target));
+    if !shared.target_known(&target) {
+        // `TargetNotConnected`, the service's answer for any target without a connected agent.
+        return reply::json_error("TargetNotConnected", &format!("{target} is not connected."));
     }
-    let (session_id, token) = shared.create_session(&req.target, &document, req.parameters, signer);
+    let (session_id, token) = shared.create_session(&target, &document, req.parameters, signer);
     // The agent starts on dispatch, before the client connects (its clocks run from here).
     agent::dispatch(shared, &session_id);
     reply::json(json!({

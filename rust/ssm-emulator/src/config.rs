@@ -76,7 +76,8 @@ pub struct Config {
     pub resume_ended: ResumeEnded,
     /// Remote port → local port, for destinations of port sessions (e.g. 22 → a test sshd).
     pub port_map: std::collections::BTreeMap<u16, u16>,
-    /// Targets accepted by `StartSession`; empty accepts any `i-…`/`mi-…` id.
+    /// Targets accepted by `StartSession`; empty accepts any id the agent can register with:
+    /// `i-…`, `mi-…` and ECS tasks' `ecs:<cluster>_<task-id>_<runtime-id>`.
     pub targets: Vec<String>,
     /// Host that destinations without an explicit `host` are dialled on (the "instance").
     pub instance_host: String,
@@ -123,6 +124,15 @@ pub struct Config {
     pub authorized_keys: Option<std::path::PathBuf>,
     /// How long a pushed key stays in the file: 60 000 ms as in EC2 Instance Connect.
     pub instance_connect_ttl_ms: u64,
+    /// Serve TLS as AWS does: the API at `https://`, `StreamUrl`s as `wss://` (§1.1), with a
+    /// certificate from a test CA made at start ([`crate::Emulator::ca_pem`]).
+    ///
+    /// Off by default, unlike AWS, for one reason: every suite that is not about TLS (the Rust
+    /// tests, the C ABI tests and Pester, which start the emulator binary) would otherwise have to
+    /// hand each client the CA. Plain `http://`/`ws://` reaches no client path that AWS would not:
+    /// the client accepts plain URLs for loopback hosts only (design §7), and the TLS dial of both
+    /// the SDK and the data channel is what the TLS end-to-end tests run against this option.
+    pub tls: bool,
 }
 
 impl Default for Config {
@@ -150,6 +160,7 @@ impl Default for Config {
             inventory: Vec::new(),
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,
+            tls: false,
         }
     }
 }

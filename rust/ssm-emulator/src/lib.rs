@@ -1,6 +1,6 @@
 //! A loopback stand-in for the AWS side of Session Manager, for tests and the demo.
 //!
-//! What it is: one HTTP server on 127.0.0.1 that answers the SSM API calls a client makes
+//! What it is: one HTTP server on 127.0.0.1 (HTTPS with [`Config::tls`]) that answers the SSM API calls a client makes
 //! (`StartSession`, `ResumeSession`, `TerminateSession` over awsJson1.1, §1.1, §11.1) and serves
 //! the data-channel WebSocket playing MGS and the SSM Agent together (§11.2, §11.3): the
 //! handshake with a configurable agent version, port sessions in basic and smux mode chosen as the
@@ -25,6 +25,7 @@ mod port;
 mod reply;
 mod shell;
 mod state;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,7 @@ pub use state::{EmulatorStats, SessionInfo};
 pub struct Emulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    ca_pem: Option<String>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -57,20 +59,45 @@ impl Emulator {
     pub async fn bind(config: Config, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let pki = if config.tls { Some(tls::issue(addr.ip())?) } else { None };
         let shared = Arc::new(Shared::new(config, addr));
         let app = api::router(shared.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = rx.await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!("emulator server stopped: {e}");
+        let ca_pem = pki.as_ref().map(|p| p.ca_pem.clone());
+        let task = match pki {
+            None => tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                    let _ = rx.await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("emulator server stopped: {e}");
+                }
+            }),
+            Some(pki) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_config(pki.server);
+                let handle = axum_server::Handle::new();
+                let server =
+                    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?.handle(handle.clone());
+                tokio::spawn(async move {
+                    let serve = server.serve(app.into_make_service());
+                    tokio::pin!(serve);
+                    let outcome = tokio::select! {
+                        outcome = &mut serve => outcome,
+                        _ = rx => {
+                            handle.graceful_shutdown(None);
+                            serve.await
+                        }
+                    };
+                    if let Err(e) = outcome {
+                        tracing::error!("emulator server stopped: {e}");
+                    }
+                })
             }
-        });
+        };
         Ok(Self {
             addr,
             shared,
+            ca_pem,
             shutdown: Some(tx),
             task: Some(task),
         })
@@ -81,9 +108,17 @@ impl Emulator {
         self.addr
     }
 
-    /// Base URL of the API endpoints (SSM and the control routes).
+    /// Base URL of the API endpoints (SSM and the control routes): `https://` with
+    /// [`Config::tls`], else `http://`.
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.ca_pem.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// With [`Config::tls`]: the PEM certificate of the test CA that signed the server's
+    /// certificate, for clients to trust (as `AWS_CA_BUNDLE`). `None` when serving plain HTTP.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// Replaces the fault settings for frames from now on.

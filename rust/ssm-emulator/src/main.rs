@@ -43,6 +43,13 @@ struct Args {
     /// How long a pushed EC2 Instance Connect key stays valid, in milliseconds.
     #[arg(long)]
     instance_connect_ttl_ms: Option<u64>,
+    /// Serve HTTPS and wss:// stream URLs, as AWS does, with a certificate from a test CA made
+    /// at start; its PEM is in the JSON line (`ca_pem`) and, with --ca-file, in that file.
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: write the test CA's certificate (PEM) to this file, for AWS_CA_BUNDLE.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca_file: Option<std::path::PathBuf>,
     /// Address to listen on (loopback only unless you mean it).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
@@ -98,14 +105,21 @@ async fn main() -> anyhow::Result<()> {
     if let Some(ms) = args.instance_connect_ttl_ms {
         config.instance_connect_ttl_ms = ms;
     }
+    if args.tls {
+        config.tls = true;
+    }
 
     let emulator = Emulator::bind(config, args.listen)
         .await
         .context("binding the listener")?;
+    if let (Some(path), Some(pem)) = (&args.ca_file, emulator.ca_pem()) {
+        std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    }
     let line = serde_json::json!({
         "endpoint": emulator.endpoint(),
         "port": emulator.addr().port(),
         "pid": std::process::id(),
+        "ca_pem": emulator.ca_pem(),
     });
     {
         let mut out = std::io::stdout().lock();

@@ -149,8 +149,15 @@ impl Shared {
         }
     }
 
+    /// The `StreamUrl` of `StartSession` and `ResumeSession`: AWS's form
+    /// (`wss://ssmmessages.<region>.amazonaws.com/v1/data-channel/<id>?role=publish_subscribe`,
+    /// §1.1) on this listener, `ws://` when not serving TLS.
     pub(crate) fn stream_url(&self, session_id: &str) -> String {
-        format!("ws://{}/v1/data-channel/{session_id}?role=publish_subscribe", self.addr)
+        let scheme = if self.config.tls { "wss" } else { "ws" };
+        format!(
+            "{scheme}://{}/v1/data-channel/{session_id}?role=publish_subscribe",
+            self.addr
+        )
     }
 
     fn new_token(&self, session_id: &str) -> String {
@@ -312,7 +319,7 @@ impl Shared {
             return i.state == InstanceState::Running;
         }
         if self.config.targets.is_empty() {
-            return target.starts_with("i-") || target.starts_with("mi-");
+            return target.starts_with("i-") || target.starts_with("mi-") || ecs_target(target);
         }
         self.config.targets.iter().any(|t| t == target)
     }
@@ -331,6 +338,23 @@ impl Shared {
             .unwrap_or_else(|| self.config.instance_host.clone());
         (host, port)
     }
+}
+
+/// An ECS task container as the agent inside it names itself,
+/// `ecs:<cluster>_<task-id>_<container-runtime-id>` (`InstanceID` in
+/// `common/identity/availableidentities/ecs/ecs_identity.go` of aws/amazon-ssm-agent), which is
+/// what ECS Exec starts sessions with. Cluster names may hold `_` themselves, so the ids are
+/// taken from the right.
+pub(crate) fn ecs_target(target: &str) -> bool {
+    let Some(rest) = target.strip_prefix("ecs:") else {
+        return false;
+    };
+    let mut parts = rest.rsplitn(3, '_');
+    let (Some(runtime), Some(task), Some(cluster)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    id(runtime) && id(task) && id(cluster.replace('_', "-").as_str())
 }
 
 /// Counters over the emulator's life.
@@ -391,6 +415,27 @@ mod tests {
             (s.access_key_id.as_str(), s.region.as_str()),
             ("AKIDPROFILE", "eu-west-1")
         );
+    }
+
+    #[test]
+    fn ecs_targets_are_cluster_task_and_runtime_ids() {
+        for ok in [
+            "ecs:prod_0123456789abcdef0123456789abcdef_0123456789abcdef0123456789abcdef-1234567890",
+            "ecs:my_cluster_9781c248-0edd-4cdb-9a93-f63cb662a5d3_1234567890",
+        ] {
+            assert!(super::ecs_target(ok), "{ok}");
+        }
+        for bad in [
+            "ecs:",
+            "ecs:prod",
+            "ecs:prod_task",
+            "ecs:_task_runtime",
+            "ecs:prod_task_",
+            "ecs:a b_t_r",
+            "i-0123",
+        ] {
+            assert!(!super::ecs_target(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -61,6 +61,139 @@ async fn start_session_validates_target_and_document() {
     assert!(!body["TokenValue"].as_str().unwrap().is_empty());
 }
 
+/// StartSession with `body`; (status, `__type`, message).
+async fn start(emu: &ssm_emulator::Emulator, body: serde_json::Value) -> (u16, String, String) {
+    let (status, reply) = aws_call(emu.addr(), "StartSession", body).await;
+    let text = |k: &str| reply[k].as_str().unwrap_or_default().to_owned();
+    (status, text("__type"), text("message"))
+}
+
+/// A `ValidationException` whose message reports exactly `violations` in AWS's words.
+fn assert_validation(got: (u16, String, String), violations: &[&str]) {
+    let (status, kind, message) = got;
+    assert_eq!((status, kind.as_str()), (400, "ValidationException"), "{message}");
+    let n = violations.len();
+    let head = format!("{n} validation error{} detected: ", if n == 1 { "" } else { "s" });
+    assert!(message.starts_with(&head), "{message}");
+    for v in violations {
+        assert!(message.contains(v), "{message:?} lacks {v:?}");
+    }
+    assert_eq!(message.matches("failed to satisfy constraint").count(), n, "{message}");
+}
+
+#[tokio::test]
+async fn start_session_checks_the_request_as_the_api_model_declares() {
+    let emu = emulator(Config::default()).await;
+    let ok = |v: serde_json::Value| {
+        let emu = &emu;
+        async move {
+            let (status, kind, message) = start(emu, v).await;
+            assert_eq!(status, 200, "{kind}: {message}");
+        }
+    };
+    // Target: required, `SessionTarget` 1..400.
+    assert_validation(
+        start(&emu, serde_json::json!({"DocumentName": "AWS-StartSSHSession"})).await,
+        &["Value null at 'target' failed to satisfy constraint: Member must not be null"],
+    );
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": ""})).await,
+        &["Value '' at 'target' failed to satisfy constraint: Member must have length greater than or equal to 1"],
+    );
+    let long = format!("i-{}", "0".repeat(399));
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": long})).await,
+        &["at 'target' failed to satisfy constraint: Member must have length less than or equal to 400"],
+    );
+    // DocumentName: `DocumentARN`'s pattern, which bounds the length too.
+    for bad in ["a b c", "AB", &"A".repeat(129), "AWS-Start*"] {
+        assert_validation(
+            start(&emu, serde_json::json!({"Target": TARGET, "DocumentName": bad})).await,
+            &[format!(
+                "Value '{bad}' at 'documentName' failed to satisfy constraint: Member must satisfy regular \
+                 expression pattern: ^[a-zA-Z0-9_\\-.:/]{{3,128}}$"
+            )
+            .as_str()],
+        );
+    }
+    // A well-formed name of no document is the modelled `InvalidDocument`.
+    let (status, kind, message) = start(
+        &emu,
+        serde_json::json!({"Target": TARGET, "DocumentName": "AWS-NoSuchDocument"}),
+    )
+    .await;
+    assert_eq!((status, kind.as_str()), (400, "InvalidDocument"), "{message}");
+    assert!(message.contains("AWS-NoSuchDocument"), "{message}");
+    // A document ARN names the document.
+    ok(serde_json::json!({"Target": TARGET, "DocumentName": "arn:aws:ssm:us-east-1:123456789012:document/AWS-StartSSHSession", "Parameters": {"portNumber": ["22"]}})).await;
+    // Reason: `SessionReason`, 1..256 and one line.
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": TARGET, "Reason": ""})).await,
+        &["at 'reason' failed to satisfy constraint: Member must have length greater than or equal to 1"],
+    );
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": TARGET, "Reason": "x".repeat(257)})).await,
+        &["at 'reason' failed to satisfy constraint: Member must have length less than or equal to 256"],
+    );
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": TARGET, "Reason": "two\nlines"})).await,
+        &["at 'reason' failed to satisfy constraint: Member must satisfy regular expression pattern: ^.{1,256}$"],
+    );
+    ok(serde_json::json!({"Target": TARGET, "Reason": "ticket 42: database maintenance"})).await;
+    // Parameters: names 1..255, values 1..65535.
+    assert_validation(
+        start(&emu, serde_json::json!({"Target": TARGET, "Parameters": {"": ["22"]}})).await,
+        &["Value '{=[22]}' at 'parameters' failed to satisfy constraint: Map keys must satisfy constraint"],
+    );
+    assert_validation(
+        start(
+            &emu,
+            serde_json::json!({"Target": TARGET, "Parameters": {"portNumber": [""]}}),
+        )
+        .await,
+        &["at 'parameters' failed to satisfy constraint: Map value must satisfy constraint"],
+    );
+    // Everything wrong is reported at once.
+    assert_validation(
+        start(
+            &emu,
+            serde_json::json!({"Target": "", "DocumentName": "no way", "Reason": ""}),
+        )
+        .await,
+        &["at 'target'", "at 'documentName'", "at 'reason'"],
+    );
+    assert_eq!(
+        emu.stats().sessions_started,
+        2,
+        "only the two valid requests started sessions"
+    );
+}
+
+#[tokio::test]
+async fn ecs_task_targets_take_sessions_like_instance_ids() {
+    let emu = emulator(Config::default()).await;
+    // `ecs:<cluster>_<task-id>_<runtime-id>`, the agent's own id in an ECS task.
+    for target in [
+        "ecs:prod_0123456789abcdef0123456789abcdef_0123456789abcdef0123456789abcdef-3681984407",
+        "ecs:my_cluster_9781c248-0edd-4cdb-9a93-f63cb662a5d3_1234567890",
+    ] {
+        let (status, reply) = aws_call(emu.addr(), "StartSession", serde_json::json!({"Target": target})).await;
+        assert_eq!(status, 200, "{target}: {reply}");
+        let sid = reply["SessionId"].as_str().unwrap();
+        let info = emu.sessions().into_iter().find(|s| s.session_id == sid).unwrap();
+        assert_eq!(info.target, target);
+    }
+    for target in ["ecs:prod", "ecs:prod_task", "ecs:_task_runtime", "web-1"] {
+        let (status, kind, message) = start(&emu, serde_json::json!({"Target": target})).await;
+        assert_eq!(
+            (status, kind.as_str()),
+            (400, "TargetNotConnected"),
+            "{target}: {message}"
+        );
+        assert_eq!(message, format!("{target} is not connected."));
+    }
+}
+
 async fn refused_close_code(url: &str, token: &str) -> Option<u16> {
     let mut c = TestClient::connect(url, token, "1.2.650.0").await;
     match tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await.ok()? {
@@ -203,6 +336,7 @@ fn binary_prints_endpoints_and_exits_when_stdin_closes() {
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     let endpoint = v["endpoint"].as_str().unwrap();
     assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+    assert!(v["ca_pem"].is_null(), "plain HTTP has no CA: {v}");
     let port = v["port"].as_u64().unwrap() as u16;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     drop(child.stdin.take());
@@ -222,6 +356,43 @@ fn binary_prints_endpoints_and_exits_when_stdin_closes() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "nothing left listening"
     );
+}
+
+#[test]
+fn binary_with_tls_serves_https_and_writes_its_ca() {
+    // A file of the test kit's, written over by the emulator.
+    let placeholder = CaFile::new("ca.pem", b"");
+    let ca_file = placeholder.path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ssm-emulator"))
+        .args(["--tls", "--ca-file"])
+        .arg(ca_file)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    drop(child.stdin.take());
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let endpoint = v["endpoint"].as_str().unwrap();
+    assert!(endpoint.starts_with("https://127.0.0.1:"), "{endpoint}");
+    let pem = v["ca_pem"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    assert_eq!(std::fs::read_to_string(ca_file).unwrap(), pem);
+    assert!(child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn with_tls_the_endpoint_is_https_and_the_ca_is_handed_out() {
+    // The TLS dial itself is the client's tests' (ssm-session and ssm-cli `tls`).
+    let (emu, ca) = tls_emulator(Config::default()).await;
+    assert_eq!(emu.endpoint(), format!("https://{}", emu.addr()));
+    assert_eq!(std::fs::read_to_string(ca.path()).unwrap(), emu.ca_pem().unwrap());
+    assert!(emulator(Config::default()).await.ca_pem().is_none());
+    assert_eq!(emu.stats().sessions_started, 0);
 }
 
 #[tokio::test]

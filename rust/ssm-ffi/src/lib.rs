@@ -240,6 +240,10 @@ struct ClientRequest {
     session_token: Option<String>,
     credentials_file: Option<String>,
     config_file: Option<String>,
+    /// A PEM file of CA certificates trusted besides the system's, by the AWS calls and the data
+    /// channel (else `AWS_CA_BUNDLE` from `environment`). Not in the export's documentation,
+    /// which the generated bindings copy.
+    ca_bundle: Option<String>,
     dns_server: Option<String>,
     environment: Option<std::collections::HashMap<String, String>>,
 }
@@ -259,6 +263,7 @@ impl ClientRequest {
                 session_token: self.session_token,
                 credentials_file: self.credentials_file.map(Into::into),
                 config_file: self.config_file.map(Into::into),
+                ca_bundle: self.ca_bundle.map(Into::into),
             },
             endpoints: ssm_session::Endpoints {
                 ssm: self.endpoint_url,

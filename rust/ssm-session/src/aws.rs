@@ -13,9 +13,9 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_ssm::error::ProvideErrorMetadata;
-use aws_smithy_http_client::tls;
 
 use crate::error::{Error, Result};
+use crate::tls::{Trust, tls_failure};
 
 /// The loaded AWS configuration, re-exported so that callers need no aws-config dependency.
 pub use aws_config::SdkConfig as Config;
@@ -39,6 +39,9 @@ pub struct AwsOptions {
     pub credentials_file: Option<PathBuf>,
     /// Shared config file in place of the default (`~/.aws/config` or `AWS_CONFIG_FILE`).
     pub config_file: Option<PathBuf>,
+    /// PEM file of CA certificates trusted besides the platform's, by the SDK's HTTPS calls
+    /// and the data channel alike (`AWS_CA_BUNDLE`, as the AWS CLI and SDKs read it).
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl fmt::Debug for AwsOptions {
@@ -51,6 +54,7 @@ impl fmt::Debug for AwsOptions {
             .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
             .field("credentials_file", &self.credentials_file)
             .field("config_file", &self.config_file)
+            .field("ca_bundle", &self.ca_bundle)
             .finish()
     }
 }
@@ -114,16 +118,16 @@ pub fn service_endpoint(config: &SdkConfig, service_id: &str, explicit: Option<&
     }
 }
 
-/// The HTTPS client for every SDK call: rustls with ring and the platform's roots.
-fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https()
+/// Loads the shared SDK configuration for `opts`, trusting what `opts.ca_bundle` adds.
+pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
+    load_config_with(opts, &Trust::load(opts.ca_bundle.as_deref())?).await
 }
 
-/// Loads the shared SDK configuration for `opts`.
-pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
+/// Loads the shared SDK configuration for `opts`; its HTTPS client trusts what `trust` trusts
+/// (made from `opts.ca_bundle` by the caller, who hands the same trust to the data channel).
+pub async fn load_config_with(opts: &AwsOptions, trust: &Trust) -> Result<SdkConfig> {
     crate::install_crypto_provider();
+    let http_client = trust.http_client()?;
     for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM"] {
         if let Ok(v) = std::env::var(var)
             && !v.is_empty()
@@ -131,7 +135,7 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
             check_endpoint(&v, var)?;
         }
     }
-    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client.clone());
     if let Some(p) = &opts.profile {
         loader = loader.profile_name(p);
     }
@@ -150,7 +154,7 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
         // AWS_ACCESS_KEY_ID in the process environment win over it, unlike AWS Tools.
         (None, None) if opts.profile.is_some() || opts.credentials_file.is_some() => {
             let provider_config = ProviderConfig::default()
-                .with_http_client(http_client())
+                .with_http_client(http_client)
                 .with_region(opts.region.clone().map(Region::new));
             let mut b = ProfileFileCredentialsProvider::builder().configure(&provider_config);
             if let Some(p) = &opts.profile {
@@ -220,10 +224,11 @@ pub struct StartedSession {
     pub stream_url: String,
 }
 
-/// The SSM API calls a session needs.
+/// The SSM API calls a session needs, and the trust their stream URLs are dialled with.
 #[derive(Clone, Debug)]
 pub struct SsmApi {
     client: aws_sdk_ssm::Client,
+    trust: Trust,
 }
 
 pub(crate) fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
@@ -235,8 +240,9 @@ where
     let message = match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_owned(),
-        _ => {
-            // Walk the source chain for the most specific text (connection refused, DNS, TLS…).
+        // A certificate problem, said so; else the most specific text of the source chain
+        // (connection refused, DNS…).
+        _ => std::error::Error::source(&e).and_then(tls_failure).unwrap_or_else(|| {
             let mut text = e.to_string();
             let mut src = std::error::Error::source(&e);
             while let Some(s) = src {
@@ -244,7 +250,7 @@ where
                 src = s.source();
             }
             text
-        }
+        }),
     };
     Error::Api {
         operation,
@@ -263,7 +269,15 @@ impl SsmApi {
         }
         Ok(Self {
             client: aws_sdk_ssm::Client::from_conf(b.build()),
+            trust: Trust::default(),
         })
+    }
+
+    /// The same calls; the data channels of their sessions trust what `trust` trusts (the
+    /// trust `config` was loaded with, [`load_config_with`]). Without it, the platform's roots.
+    pub fn with_trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
     }
 
     /// `StartSession`.
@@ -304,9 +318,16 @@ pub trait Control: Send + Sync + 'static {
     fn resume(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>>;
     /// `TerminateSession`.
     fn terminate(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<()>>;
+    /// What the stream URL's TLS certificate is checked against: the API client's trust, since
+    /// the URL came from that API (§2.1).
+    fn trust(&self) -> Trust;
 }
 
 impl Control for SsmApi {
+    fn trust(&self) -> Trust {
+        self.trust.clone()
+    }
+
     fn resume(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>> {
         let id = session_id.to_owned();
         Box::pin(async move {

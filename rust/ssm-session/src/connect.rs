@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
 
-use crate::aws::{AwsOptions, Config, SsmApi, load_config};
+use crate::aws::{AwsOptions, Config, SsmApi, load_config_with};
 use crate::driver::{ChannelOptions, DataChannel, End};
 use crate::error::Result;
 use crate::port::{ForwardOptions, PortForward};
 use crate::resolve::{ResolveOptions, ResolvedTarget, Via, resolve_session_target, resolve_target};
 use crate::shell::ShellOptions;
+use crate::tls::Trust;
 
 /// Endpoint overrides, one per service. `None` leaves the choice to the SDK's own order
 /// (`AWS_ENDPOINT_URL_<SERVICE>`, the profile's `services` section, `AWS_ENDPOINT_URL`, the
@@ -55,8 +56,9 @@ impl Settings {
     /// SDK's order: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`,
     /// `AWS_REGION` then `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_SSM` / `_EC2` /
     /// `_EC2_INSTANCE_CONNECT` each falling back to `AWS_ENDPOINT_URL` (unless
-    /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`), and the access key pair with its
-    /// session token when neither keys nor a profile nor a credentials file were given.
+    /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`), `AWS_CA_BUNDLE`, and the access key
+    /// pair with its session token when neither keys nor a profile nor a credentials file were
+    /// given.
     pub fn with_environment(mut self, env: &HashMap<String, String>) -> Self {
         let get = |name: &str| {
             env.get(name)
@@ -75,6 +77,7 @@ impl Settings {
             .config_file
             .take()
             .or_else(|| get("AWS_CONFIG_FILE").map(PathBuf::from));
+        aws.ca_bundle = aws.ca_bundle.take().or_else(|| get("AWS_CA_BUNDLE").map(PathBuf::from));
         aws.region = aws
             .region
             .take()
@@ -189,8 +192,9 @@ impl Connector {
         self.loaded
             .get_or_try_init(|| async {
                 stage(Stage::LoadingConfig);
-                let config = load_config(&self.settings.aws).await?;
-                let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?;
+                let trust = Trust::load(self.settings.aws.ca_bundle.as_deref())?;
+                let config = load_config_with(&self.settings.aws, &trust).await?;
+                let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?.with_trust(trust);
                 Ok((config, api))
             })
             .await
@@ -318,7 +322,9 @@ mod tests {
         let mut given = Settings::default();
         given.aws.region = Some("eu-west-1".into());
         given.endpoints.ec2 = Some("http://127.0.0.1:1".into());
+        given.aws.ca_bundle = Some(PathBuf::from("given.pem"));
         let s = given.with_environment(&env(&[
+            ("AWS_CA_BUNDLE", "env.pem"),
             ("AWS_REGION", "us-east-1"),
             ("AWS_PROFILE", " dev "),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
@@ -327,6 +333,7 @@ mod tests {
             ("AWS_SECRET_ACCESS_KEY", "secret"),
         ]));
         assert_eq!(s.aws.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(s.aws.ca_bundle, Some(PathBuf::from("given.pem")));
         assert_eq!(s.aws.profile.as_deref(), Some("dev"));
         assert_eq!(s.endpoints.ssm.as_deref(), Some("http://127.0.0.1:2"));
         assert_eq!(s.endpoints.ec2.as_deref(), Some("http://127.0.0.1:1"));
@@ -360,8 +367,10 @@ mod tests {
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
             ("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "TRUE"),
             ("AWS_CONFIG_FILE", "/tmp/c"),
+            ("AWS_CA_BUNDLE", "/tmp/ca.pem"),
             ("AWS_REGION", "  "),
         ]));
+        assert_eq!(s.aws.ca_bundle, Some(PathBuf::from("/tmp/ca.pem")));
         assert_eq!(s.aws.region.as_deref(), Some("ap-south-1"));
         assert_eq!(s.aws.access_key.as_deref(), Some("AKID"));
         assert_eq!(s.aws.secret_key.as_deref(), Some("secret"));

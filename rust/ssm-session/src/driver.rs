@@ -22,6 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::aws::{SharedControl, StartedSession, Token, check_endpoint};
 use crate::error::{Error, Result};
+use crate::tls::{self, Trust};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -170,7 +171,15 @@ impl DataChannel {
     pub async fn open(started: StartedSession, control: SharedControl, opts: ChannelOptions) -> Result<Self> {
         crate::install_crypto_provider();
         let client_id = uuid::Uuid::new_v4().to_string();
-        let ws = dial(&started.stream_url, &started.token, &client_id, &opts.client_version).await?;
+        let trust = control.trust();
+        let ws = dial(
+            &started.stream_url,
+            &trust,
+            &started.token,
+            &client_id,
+            &opts.client_version,
+        )
+        .await?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (start_tx, start_rx) = oneshot::channel();
@@ -183,6 +192,7 @@ impl DataChannel {
         let driver = Driver {
             session_id: started.session_id.clone(),
             stream_url: started.stream_url,
+            trust,
             client_id,
             control: control.clone(),
             channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
@@ -282,14 +292,27 @@ impl Drop for PendingSession {
     }
 }
 
-/// Dials the stream URL and sends the open frame.
-async fn dial(url: &str, token: &Token, client_id: &str, client_version: &str) -> Result<Ws> {
+/// Dials the stream URL (`wss://` trusting what `trust` trusts) and sends the open frame.
+async fn dial(url: &str, trust: &Trust, token: &Token, client_id: &str, client_version: &str) -> Result<Ws> {
     check_endpoint(url, "stream URL")?;
-    let connect = tokio_tungstenite::connect_async(url);
+    let connector = tokio_tungstenite::Connector::Rustls(trust.client_config()?);
+    let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
+        Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(
+            tokio_tungstenite::tungstenite::error::TlsError::Rustls(e),
+        ))) => {
+            return Err(Error::Connect(format!(
+                "cannot open {}: {}",
+                redact_url(url),
+                tls::describe(&e)
+            )));
+        }
         Ok(Err(e)) => {
-            return Err(Error::Connect(format!("cannot open {}: {e}", redact_url(url))));
+            let text = std::error::Error::source(&e)
+                .and_then(tls::tls_failure)
+                .unwrap_or_else(|| e.to_string());
+            return Err(Error::Connect(format!("cannot open {}: {text}", redact_url(url))));
         }
         Err(_) => return Err(Error::DeadlinePassed("opening the data channel")),
     };
@@ -330,6 +353,8 @@ enum StartState {
 struct Driver {
     session_id: String,
     stream_url: String,
+    /// What the stream URL's certificate is checked against, the API client's (§2.1).
+    trust: Trust,
     client_id: String,
     control: SharedControl,
     opts: ChannelOptions,
@@ -638,7 +663,15 @@ impl Driver {
             attempt += 1;
             match self.control.resume(&self.session_id).await {
                 Ok(Some(token)) => {
-                    match dial(&self.stream_url, &token, &self.client_id, &self.opts.client_version).await {
+                    match dial(
+                        &self.stream_url,
+                        &self.trust,
+                        &token,
+                        &self.client_id,
+                        &self.opts.client_version,
+                    )
+                    .await
+                    {
                         Ok(ws) => {
                             tracing::info!(session = %self.session_id, "reconnected after {attempt} attempt(s)");
                             self.ws = Some(ws);

@@ -24,6 +24,7 @@ pub mod port;
 pub mod resolve;
 pub mod shell;
 pub mod stdio;
+pub mod tls;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
 pub use connect::{Connected, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage, StageFn, no_stages};
@@ -32,6 +33,7 @@ pub use error::{Candidate, Error, ErrorKind, Result};
 pub use port::{ForwardOptions, ForwardStats, PortForward};
 pub use resolve::{ResolveOptions, ResolvedTarget, parse_dns_server, resolve_session_target, resolve_target};
 pub use shell::{ShellOptions, ShellOutcome};
+pub use tls::Trust;
 
 /// Makes ring the process-wide rustls provider (idempotent).
 pub fn install_crypto_provider() {

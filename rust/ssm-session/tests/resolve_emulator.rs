@@ -110,6 +110,28 @@ async fn managed_node_ids_pass_through_without_ec2() {
 }
 
 #[tokio::test]
+async fn ecs_task_targets_pass_through_to_start_session_unchanged() {
+    // No inventory: an EC2 lookup would find nothing. `ecs:` is no tag key here.
+    let (emu, cfg, ro) = setup_with(Vec::new()).await;
+    let target = "ecs:prod_0123456789abcdef0123456789abcdef_0123456789abcdef0123456789abcdef-3681984407";
+    let r = resolve(&cfg, &ro, target).await.unwrap();
+    assert_eq!((r.instance_id.as_str(), r.via), (target, Via::EcsTask));
+    let r = ssm_session::resolve_session_target(&cfg, target, &ro).await.unwrap();
+    assert_eq!((r.instance_id.as_str(), &r.via), (target, &Via::Unchecked));
+    let api = ssm_session::SsmApi::new(&cfg, Some(&emu.endpoint())).unwrap();
+    let started = api
+        .start_session(&r.instance_id, None, &std::collections::HashMap::new())
+        .await
+        .unwrap();
+    let info = emu
+        .sessions()
+        .into_iter()
+        .find(|s| s.session_id == started.session_id)
+        .unwrap();
+    assert_eq!(info.target, target);
+}
+
+#[tokio::test]
 async fn ambiguity_is_found_across_pages_and_capped() {
     // 25 instances share a tag; pages of 5 are followed until the list is long enough.
     let inv: Vec<Instance> = (0..25)

@@ -47,3 +47,41 @@ pub fn aws_env() -> [(&'static str, &'static str); 4] {
 pub async fn emulator(config: Config) -> Emulator {
     Emulator::start(config).await.expect("start the emulator")
 }
+
+/// Starts the emulator serving TLS, as AWS does (`https://` API, `wss://` stream URLs), and
+/// writes its test CA to a PEM file for the client to be given (`AWS_CA_BUNDLE`, `--ca-bundle`).
+pub async fn tls_emulator(config: Config) -> (Emulator, CaFile) {
+    let emu = emulator(Config { tls: true, ..config }).await;
+    let pem = emu.ca_pem().expect("a TLS emulator has a CA").to_owned();
+    let ca = CaFile::new("emulator-ca.pem", pem.as_bytes());
+    (emu, ca)
+}
+
+/// A file in a directory of its own, removed on drop: a CA bundle (or something posing as one).
+pub struct CaFile {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+}
+
+impl CaFile {
+    /// Writes `contents` to a new file called `name`.
+    pub fn new(name: &str, contents: &[u8]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("ssmconnect-ca-")
+            .tempdir()
+            .expect("create a temp dir");
+        let path = dir.path().join(name);
+        std::fs::write(&path, contents).expect("write the CA file");
+        Self { _dir: dir, path }
+    }
+
+    /// Where the file is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The path as text, for arguments and environment variables.
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().expect("temp paths are UTF-8")
+    }
+}

@@ -4,7 +4,8 @@
 //! Accepted forms, tried in this order:
 //!
 //! 1. an instance id (`i-` and hex digits) or a managed-node id (`mi-` and hex digits). Managed
-//!    nodes have no EC2 record and are passed through unchanged;
+//!    nodes have no EC2 record and are passed through unchanged; so are ECS task containers,
+//!    `ecs:<cluster>_<task-id>_<runtime-id>` (what ECS Exec starts sessions with);
 //! 2. an IPv4 or IPv6 address (`[…]` brackets allowed): running instances whose primary private
 //!    IPv4 address (`private-ip-address`), public IPv4 address (`ip-address`) or IPv6 address
 //!    (`network-interface.ipv6-addresses.ipv6-address`) it is;
@@ -70,6 +71,8 @@ pub enum Via {
     InstanceId,
     /// A managed-node id, passed through.
     ManagedNode,
+    /// An ECS task container id (`ecs:…`), passed through.
+    EcsTask,
     /// An id passed through without any lookup ([`resolve_session_target`]).
     Unchecked,
     /// A `key:value` tag.
@@ -100,6 +103,7 @@ impl fmt::Display for Via {
         match self {
             Via::InstanceId => f.write_str("instance id"),
             Via::ManagedNode => f.write_str("managed node id"),
+            Via::EcsTask => f.write_str("ECS task id"),
             Via::Unchecked => f.write_str("id, not looked up"),
             Via::Tag { key, value } => write!(f, "tag {key}={value}"),
             Via::Address(ip) => write!(f, "address {ip}"),
@@ -182,6 +186,7 @@ async fn resolve_parsed(
     };
     match parsed {
         TargetSpec::ManagedNode(id) => Ok(ResolvedTarget::bare(&id, Via::ManagedNode)),
+        TargetSpec::EcsTask(id) => Ok(ResolvedTarget::bare(&id, Via::EcsTask)),
         TargetSpec::InstanceId(id) => {
             let q = [Query {
                 filters: vec![filter("instance-id", [id.clone()])],

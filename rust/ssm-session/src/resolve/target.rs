@@ -12,6 +12,9 @@ pub enum TargetSpec {
     InstanceId(String),
     /// `mi-…`.
     ManagedNode(String),
+    /// `ecs:<cluster>_<task-id>_<runtime-id>`: a container of an ECS task, as its agent
+    /// registers itself and as ECS Exec starts sessions with it (§1.1).
+    EcsTask(String),
     /// `key:value`.
     Tag {
         /// Tag key.
@@ -38,6 +41,22 @@ pub(super) fn txt_id(token: &str) -> Option<&str> {
         })
     };
     (ok("i-", &[8, 17]) || ok("mi-", &[17])).then_some(token)
+}
+
+/// `ecs:` + cluster + `_` + task id + `_` + container runtime id, the id the agent in an ECS
+/// task gives itself. Cluster names may contain `_`, so the two ids are taken from the right;
+/// each part is letters, digits and `-` (and `_` in the cluster name).
+fn ecs_task(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("ecs:") else {
+        return false;
+    };
+    let mut parts = rest.rsplitn(3, '_');
+    let (Some(runtime), Some(task), Some(cluster)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let id =
+        |p: &str, extra: u8| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == extra);
+    id(runtime, b'-') && id(task, b'-') && id(cluster, b'_')
 }
 
 fn valid_dns_name(s: &str) -> bool {
@@ -70,6 +89,10 @@ impl TargetSpec {
         if hex_id(s, "mi-") {
             return Ok(Self::ManagedNode(s.to_owned()));
         }
+        // Before `key:value`: an ECS task id is no tag named `ecs`.
+        if ecs_task(s) {
+            return Ok(Self::EcsTask(s.to_owned()));
+        }
         let unbracketed = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
         if let Ok(ip) = unbracketed.parse::<IpAddr>() {
             return Ok(Self::Address(ip));
@@ -97,7 +120,7 @@ impl TargetSpec {
     /// Whether this is an id that a session can use as it is.
     pub fn id(&self) -> Option<&str> {
         match self {
-            Self::InstanceId(id) | Self::ManagedNode(id) => Some(id),
+            Self::InstanceId(id) | Self::ManagedNode(id) | Self::EcsTask(id) => Some(id),
             _ => None,
         }
     }
@@ -132,6 +155,19 @@ mod tests {
                 value: "https://x".into()
             }
         );
+        let ecs = "ecs:prod_0123456789abcdef0123456789abcdef_0123456789abcdef0123456789abcdef-3681984407";
+        assert_eq!(p(ecs), EcsTask(ecs.into()));
+        assert_eq!(p(ecs).id(), Some(ecs));
+        assert_eq!(p("ecs:my_cluster_t1_r1"), EcsTask("ecs:my_cluster_t1_r1".into()));
+        // Not three ids: still a tag named `ecs`.
+        assert_eq!(
+            p("ecs:web"),
+            Tag {
+                key: "ecs".into(),
+                value: "web".into()
+            }
+        );
+        assert_eq!(p("ecs:a_b").id(), None);
         assert_eq!(p("web.example.com"), DnsName("web.example.com".into()));
         assert_eq!(p("web.example.com."), DnsName("web.example.com.".into()));
         assert_eq!(p("i-notanid.example"), DnsName("i-notanid.example".into()));
