@@ -347,6 +347,29 @@ async fn a_script_on_stdin_sees_a_terminal_size() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn multibyte_output_in_messages_over_1024_bytes_arrives_intact() {
+    // The agent's pacing: reads of 1024 bytes end inside 3-byte characters, whose held-back
+    // bytes go out in front of the next read, in messages of up to 1027 bytes (§6.5).
+    let emu = emulator().await;
+    let endpoint = emu.endpoint();
+    let out = tokio::task::spawn_blocking(move || {
+        run_piped(
+            &endpoint,
+            b"stty -echo; printf 'begin\\n'; printf '\\342\\202\\254%.0s' $(seq 1 20000); printf '\\nend\\n'\n",
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).expect("the output is whole UTF-8");
+    let expected = format!("begin\r\n{}\r\nend", "\u{20ac}".repeat(20000));
+    assert!(
+        stdout.contains(&expected),
+        "{} bytes of output lack the text",
+        stdout.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_megabyte_of_output_arrives_intact_and_eof_ends_the_session() {
     let emu = ssm_testkit::emulator(Config {
         shell_start_delay_ms: 0,
