@@ -156,9 +156,10 @@ async fn pump(dc: DataChannel, mut local: mpsc::Receiver<Local>, interactive: bo
     let (sender, mut rx, driver) = dc.into_parts();
     // Always, also for piped stdin: the agent starts the pty without a size (§6.4), and
     // programs there would see 0 columns. Later changes come only from a terminal.
-    sender.send(PayloadType::Size, terminal_size().to_json()).await?;
+    // A send fails only once the driver has ended (a command that exits at once can end the
+    // session first): input stops, and the driver's result below says how the session ended.
+    let mut input_open = sender.send(PayloadType::Size, terminal_size().to_json()).await.is_ok();
     let mut exit_code = None;
-    let mut input_open = true;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     loop {
@@ -182,14 +183,14 @@ async fn pump(dc: DataChannel, mut local: mpsc::Receiver<Local>, interactive: bo
                     if interactive && bytes == b"\n" {
                         bytes = b"\r".to_vec();
                     }
-                    sender.send(PayloadType::Output, bytes).await?;
+                    input_open = sender.send(PayloadType::Output, bytes).await.is_ok();
                 }
-                Some(Local::Resize(size)) => sender.send(PayloadType::Size, size.to_json()).await?,
+                Some(Local::Resize(size)) => input_open = sender.send(PayloadType::Size, size.to_json()).await.is_ok(),
                 Some(Local::Eof) | None => {
                     input_open = false;
                     if !interactive {
                         // End of the script: Ctrl+D at the remote shell's prompt ends it.
-                        sender.send(PayloadType::Output, vec![0x04]).await?;
+                        let _ = sender.send(PayloadType::Output, vec![0x04]).await;
                     }
                 }
             },
