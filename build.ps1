@@ -432,7 +432,7 @@ function Invoke-Demo {
         $demo = "`$env:AWS_ENDPOINT_URL = '$endpoint'; Import-Module '$manifest'; " +
             "Start-SSMShellSession -Target Name:demo -Region us-east-1 " +
             "-AccessKey AKIDEXAMPLE -SecretKey wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY; " +
-            "'remote shell exited with ' + `$LASTEXITCODE"
+            "'the shell session ended'"
         $pwsh = Get-Pwsh
         $rest = @($pwsh | Select-Object -Skip 1)
         & $pwsh[0] @rest -NoProfile -Command $demo

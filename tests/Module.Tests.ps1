@@ -283,8 +283,9 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             Set-Content -LiteralPath (Join-Path $work 'setup.sh') -Value "echo from-setup-`$((6*7))`nexit 3"
             $line = ($Code -split '\r?\n' | Where-Object { $_ -match '^\$ ' } | Select-Object -First 1).Substring(2)
             $script = "Set-Location '$work'; & /bin/sh -c '$($line -replace "'", "''")'; if (`$LASTEXITCODE) { throw `"sh exited with `$LASTEXITCODE`" }"
-            # -PassThru writes the exit code, after the remote shell's last prompt when it left one.
-            $expect = 'from-setup-42', '(?m)^(#\s*|\$\s*)?3\s*$'
+            # The agent reports no exit code for shells: 10 (unknown), not the script's 3, printed
+            # after the remote shell's last prompt when it left one.
+            $expect = 'from-setup-42', '(?m)^(#\s*|\$\s*)?status: 10\s*$'
         }
         else {
             $script = ConvertTo-TestCode $Code

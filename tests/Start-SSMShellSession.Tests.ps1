@@ -1,5 +1,6 @@
 # Start-SSMShellSession: an interactive shell in a real terminal (tmux), the non-interactive mode
-# with stdin redirected, -WhatIf and errors. The emulator runs sh in a pty.
+# with stdin redirected, -WhatIf and errors. The emulator runs sh in a pty and, like the agent,
+# reports no exit code for it ($LASTEXITCODE 10) unless told to invent one.
 
 BeforeDiscovery {
     Import-Module (Join-Path $PSScriptRoot 'TestHelpers.psm1') -Force -Global
@@ -16,13 +17,19 @@ BeforeAll {
     $manifest = Get-TestModuleManifest
     $pwsh = Get-PwshCommandLine
     # The command line a child pwsh runs to open the shell.
-    $shellCommand = "Import-Module '$($manifest -replace "'", "''")'; " +
-        "Start-SSMShellSession -Target $instance -EndpointUrl '$($emu.Endpoint)' -Region $($aws.Region) " +
+    function Get-ShellCommand($Emulator) {
+        "Import-Module '$($manifest -replace "'", "''")'; " +
+        "Start-SSMShellSession -Target $instance -EndpointUrl '$($Emulator.Endpoint)' -Region $($aws.Region) " +
         "-AccessKey $($aws.AccessKey) -SecretKey '$($aws.SecretKey)'"
+    }
+    $shellCommand = Get-ShellCommand $emu
+    # Sends EXIT_CODE at the end of shells, which the agent never does: for the plumbing.
+    $inventing = Start-Emulator -Config @{ invent_shell_exit_code = $true }
 }
 
 AfterAll {
     Stop-Emulator $emu
+    Stop-Emulator $inventing
 }
 
 Describe 'Start-SSMShellSession' {
@@ -46,8 +53,9 @@ Describe 'Start-SSMShellSession' {
         }
     }
 
-    It 'streams redirected stdin to the remote shell and returns its exit code' -Skip:(-not $unix) {
-        $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$shellCommand -PassThru; 'exit-code=' + `$LASTEXITCODE"
+    It 'streams redirected stdin to the remote shell; no exit code comes back, so $LASTEXITCODE is 10 and -PassThru writes $null' -Skip:(-not $unix) {
+        $command = "`$r = `$($shellCommand -PassThru); 'passthru-null=' + (`$null -eq `$r) + '; exit-code=' + `$LASTEXITCODE"
+        $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
         $p = [System.Diagnostics.Process]::Start($psi)
         $stderr = $p.StandardError.ReadToEndAsync()
         $p.StandardInput.WriteLine('echo streamed-$((6*7))')
@@ -60,6 +68,21 @@ Describe 'Start-SSMShellSession' {
         $exited | Should -BeTrue
         $code | Should -Be 0 -Because $stderr.Result
         $stdout.Result | Should -Match 'streamed-42'
+        $stdout.Result | Should -Match 'passthru-null=True; exit-code=10'
+    }
+
+    It 'returns an exit code the agent reports, in $LASTEXITCODE and with -PassThru' -Skip:(-not $unix) {
+        $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$(Get-ShellCommand $inventing) -PassThru; 'exit-code=' + `$LASTEXITCODE"
+        $p = [System.Diagnostics.Process]::Start($psi)
+        $stderr = $p.StandardError.ReadToEndAsync()
+        $p.StandardInput.WriteLine('exit 4')
+        $p.StandardInput.Close()
+        $stdout = $p.StandardOutput.ReadToEndAsync()
+        $exited = $p.WaitForExit(60000)
+        $code = if ($exited) { $p.ExitCode }
+        Stop-TestProcess $p
+        $exited | Should -BeTrue
+        $code | Should -Be 0 -Because $stderr.Result
         $stdout.Result | Should -Match 'exit-code=4'
         # -PassThru writes the exit code (after the remote shell's last prompt, when it left one).
         $stdout.Result | Should -Match '(?m)^(#\s*|\$\s*)?4\s*$'
@@ -77,18 +100,20 @@ Describe 'Start-SSMShellSession' {
             $reservations = @(Get-TestEC2Instance -Endpoint $Endpoint -Filter @{ Name = 'tag:Name'; Values = 'demo' })
             "types=$($reservations[0].GetType().FullName),$($reservations[0].Instances[0].GetType().FullName)"
             # The first session reads stdin to its end; the second finds it at end of file.
+            # No exit code comes from a shell: -PassThru writes $null and $LASTEXITCODE is 10.
             $first = $reservations | Start-SSMShellSession -PassThru @aws
-            "first=$($first | Select-Object -Last 1)"
+            "first=$($null -eq $first),$LASTEXITCODE"
+            $global:LASTEXITCODE = 0
             $second = $reservations | Select-Object -ExpandProperty Instances | Start-SSMShellSession -PassThru @aws
-            "second=$($second | Select-Object -Last 1)"
+            "second=$($null -eq $second),$LASTEXITCODE"
         }
         $child.ExitCode | Should -Be 0 -Because $child.Errors
         $child.Output | Should -Contain 'types=Amazon.EC2.Model.Reservation,Amazon.EC2.Model.Instance'
         # The remote shell's last prompt may stand before the next line of output.
         $all = $child.Output -join "`n"
         $all | Should -Match 'piped-42'
-        $all | Should -Match '(?m)^(#\s*|\$\s*)?first=3$'
-        $all | Should -Match '(?m)^(#\s*|\$\s*)?second=0$'
+        $all | Should -Match '(?m)^(#\s*|\$\s*)?first=True,10$'
+        $all | Should -Match '(?m)^(#\s*|\$\s*)?second=True,10$'
         $sessions = @(Get-EmulatorSession $emu | Where-Object session_id -NotIn $before)
         $sessions | Should -HaveCount 2
         $sessions.target | Should -Be @($instance, $instance)
@@ -124,7 +149,7 @@ Describe 'Start-SSMShellSession' {
             Wait-Screen '(?m)^PS .*>' | Should -BeTrue
         }
 
-        It 'runs a command in the remote shell, exits with its code and gives the terminal back' {
+        It 'runs a command in the remote shell, ends with $LASTEXITCODE 10 (no exit code) and gives the terminal back' {
             Send-Line $shellCommand
             # The remote sh prints a prompt ($ or #) once the session runs.
             Assert-Screen '(?m)^\s*[$#]\s*$'
@@ -134,7 +159,8 @@ Describe 'Start-SSMShellSession' {
             Assert-Screen $psPrompt
             # Back at the PowerShell prompt, which reads and echoes input again.
             Send-Line '"code=$LASTEXITCODE; back=" + (6*7)'
-            Assert-Screen 'code=5; back=42'
+            # The agent reports no exit code for shells: 10, not the 5 the remote shell exited with.
+            Assert-Screen 'code=10; back=42'
         }
 
         It 'sees the terminal size on the remote side' {

@@ -41,8 +41,12 @@ namespace SSMConnect
             ? new SsmException(kind, NativeText.Borrowed(NativeMethods.ssmc_operation_error_message(h)))
             : null);
 
-        /// <summary>Exit code of a finished shell (0 when the agent reported none).</summary>
-        public int ExitCode => Read(NativeMethods.ssmc_operation_exit_code);
+        /// <summary>
+        /// Exit code of a finished shell; null when the agent reported none, which is how every
+        /// pty shell (the default shell, AWS-StartInteractiveCommand) ends: the agent sends exit
+        /// codes only for NonInteractiveCommands.
+        /// </summary>
+        public int? ExitCode => Read(h => NativeMethods.ssmc_operation_exit_code(h, out var code) != 0 ? code : (int?)null);
 
         /// <summary>The native handle, for subclasses.</summary>
         protected OperationHandle Handle => handle;

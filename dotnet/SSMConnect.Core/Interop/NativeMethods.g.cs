@@ -70,8 +70,8 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_forward_begin(IntPtr client, string request_json);
 
         /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-        /// optional `document` and `parameters`. The operation ends when the remote shell does; its
-        /// exit code is then in [`ssmc_operation_exit_code`].
+        /// optional `document` and `parameters`. The operation ends when the remote shell does; the
+        /// exit code, when the agent reported one, is then in [`ssmc_operation_exit_code`].
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_shell_begin")]
         public static extern IntPtr ssmc_shell_begin(IntPtr client, string request_json);
 
@@ -93,9 +93,12 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_error_message")]
         public static extern IntPtr ssmc_operation_error_message(IntPtr op);
 
-        /// Exit code of a finished shell operation (0 when the agent reported none).
+        /// Exit code of a finished shell operation: returns 1 and writes it to `code` (when not null)
+        /// if the agent reported one; returns 0 and leaves `code` alone if it did not, which is the
+        /// normal end of a pty shell (the agent sends exit codes only for NonInteractiveCommands, §6.5),
+        /// and for operations that are not finished shells.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_exit_code")]
-        public static extern int ssmc_operation_exit_code(IntPtr op);
+        public static extern uint ssmc_operation_exit_code(IntPtr op, out int code);
 
         /// Cancels a running operation: its work stops, a half-started session is terminated and the
         /// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in

@@ -31,9 +31,15 @@ namespace SSMConnect.Commands
         [Parameter]
         public Hashtable? Parameter { get; set; }
 
-        /// <summary>Write the remote shell's exit code (it is always in $LASTEXITCODE).</summary>
+        /// <summary>Write the remote exit code, or $null when the agent reported none.</summary>
         [Parameter]
         public SwitchParameter PassThru { get; set; }
+
+        /// <summary>
+        /// $LASTEXITCODE when the agent reported no exit code (always for pty shells), the same
+        /// status as the helper's `ssmconnect shell`.
+        /// </summary>
+        public const int NoExitCode = 10;
 
         /// <inheritdoc />
         protected override void ProcessRecord()
@@ -58,7 +64,11 @@ namespace SSMConnect.Commands
                     // would take its first prompt with it.
                     WaitFor(op, $"Start-SSMShellSession {target}", quietWhen: RunningStage, showProgress: false);
                     var code = op.ExitCode;
-                    SetLastExitCode(code);
+                    if (code is null)
+                    {
+                        WriteVerbose($"The agent reported no exit code for the session on {target}; $LASTEXITCODE is {NoExitCode}.");
+                    }
+                    SetLastExitCode(code ?? NoExitCode);
                     if (PassThru)
                     {
                         WriteObject(code);

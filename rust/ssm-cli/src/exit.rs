@@ -20,6 +20,10 @@ pub mod code {
     pub const TIMEOUT: i32 = 8;
     /// The target matched no running instance, or several, or DNS failed while resolving it.
     pub const TARGET: i32 = 9;
+    /// A shell session ended normally but the agent reported no exit code. Always the case for
+    /// the default shell and AWS-StartInteractiveCommand: the agent's pty path sends none
+    /// (§6.5); a remote status of 10 itself is told apart only by the documents that report one.
+    pub const NO_EXIT_CODE: i32 = 10;
     /// Local I/O or runtime failure.
     pub const INTERNAL: i32 = 70;
 }

@@ -34,7 +34,17 @@ ssh configuration (~/.ssh/config):
   With EC2 Instance Connect (push the public half of the -i key for 60 seconds first):
       ProxyCommand ssmconnect ssh-proxy --ec2ic --public-key ~/.ssh/id_ed25519.pub %r@%h:%p
 
-As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.";
+As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.
+
+Exit status:
+  0    done (shell: the remote exit code, when the agent reports one)
+  2    bad arguments               3  configuration      4  AWS API call failed
+  5    connection failed or lost   6  cannot listen      7  session could not start
+  8    timed out                   9  target not found, ambiguous, or DNS failed
+  10   shell ended, remote exit code unknown: the agent reports none for shells
+       (the default shell document and AWS-StartInteractiveCommand); only documents
+       running NonInteractiveCommands with separate output streams report one
+  70   local failure               130  interrupted";
 
 /// Reach AWS instances over Systems Manager Session Manager, natively.
 #[derive(Parser, Debug)]
@@ -115,7 +125,8 @@ enum Command {
     },
     /// Open an interactive shell on the target. With stdin not a terminal, stdin is sent to the
     /// remote shell and its end ends the session (`ssmconnect shell i-… < script.sh`).
-    /// The exit code is the remote shell's when the agent reports it.
+    /// The agent reports no exit code for shells, so a shell that ends exits with 10 (unknown);
+    /// a document that reports the remote exit code (NonInteractiveCommands) exits with it.
     Shell {
         /// Instance or managed node id, key:value tag, IP address or DNS name.
         target: String,
@@ -235,7 +246,13 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             }
             let dc = connector.shell(&target, so, &no_stages).await?.session;
             let outcome = ssm_session::shell::run_on_terminal(dc).await?;
-            Ok(outcome.exit_code.unwrap_or(0))
+            Ok(outcome.exit_code.unwrap_or_else(|| {
+                tracing::info!(
+                    "the agent reported no exit code; exiting with {}",
+                    exit::code::NO_EXIT_CODE
+                );
+                exit::code::NO_EXIT_CODE
+            }))
         }
         Command::SshProxy {
             destination,

@@ -88,6 +88,10 @@ async fn help_shows_the_ssh_config_example() {
         "{stdout}"
     );
     assert!(stdout.contains("session-manager-plugin"), "{stdout}");
+    assert!(
+        stdout.contains("10   shell ended, remote exit code unknown"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

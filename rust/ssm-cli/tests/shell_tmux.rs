@@ -1,4 +1,6 @@
 //! `ssmconnect shell` in a real terminal (tmux) and with stdin redirected, against the emulator.
+//! The emulator, like the agent, reports no exit code for shells: they end with status 10
+//! (unknown) unless a test has it invent one to check the plumbing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -8,6 +10,9 @@ use ssm_emulator::{Config, Emulator, Faults};
 use ssm_testkit::{ACCESS_KEY, REGION, SECRET_KEY, aws_call, aws_env};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ssmconnect");
+
+/// `ssmconnect shell`'s status when the agent reported no exit code.
+const NO_EXIT_CODE: i32 = 10;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ssmconnect-shell-{name}-{}", std::process::id()));
@@ -152,6 +157,16 @@ async fn emulator() -> Emulator {
     .await
 }
 
+/// An emulator that sends `EXIT_CODE` at the end of shells, which the agent never does.
+async fn emulator_inventing_exit_codes() -> Emulator {
+    ssm_testkit::emulator(Config {
+        shell_start_delay_ms: 200,
+        invent_shell_exit_code: true,
+        ..Config::default()
+    })
+    .await
+}
+
 /// Starts `ssmconnect shell` in the pane after saving the terminal settings; afterwards the
 /// exit code and the settings land in files.
 fn run_shell_in(t: &Tmux, dir: &Path, endpoint: &str, extra: &str) {
@@ -170,7 +185,7 @@ fn assert_terminal_restored(dir: &Path) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn interactive_shell_types_resizes_and_exits_with_the_remote_code() {
+async fn interactive_shell_types_resizes_and_exits_with_unknown_status() {
     let emu = emulator().await;
     let dir = scratch("interactive");
     let t = Tmux::start("interactive", &dir, &emu.endpoint());
@@ -200,6 +215,21 @@ async fn interactive_shell_types_resizes_and_exits_with_the_remote_code() {
     assert_eq!(info.terminal_size, Some((120, 40)));
 
     t.send("exit 3\r");
+    assert_eq!(
+        wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(),
+        NO_EXIT_CODE.to_string()
+    );
+    assert_terminal_restored(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interactive_shell_exits_with_a_reported_code() {
+    let emu = emulator_inventing_exit_codes().await;
+    let dir = scratch("reported");
+    let t = Tmux::start("reported", &dir, &emu.endpoint());
+    run_shell_in(&t, &dir, &emu.endpoint(), "");
+    t.wait_prompt(Duration::from_secs(15));
+    t.send("exit 3\r");
     assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(), "3");
     assert_terminal_restored(&dir);
 }
@@ -214,7 +244,11 @@ async fn far_end_closing_restores_the_terminal() {
     let sid = emu.sessions().pop().unwrap().session_id;
     let (status, body) = aws_call(emu.addr(), "TerminateSession", serde_json::json!({ "SessionId": sid })).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(), "0");
+    // Ended from outside: no exit code, yet no failure either.
+    assert_eq!(
+        wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(),
+        NO_EXIT_CODE.to_string()
+    );
     assert_terminal_restored(&dir);
 }
 
@@ -236,6 +270,7 @@ async fn network_lost_for_good_restores_the_terminal() {
     t.send("echo trigger\r");
     let rc = wait_file(&dir.join("rc"), Duration::from_secs(30));
     assert_ne!(rc.trim(), "0", "losing the service for good is a failure");
+    assert_ne!(rc.trim(), NO_EXIT_CODE.to_string(), "a failure, not a shell that ended");
     assert_terminal_restored(&dir);
 }
 
@@ -266,7 +301,7 @@ fn run_piped(endpoint: &str, script: &[u8]) -> Output {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_script_on_stdin_runs_and_returns_its_output_and_code() {
+async fn a_script_on_stdin_runs_and_ends_with_unknown_status() {
     let emu = emulator().await;
     let endpoint = emu.endpoint();
     let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"echo from-script-$((2*21))\nexit 7\n"))
@@ -276,9 +311,61 @@ async fn a_script_on_stdin_runs_and_returns_its_output_and_code() {
     assert!(stdout.contains("from-script-42"), "{stdout}");
     assert_eq!(
         out.status.code(),
+        Some(NO_EXIT_CODE),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_on_stdin_returns_a_reported_code() {
+    let emu = emulator_inventing_exit_codes().await;
+    let endpoint = emu.endpoint();
+    let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"exit 7\n"))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
         Some(7),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_script_on_stdin_sees_a_terminal_size() {
+    let emu = emulator().await;
+    let endpoint = emu.endpoint();
+    // stdout is a pipe, so the size is the official client's fallback, 300×100 (§6.4); without
+    // a Size message the remote pty would have 0×0.
+    let out = tokio::task::spawn_blocking(move || run_piped(&endpoint, b"echo size-$(stty size | tr ' ' x)-end\n"))
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("size-100x300-end"), "{stdout}");
+    assert_eq!(emu.sessions().pop().unwrap().terminal_size, Some((300, 100)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multibyte_output_in_messages_over_1024_bytes_arrives_intact() {
+    // The agent's pacing: reads of 1024 bytes end inside 3-byte characters, whose held-back
+    // bytes go out in front of the next read, in messages of up to 1027 bytes (§6.5).
+    let emu = emulator().await;
+    let endpoint = emu.endpoint();
+    let out = tokio::task::spawn_blocking(move || {
+        run_piped(
+            &endpoint,
+            b"stty -echo; printf 'begin\\n'; printf '\\342\\202\\254%.0s' $(seq 1 20000); printf '\\nend\\n'\n",
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8(out.stdout).expect("the output is whole UTF-8");
+    let expected = format!("begin\r\n{}\r\nend", "\u{20ac}".repeat(20000));
+    assert!(
+        stdout.contains(&expected),
+        "{} bytes of output lack the text",
+        stdout.len()
     );
 }
 
@@ -297,7 +384,7 @@ async fn a_megabyte_of_output_arrives_intact_and_eof_ends_the_session() {
         .unwrap();
     assert_eq!(
         out.status.code(),
-        Some(0),
+        Some(NO_EXIT_CODE),
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -489,7 +489,7 @@ impl Agent {
                     let _ = self.channel.send(now, PayloadType::Output, data);
                 }
                 DestEvent::Exited(code) => {
-                    if self.shared.config.shell_exit_code {
+                    if self.shared.config.invent_shell_exit_code {
                         let _ =
                             self.channel
                                 .send(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());

@@ -13,9 +13,11 @@ use crate::faults::Faults;
 pub enum Pacing {
     /// The real agent: reads of at most 1024 bytes with a 1 ms pause after each.
     Agent,
-    /// No pause; reads of up to `chunk` bytes, each one message. For measuring clients.
+    /// No pause; reads of up to `chunk` bytes, each one message (shell output: plus up to 3
+    /// bytes of a UTF-8 sequence held back from the read before, as with the agent's 1024).
+    /// For measuring clients.
     Unpaced {
-        /// Largest payload per message.
+        /// Largest read per message.
         chunk: usize,
     },
 }
@@ -87,10 +89,12 @@ pub struct Config {
     pub shell_dir: Option<std::path::PathBuf>,
     /// Pause before the first read of shell output (§6.1: 1 s in the agent).
     pub shell_start_delay_ms: u64,
-    /// Send `EXIT_CODE: n` (payload type 12) when a shell ends, before `channel_closed`.
-    /// The agent does this for NonInteractiveCommands (§6.5); doing it for shells too is an
-    /// emulator choice that lets clients report the remote exit status.
-    pub shell_exit_code: bool,
+    /// Send `EXIT_CODE: n` (payload type 12) when a pty shell (`Standard_Stream`,
+    /// `InteractiveCommands`) ends, before `channel_closed`. NOT agent behaviour, hence off by
+    /// default: the agent's pty path never sends an exit code; only the separate-output-stream
+    /// path of NonInteractiveCommands does (`sendExitCode` in agent/session/shell/shell.go, §6.5,
+    /// §11.3). For tests of a client's exit-code plumbing.
+    pub invent_shell_exit_code: bool,
     /// How the agent retransmits. The default is the real agent's: only the oldest unacked
     /// message, once per 100 ms tick (§4.5), which makes recovery from lost frames slow.
     /// `per_message` retransmits every lost message on its own timer, for tests that put
@@ -150,7 +154,7 @@ impl Default for Config {
             shell: vec!["sh".into()],
             shell_dir: None,
             shell_start_delay_ms: 1000,
-            shell_exit_code: true,
+            invent_shell_exit_code: false,
             agent_retransmit: AgentRetransmit::default(),
             redeliver_on_reconnect: false,
             handshake_timeout_ms: 15_000,

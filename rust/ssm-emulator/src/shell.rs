@@ -1,7 +1,8 @@
 //! The agent's shell plugins (§6): `Standard_Stream` and `InteractiveCommands` run a real
 //! program in a pseudo-terminal (portable-pty), with the agent's behaviours: no handshake, a
-//! pause before the first read, reads of at most 1024 bytes that never split a UTF-8 sequence,
-//! `Size` messages applied to the pty, and the end of the program closing the session.
+//! pause before the first read, reads of at most 1024 bytes that never split a UTF-8 sequence
+//! (so a message carries up to 1027), a pty without a size until a `Size` message sets one, and
+//! the end of the program closing the session without an exit code.
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -40,6 +41,39 @@ pub(crate) fn incomplete_utf8_tail(buf: &[u8]) -> usize {
     0
 }
 
+/// Reads `reader` until its end the way the agent's writePump and processStdoutData do
+/// (agent/session/shell/shell.go): each read takes up to `chunk` bytes, the bytes held back from
+/// the read before go in front of them, and an incomplete UTF-8 sequence at the end is held
+/// back again. A message therefore carries up to `chunk` + 3 bytes. `send` returns false to stop.
+pub(crate) fn pump_output(
+    reader: &mut dyn Read,
+    chunk: usize,
+    pause: Option<Duration>,
+    mut send: impl FnMut(Vec<u8>) -> bool,
+) {
+    let mut buf = vec![0u8; chunk.max(1)];
+    let mut held: Vec<u8> = Vec::new();
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut out = std::mem::take(&mut held);
+        out.extend_from_slice(buf.get(..n).unwrap_or_default());
+        let keep = incomplete_utf8_tail(&out);
+        held = out.split_off(out.len() - keep);
+        if !out.is_empty() && !send(out) {
+            return;
+        }
+        if let Some(p) = pause {
+            std::thread::sleep(p);
+        }
+    }
+    if !held.is_empty() {
+        send(held);
+    }
+}
+
 impl ShellPlugin {
     /// Starts `command` (the configured shell, or `sh -c <command>` for InteractiveCommands).
     pub(crate) fn start(
@@ -49,10 +83,12 @@ impl ShellPlugin {
     ) -> Result<Self, String> {
         let DestQueues { data: events, done } = queues;
         let cfg = &shared.config;
+        // The agent starts the pty without a size (`pty.Start` in StartCommandExecutor,
+        // agent/session/shell/shell_unix.go): 0×0 until the client's first Size message.
         let pty = native_pty_system()
             .openpty(PtySize {
-                rows: 24,
-                cols: 80,
+                rows: 0,
+                cols: 0,
                 pixel_width: 0,
                 pixel_height: 0,
             })
@@ -104,35 +140,9 @@ impl ShellPlugin {
         std::thread::spawn(move || {
             // §6.1: the agent waits before its first read so queued input can run first.
             std::thread::sleep(delay);
-            let mut buf = vec![0u8; chunk];
-            let mut held: Vec<u8> = Vec::new();
-            loop {
-                let start = held.len();
-                let room = chunk.saturating_sub(start).max(1);
-                buf.truncate(0);
-                buf.extend_from_slice(&held);
-                buf.resize(start + room, 0);
-                let n = match reader.read(buf.get_mut(start..).unwrap_or_default()) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                buf.truncate(start + n);
-                let keep = incomplete_utf8_tail(&buf);
-                held = buf.split_off(buf.len() - keep);
-                if !buf.is_empty()
-                    && events
-                        .blocking_send(DestEvent::Data(SHELL_STREAM, buf.clone()))
-                        .is_err()
-                {
-                    return;
-                }
-                if let Some(p) = pause {
-                    std::thread::sleep(p);
-                }
-            }
-            if !held.is_empty() {
-                let _ = events.blocking_send(DestEvent::Data(SHELL_STREAM, held));
-            }
+            pump_output(&mut reader, chunk, pause, |data| {
+                events.blocking_send(DestEvent::Data(SHELL_STREAM, data)).is_ok()
+            });
             let code = child.wait().map(|s| s.exit_code() as i32).unwrap_or(-1);
             let _ = events.blocking_send(DestEvent::Exited(code));
         });
@@ -152,10 +162,10 @@ impl ShellPlugin {
     }
 
     pub(crate) fn resize(&self, cols: u32, rows: u32) {
-        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX).max(1);
+        // SetSize in agent/session/shell/shell_unix.go: `uint16(...)` casts, no clamping.
         let _ = self.master.resize(PtySize {
-            rows: clamp(rows),
-            cols: clamp(cols),
+            rows: rows as u16,
+            cols: cols as u16,
             pixel_width: 0,
             pixel_height: 0,
         });
@@ -174,7 +184,68 @@ impl Drop for ShellPlugin {
 
 #[cfg(test)]
 mod tests {
-    use super::incomplete_utf8_tail;
+    use super::{incomplete_utf8_tail, pump_output};
+
+    /// Hands out `data` in reads of at most `step` bytes, like a pty with output waiting.
+    struct Steps<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Steps<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.data.len().min(buf.len()).min(self.step);
+            let (head, rest) = self.data.split_at(n);
+            buf[..n].copy_from_slice(head);
+            self.data = rest;
+            Ok(n)
+        }
+    }
+
+    fn pumped(data: &[u8], step: usize) -> Vec<Vec<u8>> {
+        let mut messages = Vec::new();
+        pump_output(&mut Steps { data, step }, 1024, None, |m| {
+            messages.push(m);
+            true
+        });
+        messages
+    }
+
+    #[test]
+    fn held_bytes_come_on_top_of_a_full_read() {
+        // 1024 = 3 × 341 + 1: reads end one, then two bytes into a '€', and the third read's
+        // 1024 bytes go out behind the two held ones: 1023, 1023, 1026, …
+        let text = "€".repeat(3000);
+        let messages = pumped(text.as_bytes(), usize::MAX);
+        let sizes: Vec<usize> = messages.iter().map(Vec::len).collect();
+        assert_eq!(sizes[..3], [1023, 1023, 1026]);
+        assert!(sizes.iter().all(|&n| n <= 1027), "{sizes:?}");
+        for m in &messages {
+            assert!(std::str::from_utf8(m).is_ok(), "a message splits a character");
+        }
+        assert_eq!(messages.concat(), text.as_bytes());
+    }
+
+    #[test]
+    fn four_byte_sequences_never_exceed_1027() {
+        let text = "😀a".repeat(3000);
+        for step in [1, 7, 1023, 1024, 4096] {
+            let messages = pumped(text.as_bytes(), step);
+            assert!(
+                messages
+                    .iter()
+                    .all(|m| m.len() <= 1027 && std::str::from_utf8(m).is_ok())
+            );
+            assert_eq!(messages.concat(), text.as_bytes(), "reads of {step}");
+        }
+    }
+
+    #[test]
+    fn an_incomplete_sequence_at_the_end_is_still_sent() {
+        let mut data = b"abc".to_vec();
+        data.extend_from_slice(&"€".as_bytes()[..2]);
+        assert_eq!(pumped(&data, 1024), vec![b"abc".to_vec(), "€".as_bytes()[..2].to_vec()]);
+    }
 
     #[test]
     fn holds_back_only_incomplete_sequences() {

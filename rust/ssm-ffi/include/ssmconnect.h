@@ -129,8 +129,8 @@ struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
                                          AsciiPointer request_json);
 
 // Starts a shell session on this process's terminal, described by a JSON request: `target`,
-// optional `document` and `parameters`. The operation ends when the remote shell does; its
-// exit code is then in [`ssmc_operation_exit_code`].
+// optional `document` and `parameters`. The operation ends when the remote shell does; the
+// exit code, when the agent reported one, is then in [`ssmc_operation_exit_code`].
 struct SsmcOperation *ssmc_shell_begin(const struct SsmcClient *client, AsciiPointer request_json);
 
 // The operation's state.
@@ -147,8 +147,11 @@ SsmcErrorKind ssmc_operation_error_kind(const struct SsmcOperation *op);
 // next call of this function on it.
 const char *ssmc_operation_error_message(struct SsmcOperation *op);
 
-// Exit code of a finished shell operation (0 when the agent reported none).
-int32_t ssmc_operation_exit_code(const struct SsmcOperation *op);
+// Exit code of a finished shell operation: returns 1 and writes it to `code` (when not null)
+// if the agent reported one; returns 0 and leaves `code` alone if it did not, which is the
+// normal end of a pty shell (the agent sends exit codes only for NonInteractiveCommands, §6.5),
+// and for operations that are not finished shells.
+uint32_t ssmc_operation_exit_code(const struct SsmcOperation *op, int32_t *code);
 
 // Cancels a running operation: its work stops, a half-started session is terminated and the
 // terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in

@@ -27,7 +27,7 @@ struct Progress {
     stage: String,
     stage_changes: u64,
     error: Option<FfiError>,
-    exit_code: i32,
+    exit_code: Option<i32>,
     forward: Option<Box<SsmcForward>>,
 }
 
@@ -120,7 +120,7 @@ where
         stage: "Starting".into(),
         stage_changes: 0,
         error: None,
-        exit_code: 0,
+        exit_code: None,
         forward: None,
     }));
     let work = work(connector, req, progress.clone());
@@ -185,8 +185,8 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
 }
 
 /// Starts a shell session on this process's terminal, described by a JSON request: `target`,
-/// optional `document` and `parameters`. The operation ends when the remote shell does; its
-/// exit code is then in [`ssmc_operation_exit_code`].
+/// optional `document` and `parameters`. The operation ends when the remote shell does; the
+/// exit code, when the agent reported one, is then in [`ssmc_operation_exit_code`].
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
@@ -206,7 +206,7 @@ pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: Asci
                     .session;
                 stage(&progress, "Running");
                 let outcome = ssm_session::shell::run_on_terminal(dc).await?;
-                Ok(outcome.exit_code.unwrap_or(0))
+                Ok(outcome.exit_code)
             },
             |p, code| p.exit_code = code,
         )
@@ -276,11 +276,23 @@ pub extern "C" fn ssmc_operation_error_message(op: *mut SsmcOperation) -> *const
     })
 }
 
-/// Exit code of a finished shell operation (0 when the agent reported none).
+/// Exit code of a finished shell operation: returns 1 and writes it to `code` (when not null)
+/// if the agent reported one; returns 0 and leaves `code` alone if it did not, which is the
+/// normal end of a pty shell (the agent sends exit codes only for NonInteractiveCommands, §6.5),
+/// and for operations that are not finished shells.
 #[ffi_function]
 #[no_mangle]
-pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation) -> i32 {
-    with(op, "operation", -1, |o| lock(&o.progress).exit_code)
+pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation, code: *mut i32) -> u32 {
+    with(op, "operation", 0, |o| match lock(&o.progress).exit_code {
+        Some(c) => {
+            if !code.is_null() {
+                // SAFETY: non-null and, by contract, pointing at an i32 the caller owns.
+                unsafe { *code = c };
+            }
+            1
+        }
+        None => 0,
+    })
 }
 
 /// Cancels a running operation: its work stops, a half-started session is terminated and the

@@ -65,6 +65,10 @@ fn bad_input_is_refused_with_a_kind_and_a_message() {
     assert_eq!(ssmc_operation_state(std::ptr::null()), SsmcState::Failed);
     assert_eq!(ssmc_last_error_kind(), SsmcErrorKind::InvalidArgument);
     assert_eq!(ssmc_forward_local_port(std::ptr::null_mut()), 0);
+    let mut code = 42;
+    assert_eq!(ssmc_operation_exit_code(std::ptr::null(), &mut code), 0);
+    assert_eq!(ssmc_last_error_kind(), SsmcErrorKind::InvalidArgument);
+    assert_eq!(code, 42);
     let req = CString::new(r#"{"target":"i-0123456789abcdef0"}"#).unwrap();
     assert!(ssmc_forward_begin(std::ptr::null(), ascii(&req)).is_null());
     ssmc_operation_free(std::ptr::null_mut());
@@ -94,6 +98,9 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     let f = ssmc_operation_take_forward(op);
     assert!(!f.is_null());
     assert!(ssmc_operation_take_forward(op).is_null(), "handed over once");
+    let mut code = 42;
+    assert_eq!(ssmc_operation_exit_code(op, &mut code), 0, "a forward has no exit code");
+    assert_eq!(code, 42);
     ssmc_operation_free(op);
 
     let port = ssmc_forward_local_port(f);
@@ -142,6 +149,73 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     ssmc_log_enable(0);
     assert!(lines > 0, "the forward logged nothing at debug level");
     ssmc_client_free(c);
+}
+
+/// Runs `AWS-StartInteractiveCommand` with `command` through the ABI and returns what
+/// `ssmc_operation_exit_code` says: `None` for 0, the code for 1.
+fn shell_exit_code(invent_shell_exit_code: bool, command: &str) -> Option<i32> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config {
+        shell_start_delay_ms: 0,
+        invent_shell_exit_code,
+        ..Config::default()
+    }));
+    let c = client(&emu.endpoint());
+    let req = CString::new(format!(
+        r#"{{"target":"{TARGET}","document":"AWS-StartInteractiveCommand","parameters":{{"command":["{command}"]}}}}"#
+    ))
+    .unwrap();
+    let op = ssmc_shell_begin(c, ascii(&req));
+    assert!(!op.is_null());
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let mut code = -42;
+    let known = ssmc_operation_exit_code(op, &mut code);
+    assert_eq!(ssmc_operation_exit_code(op, std::ptr::null_mut()), known);
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+    match known {
+        0 => {
+            assert_eq!(code, -42, "left alone when unknown");
+            None
+        }
+        1 => Some(code),
+        other => panic!("ssmc_operation_exit_code returned {other}"),
+    }
+}
+
+/// Set in the child process that runs the shell test.
+const SHELL_CHILD: &str = "SSMC_ABI_TEST_SHELL_CHILD";
+
+#[test]
+fn a_shell_exit_code_is_unknown_unless_the_agent_reports_one() {
+    // The shell runs on this process's stdin and stdout: in a child of this test binary whose
+    // stdin is empty and stdout a pipe, never on the terminal cargo test may have.
+    if std::env::var_os(SHELL_CHILD).is_none() {
+        let name = "a_shell_exit_code_is_unknown_unless_the_agent_reports_one";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1"])
+            .env(SHELL_CHILD, "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    // The agent sends no exit code for pty shells; the emulator invents one only when asked.
+    // (The commands print first: the client learns that the session is a shell from output.)
+    assert_eq!(shell_exit_code(false, "echo ran; exit 5"), None);
+    assert_eq!(shell_exit_code(true, "echo ran; exit 5"), Some(5));
+    assert_eq!(shell_exit_code(true, "echo ran; exit 0"), Some(0));
 }
 
 #[test]

@@ -1,6 +1,11 @@
 //! Shell sessions (§6): the local terminal in raw mode, keystrokes sent at once, output written as
 //! it arrives, the size sent at start and on every change, and the terminal restored on every
-//! exit path. With stdin not a terminal, stdin streams to the remote shell and EOF ends it.
+//! exit path. With stdin not a terminal, stdin streams to the remote shell and EOF ends it; the
+//! size is still sent once at start (the remote pty has none until then, §6.4).
+//!
+//! The agent reports no exit code for pty shells (`Standard_Stream`, `InteractiveCommands`); only
+//! NonInteractiveCommands with separate output streams sends one (§6.5), so
+//! [`ShellOutcome::exit_code`] is usually `None`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
@@ -17,7 +22,8 @@ use crate::error::{Error, Result};
 /// How a shell session ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShellOutcome {
-    /// Exit code reported by the agent (`PayloadType` 12), if it sent one.
+    /// Exit code reported by the agent (`PayloadType` 12), if it sent one. `None` is the
+    /// normal end of a pty shell: the agent never sends one there (§6.5).
     pub exit_code: Option<i32>,
     /// How the data channel ended.
     pub end: End,
@@ -79,12 +85,40 @@ impl Drop for RawMode {
     }
 }
 
+/// What the official client sends when stdout has no size (§6.4).
+const FALLBACK_SIZE: TerminalSize = TerminalSize { cols: 300, rows: 100 };
+
+/// The size of stdout as §6.4 has it, or [`FALLBACK_SIZE`] when stdout is not a terminal or
+/// reports 0×0 (a pty nobody sized).
+#[cfg(unix)]
 fn terminal_size() -> TerminalSize {
-    // §6.4: the official client falls back to 300×100 when the size is unknown.
-    let (cols, rows) = crossterm::terminal::size().unwrap_or((300, 100));
-    TerminalSize {
-        cols: u32::from(cols),
-        rows: u32::from(rows),
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` through the valid pointer.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    if ok && ws.ws_col > 0 && ws.ws_row > 0 {
+        TerminalSize {
+            cols: u32::from(ws.ws_col),
+            rows: u32::from(ws.ws_row),
+        }
+    } else {
+        FALLBACK_SIZE
+    }
+}
+
+/// The console's size, or [`FALLBACK_SIZE`] without one (§6.4).
+#[cfg(not(unix))]
+fn terminal_size() -> TerminalSize {
+    match crossterm::terminal::size() {
+        Ok((cols, rows)) if cols > 0 && rows > 0 => TerminalSize {
+            cols: u32::from(cols),
+            rows: u32::from(rows),
+        },
+        _ => FALLBACK_SIZE,
     }
 }
 
@@ -120,11 +154,12 @@ impl Drop for AbortOnDrop {
 
 async fn pump(dc: DataChannel, mut local: mpsc::Receiver<Local>, interactive: bool) -> Result<ShellOutcome> {
     let (sender, mut rx, driver) = dc.into_parts();
-    if interactive {
-        sender.send(PayloadType::Size, terminal_size().to_json()).await?;
-    }
+    // Always, also for piped stdin: the agent starts the pty without a size (§6.4), and
+    // programs there would see 0 columns. Later changes come only from a terminal.
+    // A send fails only once the driver has ended (a command that exits at once can end the
+    // session first): input stops, and the driver's result below says how the session ended.
+    let mut input_open = sender.send(PayloadType::Size, terminal_size().to_json()).await.is_ok();
     let mut exit_code = None;
-    let mut input_open = true;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
     loop {
@@ -148,14 +183,14 @@ async fn pump(dc: DataChannel, mut local: mpsc::Receiver<Local>, interactive: bo
                     if interactive && bytes == b"\n" {
                         bytes = b"\r".to_vec();
                     }
-                    sender.send(PayloadType::Output, bytes).await?;
+                    input_open = sender.send(PayloadType::Output, bytes).await.is_ok();
                 }
-                Some(Local::Resize(size)) => sender.send(PayloadType::Size, size.to_json()).await?,
+                Some(Local::Resize(size)) => input_open = sender.send(PayloadType::Size, size.to_json()).await.is_ok(),
                 Some(Local::Eof) | None => {
                     input_open = false;
                     if !interactive {
                         // End of the script: Ctrl+D at the remote shell's prompt ends it.
-                        sender.send(PayloadType::Output, vec![0x04]).await?;
+                        let _ = sender.send(PayloadType::Output, vec![0x04]).await;
                     }
                 }
             },
