@@ -436,7 +436,11 @@ impl Agent {
         self.shared
             .update_info(&self.spec.session_id, |i| i.client_version = client_version.clone());
         let props: ssm_proto::PortProperties = serde_json::from_value(self.properties.clone()).unwrap_or_default();
-        let mode = ssm_proto::PortMode::for_agent(props.kind.as_deref(), &client_version);
+        let mode = ssm_proto::PortMode::for_agent(
+            props.kind.as_deref(),
+            &self.shared.config.agent_version,
+            &client_version,
+        );
         self.shared
             .update_info(&self.spec.session_id, |i| i.port_mode = format!("{mode:?}"));
         let mut plugin = PortPlugin::new(

@@ -227,10 +227,7 @@ impl PortPlugin {
     }
 
     fn dial_failed(&self, e: &std::io::Error) -> String {
-        let dest = self
-            .destination()
-            .map(|(h, p)| format!("{h}:{p}"))
-            .unwrap_or_default();
+        let dest = self.destination().map(|(h, p)| format!("{h}:{p}")).unwrap_or_default();
         // port.go InitializeSession: "Unable to connect to specified port: <dial error>".
         format!("Unable to connect to specified port: dial tcp {dest}: {e}")
     }
@@ -308,9 +305,7 @@ impl PortPlugin {
             let queued: usize = self
                 .slots
                 .values()
-                .map(|s| {
-                    s.conn.as_ref().map_or(0, DestConn::queued) + s.pending.iter().map(Vec::len).sum::<usize>()
-                })
+                .map(|s| s.conn.as_ref().map_or(0, DestConn::queued) + s.pending.iter().map(Vec::len).sum::<usize>())
                 .sum();
             return queued < MUX_RECEIVE_BUFFER;
         }
@@ -321,7 +316,15 @@ impl PortPlugin {
     pub(crate) fn on_client(&mut self, now: Instant, seq: i64, payload_type: PayloadType, payload: Vec<u8>) -> Handled {
         match payload_type {
             PayloadType::Flag => match PortFlag::parse(&payload) {
-                Ok(PortFlag::TerminateSession) => return Handled::End(String::new()),
+                // Agents up to 2.3.722.0 do not know this flag (§5.5) and ignore it.
+                Ok(PortFlag::TerminateSession)
+                    if ssm_proto::version::compare(
+                        &self.shared.config.agent_version,
+                        ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER,
+                    ) == std::cmp::Ordering::Greater =>
+                {
+                    return Handled::End(String::new());
+                }
                 Ok(PortFlag::DisconnectToPort) if self.mux.is_none() => {
                     // port_basic.go: DisconnectToPort closes the connection. With
                     // LocalPortForwarding the failed read then arms a re-dial on the next

@@ -76,11 +76,7 @@ pub(crate) fn pump_output(
 
 impl ShellPlugin {
     /// Starts `command` (the configured shell, or `sh -c <command>` for InteractiveCommands).
-    pub(crate) fn start(
-        shared: &Arc<Shared>,
-        command: Option<&str>,
-        queues: DestQueues,
-    ) -> Result<Self, String> {
+    pub(crate) fn start(shared: &Arc<Shared>, command: Option<&str>, queues: DestQueues) -> Result<Self, String> {
         let DestQueues { data: events, done } = queues;
         let cfg = &shared.config;
         // The agent starts the pty without a size (`pty.Start` in StartCommandExecutor,

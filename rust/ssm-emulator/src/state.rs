@@ -289,7 +289,10 @@ impl Shared {
     /// Hands a connection to the session's agent. If the agent is gone (the session ended),
     /// the connection is simply dropped.
     pub(crate) fn attach(&self, spec: &SessionSpec, conn: Connection) {
-        if let Some(agent) = lock(&self.sessions).get(&spec.session_id).and_then(|e| e.agent.as_ref()) {
+        if let Some(agent) = lock(&self.sessions)
+            .get(&spec.session_id)
+            .and_then(|e| e.agent.as_ref())
+        {
             let _ = agent.send(AgentCommand::Attach(Box::new(conn)));
         }
     }

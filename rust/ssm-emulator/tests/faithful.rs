@@ -55,7 +55,10 @@ async fn redelivery_after_cut(redeliver_on_reconnect: bool) -> (u64, Duration) {
     let mut c = TestClient::connect(&url, &token, "1.0.0.0").await;
     c.handshake("1.0.0.0").await;
     c.send(PayloadType::Output, b"go".to_vec());
-    assert!(!c.run_until_or_end(Duration::from_secs(20), |_| false).await, "expected a cut");
+    assert!(
+        !c.run_until_or_end(Duration::from_secs(20), |_| false).await,
+        "expected a cut"
+    );
     // Let the agent run on without a client for a moment, as a real reconnect takes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = aws_call(emu.addr(), "ResumeSession", serde_json::json!({"SessionId": sid})).await;
@@ -81,7 +84,10 @@ async fn after_a_reconnect_the_agent_resends_one_message_per_tick() {
     // datachannel.go ResendStreamDataMessageScheduler: the oldest unacked message, every 100 ms.
     let (burst, took) = redelivery_after_cut(false).await;
     eprintln!("agent default: {burst} retransmissions in the first 500 ms; rest of download {took:?}");
-    assert!(burst <= 7, "{burst} retransmissions in 500 ms: more than one per 100 ms tick");
+    assert!(
+        burst <= 7,
+        "{burst} retransmissions in 500 ms: more than one per 100 ms tick"
+    );
     // The named kinder option resends everything unacked at once.
     let (burst, took) = redelivery_after_cut(true).await;
     eprintln!("redeliver_on_reconnect: {burst} retransmissions in the first 500 ms; rest {took:?}");
@@ -124,7 +130,11 @@ async fn acks_wait_until_the_destination_takes_the_data() {
         {
             c.send(PayloadType::Output, chunk.to_vec());
         }
-        let _ = tokio::time::timeout(Duration::from_millis(200), c.run_until_or_end(Duration::from_secs(60), |_| false)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(200),
+            c.run_until_or_end(Duration::from_secs(60), |_| false),
+        )
+        .await;
     }
     let sent = LEN - chunks.clone().map(<[u8]>::len).sum::<usize>();
     let acked = sent - c.channel.unacked() * 1024;
@@ -139,7 +149,11 @@ async fn acks_wait_until_the_destination_takes_the_data() {
         {
             c.send(PayloadType::Output, chunk.to_vec());
         }
-        let _ = tokio::time::timeout(Duration::from_millis(100), c.run_until_or_end(Duration::from_secs(60), |_| false)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(100),
+            c.run_until_or_end(Duration::from_secs(60), |_| false),
+        )
+        .await;
     }
     assert!(reader.await.unwrap() == data, "the destination got other bytes");
 }
@@ -162,9 +176,15 @@ async fn the_handshake_clock_runs_from_dispatch_not_from_the_connection() {
     // 1.5 s, then the agent's ≤ 2 s drain of its unacked HandshakeRequest.
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let info = emu.sessions().into_iter().find(|s| s.session_id == sid).unwrap();
-    assert!(info.ended, "the agent waited for a client that never answered the handshake");
+    assert!(
+        info.ended,
+        "the agent waited for a client that never answered the handshake"
+    );
     let mut late = TestClient::connect(&url, &token, "1.2.650.0").await;
-    let ended = !late.run_until_or_end(Duration::from_secs(5), |c| c.closed.is_some()).await || late.closed.is_some();
+    let ended = !late
+        .run_until_or_end(Duration::from_secs(5), |c| c.closed.is_some())
+        .await
+        || late.closed.is_some();
     assert!(ended);
     assert!(!late.received.iter().any(|(t, _)| *t == PayloadType::HandshakeComplete));
 }
@@ -218,7 +238,11 @@ async fn an_idle_session_is_closed_by_the_service_and_traffic_keeps_it_open() {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
         busy.send(PayloadType::Output, b"k".to_vec());
-        let _ = tokio::time::timeout(Duration::from_millis(400), busy.run_until_or_end(Duration::from_secs(5), |_| false)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(400),
+            busy.run_until_or_end(Duration::from_secs(5), |_| false),
+        )
+        .await;
         assert!(busy.closed.is_none(), "closed although the client kept typing");
     }
     idle.run_until(Duration::from_secs(5), |c| c.closed.is_some()).await;
@@ -238,7 +262,11 @@ async fn the_maximum_session_duration_ends_even_a_busy_session() {
     let start = Instant::now();
     while c.closed.is_none() && start.elapsed() < Duration::from_secs(6) {
         c.send(PayloadType::Output, b"k".to_vec());
-        let _ = tokio::time::timeout(Duration::from_millis(300), c.run_until_or_end(Duration::from_secs(5), |_| false)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_millis(300),
+            c.run_until_or_end(Duration::from_secs(5), |_| false),
+        )
+        .await;
     }
     let closed = c.closed.as_ref().expect("closed at the maximum duration");
     assert!(closed.output.contains("maximum duration"), "{closed:?}");
@@ -279,7 +307,11 @@ async fn basic_mode_ends_the_session_when_the_redial_fails() {
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     let closed = c.closed.as_ref().unwrap();
     assert!(closed.output.contains("Unable to connect"), "{closed:?}");
-    assert_eq!(c.channel.unacked(), 1, "the message that needed the re-dial is not acked");
+    assert_eq!(
+        c.channel.unacked(),
+        1,
+        "the message that needed the re-dial is not acked"
+    );
 }
 
 #[tokio::test]
@@ -345,7 +377,11 @@ async fn smux_carries_32_kib_frames_over_1_kib_messages_and_answers_fin() {
     assert!(messages.iter().all(|n| *n <= 1024), "a message above 1024 bytes");
     let stream = c.take_output();
     let frames = smux_frames(&stream);
-    let largest = frames.iter().filter(|(cmd, ..)| *cmd == Cmd::Psh as u8).map(|(.., n)| *n).max();
+    let largest = frames
+        .iter()
+        .filter(|(cmd, ..)| *cmd == Cmd::Psh as u8)
+        .map(|(.., n)| *n)
+        .max();
     assert_eq!(largest, Some(32 * 1024), "{frames:?}");
     mux.handle_input(Instant::now(), &stream).unwrap();
     let mut got = Vec::new();
@@ -363,7 +399,9 @@ async fn smux_carries_32_kib_frames_over_1_kib_messages_and_answers_fin() {
     c.run_until(Duration::from_secs(10), |c| {
         c.received.iter().any(|(t, p)| {
             *t == PayloadType::Output
-                && smux_frames(p).iter().any(|(cmd, sid, _)| *cmd == Cmd::Fin as u8 && *sid == id)
+                && smux_frames(p)
+                    .iter()
+                    .any(|(cmd, sid, _)| *cmd == Cmd::Fin as u8 && *sid == id)
         })
     })
     .await;

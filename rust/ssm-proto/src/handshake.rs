@@ -240,14 +240,22 @@ impl PortMode {
         }
     }
 
-    /// The agent's choice from the announced `type` and the client version (§7.1).
-    pub fn for_agent(kind: Option<&str>, client_version: &str) -> Self {
+    /// The choice of an agent of `agent_version` from the announced `type` and the client
+    /// version (§7.1): agents up to 3.0.196.0 have no smux, and up to 3.1.1511.0 always keep
+    /// smux keepalive on; later ones turn it off for clients after 1.2.331.0.
+    pub fn for_agent(kind: Option<&str>, agent_version: &str, client_version: &str) -> Self {
         if kind != Some("LocalPortForwarding") {
             return Self::Stdio;
         }
-        if version::compare(client_version, version::CLIENT_MUX_FROM) != Ordering::Less {
-            let keepalive = version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER) != Ordering::Greater;
-            Self::Mux { keepalive }
+        let agent_has_mux = version::compare(agent_version, version::AGENT_MUX_AFTER) == Ordering::Greater;
+        if agent_has_mux && version::compare(client_version, version::CLIENT_MUX_FROM) != Ordering::Less {
+            let agent_can_drop_keepalive =
+                version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER) == Ordering::Greater;
+            let client_wants_none =
+                version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER) == Ordering::Greater;
+            Self::Mux {
+                keepalive: !(agent_can_drop_keepalive && client_wants_none),
+            }
         } else {
             Self::Basic
         }
@@ -404,11 +412,25 @@ mod tests {
             PortMode::Mux { keepalive: true }
         );
         assert_eq!(PortMode::for_client(None, "3.3.40.0"), PortMode::Stdio);
-        assert_eq!(PortMode::for_agent(lpf, "0.0.1"), PortMode::Basic);
-        assert_eq!(PortMode::for_agent(lpf, "1.1.70"), PortMode::Mux { keepalive: true });
+        let agent = "3.3.2299.0";
+        assert_eq!(PortMode::for_agent(lpf, agent, "0.0.1"), PortMode::Basic);
         assert_eq!(
-            PortMode::for_agent(lpf, "1.2.650.0"),
+            PortMode::for_agent(lpf, agent, "1.1.70"),
+            PortMode::Mux { keepalive: true }
+        );
+        assert_eq!(
+            PortMode::for_agent(lpf, agent, "1.2.650.0"),
             PortMode::Mux { keepalive: false }
         );
+        // Both sides agree for every pairing of thresholds.
+        for agent in ["2.3.722.0", "3.0.196.0", "3.0.197.0", "3.1.1511.0", "3.1.1512.0"] {
+            for client in ["1.2.332.0", "1.2.650.0"] {
+                assert_eq!(
+                    PortMode::for_agent(lpf, agent, client),
+                    PortMode::for_client(lpf, agent),
+                    "agent {agent}, client {client}"
+                );
+            }
+        }
     }
 }

@@ -37,12 +37,15 @@ impl Home {
         self.dir.path()
     }
 
-    /// A directory holding `session-manager-plugin` as a symlink to `ssmconnect`.
+    /// A directory holding `session-manager-plugin` as a symlink to `ssmconnect`, or to the
+    /// program `SSMCONNECT_TEST_PLUGIN` names (to run these tests against another plugin).
     pub fn plugin_dir(&self) -> PathBuf {
         let bin = self.path().join("bin");
         if !bin.exists() {
             std::fs::create_dir_all(&bin).expect("create bin dir");
-            std::os::unix::fs::symlink(SSMCONNECT, bin.join("session-manager-plugin"))
+            let plugin =
+                std::env::var_os("SSMCONNECT_TEST_PLUGIN").map_or_else(|| PathBuf::from(SSMCONNECT), PathBuf::from);
+            std::os::unix::fs::symlink(plugin, bin.join("session-manager-plugin"))
                 .expect("symlink session-manager-plugin");
         }
         bin
