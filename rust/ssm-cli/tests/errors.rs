@@ -76,6 +76,27 @@ async fn missing_region_exits_3_and_says_how_to_set_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_ssm_endpoint_from_the_profile_file_is_refused() {
+    // The SDK also takes endpoints from the shared config file; a session token must not
+    // travel over plain HTTP to a non-loopback host whichever source named it.
+    for config in [
+        "[default]\nendpoint_url = http://ssm.example.com\n",
+        "[default]\nservices = remote\n\n[services remote]\nssm =\n  endpoint_url = http://10.1.2.3:80\n",
+    ] {
+        let home = Home::new();
+        let aws_dir = home.path().join(".aws");
+        std::fs::create_dir_all(&aws_dir).unwrap();
+        std::fs::write(aws_dir.join("config"), config).unwrap();
+        let mut cmd = ssmconnect(&home);
+        cmd.env("AWS_CONFIG_FILE", aws_dir.join("config"))
+            .args(["forward", TARGET, "80", "--local-port", "0"]);
+        let (code, _, stderr) = run(&mut cmd, "ssmconnect forward (profile endpoint)").await;
+        assert_eq!(code, 3, "exit code; stderr: {stderr}");
+        assert!(stderr.contains("only for loopback"), "{stderr:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_shows_the_ssh_config_example() {
     let home = Home::new();
     let mut cmd = ssmconnect(&home);

@@ -291,6 +291,8 @@ async fn unusual_frames_from_mgs_are_produced_on_request() {
     c.send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec());
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     assert_eq!(c.closed_header_length, Some(112));
+    // The handshake, HandshakeComplete and acks all came NUL-padded, and still decoded.
+    assert!(c.nul_padded_frames >= 3, "{}", c.nul_padded_frames);
 }
 
 #[tokio::test]

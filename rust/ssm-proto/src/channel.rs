@@ -532,6 +532,13 @@ impl Channel {
             return;
         }
         if seq > self.expected {
+            // Beyond the receive window (e.g. a far-future number from a broken or hostile
+            // peer): neither acked nor kept, so memory stays bounded by the window.
+            let window = i64::try_from(self.config.receive_buffer).unwrap_or(i64::MAX);
+            if seq - self.expected > window {
+                self.stats.refused_not_ready += 1;
+                return;
+            }
             if self.out_of_order.contains_key(&seq) {
                 self.stats.duplicates_received += 1;
                 self.ack(now, &frame);
@@ -779,6 +786,30 @@ mod tests {
         pump(&mut a, &mut c, now);
         assert_eq!(c.unacked(), 0);
         assert_eq!(a.expected_sequence_number(), 3);
+    }
+
+    #[test]
+    fn far_future_sequence_numbers_are_neither_acked_nor_kept() {
+        let (_, mut a, now) = pair();
+        let frame = |seq: i64| Frame {
+            message_type: MessageType::InputStreamData,
+            schema_version: 1,
+            created_date: 1,
+            sequence_number: seq,
+            flags: 0,
+            message_id: MessageId([7; 16]),
+            payload_type: PayloadType::Output,
+            payload: b"x".to_vec(),
+        };
+        let window = i64::try_from(a.config().receive_buffer).unwrap();
+        for seq in [window + 1, i64::MAX / 2, i64::MAX] {
+            a.handle_frame(now, &frame(seq).encode()).unwrap();
+        }
+        assert_eq!(a.pending_transmit(), 0, "no acks for messages beyond the window");
+        assert!(a.out_of_order.is_empty());
+        a.handle_frame(now, &frame(window).encode()).unwrap();
+        assert_eq!(a.pending_transmit(), 1, "the window's last slot is acked and kept");
+        assert_eq!(a.out_of_order.len(), 1);
     }
 
     #[test]

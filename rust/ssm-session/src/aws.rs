@@ -128,13 +128,6 @@ pub async fn load_config(opts: &AwsOptions) -> Result<SdkConfig> {
 pub async fn load_config_with(opts: &AwsOptions, trust: &Trust) -> Result<SdkConfig> {
     crate::install_crypto_provider();
     let http_client = trust.http_client()?;
-    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SSM"] {
-        if let Ok(v) = std::env::var(var)
-            && !v.is_empty()
-        {
-            check_endpoint(&v, var)?;
-        }
-    }
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client.clone());
     if let Some(p) = &opts.profile {
         loader = loader.profile_name(p);
@@ -260,11 +253,12 @@ where
 }
 
 impl SsmApi {
-    /// A client from loaded configuration, with an optional endpoint override.
+    /// A client from loaded configuration, with an optional endpoint override; the endpoint,
+    /// wherever it comes from (the override, the environment, the profile), is checked as
+    /// [`service_endpoint`] describes.
     pub fn new(config: &SdkConfig, endpoint_url: Option<&str>) -> Result<Self> {
         let mut b = aws_sdk_ssm::config::Builder::from(config);
-        if let Some(url) = endpoint_url {
-            check_endpoint(url, "endpoint URL")?;
+        if let Some(url) = service_endpoint(config, "SSM", endpoint_url)? {
             b = b.endpoint_url(url);
         }
         Ok(Self {

@@ -642,10 +642,14 @@ impl Driver {
         if self.finishing.is_some() && self.channel.unacked() == 0 {
             return Ok(Some(End::Finished));
         }
-        let give_up = *self.lost_since.get_or_insert_with(Instant::now) + self.opts.reconnect_for;
+        // A limit too far ahead for the clock to represent means "never give up".
+        let give_up = self
+            .lost_since
+            .get_or_insert_with(Instant::now)
+            .checked_add(self.opts.reconnect_for);
         let mut attempt: u32 = 0;
         loop {
-            if Instant::now() >= give_up {
+            if give_up.is_some_and(|t| Instant::now() >= t) {
                 return Err(Error::Connect(format!(
                     "the connection was lost and could not be restored within {:?}",
                     self.opts.reconnect_for

@@ -166,7 +166,8 @@ async fn pause_and_start_publication_mid_transfer_lose_nothing() {
 /// agent's recovery as it is: it is never told that the client came back, and resends only its
 /// oldest unacked message once per 100 ms, so every message lost with the old socket costs a
 /// tick. The client's part is to come back at once (each millisecond away loses about one more
-/// message at the agent's 1 KiB/ms). The time is printed for the record, not asserted.
+/// message at the agent's 1 KiB/ms). The time is printed for the record, not asserted. The
+/// reconnect limit is the largest there is: "never give up" must not overflow the clock.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_mid_download_recovers_against_the_agents_one_message_per_tick() {
     let emu = emulator(Config {
@@ -180,7 +181,7 @@ async fn a_cut_mid_download_recovers_against_the_agents_one_message_per_tick() {
     .await;
     let api = api(&emu.endpoint()).await;
     let mut dest = destination().await;
-    let fwd = forward(&api, dest.port, |_| {}).await;
+    let fwd = forward(&api, dest.port, |o| o.channel.reconnect_for = Duration::MAX).await;
     let started = Instant::now();
     let client = exchange(fwd.local_addr(), 1, 1024, MIB, Duration::from_secs(300)).await;
     let server = report_for(&mut dest, 1, &mut Vec::new()).await;

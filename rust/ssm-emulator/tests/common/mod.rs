@@ -25,6 +25,8 @@ pub struct TestClient {
     pub ignored: Vec<ssm_proto::MessageType>,
     /// `HeaderLength` of the `channel_closed` frame, as it came off the wire.
     pub closed_header_length: Option<u32>,
+    /// Frames whose message type came padded with NULs on the left.
+    pub nul_padded_frames: usize,
 }
 
 impl TestClient {
@@ -48,6 +50,7 @@ impl TestClient {
             resumes: 0,
             ignored: Vec::new(),
             closed_header_length: None,
+            nul_padded_frames: 0,
         }
     }
 
@@ -92,6 +95,9 @@ impl TestClient {
             tokio::select! {
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Binary(b))) => {
+                        if b.get(4) == Some(&0) {
+                            self.nul_padded_frames += 1;
+                        }
                         if b.get(4..18) == Some(b"channel_closed".as_slice()) {
                             self.closed_header_length = b.get(..4).map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
                         }
