@@ -102,8 +102,9 @@ namespace SSMConnect.Native
 
         /// Cancels a running operation: its work stops, a half-started session is terminated and the
         /// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
-        /// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
-        /// while another one waits.
+        /// [`ssmc_operation_wait`], and stays Cancelled: work that completes at the same moment has its
+        /// result discarded (a forward it opened is stopped). No effect on a finished operation. May be
+        /// called from any thread, also while another one waits.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_cancel")]
         public static extern void ssmc_operation_cancel(IntPtr op);
 
@@ -127,7 +128,11 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_take_forward")]
         public static extern IntPtr ssmc_operation_take_forward(IntPtr op);
 
-        /// Frees an operation, cancelling it if it still runs. Null is ignored.
+        /// Frees an operation and stops everything it owns: a running operation is cancelled (its work
+        /// stops, a half-started session is terminated), and a forward it produced that was not taken
+        /// with [`ssmc_operation_take_forward`] is stopped (listener closed, session terminated). Returns
+        /// at once; the session is terminated in the background. Null is ignored. May be called from any
+        /// thread (but not while another thread still uses the handle).
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_operation_free")]
         public static extern void ssmc_operation_free(IntPtr op);
 
@@ -199,7 +204,9 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_wait")]
         public static extern SsmcState ssmc_forward_wait(IntPtr f, uint timeout_ms);
 
-        /// Stops (if needed) and frees a forward. Null is ignored.
+        /// Stops (if needed) and frees a forward: the listener closes, connections close and the session
+        /// is terminated in the background. Returns at once. Null is ignored. May be called from any
+        /// thread (but not while another thread still uses the handle).
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_free")]
         public static extern void ssmc_forward_free(IntPtr f);
 

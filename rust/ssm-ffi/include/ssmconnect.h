@@ -76,7 +76,8 @@ typedef uint32_t SsmcState;
 // Client settings and connections to AWS (or to an emulator); shared by the operations.
 typedef struct SsmcClient SsmcClient;
 
-// A running port forward.
+// A running port forward. Dropping it (freeing the handle, or freeing an operation whose
+// forward was never taken) stops the forward.
 typedef struct SsmcForward SsmcForward;
 
 // A piece of work running on the library's runtime. Wait with [`ssmc_operation_wait`]; free with
@@ -155,8 +156,9 @@ uint32_t ssmc_operation_exit_code(const struct SsmcOperation *op, int32_t *code)
 
 // Cancels a running operation: its work stops, a half-started session is terminated and the
 // terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
-// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
-// while another one waits.
+// [`ssmc_operation_wait`], and stays Cancelled: work that completes at the same moment has its
+// result discarded (a forward it opened is stopped). No effect on a finished operation. May be
+// called from any thread, also while another one waits.
 void ssmc_operation_cancel(struct SsmcOperation *op);
 
 // Blocks the calling thread, without spinning, until the caller has something to react to or
@@ -177,7 +179,11 @@ SsmcState ssmc_operation_wait(const struct SsmcOperation *op, uint32_t timeout_m
 // [`ssmc_forward_free`].
 struct SsmcForward *ssmc_operation_take_forward(struct SsmcOperation *op);
 
-// Frees an operation, cancelling it if it still runs. Null is ignored.
+// Frees an operation and stops everything it owns: a running operation is cancelled (its work
+// stops, a half-started session is terminated), and a forward it produced that was not taken
+// with [`ssmc_operation_take_forward`] is stopped (listener closed, session terminated). Returns
+// at once; the session is terminated in the background. Null is ignored. May be called from any
+// thread (but not while another thread still uses the handle).
 void ssmc_operation_free(struct SsmcOperation *op);
 
 // Local port the forward listens on.
@@ -234,7 +240,9 @@ void ssmc_forward_stop(struct SsmcForward *f);
 // only the first to see it. A null handle returns Failed with the last error set.
 SsmcState ssmc_forward_wait(const struct SsmcForward *f, uint32_t timeout_ms);
 
-// Stops (if needed) and frees a forward. Null is ignored.
+// Stops (if needed) and frees a forward: the listener closes, connections close and the session
+// is terminated in the background. Returns at once. Null is ignored. May be called from any
+// thread (but not while another thread still uses the handle).
 void ssmc_forward_free(struct SsmcForward *f);
 
 #ifdef __cplusplus

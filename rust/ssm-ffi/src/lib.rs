@@ -21,7 +21,10 @@
 //!   [`ssmc_last_error_message`] on the calling thread;
 //! - a handle may be used from several threads (a cancel or stop typically comes from another
 //!   thread while one waits), but a string borrowed from it is only valid until the next call of
-//!   the same function on it, so callers serialise those.
+//!   the same function on it, so callers serialise those;
+//! - freeing a handle stops everything it owns (a running operation is cancelled, a forward, also
+//!   one never taken from its operation, stops listening and its session is terminated), returns
+//!   without waiting for the network, and may happen on any thread once no other thread uses it.
 //!
 //! Tokens never cross this boundary and never appear in messages.
 // `extern "C"` functions take raw pointers by design; each one checks for null before use.

@@ -127,16 +127,24 @@ where
     let shared = progress.clone();
     let task = runtime().spawn(async move {
         let result = work.await;
-        {
+        // The state leaves Running once, under the lock: a cancel (or free) that came first wins,
+        // and what the work produced anyway is dropped here, which stops it (a forward ends).
+        let unwanted = {
             let mut p = lock(&shared);
-            match result {
-                Ok(value) => {
-                    done(&mut p, value);
-                    p.state = SsmcState::Succeeded;
+            if p.state == SsmcState::Running {
+                match result {
+                    Ok(value) => {
+                        done(&mut p, value);
+                        p.state = SsmcState::Succeeded;
+                    }
+                    Err(e) => p.fail(e.into()),
                 }
-                Err(e) => p.fail(e.into()),
+                None
+            } else {
+                Some(result)
             }
-        }
+        };
+        drop(unwanted);
         wait::notify();
     });
     Box::into_raw(Box::new(SsmcOperation {
@@ -297,8 +305,9 @@ pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation, code: *mut 
 
 /// Cancels a running operation: its work stops, a half-started session is terminated and the
 /// terminal restored. The state becomes Cancelled at once, which wakes a thread blocked in
-/// [`ssmc_operation_wait`]. No effect on a finished operation. May be called from any thread, also
-/// while another one waits.
+/// [`ssmc_operation_wait`], and stays Cancelled: work that completes at the same moment has its
+/// result discarded (a forward it opened is stopped). No effect on a finished operation. May be
+/// called from any thread, also while another one waits.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
@@ -348,7 +357,11 @@ pub extern "C" fn ssmc_operation_take_forward(op: *mut SsmcOperation) -> *mut Ss
     })
 }
 
-/// Frees an operation, cancelling it if it still runs. Null is ignored.
+/// Frees an operation and stops everything it owns: a running operation is cancelled (its work
+/// stops, a half-started session is terminated), and a forward it produced that was not taken
+/// with [`ssmc_operation_take_forward`] is stopped (listener closed, session terminated). Returns
+/// at once; the session is terminated in the background. Null is ignored. May be called from any
+/// thread (but not while another thread still uses the handle).
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_free(op: *mut SsmcOperation) {
@@ -357,11 +370,26 @@ pub extern "C" fn ssmc_operation_free(op: *mut SsmcOperation) {
             return;
         }
         // SAFETY: from `*_begin`, freed once (the contract).
-        unsafe { Box::from_raw(op) }.task.abort();
+        let op = unsafe { Box::from_raw(op) };
+        let untaken = {
+            let mut p = lock(&op.progress);
+            if p.state == SsmcState::Running {
+                // The task, should it finish after all, then drops what it made.
+                p.fail(FfiError::new(
+                    SsmcErrorKind::Cancelled,
+                    "cancelled: the operation was freed",
+                ));
+            }
+            p.forward.take()
+        };
+        op.task.abort();
+        // Dropping the forward stops it.
+        drop(untaken);
     });
 }
 
-/// A running port forward.
+/// A running port forward. Dropping it (freeing the handle, or freeing an operation whose
+/// forward was never taken) stops the forward.
 #[ffi_type(opaque)]
 pub struct SsmcForward {
     local_port: u16,
@@ -406,6 +434,14 @@ impl SsmcForward {
             wait::notify();
         });
         f
+    }
+}
+
+impl Drop for SsmcForward {
+    fn drop(&mut self) {
+        // The forward's own task holds the `PortForward` (and its stop sender) until the forward
+        // ends, so without this stop request the listener and the session would run on unowned.
+        let _ = self.stopper.send(true);
     }
 }
 
@@ -541,7 +577,9 @@ pub extern "C" fn ssmc_forward_wait(f: *const SsmcForward, timeout_ms: u32) -> S
     })
 }
 
-/// Stops (if needed) and frees a forward. Null is ignored.
+/// Stops (if needed) and frees a forward: the listener closes, connections close and the session
+/// is terminated in the background. Returns at once. Null is ignored. May be called from any
+/// thread (but not while another thread still uses the handle).
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_free(f: *mut SsmcForward) {
@@ -549,8 +587,8 @@ pub extern "C" fn ssmc_forward_free(f: *mut SsmcForward) {
         if f.is_null() {
             return;
         }
-        // SAFETY: from `ssmc_operation_take_forward`, freed once (the contract).
-        let f = unsafe { Box::from_raw(f) };
-        let _ = f.stopper.send(true);
+        // SAFETY: from `ssmc_operation_take_forward`, freed once (the contract). Dropping it
+        // stops it.
+        drop(unsafe { Box::from_raw(f) });
     });
 }

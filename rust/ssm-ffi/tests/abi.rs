@@ -420,3 +420,231 @@ fn a_stop_from_another_thread_wakes_a_forward_waiter_at_once() {
     ssmc_forward_free(f);
     ssmc_client_free(c);
 }
+
+/// Starts a forward to `remote_port` that listens on `local_port` (so that the port is known
+/// before the operation succeeds).
+fn begin_forward(c: *mut SsmcClient, remote_port: u16, local_port: u16) -> *mut SsmcOperation {
+    let req = CString::new(format!(
+        r#"{{"target":"{TARGET}","remote_port":{remote_port},"local_port":{local_port}}}"#
+    ))
+    .unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    assert!(!op.is_null(), "{}", text(ssmc_last_error_message()));
+    op
+}
+
+fn accepts(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// Checks, within a few seconds, that nothing listens on `port` any more and that the emulator
+/// has seen every session end (`sessions` of them at least).
+fn all_stopped(rt: &tokio::runtime::Runtime, emu: &Emulator, port: u16, sessions: usize, what: &str) {
+    let closed = rt.block_on(ssm_testkit::wait_until(Duration::from_secs(5), || !accepts(port)));
+    assert!(closed, "{what}: port {port} still accepts connections");
+    let ended = rt.block_on(ssm_testkit::wait_until(Duration::from_secs(5), || {
+        let s = emu.sessions();
+        s.len() >= sessions && s.iter().all(|s| s.ended)
+    }));
+    assert!(ended, "{what}: the sessions did not all end: {:?}", emu.sessions());
+}
+
+/// Sends a few bytes through the forward on `port` and reads them back from the echo server.
+fn echoes(port: u16) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"still here").unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"still here");
+}
+
+#[test]
+fn freeing_any_handle_in_any_state_stops_what_it_owns() {
+    let _logs = quiet();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+
+    // A forward operation freed while it runs, before it succeeds: its listener is bound and its
+    // session started, the handshake never completes.
+    let stalled = emulator_that_never_answers(&rt);
+    let c = client(&stalled.endpoint());
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, 80, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !text(ssmc_operation_stage(op)).starts_with("Starting a session") || stalled.sessions().is_empty() {
+        assert_eq!(ssmc_operation_wait(op, 200), SsmcState::Running);
+        assert!(Instant::now() < deadline, "stuck at {}", text(ssmc_operation_stage(op)));
+    }
+    assert!(accepts(port), "the running operation has its listener bound");
+    ssmc_operation_free(op);
+    all_stopped(&rt, &stalled, port, 1, "operation freed while running");
+    ssmc_client_free(c);
+
+    let emu = rt.block_on(emulator(Config::default()));
+    let echo = rt.block_on(echo_server());
+    let c = client(&emu.endpoint());
+
+    // A forward operation that succeeded, freed without its forward being taken.
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, echo, port);
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    echoes(port);
+    ssmc_operation_free(op);
+    all_stopped(&rt, &emu, port, 1, "succeeded operation freed with its forward untaken");
+
+    // A forward operation cancelled while it runs, then freed.
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, echo, port);
+    ssmc_operation_cancel(op);
+    assert_eq!(ssmc_operation_state(op), SsmcState::Cancelled);
+    ssmc_operation_free(op);
+    all_stopped(&rt, &emu, port, 1, "operation cancelled, then freed");
+
+    // A forward handle freed while it forwards (its operation freed before).
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, echo, port);
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    assert!(!f.is_null());
+    ssmc_operation_free(op);
+    echoes(port);
+    assert_eq!(ssmc_forward_state(f), SsmcState::Running);
+    let sessions = emu.sessions().len();
+    ssmc_forward_free(f);
+    all_stopped(&rt, &emu, port, sessions, "forward freed while running");
+
+    // A forward handle freed after it was stopped and ended, its operation freed after it.
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, echo, port);
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    assert!(!f.is_null());
+    echoes(port);
+    ssmc_forward_stop(f);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ssmc_forward_wait(f, 1000) == SsmcState::Running {
+        assert!(Instant::now() < deadline, "the forward did not end after the stop");
+    }
+    let sessions = emu.sessions().len();
+    ssmc_forward_free(f);
+    ssmc_operation_free(op);
+    all_stopped(&rt, &emu, port, sessions, "forward freed after stop");
+
+    // Freed from another thread than the one that started it.
+    let port = ssm_testkit::free_port();
+    let op = begin_forward(c, echo, port);
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op) as usize;
+    let op = op as usize;
+    std::thread::spawn(move || {
+        ssmc_forward_free(f as *mut SsmcForward);
+        ssmc_operation_free(op as *mut SsmcOperation);
+    })
+    .join()
+    .unwrap();
+    let sessions = emu.sessions().len();
+    all_stopped(&rt, &emu, port, sessions, "handles freed on another thread");
+    ssmc_client_free(c);
+}
+
+#[test]
+fn a_cancel_racing_with_success_never_becomes_success() {
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config::default()));
+    let echo = rt.block_on(echo_server());
+    let c = client(&emu.endpoint());
+    // The forward logs "port forward ready" as the last thing before the operation succeeds;
+    // cancelling the moment that line is seen lands the cancel in the middle of the success.
+    ssmc_log_enable(3);
+    let mut level = 0u32;
+    let mut drain = || {
+        let mut lines = vec![];
+        loop {
+            let line = ssmc_log_next(&mut level);
+            if line.is_null() {
+                return lines;
+            }
+            lines.push(text(line));
+            ssmc_string_free(line.cast());
+        }
+    };
+    drain();
+    let (mut cancelled, mut succeeded) = (0, 0);
+    for i in 0..40 {
+        let port = ssm_testkit::free_port();
+        let op = begin_forward(c, echo, port);
+        if i % 8 != 0 {
+            let ready = format!("127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            'spin: while ssmc_operation_state(op) == SsmcState::Running {
+                for line in drain() {
+                    if line.contains("port forward ready") && line.contains(&ready) {
+                        break 'spin;
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no forward ready at {}",
+                    text(ssmc_operation_stage(op))
+                );
+                std::hint::spin_loop();
+            }
+        }
+        ssmc_operation_cancel(op);
+        let state = ssmc_operation_state(op);
+        match state {
+            SsmcState::Cancelled => {
+                cancelled += 1;
+                // Whatever the task still does, it must not change the state any more.
+                std::thread::sleep(Duration::from_millis(50));
+                assert_eq!(ssmc_operation_state(op), SsmcState::Cancelled, "iteration {i}");
+                assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::Cancelled);
+                assert!(ssmc_operation_take_forward(op).is_null(), "iteration {i}");
+                ssmc_operation_free(op);
+            }
+            SsmcState::Succeeded => {
+                succeeded += 1;
+                let f = ssmc_operation_take_forward(op);
+                assert!(!f.is_null(), "iteration {i}");
+                ssmc_operation_free(op);
+                echoes(port);
+                assert_eq!(ssmc_forward_state(f), SsmcState::Running);
+                ssmc_forward_free(f);
+            }
+            other => panic!(
+                "iteration {i}: {other:?} after a cancel: {}",
+                text(ssmc_operation_error_message(op))
+            ),
+        }
+        drain();
+        // A cancel that came early enough started no session at all.
+        let started = if state == SsmcState::Succeeded { 1 } else { 0 };
+        all_stopped(&rt, &emu, port, started, &format!("iteration {i} ({state:?})"));
+    }
+    ssmc_log_enable(0);
+    drain();
+    eprintln!("cancel raced with success: {cancelled} cancelled, {succeeded} succeeded");
+    assert!(cancelled > 0);
+    ssmc_client_free(c);
+}

@@ -224,6 +224,39 @@ pub struct SsmApi {
     trust: Trust,
 }
 
+type StartSessionResult = std::result::Result<
+    aws_sdk_ssm::operation::start_session::StartSessionOutput,
+    aws_sdk_ssm::error::SdkError<
+        aws_sdk_ssm::operation::start_session::StartSessionError,
+        aws_smithy_runtime_api::client::orchestrator::HttpResponse,
+    >,
+>;
+
+/// A StartSession request in flight. Dropped before its answer was taken (the caller gave up),
+/// it terminates the session the answer names, so a cancel never leaves one behind.
+struct InFlightStart {
+    task: Option<tokio::task::JoinHandle<StartSessionResult>>,
+    client: aws_sdk_ssm::Client,
+}
+
+impl Drop for InFlightStart {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else { return };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            task.abort();
+            return;
+        };
+        let client = self.client.clone();
+        rt.spawn(async move {
+            let Ok(Ok(out)) = task.await else { return };
+            let Some(id) = out.session_id else { return };
+            if let Err(e) = client.terminate_session().session_id(&id).send().await {
+                tracing::debug!(session = %id, "TerminateSession after cancel: {}", api_error("TerminateSession", e));
+            }
+        });
+    }
+}
+
 pub(crate) fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -288,7 +321,20 @@ impl SsmApi {
         for (k, v) in parameters {
             req = req.parameters(k, v.clone());
         }
-        let out = req.send().await.map_err(|e| api_error("StartSession", e))?;
+        // The request runs on its own task: should this future be dropped (a cancel) while it is
+        // in flight, the session the service starts anyway is terminated when the answer comes.
+        let mut sending = InFlightStart {
+            task: Some(tokio::spawn(req.send())),
+            client: self.client.clone(),
+        };
+        let sent = match sending.task.as_mut() {
+            Some(task) => task.await,
+            None => return Err(Error::Cancelled),
+        };
+        sending.task = None;
+        let out = sent
+            .map_err(|e| Error::Connect(format!("StartSession failed: {e}")))?
+            .map_err(|e| api_error("StartSession", e))?;
         let missing = |what: &str| Error::Api {
             operation: "StartSession",
             code: None,

@@ -172,14 +172,23 @@ impl DataChannel {
         crate::install_crypto_provider();
         let client_id = uuid::Uuid::new_v4().to_string();
         let trust = control.trust();
-        let ws = dial(
+        // The session exists from here on: abandoning this future (a cancel) terminates it.
+        let mut pending = PendingSession {
+            task: None,
+            dialing: true,
+            control: control.clone(),
+            session_id: started.session_id.clone(),
+        };
+        let dialed = dial(
             &started.stream_url,
             &trust,
             &started.token,
             &client_id,
             &opts.client_version,
         )
-        .await?;
+        .await;
+        pending.dialing = false;
+        let ws = dialed?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (start_tx, start_rx) = oneshot::channel();
@@ -188,7 +197,6 @@ impl DataChannel {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
-        let control_for_cancel = control.clone();
         let driver = Driver {
             session_id: started.session_id.clone(),
             stream_url: started.stream_url,
@@ -210,11 +218,7 @@ impl DataChannel {
             lost_since: None,
             opts,
         };
-        let mut pending = PendingSession {
-            task: Some(tokio::spawn(driver.run())),
-            control: control_for_cancel,
-            session_id: started.session_id.clone(),
-        };
+        pending.task = Some(tokio::spawn(driver.run()));
         let start = match start_rx.await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -267,19 +271,24 @@ impl DataChannel {
     }
 }
 
-/// A session whose start is being awaited. If that wait is abandoned (the caller's future is
-/// dropped: cancellation), the driver is stopped and the session terminated, so nothing stays
-/// open.
+/// A session whose data channel is being dialed or whose start is being awaited. If that is
+/// abandoned (the caller's future is dropped: cancellation), the driver is stopped and the
+/// session terminated, so nothing stays open.
 struct PendingSession {
     task: Option<JoinHandle<Result<End>>>,
+    /// The data channel is being dialed (no driver yet).
+    dialing: bool,
     control: SharedControl,
     session_id: String,
 }
 
 impl Drop for PendingSession {
     fn drop(&mut self) {
-        let Some(task) = self.task.take() else { return };
-        task.abort();
+        match self.task.take() {
+            Some(task) => task.abort(),
+            None if self.dialing => {}
+            None => return,
+        }
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let control = self.control.clone();
             let id = std::mem::take(&mut self.session_id);
