@@ -285,6 +285,14 @@ impl Agent {
                     &SessionType::Port,
                     self.properties.clone(),
                 );
+                if self.shared.faults().handshake_complete_first {
+                    // Fault injection: the completion goes out before the request.
+                    let early = HandshakeComplete {
+                        handshake_time_to_complete: 0,
+                        customer_message: String::new(),
+                    };
+                    let _ = self.channel.send(now, PayloadType::HandshakeComplete, early.to_json());
+                }
                 let _ = self.channel.send(now, PayloadType::HandshakeRequest, req.to_json());
                 self.stage = Stage::Handshake {
                     deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
@@ -430,6 +438,15 @@ impl Agent {
         let _ = self
             .channel
             .send(now, PayloadType::HandshakeComplete, complete.to_json());
+        if self.shared.faults().repeat_handshake_request {
+            // Fault injection: a second request once the session is under way.
+            let again = HandshakeRequest::new(
+                &self.shared.config.agent_version,
+                &SessionType::Port,
+                self.properties.clone(),
+            );
+            let _ = self.channel.send(now, PayloadType::HandshakeRequest, again.to_json());
+        }
         // HandshakeComplete goes out before the plugin starts (and dials).
         self.flush();
         let client_version = resp.client_version.clone();

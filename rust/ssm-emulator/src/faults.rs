@@ -55,6 +55,13 @@ pub struct Faults {
     pub nul_padded_types: bool,
     /// Never let a token be used (every open is refused): models expired tokens.
     pub expire_tokens: bool,
+    /// Misbehaving agent: a port session sends a HandshakeComplete before its
+    /// HandshakeRequest (§5). Default off; only for tests of the client's handshake checks.
+    pub handshake_complete_first: bool,
+    /// Misbehaving agent: once a port session's handshake is complete (HandshakeComplete
+    /// sent), send a second HandshakeRequest. The session goes on; a response to it is
+    /// consumed. Default off; only for tests of the client's handshake checks.
+    pub repeat_handshake_request: bool,
 }
 
 /// What to do with one frame.

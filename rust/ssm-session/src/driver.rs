@@ -206,7 +206,7 @@ impl DataChannel {
             channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
             ws: Some(ws),
             start: StartState::Waiting(Some(start_tx)),
-            start_deadline: now + opts.start_timeout,
+            start_deadline: saturating_add(now, opts.start_timeout),
             inbound: VecDeque::new(),
             inbound_bytes: 0,
             in_tx,
@@ -343,6 +343,18 @@ fn redact_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }
 
+/// `t + d`, or the latest instant the clock can hold when that is out of its range: a limit
+/// of "practically forever" from a caller must not panic. Durations are capped at 100 years so
+/// that every platform's clock and the timer wheel agree on what "far" is.
+pub(crate) fn saturating_add(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let d = d.min(FAR);
+    t.checked_add(d)
+        .or_else(|| t.checked_add(d / 1000))
+        .or_else(|| t.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(t)
+}
+
 enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     Command(Option<Command>),
@@ -462,10 +474,12 @@ impl Driver {
                     let _ = self.channel.send(Instant::now(), t, data);
                 }
                 Step::Command(Some(Command::Finish { terminate })) => {
-                    self.finishing = Some((Instant::now() + self.opts.drain_timeout, terminate));
+                    self.finishing = Some((saturating_add(Instant::now(), self.opts.drain_timeout), terminate));
                 }
                 // Every sender is gone: nobody will send or finish; end the session.
-                Step::Command(None) => self.finishing = Some((Instant::now() + self.opts.drain_timeout, true)),
+                Step::Command(None) => {
+                    self.finishing = Some((saturating_add(Instant::now(), self.opts.drain_timeout), true))
+                }
                 Step::Delivered => {}
                 Step::Timer => self.on_timer()?,
             }
@@ -473,7 +487,7 @@ impl Driver {
     }
 
     fn next_wake(&mut self) -> Instant {
-        let mut wake = self.next_ping.min(self.last_rx + self.opts.dead_after);
+        let mut wake = self.next_ping.min(saturating_add(self.last_rx, self.opts.dead_after));
         if let Some(t) = self.channel.poll_timeout() {
             wake = wake.min(t);
         }
@@ -492,13 +506,13 @@ impl Driver {
         if !self.started() && now >= self.start_deadline {
             return Err(self.fail_start(Error::DeadlinePassed("waiting for the session to start")));
         }
-        if now >= self.last_rx + self.opts.dead_after {
+        if now >= saturating_add(self.last_rx, self.opts.dead_after) {
             tracing::info!(session = %self.session_id, "no traffic for {:?}; reconnecting", self.opts.dead_after);
             self.ws = None;
             return Ok(());
         }
         if now >= self.next_ping {
-            self.next_ping = now + self.opts.ping_interval;
+            self.next_ping = saturating_add(now, self.opts.ping_interval);
             if let Some(ws) = self.ws.as_mut() {
                 // Queued now, written by the next flush.
                 let _ = futures_util::FutureExt::now_or_never(ws.feed(Message::Ping(b"keepalive".to_vec().into())));
@@ -539,17 +553,25 @@ impl Driver {
                 payload_type, payload, ..
             } => match payload_type {
                 PayloadType::HandshakeRequest => {
+                    if self.started() {
+                        // The session is running: answering would restart nothing the agent
+                        // needs, and resetting our state would kill a live session.
+                        tracing::debug!(session = %self.session_id, "ignored a HandshakeRequest after the session started");
+                        return Ok(());
+                    }
                     let hs = handshake::client_respond(&payload, &self.opts.client_version)?;
                     let _ = self
                         .channel
                         .send(now, PayloadType::HandshakeResponse, hs.response.clone());
                     if let Some(e) = hs.error.clone() {
-                        self.finishing = Some((now + self.opts.drain_timeout, true));
+                        self.finishing = Some((saturating_add(now, self.opts.drain_timeout), true));
                         return Err(self.fail_start(Error::Handshake(e)));
                     }
+                    // A repeated request before the completion replaces the first one; whoever
+                    // waits for the start keeps waiting, under the same deadline.
                     let tx = match &mut self.start {
-                        StartState::Waiting(tx) => tx.take(),
-                        _ => None,
+                        StartState::Waiting(tx) | StartState::Handshaking(tx, _) => tx.take(),
+                        StartState::Started => None,
                     };
                     self.start = StartState::Handshaking(tx, hs);
                 }
@@ -558,20 +580,32 @@ impl Driver {
                         handshake_time_to_complete: 0,
                         customer_message: String::new(),
                     });
-                    let state = std::mem::replace(&mut self.start, StartState::Started);
-                    if let StartState::Handshaking(tx, hs) = state {
-                        let Some(session_type) = hs.session_type else {
-                            return Err(self.fail_start(Error::Handshake(ssm_proto::HandshakeError::NoSessionType)));
-                        };
-                        let start = SessionStart {
-                            session_id: self.session_id.clone(),
-                            port: PortStart::from_handshake(&session_type, &hs.properties, &hs.agent_version),
-                            session_type,
-                            agent_version: hs.agent_version,
-                            customer_message: complete.customer_message,
-                        };
-                        if let Some(tx) = tx {
-                            let _ = tx.send(Ok(start));
+                    match std::mem::replace(&mut self.start, StartState::Started) {
+                        StartState::Handshaking(tx, hs) => {
+                            let Some(session_type) = hs.session_type else {
+                                self.start = StartState::Handshaking(tx, hs);
+                                return Err(self.fail_start(Error::Handshake(ssm_proto::HandshakeError::NoSessionType)));
+                            };
+                            let start = SessionStart {
+                                session_id: self.session_id.clone(),
+                                port: PortStart::from_handshake(&session_type, &hs.properties, &hs.agent_version),
+                                session_type,
+                                agent_version: hs.agent_version,
+                                customer_message: complete.customer_message,
+                            };
+                            if let Some(tx) = tx {
+                                let _ = tx.send(Ok(start));
+                            }
+                        }
+                        StartState::Waiting(tx) => {
+                            // Out of order (§5): nothing was negotiated, so nothing can start.
+                            self.start = StartState::Waiting(tx);
+                            return Err(self.fail_start(Error::Handshake(ssm_proto::HandshakeError::Failed(
+                                "the agent sent HandshakeComplete before any HandshakeRequest".to_owned(),
+                            ))));
+                        }
+                        StartState::Started => {
+                            tracing::debug!(session = %self.session_id, "ignored a HandshakeComplete after the session started");
                         }
                     }
                 }
@@ -712,6 +746,34 @@ impl Driver {
                 }
                 Err(e) => tracing::debug!(session = %self.session_id, "ResumeSession: {e}"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturating_add_never_panics_and_keeps_order() {
+        let now = Instant::now();
+        assert_eq!(
+            saturating_add(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        for d in [
+            Duration::MAX,
+            Duration::from_secs(u64::MAX / 2),
+            Duration::new(u64::MAX, 999_999_999),
+        ] {
+            let far = saturating_add(now, d);
+            assert!(
+                far >= now + Duration::from_secs(50 * 365 * 24 * 3600),
+                "{d:?} → only {:?}",
+                far - now
+            );
+            // Later still works from there (the driver compares such deadlines with now).
+            let _ = saturating_add(far, d);
         }
     }
 }

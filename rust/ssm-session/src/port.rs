@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ssm_proto::smux::{Mux, MuxEvent, Side};
 use ssm_proto::{PayloadType, PortFlag, PortMode};
@@ -313,7 +313,7 @@ async fn run_mux(
     let mut mux = Mux::new(Side::Client, keepalive, Instant::now());
     let (local_tx, mut local_rx) = mpsc::channel::<LocalEvent>(256);
     let mut conns: HashMap<u32, LocalConn> = HashMap::new();
-    let mut listener = Some(listener);
+    let mut listener = Acceptor::new(listener);
     let mut outcome: Result<()> = Ok(());
     loop {
         let local_full = conns.values().any(LocalConn::full);
@@ -326,16 +326,13 @@ async fn run_mux(
                     permit.send(PayloadType::Output, chunk);
                 }
             }
-            accepted = accept(&listener) => match accepted {
-                Ok((stream, peer)) => {
-                    let id = match mux.open_stream() {
-                        Ok(id) => id,
-                        Err(e) => { outcome = Err(Error::Connect(format!("smux: {e}"))); break; }
-                    };
-                    tracing::debug!(%peer, stream = id, "connection accepted");
-                    conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), stats.clone()));
-                }
-                Err(e) => tracing::warn!("accept failed: {e}"),
+            accepted = listener.accept() => if let Some((stream, peer)) = accepted {
+                let id = match mux.open_stream() {
+                    Ok(id) => id,
+                    Err(e) => { outcome = Err(Error::Connect(format!("smux: {e}"))); break; }
+                };
+                tracing::debug!(%peer, stream = id, "connection accepted");
+                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), stats.clone()));
             },
             ev = local_rx.recv(), if !mux_full => match ev {
                 Some(LocalEvent::Data(id, data)) => { let _ = mux.write(id, &data); }
@@ -369,7 +366,7 @@ async fn run_mux(
                 None => break,
             },
             _ = stop.changed() => {
-                listener = None;
+                listener.listener = None;
                 conns.clear();
                 terminate(&sender, true).await;
                 break;
@@ -410,7 +407,7 @@ async fn run_basic(
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
     // Output that arrives while no connection is open waits for the next one.
     let mut early: Vec<Vec<u8>> = Vec::new();
-    let mut listener = Some(listener);
+    let mut listener = Acceptor::new(listener);
     let flag_ok = ssm_proto::version::compare(&agent_version, ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER)
         == std::cmp::Ordering::Greater;
     loop {
@@ -422,17 +419,14 @@ async fn run_basic(
                     permit.send(PayloadType::Output, chunk);
                 }
             }
-            accepted = accept(&listener), if conn.is_none() => match accepted {
-                Ok((stream, peer)) => {
-                    next_id += 1;
-                    tracing::debug!(%peer, "connection accepted");
-                    let c = LocalConn::spawn(stream, next_id, local_tx.clone(), stats.clone());
-                    for d in early.drain(..) {
-                        c.write(d);
-                    }
-                    conn = Some((next_id, c));
+            accepted = listener.accept(), if conn.is_none() => if let Some((stream, peer)) = accepted {
+                next_id += 1;
+                tracing::debug!(%peer, "connection accepted");
+                let c = LocalConn::spawn(stream, next_id, local_tx.clone(), stats.clone());
+                for d in early.drain(..) {
+                    c.write(d);
                 }
-                Err(e) => tracing::warn!("accept failed: {e}"),
+                conn = Some((next_id, c));
             },
             ev = local_rx.recv(), if pending.len() < 64 => match ev {
                 Some(LocalEvent::Data(id, data)) if conn.as_ref().is_some_and(|(c, _)| *c == id) => {
@@ -457,7 +451,7 @@ async fn run_basic(
                 None => break,
             },
             _ = stop.changed() => {
-                listener = None;
+                listener.listener = None;
                 conn = None;
                 // Agents up to 2.3.722.0 know no TerminateSession flag in basic mode (§7.3); the
                 // API call the driver makes on finishing ends those sessions.
@@ -481,10 +475,57 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .map_err(|source| Error::Listen { addr, source })
 }
 
-async fn accept(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
-    match listener {
-        Some(l) => l.accept().await,
-        None => std::future::pending().await,
+/// Pause after a failed accept. Errors such as EMFILE (no descriptor left) persist while the
+/// connection waits in the backlog; retrying at once would spin a core.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The local listener (`None` once stopped: accepts nothing), with a pause after each failed
+/// accept and one warning per burst of failures rather than one per failure.
+struct Acceptor {
+    listener: Option<TcpListener>,
+    retry_at: Option<tokio::time::Instant>,
+    failures: u64,
+}
+
+impl Acceptor {
+    fn new(listener: TcpListener) -> Self {
+        Self {
+            listener: Some(listener),
+            retry_at: None,
+            failures: 0,
+        }
+    }
+
+    /// The next connection; `None` after a failure (already logged). Cancel-safe: the pause
+    /// is kept across calls.
+    async fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let Some(listener) = self.listener.as_ref() else {
+            return std::future::pending().await;
+        };
+        if let Some(t) = self.retry_at {
+            tokio::time::sleep_until(t).await;
+        }
+        let accepted = listener.accept().await;
+        self.retry_at = None;
+        match accepted {
+            Ok(conn) => {
+                if self.failures > 0 {
+                    tracing::info!("accepting connections again after {} failed attempt(s)", self.failures);
+                    self.failures = 0;
+                }
+                Some(conn)
+            }
+            Err(e) => {
+                if self.failures == 0 {
+                    tracing::warn!("accept failed: {e}; retrying every {ACCEPT_RETRY:?}");
+                } else {
+                    tracing::trace!("accept failed again: {e}");
+                }
+                self.failures += 1;
+                self.retry_at = Some(tokio::time::Instant::now() + ACCEPT_RETRY);
+                None
+            }
+        }
     }
 }
 
