@@ -341,19 +341,29 @@ fn a_wait_returns_on_its_timeout_while_the_work_still_runs() {
 }
 
 /// Runs `wait` on this thread while another thread does `act` 300 ms later, and checks that the
-/// wait returned after `act`, and within 500 ms of it. Returns what the wait returned.
+/// wait returned after `act`, and within 500 ms of it. Returns what the wait returned. A wait
+/// that returns `Running` before `act` (other things wake waits too, e.g. a log line the work
+/// writes) is simply waited again.
 fn woken_by_another_thread(
     what: &str,
-    wait: impl FnOnce() -> SsmcState,
+    mut wait: impl FnMut() -> SsmcState,
     act: impl FnOnce() + Send + 'static,
 ) -> SsmcState {
+    let acted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = acted.clone();
     let actor = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         let at = Instant::now();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
         act();
         at
     });
-    let state = wait();
+    let state = loop {
+        let state = wait();
+        if state != SsmcState::Running || acted.load(std::sync::atomic::Ordering::SeqCst) {
+            break state;
+        }
+    };
     let woken = Instant::now();
     let acted_at = actor.join().unwrap();
     assert!(woken >= acted_at, "the waiter returned ({state:?}) before the {what}");
