@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse};
-use ssm_proto::{Channel, ChannelClosed, Event, Frame, MessageType, PayloadType, SessionType};
+use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
@@ -323,17 +323,12 @@ impl Agent {
             "SessionState": state,
             "SessionId": self.spec.session_id,
         });
-        let now = Instant::now();
-        let frame = Frame {
-            message_type: MessageType::AgentSessionState,
-            schema_version: 1,
-            created_date: self.channel.unix_ms(now),
-            sequence_number: 0,
-            flags: ssm_proto::frame::FLAGS_ACK,
-            message_id: self.channel.new_message_id(),
-            payload_type: PayloadType::Null,
-            payload: payload.to_string().into_bytes(),
-        };
+        let frame = self.channel.unnumbered(
+            Instant::now(),
+            MessageType::AgentSessionState,
+            ssm_proto::frame::FLAGS_ACK,
+            payload.to_string().into_bytes(),
+        );
         self.control.push_back(frame.encode());
     }
 
@@ -342,16 +337,15 @@ impl Agent {
             return; // late frame from a replaced socket
         }
         let now = Instant::now();
-        if is_client_data(bytes) {
+        let client_data = is_client_data(bytes);
+        if client_data {
             self.last_input = now;
         }
-        if self.pause_until.is_some() {
+        if self.pause_until.is_some() && client_data {
             // Observed MGS behaviour while paused (§4.7): client stream data is answered with
             // another pause and goes nowhere; acks still reach the agent.
-            if is_client_data(bytes) {
-                self.control_now(now, MessageType::PausePublication);
-                return;
-            }
+            self.control_now(now, MessageType::PausePublication);
+            return;
         }
         let ready = self.port.as_ref().is_none_or(PortPlugin::ready);
         self.channel.set_receive_ready(ready);
@@ -620,16 +614,9 @@ impl Agent {
             schema_version: 1,
             output: output.to_owned(),
         };
-        let frame = Frame {
-            message_type: MessageType::ChannelClosed,
-            schema_version: 1,
-            created_date: self.channel.unix_ms(now),
-            sequence_number: 0,
-            flags: 0,
-            message_id: self.channel.new_message_id(),
-            payload_type: PayloadType::Null,
-            payload: closed.to_json(),
-        };
+        let frame = self
+            .channel
+            .unnumbered(now, MessageType::ChannelClosed, 0, closed.to_json());
         // MGS-generated: HeaderLength 112, no PayloadType field (§3.6).
         self.control.push_back(frame.encode_short_header());
         self.channel.close();
@@ -700,16 +687,7 @@ impl Agent {
 
     /// Sends an unnumbered publication message at once, ahead of anything the channel holds.
     fn control_now(&mut self, now: Instant, message_type: MessageType) {
-        let frame = ssm_proto::Frame {
-            message_type,
-            schema_version: 1,
-            created_date: self.channel.unix_ms(now),
-            sequence_number: 0,
-            flags: 0,
-            message_id: self.channel.new_message_id(),
-            payload_type: PayloadType::Null,
-            payload: Vec::new(),
-        };
+        let frame = self.channel.unnumbered(now, message_type, 0, Vec::new());
         if let Some(link) = &self.link {
             link.send_control(frame.encode());
         }

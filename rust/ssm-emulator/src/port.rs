@@ -240,21 +240,21 @@ impl PortPlugin {
         }
     }
 
-    fn open_basic(&mut self, stream: TcpStream) -> &DestConn {
+    /// Takes `stream` as the basic/stdio connection; `pending` (a client message that waited
+    /// for a re-dial) is written to it first.
+    fn open_basic(&mut self, stream: TcpStream, pending: Option<(i64, Vec<u8>)>) {
         self.generation += 1;
-        let id = self.generation;
         let conn = DestConn::spawn(
             stream,
-            id,
+            self.generation,
             self.queues.clone(),
             self.pacing.chunk(),
             self.reader_pause(),
         );
-        self.basic = Basic::Open(id, conn);
-        match &self.basic {
-            Basic::Open(_, c) => c,
-            _ => unreachable!("just set"),
+        if let Some((seq, payload)) = pending {
+            conn.write(payload, Some(seq));
         }
+        self.basic = Basic::Open(self.generation, conn);
     }
 
     fn spawn_basic_dial(&self, pending: Option<(i64, Vec<u8>)>) {
@@ -463,10 +463,7 @@ impl PortPlugin {
     ) -> Result<(), String> {
         match res {
             Ok(stream) => {
-                let conn = self.open_basic(stream);
-                if let Some((seq, payload)) = pending {
-                    conn.write(payload, Some(seq));
-                }
+                self.open_basic(stream, pending);
                 Ok(())
             }
             Err(e) => Err(self.dial_failed(&e)),

@@ -443,6 +443,20 @@ fn begin_forward(c: *mut SsmcClient, remote_port: u16, local_port: u16) -> *mut 
     op
 }
 
+/// A forward begun and waited for until it forwards; its operation and the forward taken from it.
+fn started_forward(c: *mut SsmcClient, remote_port: u16, local_port: u16) -> (*mut SsmcOperation, *mut SsmcForward) {
+    let op = begin_forward(c, remote_port, local_port);
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    assert!(!f.is_null());
+    (op, f)
+}
+
 fn accepts(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
@@ -517,15 +531,7 @@ fn freeing_any_handle_in_any_state_stops_what_it_owns() {
 
     // A forward handle freed while it forwards (its operation freed before).
     let port = ssm_testkit::free_port();
-    let op = begin_forward(c, echo, port);
-    assert_eq!(
-        wait_op(op),
-        SsmcState::Succeeded,
-        "{}",
-        text(ssmc_operation_error_message(op))
-    );
-    let f = ssmc_operation_take_forward(op);
-    assert!(!f.is_null());
+    let (op, f) = started_forward(c, echo, port);
     ssmc_operation_free(op);
     echoes(port);
     assert_eq!(ssmc_forward_state(f), SsmcState::Running);
@@ -535,15 +541,7 @@ fn freeing_any_handle_in_any_state_stops_what_it_owns() {
 
     // A forward handle freed after it was stopped and ended, its operation freed after it.
     let port = ssm_testkit::free_port();
-    let op = begin_forward(c, echo, port);
-    assert_eq!(
-        wait_op(op),
-        SsmcState::Succeeded,
-        "{}",
-        text(ssmc_operation_error_message(op))
-    );
-    let f = ssmc_operation_take_forward(op);
-    assert!(!f.is_null());
+    let (op, f) = started_forward(c, echo, port);
     echoes(port);
     ssmc_forward_stop(f);
     let deadline = Instant::now() + Duration::from_secs(15);

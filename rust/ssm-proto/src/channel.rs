@@ -404,20 +404,20 @@ impl Channel {
         self.transmit.push_back(entry.frame.clone());
     }
 
-    /// Queues an unnumbered message (`channel_closed`, `start_publication`,
-    /// `pause_publication`, §3.3): sequence 0, flags 0, payload type 0, never retransmitted.
-    pub fn send_control(&mut self, now: Instant, message_type: MessageType, payload: Vec<u8>) {
-        let frame = Frame {
+    /// An unnumbered frame (§3.3: `acknowledge`, `channel_closed`, publication control,
+    /// `agent_session_state`): sequence 0, payload type 0, never retransmitted. `flags` is 0
+    /// except for acks and session state (3).
+    pub fn unnumbered(&mut self, now: Instant, message_type: MessageType, flags: u64, payload: Vec<u8>) -> Frame {
+        Frame {
             message_type,
             schema_version: 1,
             created_date: self.created_date(now),
             sequence_number: 0,
-            flags: 0,
+            flags,
             message_id: self.ids.uuid(),
             payload_type: PayloadType::Null,
             payload,
-        };
-        self.transmit.push_back(frame.encode());
+        }
     }
 
     /// A fresh UUID v4 from the channel's id source (for payloads that carry their own id).
@@ -430,29 +430,16 @@ impl Channel {
         self.created_date(now)
     }
 
-    /// Sends an acknowledgement of `frame` (§4.2).
-    fn ack(&mut self, now: Instant, frame: &Frame) {
+    /// Sends an acknowledgement of message `seq` of `message_type` with id `message_id` (§4.2).
+    fn ack(&mut self, now: Instant, message_type: &MessageType, message_id: MessageId, seq: i64) {
         let payload = Acknowledge {
-            message_type: frame.message_type.as_str().to_owned(),
-            message_id: frame.message_id.to_string(),
-            sequence_number: frame.sequence_number,
+            message_type: message_type.as_str().to_owned(),
+            message_id: message_id.to_string(),
+            sequence_number: seq,
             is_sequential: true,
         }
         .to_json();
-        self.push_ack(now, payload);
-    }
-
-    fn push_ack(&mut self, now: Instant, payload: Vec<u8>) {
-        let ack = Frame {
-            message_type: MessageType::Acknowledge,
-            schema_version: 1,
-            created_date: self.created_date(now),
-            sequence_number: 0,
-            flags: FLAGS_ACK,
-            message_id: self.ids.uuid(),
-            payload_type: PayloadType::Null,
-            payload,
-        };
+        let ack = self.unnumbered(now, MessageType::Acknowledge, FLAGS_ACK, payload);
         self.transmit.push_back(ack.encode());
     }
 
@@ -528,7 +515,7 @@ impl Channel {
         if seq < self.expected {
             // §4.4: the agent re-acks duplicates; the plugin does not (§9 item 5).
             self.stats.duplicates_received += 1;
-            self.ack(now, &frame);
+            self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
             return;
         }
         if seq > self.expected {
@@ -541,9 +528,9 @@ impl Channel {
             }
             if self.out_of_order.contains_key(&seq) {
                 self.stats.duplicates_received += 1;
-                self.ack(now, &frame);
+                self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
             } else if self.out_of_order.len() < self.config.receive_buffer {
-                self.ack(now, &frame);
+                self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
                 self.out_of_order.insert(seq, frame);
             }
             return;
@@ -557,7 +544,7 @@ impl Channel {
             self.deliver(frame);
             return;
         }
-        self.ack(now, &frame);
+        self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
         self.deliver(frame);
         // Buffered successors were acked on arrival; deliver them in order (§9 item 7: same
         // path as in-order delivery).
@@ -612,14 +599,7 @@ impl Channel {
             self.stats.messages_received = self.stats.messages_received.saturating_sub(1);
             return;
         }
-        let payload = Acknowledge {
-            message_type: message_type.as_str().to_owned(),
-            message_id: message_id.to_string(),
-            sequence_number: current,
-            is_sequential: true,
-        }
-        .to_json();
-        self.push_ack(now, payload);
+        self.ack(now, &message_type, message_id, current);
         self.poll_ready();
     }
 
