@@ -106,8 +106,18 @@ async fn data_never_acknowledged_is_given_up_after_the_limit() {
     }))
     .await;
     let api = api(&emu.endpoint()).await;
-    let dest = destination().await;
-    let mut fwd = forward(&api, dest.port, |o| {
+    // A destination that only reads: nothing comes back, so the client keeps reading its socket
+    // and the silence is the agent's alone.
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+    let sink_port = sink.local_addr().expect("sink addr").port();
+    let _sink = tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut s, &mut tokio::io::sink()).await;
+            });
+        }
+    });
+    let mut fwd = forward(&api, sink_port, |o| {
         o.channel.unacked_limit = Duration::from_secs(3);
     })
     .await;
