@@ -76,7 +76,7 @@ for t in "${targets[@]}"; do
   if "$CARGO_TARGET_DIR/$host/release/$t" "$scratch" "$corpus" \
     -runs="$runs" -max_len="$(max_len "$t")" -print_final_stats=1 \
     -artifact_prefix="$artifacts/" ${FUZZ_ARGS:-} 2>"$scratch.log"; then
-    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+ +DONE)' "$scratch.log" || true
+    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|#[0-9]+[[:space:]]+DONE)' "$scratch.log" || true
     echo "<== fuzz $t: ok in $((SECONDS - start))s"
   else
     tail -n 60 "$scratch.log"
