@@ -585,6 +585,15 @@ impl Channel {
             }
             return;
         }
+        if self.out_of_order.contains_key(&seq) {
+            // Next in order but already buffered (acked on arrival, held back while the receiver
+            // was not ready): the peer's retransmission, our ack still in flight. Re-ack it like
+            // any duplicate and deliver the buffered copy, so it never outlives its delivery.
+            self.stats.duplicates_received += 1;
+            self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
+            self.poll_ready();
+            return;
+        }
         if !self.receive_ready || self.processing.is_some() {
             self.stats.refused_not_ready += 1;
             return;
@@ -734,6 +743,13 @@ impl Channel {
     /// Number of frames waiting in [`Channel::poll_transmit`].
     pub fn pending_transmit(&self) -> usize {
         self.transmit.len()
+    }
+
+    /// Number of out-of-order messages buffered (acked, waiting for the gap before them to
+    /// fill); never more than [`Config::receive_buffer`]. Read-only, for diagnostics and the
+    /// fuzz targets' memory bound.
+    pub fn out_of_order_len(&self) -> usize {
+        self.out_of_order.len()
     }
 
     /// Next event for the caller.
@@ -1033,5 +1049,36 @@ mod tests {
         assert!(!seqs.is_empty());
         assert!(seqs.iter().all(|s| *s == 0), "only the head is resent: {seqs:?}");
         let _ = c.poll_event();
+    }
+
+    /// Found by the `channel` fuzz target: a message acked out of order and retransmitted by
+    /// the peer (our ack still in flight) once it is next in order, before the caller called
+    /// `poll_ready`, was delivered from the retransmission while the stored copy stayed in the
+    /// out-of-order store for good, taking a slot of `receive_buffer`.
+    #[test]
+    fn retransmitted_copy_of_a_buffered_message_leaves_no_stale_entry() {
+        let (mut c, mut a, now) = pair();
+        for b in [b"0", b"1", b"2"] {
+            c.send(now, PayloadType::Output, b.to_vec()).unwrap();
+        }
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        a.handle_frame(now, &frames[1]).unwrap(); // out of order: acked and stored
+        a.handle_frame(now, &frames[0]).unwrap(); // in order: being processed
+        a.set_receive_ready(false);
+        a.processed(now, 0, true); // not ready: 1 stays stored
+        a.set_receive_ready(true);
+        a.handle_frame(now, &frames[1]).unwrap(); // the peer's retransmission of 1
+        a.processed(now, 1, true);
+        a.handle_frame(now, &frames[2]).unwrap();
+        a.processed(now, 2, true);
+        let delivered: Vec<i64> = std::iter::from_fn(|| a.poll_event())
+            .filter_map(|e| match e {
+                Event::Stream { sequence_number, .. } => Some(sequence_number),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, [0, 1, 2]);
+        assert_eq!(a.expected_sequence_number(), 3);
+        assert_eq!(a.out_of_order_len(), 0, "a delivered message is still buffered");
     }
 }
