@@ -13,7 +13,8 @@
 //!   the message being processed is acked only by a successful `processed`;
 //! - nothing is delivered while a message is being processed;
 //! - our transmissions carry what we sent, never after the peer acked it, never while paused;
-//! - memory: out-of-order store ≤ `receive_buffer`, unacked ≤ `send_window`.
+//! - memory: out-of-order store ≤ `receive_buffer` messages and `receive_buffer_bytes`, unacked
+//!   ≤ `send_window`.
 //!
 //! At the end the peer fills every gap up to the last message the channel acked, retransmitting
 //! only what was not acked (as a real peer does): every acked message must then be delivered
@@ -125,6 +126,9 @@ struct Harness {
     transmitted: BTreeSet<i64>,
     /// Our messages the peer acked.
     acked_by_peer: BTreeSet<i64>,
+    /// Our messages sent past the send window without a copy (the agent's
+    /// `untracked_beyond_window`): never retransmitted, and an ack for them changes nothing.
+    untracked: BTreeSet<i64>,
     /// Acks, in the current operation, of our messages never transmitted before: a hostile
     /// peer's. The channel may still transmit such a message while handling the ack (resuming
     /// publication comes first); it counts as acked once the operation is over.
@@ -161,6 +165,7 @@ impl Harness {
             our_sent: BTreeMap::new(),
             transmitted: BTreeSet::new(),
             acked_by_peer: BTreeSet::new(),
+            untracked: BTreeSet::new(),
             bogus_acks: Vec::new(),
         }
     }
@@ -227,6 +232,7 @@ impl Harness {
             if frame.message_type == MessageType::Acknowledge
                 && let Ok(ack) = Acknowledge::parse(&frame.payload)
                 && self.our_sent.contains_key(&ack.sequence_number)
+                && !self.untracked.contains(&ack.sequence_number)
             {
                 if self.transmitted.contains(&ack.sequence_number) {
                     self.acked_by_peer.insert(ack.sequence_number);
@@ -324,12 +330,20 @@ impl Harness {
                 let payload_type = PayloadType::from_u32(payload_type.into());
                 let payload = vec![len; usize::from(len)];
                 let could = self.ch.can_send();
+                let untracked_before = self.ch.stats().sent_untracked;
                 match self.ch.send(self.now, payload_type, payload.clone()) {
                     Ok(seq) => {
                         assert!(could, "send accepted while can_send was false");
                         let expected = i64::try_from(self.our_sent.len()).unwrap_or(i64::MAX);
                         assert_eq!(seq, expected, "our numbering has a gap");
                         self.our_sent.insert(seq, (payload_type, payload));
+                        if self.ch.stats().sent_untracked > untracked_before {
+                            assert!(
+                                self.ch.config().untracked_beyond_window,
+                                "sent {seq} untracked, which this role never does"
+                            );
+                            self.untracked.insert(seq);
+                        }
                     }
                     Err(_) => assert!(!could, "send refused while can_send was true"),
                 }
@@ -465,20 +479,25 @@ impl Harness {
         }
 
         let config = self.ch.config();
+        let (held, held_bytes) = self.ch.out_of_order_held();
+        assert!(held <= config.receive_buffer, "out-of-order store past its bound");
         assert!(
-            self.ch.out_of_order_len() <= config.receive_buffer,
-            "out-of-order store past its bound"
+            held_bytes <= config.receive_buffer_bytes,
+            "out-of-order store past its byte bound"
         );
         // What the store must hold: the messages acked ahead of the delivered stream (in-order
         // messages are acked only once delivered, out-of-order ones when stored).
         let ahead = self.acked_by_us.range(self.next_delivery..).count();
         assert_eq!(
-            self.ch.out_of_order_len(),
+            self.ch.out_of_order_held().0,
             ahead,
             "out-of-order store holds other messages than those acked ahead"
         );
         assert!(self.ch.unacked() <= config.send_window, "unacked past the send window");
-        assert_eq!(self.ch.unacked(), self.our_sent.len() - self.acked_by_peer.len());
+        assert_eq!(
+            self.ch.unacked(),
+            self.our_sent.len() - self.untracked.len() - self.acked_by_peer.len()
+        );
         assert!(self.ch.rto() <= config.max_rto);
     }
 
@@ -520,7 +539,7 @@ impl Harness {
             self.check(Some(p), Some(true));
         }
         assert_eq!(
-            self.ch.out_of_order_len(),
+            self.ch.out_of_order_held().0,
             0,
             "out-of-order store keeps entries after the gaps were filled"
         );

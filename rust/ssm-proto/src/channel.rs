@@ -745,13 +745,6 @@ impl Channel {
         self.transmit.len()
     }
 
-    /// Number of out-of-order messages buffered (acked, waiting for the gap before them to
-    /// fill); never more than [`Config::receive_buffer`]. Read-only, for diagnostics and the
-    /// fuzz targets' memory bound.
-    pub fn out_of_order_len(&self) -> usize {
-        self.out_of_order.len()
-    }
-
     /// Next event for the caller.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -1079,6 +1072,6 @@ mod tests {
             .collect();
         assert_eq!(delivered, [0, 1, 2]);
         assert_eq!(a.expected_sequence_number(), 3);
-        assert_eq!(a.out_of_order_len(), 0, "a delivered message is still buffered");
+        assert_eq!(a.out_of_order_held().0, 0, "a delivered message is still buffered");
     }
 }
