@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 mode=off
 for a in "$@"; do [ "$a" = --keepalive ] && mode=on; done
 mkdir -p bench/results
-out="bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)-keepalive-$mode.json"
+out="$PWD/bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)-keepalive-$mode.json"
 cargo build --release -p ssm-emulator
 cargo bench -p ssm-cli --bench soak -- --out "$out" "$@"
 echo "figures: $out"

@@ -4,7 +4,8 @@
 //! unless `--unpaced`) and a release `ssmconnect forward` to the echo server through it. Then,
 //! for `--duration` seconds, busy and idle periods alternate; in busy periods `--connections`
 //! workers each open a connection through the forward, send a random amount of pattern data in
-//! random pieces, check every byte of the echo at its offset, close, and start over. A
+//! random pieces (each once the one before is echoed), check every byte of the echo at its
+//! offset, close, and start over. A
 //! connection caught by an idle period stays open and silent until the next busy one. Every
 //! `--cut-every` seconds the emulator cuts the session's socket (no close frame), so the helper
 //! resumes the session (ResumeSession) with connections open. `--keepalive` announces agent
@@ -219,8 +220,9 @@ enum Phase {
     Over,
 }
 
-/// One connection: `len` bytes of the pattern from `start`, sent in random pieces, the echo
-/// checked at every offset. Writing pauses in idle periods, with the connection left open.
+/// One connection: `len` bytes of the pattern from `start`, sent in random pieces, each once the
+/// one before is back, the echo checked at every offset. Writing pauses in idle periods, with
+/// the connection left open.
 async fn connection(
     addr: SocketAddr,
     pattern: Arc<Vec<u8>>,
@@ -239,6 +241,8 @@ async fn connection(
     let reader_pattern = pattern.clone();
     let progress = Arc::new(AtomicU64::new(0));
     let reader_progress = progress.clone();
+    let echoed = Arc::new(tokio::sync::Notify::new());
+    let reader_echoed = echoed.clone();
     let reader = async move {
         let want = &reader_pattern[start..start + len];
         let mut got = 0usize;
@@ -256,6 +260,7 @@ async fn connection(
             }
             got += n;
             reader_progress.store(got as u64, Ordering::Relaxed);
+            reader_echoed.notify_one();
         }
         Ok::<_, anyhow::Error>(got)
     };
@@ -277,6 +282,11 @@ async fn connection(
             w.write_all(&pattern[off..off + n]).await.context("writing")?;
             counters.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
             off += n;
+            // Request and response: the next piece once this one is back, so connections stay
+            // open for a while (and some across idle periods and cuts).
+            while progress.load(Ordering::Relaxed) < (off - start) as u64 {
+                echoed.notified().await;
+            }
         }
         if held {
             counters.held_over_idle.fetch_add(1, Ordering::Relaxed);
