@@ -6,149 +6,14 @@
 //! Run with `--nocapture` to see per-run statistics (simulated time, retransmissions, …).
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use ssm_proto::{
-    Acknowledge, Channel, Config, Event, Frame, MessageId, MessageType, PayloadType, RetransmitPolicy, SendError,
-};
+use ssm_proto::{Acknowledge, Channel, Config, Event, Frame, MessageType, PayloadType, RetransmitPolicy, SendError};
 
-const MIB: usize = 1024 * 1024;
-const CHUNK: usize = ssm_proto::DEFAULT_PAYLOAD_SIZE;
-const UNIX_MS: u64 = 1_700_000_000_000;
+mod common;
 
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness.
-
-/// splitmix64: tiny, seedable, good enough for fault injection.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// True with probability `p`.
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-
-    /// Uniform in `0..n` (n > 0; the modulo bias is irrelevant here).
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn bytes(&mut self, len: usize) -> Vec<u8> {
-        let mut v = Vec::with_capacity(len + 8);
-        while v.len() < len {
-            v.extend_from_slice(&self.next_u64().to_le_bytes());
-        }
-        v.truncate(len);
-        v
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The network.
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Dir {
-    ToAgent,
-    ToClient,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct NetConfig {
-    drop: f64,
-    duplicate: f64,
-    max_delay: Duration,
-}
-
-impl NetConfig {
-    const LOSSY: Self = Self {
-        drop: 0.10,
-        duplicate: 0.10,
-        max_delay: Duration::from_millis(50),
-    };
-}
-
-/// A frame in flight: arrival time, unique counter (deterministic ties), direction, bytes.
-type InFlight = (Instant, u64, Dir, Vec<u8>);
-
-/// Frames in flight, earliest arrival first.
-#[derive(Debug)]
-struct Network {
-    cfg: NetConfig,
-    rng: Rng,
-    queue: BinaryHeap<Reverse<InFlight>>,
-    counter: u64,
-    sent: u64,
-    dropped: u64,
-    duplicated: u64,
-}
-
-impl Network {
-    fn new(cfg: NetConfig, seed: u64) -> Self {
-        Self {
-            cfg,
-            rng: Rng(seed),
-            queue: BinaryHeap::new(),
-            counter: 0,
-            sent: 0,
-            dropped: 0,
-            duplicated: 0,
-        }
-    }
-
-    fn delay(&mut self) -> Duration {
-        let max = self.cfg.max_delay.as_micros() as u64;
-        Duration::from_micros(if max == 0 { 0 } else { self.rng.below(max) })
-    }
-
-    fn push(&mut self, at: Instant, dir: Dir, bytes: Vec<u8>) {
-        self.counter += 1;
-        self.queue.push(Reverse((at, self.counter, dir, bytes)));
-    }
-
-    /// A frame written by one side: maybe lost, maybe duplicated, always delayed.
-    fn send(&mut self, now: Instant, dir: Dir, bytes: Vec<u8>) {
-        self.sent += 1;
-        if self.rng.chance(self.cfg.drop) {
-            self.dropped += 1;
-            return;
-        }
-        if self.rng.chance(self.cfg.duplicate) {
-            self.duplicated += 1;
-            let at = now + self.delay();
-            self.push(at, dir, bytes.clone());
-        }
-        let at = now + self.delay();
-        self.push(at, dir, bytes);
-    }
-
-    /// A frame from the service itself (pause/start publication): delayed, never lost.
-    fn inject(&mut self, now: Instant, dir: Dir, bytes: Vec<u8>) {
-        let at = now + self.delay();
-        self.push(at, dir, bytes);
-    }
-
-    fn next_arrival(&self) -> Option<Instant> {
-        self.queue.peek().map(|Reverse((t, ..))| *t)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<(Dir, Vec<u8>)> {
-        if self.next_arrival()? > now {
-            return None;
-        }
-        self.queue.pop().map(|Reverse((_, _, dir, bytes))| (dir, bytes))
-    }
-}
+use common::*;
 
 // ---------------------------------------------------------------------------------------------
 // One endpoint: the channel, the application writing into it and the sink reading out of it.
@@ -337,20 +202,6 @@ struct Sim {
 struct Limits {
     sim_time: Duration,
     iterations: u64,
-}
-
-fn publication(kind: MessageType) -> Vec<u8> {
-    Frame {
-        message_type: kind,
-        schema_version: 1,
-        created_date: UNIX_MS,
-        sequence_number: 0,
-        flags: 0,
-        message_id: MessageId([0x42; 16]),
-        payload_type: PayloadType::Null,
-        payload: Vec::new(),
-    }
-    .encode()
 }
 
 impl Sim {
