@@ -15,7 +15,7 @@ use tokio::time::sleep_until;
 
 use crate::config::{AgentRetransmit, Config};
 use crate::faults::{self, Interrupt, Interruptions};
-use crate::link::{self, Inbound, Link};
+use crate::link::{self, Inbound, Link, Sent};
 use crate::port::{DestEvent, DestQueues, Handled, PortPlugin};
 use crate::shell::ShellPlugin;
 use crate::state::{AgentCommand, Connection, Counters, SessionSpec, Shared};
@@ -63,8 +63,19 @@ struct Agent {
     processing: Option<i64>,
     /// Unnumbered frames for the client (publication control, session state, `channel_closed`).
     control: VecDeque<Vec<u8>>,
+    /// The frame whose write is blocked because the socket is backed up, and whether it counts
+    /// as a data frame: until it is written the agent takes nothing from the destination.
+    blocked: Option<(Vec<u8>, bool)>,
     reported_retransmissions: u64,
     finished: bool,
+}
+
+/// Waits until `link` can take a frame again; never, without a link.
+async fn writable(link: Option<&Link>) {
+    match link {
+        Some(link) => link.writable().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -198,6 +209,7 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         },
         processing: None,
         control: VecDeque::new(),
+        blocked: None,
         reported_retransmissions: 0,
         finished: false,
     };
@@ -205,12 +217,19 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
     let grace = Duration::from_millis(shared.config.reconnect_grace_ms);
     while !agent.finished {
         let wake = agent.next_wake(grace);
+        // No send window (Config::agent: untracked past its buffer); what stops the agent
+        // reading the destination is a write blocked on the socket.
         let can_take_dest = agent.channel.can_send()
+            && agent.blocked.is_none()
             && !agent.channel.is_paused()
             && agent.pause_until.is_none()
             && agent.port.as_ref().is_none_or(PortPlugin::accepting_dest);
         let reading = agent.processing.is_none();
+        // While publication is paused nothing is written, so a blocked write waits for the end
+        // of the pause (a timer), not for room on the socket.
+        let write_blocked = agent.blocked.is_some() && agent.pause_until.is_none();
         tokio::select! {
+            _ = writable(agent.link.as_ref()), if write_blocked => {}
             cmd = commands.recv() => match cmd {
                 Some(AgentCommand::Attach(conn)) => agent.attach(*conn),
                 Some(AgentCommand::Terminate) | None => agent.begin_close(String::new()),
@@ -229,7 +248,15 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         agent.flush();
     }
     if let Some(link) = agent.link.take() {
-        link.close();
+        // What could not be written yet (the last data, `channel_closed`) goes before the close.
+        let last = agent
+            .blocked
+            .take()
+            .map(|(f, _)| f)
+            .into_iter()
+            .chain(agent.control.drain(..))
+            .collect();
+        link.close(last);
     }
     if let Some(port) = agent.port.as_mut() {
         port.shutdown();
@@ -274,7 +301,7 @@ impl Agent {
         let now = Instant::now();
         let reconnect = self.next_link_id > 0;
         if let Some(old) = self.link.take() {
-            old.close();
+            old.close(Vec::new());
         }
         self.next_link_id += 1;
         self.link = Some(link::spawn(
@@ -705,22 +732,46 @@ impl Agent {
         }
         let faults = self.shared.faults();
         // While publication is paused (§4.7) every frame waits in the channel, acks included.
-        while self.pause_until.is_none()
-            && let Some(frame) = self.channel.poll_transmit()
-        {
+        // A write the socket cannot take blocks the agent's writer: nothing more goes out (or
+        // is taken from the destination) until it can.
+        while self.pause_until.is_none() {
+            let frame = match self.blocked.take() {
+                Some((frame, true)) => frame,
+                Some((frame, false)) => {
+                    self.blocked = Some((frame, false));
+                    break;
+                }
+                None => {
+                    let Some(frame) = self.channel.poll_transmit() else {
+                        break;
+                    };
+                    let Some(frame) = faults::outgoing(&faults, frame) else {
+                        continue;
+                    };
+                    frame
+                }
+            };
             let Some(link) = self.link.as_mut() else {
                 continue;
             };
-            let Some(frame) = faults::outgoing(&faults, frame) else {
-                continue;
-            };
-            if !link.send(frame) {
-                continue;
+            match link.try_send(frame, true) {
+                Sent::Queued => {}
+                Sent::Gone => continue,
+                Sent::Blocked(frame) => {
+                    self.blocked = Some((frame, true));
+                    break;
+                }
             }
             match self.interruptions.after_frame(&faults, link.frames_sent) {
                 Some(Interrupt::Cut) => {
                     if let Some(link) = self.link.take() {
                         link.cut();
+                    }
+                    self.link_lost_at = Some(now);
+                }
+                Some(Interrupt::Freeze) => {
+                    if let Some(link) = self.link.take() {
+                        link.freeze();
                     }
                     self.link_lost_at = Some(now);
                 }
@@ -734,9 +785,16 @@ impl Agent {
         }
         // Session state and `channel_closed` follow what the agent sent before them.
         if self.pause_until.is_none() {
-            while let Some(frame) = self.control.pop_front() {
-                if let Some(link) = &self.link {
-                    link.send_control(frame);
+            if let Some((frame, _)) = self.blocked.take_if(|(_, counted)| !*counted) {
+                self.control.push_front(frame);
+            }
+            while self.blocked.is_none()
+                && let Some(frame) = self.control.pop_front()
+            {
+                if let Some(link) = self.link.as_mut()
+                    && let Sent::Blocked(frame) = link.try_send(frame, false)
+                {
+                    self.blocked = Some((frame, false));
                 }
             }
         }
@@ -747,7 +805,7 @@ impl Agent {
     fn control_now(&mut self, now: Instant, message_type: MessageType) {
         let frame = self.channel.unnumbered(now, message_type, 0, Vec::new());
         if let Some(link) = &self.link {
-            link.send_control(frame.encode());
+            link.send_now(frame.encode());
         }
     }
 

@@ -44,6 +44,10 @@ pub struct Faults {
     pub cut_after_frames: Option<u64>,
     /// Cut at most this many times per session (default: once).
     pub max_cuts: Option<u64>,
+    /// Freeze a session's socket after this many frames to the client on it: from then on
+    /// nothing is read from it or written to it and it stays open (a blackholed path; §8.2).
+    /// Once per session; the client's next connection works.
+    pub freeze_after_frames: Option<u64>,
     /// After this many frames to the client, send `pause_publication`, hold all output for
     /// `pause_ms`, then send `start_publication` (§4.7). Once per session.
     pub pause_after_frames: Option<u64>,
@@ -128,6 +132,8 @@ pub(crate) fn outgoing(f: &Faults, mut frame: Vec<u8>) -> Option<Vec<u8>> {
 pub(crate) enum Interrupt {
     /// Cut the socket.
     Cut,
+    /// Freeze the socket.
+    Freeze,
     /// Pause publication for this long.
     Pause(Duration),
 }
@@ -138,6 +144,7 @@ pub(crate) struct Interruptions {
     cuts: u64,
     frames: u64,
     paused: bool,
+    frozen: bool,
 }
 
 impl Interruptions {
@@ -150,6 +157,13 @@ impl Interruptions {
         {
             self.cuts += 1;
             return Some(Interrupt::Cut);
+        }
+        if let Some(n) = f.freeze_after_frames
+            && on_socket >= n
+            && !self.frozen
+        {
+            self.frozen = true;
+            return Some(Interrupt::Freeze);
         }
         if let Some(n) = f.pause_after_frames
             && !self.paused

@@ -24,41 +24,80 @@ pub(crate) enum Inbound {
     Closed(u64),
 }
 
-enum LinkOut {
+/// Frames queued for one socket beyond what its buffers hold. The agent writes to its
+/// WebSocket synchronously (agent/session/datachannel/datachannel.go SendMessage →
+/// wsChannel.SendMessage under a write lock), so a client that stops reading blocks the agent's
+/// writer once TCP and this small queue are full.
+const WRITE_QUEUE: usize = 64;
+
+/// What MGS does to the socket, ahead of queued frames.
+enum LinkCtl {
+    /// A frame MGS writes itself, ahead of the agent's (publication control).
     Frame(Vec<u8>),
+    /// Drop the socket abruptly.
     Cut,
-    Close,
+    /// Stop reading and writing the socket without closing it: a blackholed link.
+    Freeze,
+    /// Write what is queued, then these frames, then a close frame.
+    Close(Vec<Vec<u8>>),
+}
+
+/// Result of [`Link::try_send`].
+pub(crate) enum Sent {
+    /// Queued for the socket.
+    Queued,
+    /// The socket has gone; the frame is lost.
+    Gone,
+    /// The socket is backed up: the agent's write would block. The frame comes back.
+    Blocked(Vec<u8>),
 }
 
 /// The agent's handle on one socket.
 pub(crate) struct Link {
     pub(crate) id: u64,
-    out: mpsc::UnboundedSender<LinkOut>,
+    out: mpsc::Sender<Vec<u8>>,
+    ctl: mpsc::UnboundedSender<LinkCtl>,
     /// Frames written to this socket so far.
     pub(crate) frames_sent: u64,
 }
 
 impl Link {
-    /// Queues a frame for the client; false when the link has gone.
-    pub(crate) fn send(&mut self, frame: Vec<u8>) -> bool {
-        let sent = self.out.send(LinkOut::Frame(frame)).is_ok();
-        self.frames_sent += u64::from(sent);
-        sent
+    /// Queues a frame for the client unless the socket is backed up. `counted` frames count
+    /// in `frames_sent` (unnumbered control frames do not).
+    pub(crate) fn try_send(&mut self, frame: Vec<u8>, counted: bool) -> Sent {
+        match self.out.try_send(frame) {
+            Ok(()) => {
+                self.frames_sent += u64::from(counted);
+                Sent::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(frame)) => Sent::Blocked(frame),
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Gone,
+        }
     }
 
-    /// Queues an unnumbered control frame, not counted in `frames_sent`.
-    pub(crate) fn send_control(&self, frame: Vec<u8>) {
-        let _ = self.out.send(LinkOut::Frame(frame));
+    /// Waits until a frame can be queued again (or the socket has gone).
+    pub(crate) async fn writable(&self) {
+        drop(self.out.reserve().await);
+    }
+
+    /// Sends a frame MGS generates itself at once, ahead of anything queued.
+    pub(crate) fn send_now(&self, frame: Vec<u8>) {
+        let _ = self.ctl.send(LinkCtl::Frame(frame));
     }
 
     /// Drops the socket abruptly: no close frame.
     pub(crate) fn cut(self) {
-        let _ = self.out.send(LinkOut::Cut);
+        let _ = self.ctl.send(LinkCtl::Cut);
     }
 
-    /// Writes what is still queued, then a close frame.
-    pub(crate) fn close(self) {
-        let _ = self.out.send(LinkOut::Close);
+    /// Freezes the socket: nothing more is read or written, and it stays open.
+    pub(crate) fn freeze(self) {
+        let _ = self.ctl.send(LinkCtl::Freeze);
+    }
+
+    /// Writes what is still queued, then `last`, then a close frame.
+    pub(crate) fn close(self, last: Vec<Vec<u8>>) {
+        let _ = self.ctl.send(LinkCtl::Close(last));
     }
 }
 
@@ -136,6 +175,9 @@ impl Shaper {
     }
 }
 
+/// How long a frozen socket is held open.
+const FROZEN_FOR: Duration = Duration::from_secs(120);
+
 /// How long a socket is still read after its agent has finished.
 const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
@@ -150,13 +192,24 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
 /// Starts the reader and writer tasks of `socket`; client frames go to `inbound` as link `id`.
 pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Sender<Inbound>) -> Link {
     let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<LinkOut>();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<LinkCtl>();
+    let (freeze_tx, mut freeze_rx) = tokio::sync::oneshot::channel::<()>();
     let reader_shared = shared.clone();
     let reader: JoinHandle<()> = tokio::spawn(async move {
         let mut shaper = Shaper::new();
+        let mut writer_gone = false;
         loop {
             let due = shaper.next_due();
             let frames = tokio::select! {
+                frozen = &mut freeze_rx, if !writer_gone => {
+                    if frozen.is_ok() {
+                        // Frozen: the socket stays open and unread until the writer drops it.
+                        std::future::pending::<()>().await;
+                    }
+                    writer_gone = true;
+                    continue;
+                }
                 msg = stream.next() => {
                     let bytes = match msg {
                         Some(Ok(Message::Binary(b))) => b.to_vec(),
@@ -187,18 +240,38 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
         loop {
             let due = shaper.next_due();
             let frames = tokio::select! {
-                cmd = out_rx.recv() => match cmd {
-                    Some(LinkOut::Frame(bytes)) => {
-                        let f = shared.faults().to_client;
-                        shaper.push(&shared, &f, bytes)
-                    }
-                    Some(LinkOut::Cut) => {
+                biased;
+                cmd = ctl_rx.recv() => match cmd {
+                    Some(LinkCtl::Frame(bytes)) => vec![bytes],
+                    Some(LinkCtl::Cut) => {
                         // Abrupt: no close frame; dropping both halves closes the TCP connection.
                         Counters::add(&shared.counters.sockets_cut, 1);
                         reader.abort();
                         return;
                     }
-                    Some(LinkOut::Close) | None => {
+                    Some(LinkCtl::Freeze) => {
+                        // Neither half is dropped, so the client sees an open socket on which
+                        // nothing moves, as on a blackholed path; it is closed after FROZEN_FOR
+                        // (as a kernel eventually gives up on one).
+                        let _ = freeze_tx.send(());
+                        Counters::add(&shared.counters.sockets_frozen, 1);
+                        drop(out_rx);
+                        tokio::time::sleep(FROZEN_FOR).await;
+                        reader.abort();
+                        return;
+                    }
+                    Some(LinkCtl::Close(last)) => {
+                        let mut rest: Vec<Vec<u8>> = std::iter::from_fn(|| out_rx.try_recv().ok()).collect();
+                        rest.extend(shaper.drain_all());
+                        rest.extend(last);
+                        for frame in rest {
+                            let _ = sink.send(Message::Binary(frame.into())).await;
+                        }
+                        let _ = sink.send(Message::Close(None)).await;
+                        let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
+                        return;
+                    }
+                    None => {
                         for frame in shaper.drain_all() {
                             let _ = sink.send(Message::Binary(frame.into())).await;
                         }
@@ -207,6 +280,10 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                         return;
                     }
                 },
+                Some(bytes) = out_rx.recv() => {
+                    let f = shared.faults().to_client;
+                    shaper.push(&shared, &f, bytes)
+                }
                 _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => shaper.pop_due(Instant::now()),
             };
             for frame in frames {
@@ -220,6 +297,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
     Link {
         id,
         out: out_tx,
+        ctl: ctl_tx,
         frames_sent: 0,
     }
 }

@@ -81,6 +81,7 @@ pub(crate) struct Counters {
     pub(crate) frames_dropped: AtomicU64,
     pub(crate) frames_duplicated: AtomicU64,
     pub(crate) sockets_cut: AtomicU64,
+    pub(crate) sockets_frozen: AtomicU64,
     pub(crate) agent_retransmissions: AtomicU64,
     pub(crate) publication_pauses: AtomicU64,
 }
@@ -144,6 +145,7 @@ impl Shared {
             frames_dropped: get(&c.frames_dropped),
             frames_duplicated: get(&c.frames_duplicated),
             sockets_cut: get(&c.sockets_cut),
+            sockets_frozen: get(&c.sockets_frozen),
             agent_retransmissions: get(&c.agent_retransmissions),
             publication_pauses: get(&c.publication_pauses),
         }
@@ -377,6 +379,8 @@ pub struct EmulatorStats {
     pub frames_duplicated: u64,
     /// Sockets cut by fault injection.
     pub sockets_cut: u64,
+    /// Sockets frozen by fault injection (`freeze_after_frames`).
+    pub sockets_frozen: u64,
     /// Frames the agent retransmitted.
     pub agent_retransmissions: u64,
     /// Publication pauses injected (`pause_after_frames`), each ended by `start_publication`.

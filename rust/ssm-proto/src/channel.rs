@@ -68,6 +68,14 @@ pub struct Config {
     pub send_window: usize,
     /// Most out-of-order messages buffered; beyond it they are dropped unacked (§4.3).
     pub receive_buffer: usize,
+    /// Most payload bytes buffered out of order; beyond it they are dropped unacked. A message
+    /// that was acked is never dropped: it is acked only once it is kept.
+    pub receive_buffer_bytes: usize,
+    /// With the send window full, send anyway without keeping a copy for retransmission
+    /// instead of refusing: the agent's way (agent/session/datachannel/datachannel.go,
+    /// AddDataToOutgoingMessageBuffer returns when the buffer is at capacity; the message was
+    /// already written). Such a message is lost for good if the link loses it.
+    pub untracked_beyond_window: bool,
     /// Initial smoothed RTT (§4.5: 100 ms).
     pub initial_rtt: Duration,
     /// Initial retransmission timeout (§4.5: 200 ms).
@@ -94,6 +102,8 @@ impl Config {
             role: Role::Client,
             send_window: 4096,
             receive_buffer: 10_000,
+            receive_buffer_bytes: 32 << 20,
+            untracked_beyond_window: false,
             initial_rtt: Duration::from_millis(100),
             initial_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(1),
@@ -108,8 +118,12 @@ impl Config {
     pub fn agent() -> Self {
         Self {
             role: Role::Agent,
+            // agent/session/config/config.go: OutgoingMessageBufferCapacity and
+            // IncomingMessageBufferCapacity; no byte limit.
             send_window: 100_000,
             receive_buffer: 100_000,
+            receive_buffer_bytes: usize::MAX,
+            untracked_beyond_window: true,
             retransmit: RetransmitPolicy::HeadOnly {
                 tick: Duration::from_millis(100),
             },
@@ -159,11 +173,16 @@ pub struct Stats {
     pub frames_rejected: u64,
     /// In-order messages refused because the receiver was not ready (left unacked).
     pub refused_not_ready: u64,
+    /// Messages sent past a full window without a copy for retransmission
+    /// ([`Config::untracked_beyond_window`]).
+    pub sent_untracked: u64,
 }
 
 #[derive(Debug)]
 struct Outgoing {
     frame: Vec<u8>,
+    /// When it first went out (kept across retransmissions).
+    first_sent: Option<Instant>,
     last_sent: Option<Instant>,
     deadline: Option<Instant>,
     attempts: u32,
@@ -230,6 +249,8 @@ pub struct Channel {
     rtt: RttEstimator,
     expected: i64,
     out_of_order: BTreeMap<i64, Frame>,
+    /// Payload bytes held in `out_of_order`.
+    out_of_order_bytes: usize,
     /// The in-order message handed out and not yet [`Channel::processed`] (with
     /// `ack_after_processing`): its sequence number, type and id, for the ack.
     processing: Option<(i64, MessageType, MessageId)>,
@@ -264,6 +285,7 @@ impl Channel {
             rtt,
             expected: 0,
             out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
             processing: None,
             receive_ready: true,
             paused: false,
@@ -306,7 +328,18 @@ impl Channel {
 
     /// Whether [`Channel::send`] would accept a message now.
     pub fn can_send(&self) -> bool {
-        !self.closed && self.unacked.len() < self.config.send_window
+        !self.closed && (self.config.untracked_beyond_window || self.unacked.len() < self.config.send_window)
+    }
+
+    /// When the oldest message still unacked first went out, if one did: how long the peer
+    /// has left our data unacknowledged despite retransmissions.
+    pub fn oldest_unacked_since(&self) -> Option<Instant> {
+        self.unacked.values().find_map(|e| e.first_sent)
+    }
+
+    /// Out-of-order messages held, and their payload bytes.
+    pub fn out_of_order_held(&self) -> (usize, usize) {
+        (self.out_of_order.len(), self.out_of_order_bytes)
     }
 
     /// Room left in the send window.
@@ -343,7 +376,8 @@ impl Channel {
         if self.closed {
             return Err(SendError::Closed);
         }
-        if self.unacked.len() >= self.config.send_window {
+        let untracked = self.unacked.len() >= self.config.send_window;
+        if untracked && !self.config.untracked_beyond_window {
             return Err(SendError::WindowFull);
         }
         let seq = self.next_seq;
@@ -364,10 +398,19 @@ impl Channel {
             payload,
         }
         .encode();
+        if untracked {
+            self.stats.messages_sent += 1;
+            self.stats.sent_untracked += 1;
+            if !self.paused {
+                self.transmit.push_back(frame);
+            }
+            return Ok(seq);
+        }
         self.unacked.insert(
             seq,
             Outgoing {
                 frame,
+                first_sent: None,
                 last_sent: None,
                 deadline: None,
                 attempts: 0,
@@ -392,6 +435,7 @@ impl Channel {
             self.stats.retransmissions += 1;
         }
         entry.last_sent = Some(now);
+        entry.first_sent.get_or_insert(now);
         if let Some(old) = entry.deadline.take() {
             self.timers.remove(&(old, seq));
         }
@@ -529,10 +573,25 @@ impl Channel {
             if self.out_of_order.contains_key(&seq) {
                 self.stats.duplicates_received += 1;
                 self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
-            } else if self.out_of_order.len() < self.config.receive_buffer {
+            } else if self.out_of_order.len() < self.config.receive_buffer
+                && self.out_of_order_bytes.saturating_add(frame.payload.len()) <= self.config.receive_buffer_bytes
+            {
+                // Acked only once kept: an acked message is never dropped.
                 self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
+                self.out_of_order_bytes += frame.payload.len();
                 self.out_of_order.insert(seq, frame);
+            } else {
+                self.stats.refused_not_ready += 1;
             }
+            return;
+        }
+        if self.out_of_order.contains_key(&seq) {
+            // Next in order but already buffered (acked on arrival, held back while the receiver
+            // was not ready): the peer's retransmission, our ack still in flight. Re-ack it like
+            // any duplicate and deliver the buffered copy, so it never outlives its delivery.
+            self.stats.duplicates_received += 1;
+            self.ack(now, &frame.message_type, frame.message_id, frame.sequence_number);
+            self.poll_ready();
             return;
         }
         if !self.receive_ready || self.processing.is_some() {
@@ -552,6 +611,7 @@ impl Channel {
             let Some(next) = self.out_of_order.remove(&self.expected) else {
                 break;
             };
+            self.out_of_order_bytes -= next.payload.len();
             self.deliver(next);
         }
     }
@@ -609,6 +669,7 @@ impl Channel {
             let Some(next) = self.out_of_order.remove(&self.expected) else {
                 break;
             };
+            self.out_of_order_bytes -= next.payload.len();
             self.deliver(next);
         }
     }
@@ -793,6 +854,106 @@ mod tests {
     }
 
     #[test]
+    fn the_out_of_order_store_is_bounded_in_bytes_and_keeps_what_it_acked() {
+        let now = Instant::now();
+        let mut cfg = Config::client();
+        cfg.receive_buffer_bytes = 10_000;
+        let mut c = Channel::new(cfg, now, 1, 1);
+        let frame = |seq: i64, len: usize| {
+            Frame {
+                message_type: MessageType::OutputStreamData,
+                schema_version: 1,
+                created_date: 1,
+                sequence_number: seq,
+                flags: 0,
+                message_id: MessageId([seq as u8; 16]),
+                payload_type: PayloadType::Output,
+                payload: vec![seq as u8; len],
+            }
+            .encode()
+        };
+        // 0 is lost; 1..=20 of 1,000 bytes each arrive: ten fit, the rest are refused unacked.
+        for seq in 1..=20 {
+            c.handle_frame(now, &frame(seq, 1_000)).unwrap();
+        }
+        assert_eq!(c.out_of_order_held(), (10, 10_000));
+        assert_eq!(c.pending_transmit(), 10, "only the kept messages are acked");
+        // One huge message cannot push the store past its bound either.
+        c.handle_frame(now, &frame(25, 1 << 20)).unwrap();
+        assert_eq!(c.out_of_order_held(), (10, 10_000));
+        // The gap fills: everything kept is delivered, in order, and the store is empty.
+        c.handle_frame(now, &frame(0, 1_000)).unwrap();
+        let delivered: Vec<i64> = std::iter::from_fn(|| c.poll_event())
+            .filter_map(|e| match e {
+                Event::Stream { sequence_number, .. } => Some(sequence_number),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, (0..=10).collect::<Vec<_>>());
+        assert_eq!(c.out_of_order_held(), (0, 0));
+        // What was refused comes again (the peer still holds it) and is taken now.
+        c.handle_frame(now, &frame(11, 1_000)).unwrap();
+        assert!(matches!(
+            c.poll_event(),
+            Some(Event::Stream {
+                sequence_number: 11,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_agent_sends_past_its_window_without_tracking_and_the_client_refuses() {
+        let now = Instant::now();
+        let mut agent_cfg = Config::agent();
+        agent_cfg.send_window = 3;
+        let mut a = Channel::new(agent_cfg, now, 1, 1);
+        for i in 0..5u8 {
+            assert!(a.can_send());
+            a.send(now, PayloadType::Output, vec![i]).unwrap();
+        }
+        assert_eq!(a.pending_transmit(), 5, "all five are written");
+        assert_eq!(a.unacked(), 3, "only three are kept for retransmission");
+        assert_eq!(a.stats().sent_untracked, 2);
+        let mut client_cfg = Config::client();
+        client_cfg.send_window = 1;
+        let mut c = Channel::new(client_cfg, now, 1, 2);
+        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
+        assert!(!c.can_send());
+        assert_eq!(
+            c.send(now, PayloadType::Output, b"y".to_vec()),
+            Err(SendError::WindowFull)
+        );
+    }
+
+    #[test]
+    fn the_oldest_unacked_message_keeps_its_first_send_time_across_retransmissions() {
+        let (mut c, mut a, now) = pair();
+        assert_eq!(c.oldest_unacked_since(), None);
+        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"y".to_vec()).unwrap();
+        assert_eq!(c.oldest_unacked_since(), Some(now));
+        let later = now + Duration::from_secs(5);
+        c.handle_timeout(later);
+        assert!(c.stats().retransmissions > 0);
+        assert_eq!(
+            c.oldest_unacked_since(),
+            Some(now),
+            "a retransmission does not reset it"
+        );
+        while let Some(f) = c.poll_transmit() {
+            a.handle_frame(later, &f).unwrap();
+            while let Some(ev) = a.poll_event() {
+                if let Event::Stream { sequence_number, .. } = ev {
+                    a.processed(later, sequence_number, true);
+                }
+            }
+        }
+        pump(&mut a, &mut c, later);
+        assert_eq!(c.oldest_unacked_since(), None);
+    }
+
+    #[test]
     fn duplicate_is_reacked() {
         let (mut c, mut a, now) = pair();
         c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
@@ -881,5 +1042,36 @@ mod tests {
         assert!(!seqs.is_empty());
         assert!(seqs.iter().all(|s| *s == 0), "only the head is resent: {seqs:?}");
         let _ = c.poll_event();
+    }
+
+    /// Found by the `channel` fuzz target: a message acked out of order and retransmitted by
+    /// the peer (our ack still in flight) once it is next in order, before the caller called
+    /// `poll_ready`, was delivered from the retransmission while the stored copy stayed in the
+    /// out-of-order store for good, taking a slot of `receive_buffer`.
+    #[test]
+    fn retransmitted_copy_of_a_buffered_message_leaves_no_stale_entry() {
+        let (mut c, mut a, now) = pair();
+        for b in [b"0", b"1", b"2"] {
+            c.send(now, PayloadType::Output, b.to_vec()).unwrap();
+        }
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        a.handle_frame(now, &frames[1]).unwrap(); // out of order: acked and stored
+        a.handle_frame(now, &frames[0]).unwrap(); // in order: being processed
+        a.set_receive_ready(false);
+        a.processed(now, 0, true); // not ready: 1 stays stored
+        a.set_receive_ready(true);
+        a.handle_frame(now, &frames[1]).unwrap(); // the peer's retransmission of 1
+        a.processed(now, 1, true);
+        a.handle_frame(now, &frames[2]).unwrap();
+        a.processed(now, 2, true);
+        let delivered: Vec<i64> = std::iter::from_fn(|| a.poll_event())
+            .filter_map(|e| match e {
+                Event::Stream { sequence_number, .. } => Some(sequence_number),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered, [0, 1, 2]);
+        assert_eq!(a.expected_sequence_number(), 3);
+        assert_eq!(a.out_of_order_held().0, 0, "a delivered message is still buffered");
     }
 }

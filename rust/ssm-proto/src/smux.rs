@@ -248,6 +248,8 @@ impl Mux {
 
     fn shutdown(&mut self) {
         self.closed = true;
+        // A closed session reads nothing more: drop what followed the failing frame.
+        self.inbuf = Vec::new();
         for id in std::mem::take(&mut self.streams) {
             self.events.push_back(MuxEvent::Closed(id));
         }
@@ -266,6 +268,13 @@ impl Mux {
     /// Bytes waiting to be written to the data channel.
     pub fn pending_output(&self) -> usize {
         self.out.len()
+    }
+
+    /// Received bytes held back as the start of an incomplete frame between calls to
+    /// [`Mux::handle_input`]: less than one header plus the largest PSH body
+    /// (`HEADER_LEN + u16::MAX`) whatever the peer sends, and none once the session is closed.
+    pub fn buffered_input(&self) -> usize {
+        self.inbuf.len()
     }
 
     /// Up to `max` bytes to carry in one data-channel message.
@@ -373,6 +382,20 @@ mod tests {
         assert!(s.is_closed());
         assert_eq!(s.poll_event(), Some(MuxEvent::Opened(3)));
         assert_eq!(s.poll_event(), Some(MuxEvent::Closed(3)));
+    }
+
+    /// The bound `buffered_input` documents held only while the session was open: a protocol
+    /// error kept the rest of the failing piece (anything the peer sent after the bad frame).
+    #[test]
+    fn a_closed_session_holds_no_input() {
+        let now = Instant::now();
+        let mut s = Mux::new(Side::Server, false, now);
+        let mut piece = vec![2, 0, 0, 0, 5, 0, 0, 0];
+        piece.extend(std::iter::repeat_n(0u8, 100_000));
+        assert_eq!(s.handle_input(now, &piece), Err(SmuxError::Version(2)));
+        assert_eq!(s.buffered_input(), 0);
+        assert_eq!(s.handle_input(now, &piece), Err(SmuxError::Closed));
+        assert_eq!(s.buffered_input(), 0);
     }
 
     #[test]

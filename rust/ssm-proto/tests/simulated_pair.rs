@@ -681,6 +681,8 @@ fn never_drops_data_when_the_window_is_full_lossy() {
     client.send_window = 8;
     let mut agent = Config::agent();
     agent.send_window = 8;
+    // The refusing window on both sides (the real agent sends past its buffer untracked).
+    agent.untracked_beyond_window = false;
     agent.receive_buffer = 4;
     client.receive_buffer = 4;
     let mut sim = Sim::new(client, agent, NetConfig::LOSSY, 1234, 200 * CHUNK, 150 * CHUNK + 5);

@@ -3,7 +3,8 @@
 //! `ResumeSession`, and exchanges payloads with the session kind through bounded queues.
 //!
 //! Fixes over the official client (§9): inbound data goes to a local queue and is acked at once,
-//! so a slow local sink never blocks acks (items 6, 9); writes while disconnected are numbered and
+//! so a slow local sink does not hold acks until that queue is full; then the socket is not read
+//! and TCP pushes back on the agent (items 6, 9); every socket write has a deadline; writes while disconnected are numbered and
 //! buffered and go out after the reconnect (item 10); one task owns one socket (item 11); pings
 //! every 30 s and a dead-connection timeout (item 12); a failed first open is an error, not a hang
 //! (item 13).
@@ -41,10 +42,19 @@ pub struct ChannelOptions {
     pub dead_after: Duration,
     /// How long to keep trying to reconnect after a loss.
     pub reconnect_for: Duration,
-    /// Inbound bytes held locally before new data is left unacked (back-pressure).
+    /// Inbound bytes held locally before the socket is no longer read (back-pressure: TCP
+    /// then holds the agent's writes, and with them its reading of the destination).
     pub inbound_high_water: usize,
     /// Longest wait for our data to be acked when finishing.
     pub drain_timeout: Duration,
+    /// Longest a write to the socket may take before the link is presumed dead and reopened
+    /// (a blackholed link fills the socket buffer and would otherwise block for as long as the
+    /// kernel keeps retrying).
+    pub write_timeout: Duration,
+    /// Longest the agent may leave our data unacknowledged, retransmissions notwithstanding,
+    /// while we read what it sends, before the session is given up (as TCP gives up a
+    /// connection whose data is never acknowledged).
+    pub unacked_limit: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -57,6 +67,8 @@ impl Default for ChannelOptions {
             reconnect_for: Duration::from_secs(120),
             inbound_high_water: 16 << 20,
             drain_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
+            unacked_limit: Duration::from_secs(600),
         }
     }
 }
@@ -203,6 +215,7 @@ impl DataChannel {
             in_tx,
             cmd_rx,
             last_rx: now,
+            ack_wait: (None, now),
             next_ping: now,
             finishing: None,
             closed: None,
@@ -332,11 +345,19 @@ impl Ending {
     }
 }
 
+/// Largest WebSocket message accepted from the service.
+const MAX_MESSAGE: usize = 4 << 20;
+
 /// Dials the stream URL (`wss://` trusting what `trust` trusts) and sends the open frame.
 async fn dial(url: &str, trust: &Trust, token: &Token, client_id: &str, client_version: &str) -> Result<Ws> {
     check_endpoint(url, "stream URL")?;
     let connector = tokio_tungstenite::Connector::Rustls(trust.client_config()?);
-    let connect = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+    // Frames are small (§3.1: the agent's payloads are at most a few KiB); a peer's message
+    // may not make us hold more than this.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), false, Some(connector));
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(
@@ -420,6 +441,9 @@ struct Driver {
     in_tx: mpsc::Sender<(PayloadType, Vec<u8>)>,
     cmd_rx: mpsc::Receiver<Command>,
     last_rx: Instant,
+    /// The oldest unacked message's first send time as last seen, and since when it has
+    /// stayed so while we were reading (for [`ChannelOptions::unacked_limit`]).
+    ack_wait: (Option<Instant>, Instant),
     next_ping: Instant,
     finishing: Option<(Instant, bool)>,
     closed: Option<String>,
@@ -438,6 +462,15 @@ impl Driver {
             let _ = tx.send(Err(Error::Connect(e.to_string())));
         }
         e
+    }
+
+    /// Whether the socket is read: not while the session kind has `inbound_high_water` bytes
+    /// waiting. Then TCP pushes back on the agent, which blocks in its socket write and stops
+    /// reading the destination (agent/session/datachannel/datachannel.go SendMessage writes
+    /// synchronously), as with the official client; reading on and refusing would make the agent,
+    /// which keeps no send window, retransmit each refused message at one per 100 ms (§4.5).
+    fn reading(&self) -> bool {
+        self.inbound_bytes < self.opts.inbound_high_water
     }
 
     fn take_start(&mut self) -> Option<oneshot::Sender<Result<SessionStart>>> {
@@ -547,13 +580,22 @@ impl Driver {
             {
                 return Ok(End::Finished);
             }
-            self.channel
-                .set_receive_ready(self.inbound_bytes < self.opts.inbound_high_water);
+            let reading = self.reading();
+            let now = Instant::now();
+            if !reading {
+                // Silence we cause is no sign of a dead link, nor of an agent that does not ack.
+                self.last_rx = now;
+                self.ack_wait.1 = now;
+            }
+            let oldest = self.channel.oldest_unacked_since();
+            if oldest != self.ack_wait.0 {
+                self.ack_wait = (oldest, now);
+            }
             let wake = self.next_wake();
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
             let Some(ws) = self.ws.as_mut() else { continue };
             let step = tokio::select! {
-                msg = ws.next() => Step::Message(msg),
+                msg = ws.next(), if reading => Step::Message(msg),
                 cmd = self.cmd_rx.recv(), if can_send => Step::Command(cmd),
                 permit = self.in_tx.reserve(), if !self.inbound.is_empty() => {
                     if let (Ok(permit), Some((t, data))) = (permit, self.inbound.pop_front()) {
@@ -588,6 +630,9 @@ impl Driver {
 
     fn next_wake(&mut self) -> Instant {
         let mut wake = self.next_ping.min(saturating_add(self.last_rx, self.opts.dead_after));
+        if self.ack_wait.0.is_some() {
+            wake = wake.min(saturating_add(self.ack_wait.1, self.opts.unacked_limit));
+        }
         if let Some(t) = self.channel.poll_timeout() {
             wake = wake.min(t);
         }
@@ -606,7 +651,13 @@ impl Driver {
         if !self.started() && now >= self.start_deadline {
             return Err(self.fail_start(Error::DeadlinePassed("waiting for the session to start")));
         }
-        if now >= saturating_add(self.last_rx, self.opts.dead_after) {
+        if self.ack_wait.0.is_some() && now >= saturating_add(self.ack_wait.1, self.opts.unacked_limit) {
+            return Err(Error::Connect(format!(
+                "the agent has not acknowledged our data for {:?}; giving up",
+                self.opts.unacked_limit
+            )));
+        }
+        if self.reading() && now >= saturating_add(self.last_rx, self.opts.dead_after) {
             tracing::info!(session = %self.session_id, "no traffic for {:?}; reconnecting", self.opts.dead_after);
             self.ws = None;
             return Ok(());
@@ -759,22 +810,37 @@ impl Driver {
     }
 
     /// Writes what the channel wants sent. Without a socket the frames are dropped here; they
-    /// stay unacked in the channel and are resent after the reconnect.
+    /// stay unacked in the channel and are resent after the reconnect. A write that takes
+    /// longer than `write_timeout` (a link that has stopped taking data without closing)
+    /// drops the socket, which leads to ResumeSession.
     async fn flush(&mut self) {
         let Some(ws) = self.ws.as_mut() else {
             while self.channel.poll_transmit().is_some() {}
             return;
         };
-        let mut failed = false;
+        // The deadline is on each step, not on the whole batch: a slow peer that keeps taking
+        // data is alive; one that takes nothing for `write_timeout` is not.
+        let limit = self.opts.write_timeout;
+        let mut outcome: std::result::Result<std::result::Result<(), _>, tokio::time::error::Elapsed> = Ok(Ok(()));
         while let Some(frame) = self.channel.poll_transmit() {
-            if ws.feed(Message::binary(frame)).await.is_err() {
-                failed = true;
+            outcome = tokio::time::timeout(limit, ws.feed(Message::binary(frame))).await;
+            if !matches!(outcome, Ok(Ok(()))) {
                 break;
             }
         }
-        if failed || ws.flush().await.is_err() {
-            tracing::debug!(session = %self.session_id, "WebSocket write failed");
-            self.ws = None;
+        if matches!(outcome, Ok(Ok(()))) {
+            outcome = tokio::time::timeout(limit, ws.flush()).await;
+        }
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(session = %self.session_id, "WebSocket write failed: {e}");
+                self.ws = None;
+            }
+            Err(_) => {
+                tracing::info!(session = %self.session_id, "the socket took nothing for {limit:?}; reconnecting");
+                self.ws = None;
+            }
         }
     }
 
@@ -826,6 +892,7 @@ impl Driver {
                             self.ws = Some(ws);
                             let now = Instant::now();
                             self.last_rx = now;
+                            self.ack_wait.1 = now;
                             self.channel.reset_transport(now);
                             return Ok(None);
                         }

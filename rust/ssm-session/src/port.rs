@@ -224,13 +224,24 @@ struct LocalConn {
     reader: JoinHandle<()>,
 }
 
+/// Wakes a session loop that stopped reading the channel because a local connection was
+/// [`LocalConn::full`]: the connection's writer signals it each time it hands bytes to the
+/// local reader. Without it, nothing would wake the loop once the reader caught up.
+type Drained = Arc<tokio::sync::Notify>;
+
 impl LocalConn {
-    fn spawn(stream: TcpStream, id: u32, events: mpsc::Sender<LocalEvent>, stats: Arc<ForwardStats>) -> Self {
+    fn spawn(
+        stream: TcpStream,
+        id: u32,
+        events: mpsc::Sender<LocalEvent>,
+        drained: Drained,
+        stats: Arc<ForwardStats>,
+    ) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_local(wr, rx, queued.clone(), stats.clone()));
+        tokio::spawn(write_local(wr, rx, queued.clone(), drained, stats.clone()));
         let reader = tokio::spawn(read_local(rd, id, events, stats.clone()));
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
@@ -276,11 +287,13 @@ async fn write_local(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    drained: Drained,
     stats: Arc<ForwardStats>,
 ) {
     while let Some(buf) = rx.recv().await {
         let res = wr.write_all(&buf).await;
         queued.fetch_sub(buf.len(), Ordering::Relaxed);
+        drained.notify_one();
         if res.is_err() {
             break;
         }
@@ -314,6 +327,7 @@ async fn run_mux(
     let (local_tx, mut local_rx) = mpsc::channel::<LocalEvent>(256);
     let mut conns: HashMap<u32, LocalConn> = HashMap::new();
     let mut listener = Acceptor::new(listener);
+    let drained = Drained::default();
     let mut outcome: Result<()> = Ok(());
     loop {
         let local_full = conns.values().any(LocalConn::full);
@@ -332,7 +346,7 @@ async fn run_mux(
                     Err(e) => { outcome = Err(Error::Connect(format!("smux: {e}"))); break; }
                 };
                 tracing::debug!(%peer, stream = id, "connection accepted");
-                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), stats.clone()));
+                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), drained.clone(), stats.clone()));
             },
             ev = local_rx.recv(), if !mux_full => match ev {
                 Some(LocalEvent::Data(id, data)) => { let _ = mux.write(id, &data); }
@@ -343,6 +357,7 @@ async fn run_mux(
                 }
                 None => {}
             },
+            () = drained.notified(), if local_full => {}
             msg = rx.recv(), if !local_full => match msg {
                 Some((PayloadType::Output, bytes)) => {
                     if let Err(e) = mux.handle_input(Instant::now(), &bytes) {
@@ -408,6 +423,7 @@ async fn run_basic(
     // Output that arrives while no connection is open waits for the next one.
     let mut early: Vec<Vec<u8>> = Vec::new();
     let mut listener = Acceptor::new(listener);
+    let drained = Drained::default();
     let flag_ok = ssm_proto::version::compare(&agent_version, ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER)
         == std::cmp::Ordering::Greater;
     loop {
@@ -422,7 +438,7 @@ async fn run_basic(
             accepted = listener.accept(), if conn.is_none() => if let Some((stream, peer)) = accepted {
                 next_id += 1;
                 tracing::debug!(%peer, "connection accepted");
-                let c = LocalConn::spawn(stream, next_id, local_tx.clone(), stats.clone());
+                let c = LocalConn::spawn(stream, next_id, local_tx.clone(), drained.clone(), stats.clone());
                 for d in early.drain(..) {
                     c.write(d);
                 }
@@ -442,6 +458,7 @@ async fn run_basic(
                 }
                 _ => {}
             },
+            () = drained.notified(), if local_full => {}
             msg = rx.recv(), if !local_full => match msg {
                 Some((PayloadType::Output, bytes)) => match &conn {
                     Some((_, c)) => c.write(bytes),

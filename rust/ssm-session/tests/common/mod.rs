@@ -232,12 +232,24 @@ pub struct ClientReport {
 /// Opens one connection through the forward at `addr`, uploads `up` bytes and downloads `down`
 /// bytes at the same time (writer and reader on separate tasks), bounded by `limit`.
 pub async fn exchange(addr: SocketAddr, tag: u64, up: u64, down: u64, limit: Duration) -> ClientReport {
-    tokio::time::timeout(limit, exchange_inner(addr, tag, up, down))
+    exchange_reading_after(addr, tag, up, down, Duration::ZERO, limit).await
+}
+
+/// [`exchange`] with a local reader that reads nothing for `stall` first (a slow local sink).
+pub async fn exchange_reading_after(
+    addr: SocketAddr,
+    tag: u64,
+    up: u64,
+    down: u64,
+    stall: Duration,
+    limit: Duration,
+) -> ClientReport {
+    tokio::time::timeout(limit, exchange_inner(addr, tag, up, down, stall))
         .await
         .unwrap_or_else(|_| panic!("connection {tag}: {up}/{down} bytes not exchanged within {limit:?}"))
 }
 
-async fn exchange_inner(addr: SocketAddr, tag: u64, up: u64, down: u64) -> ClientReport {
+async fn exchange_inner(addr: SocketAddr, tag: u64, up: u64, down: u64, stall: Duration) -> ClientReport {
     let started = Instant::now();
     let stream = TcpStream::connect(addr).await.expect("connect to the forward");
     let _ = stream.set_nodelay(true);
@@ -255,6 +267,7 @@ async fn exchange_inner(addr: SocketAddr, tag: u64, up: u64, down: u64) -> Clien
         (sha, wr)
     });
     let reader = tokio::spawn(async move {
+        tokio::time::sleep(stall).await;
         let (sha, got, stall) = read_exact_hashed(&mut rd, down).await.expect("download");
         let mut extra_buf = [0u8; 4096];
         let extra = match tokio::time::timeout(Duration::from_millis(100), rd.read(&mut extra_buf)).await {
