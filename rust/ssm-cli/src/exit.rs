@@ -98,22 +98,47 @@ pub fn run(work: impl std::future::Future<Output = Result<i32, Failure>>) -> i32
     })
 }
 
-/// Resolves on Ctrl+C, and on SIGTERM/SIGHUP on Unix.
-pub async fn interrupted() {
-    let mut signals = Signals::new();
-    std::future::poll_fn(|cx| signals.poll_any(cx)).await;
+/// A terminating signal that arrived (on Windows: a console control event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Signal {
+    /// Its name, for messages.
+    pub name: &'static str,
+    number: i32,
 }
 
-/// Longest wait for a stream session to drain and be terminated after a signal.
-pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+impl Signal {
+    const INTERRUPT: i32 = 2;
 
-/// The terminating signals of [`interrupted`], registered when this is created: a signal that
-/// arrives after `new` is never missed, however late the first poll comes.
+    /// 128 + the signal number, the code a shell reports for a death by it.
+    pub fn exit_code(self) -> i32 {
+        128 + self.number
+    }
+
+    /// Ctrl+C (SIGINT).
+    pub fn is_interrupt(self) -> bool {
+        self.number == Self::INTERRUPT
+    }
+}
+
+/// Longest wait, after a signal, for a session to end at the service: draining what we sent
+/// (`drain_timeout`, 5 s) and TerminateSession (5 s at most), with some room.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// Longest wait, after a start abandoned on a signal, for the TerminateSession calls it left.
+const ABANDON_GRACE: std::time::Duration = std::time::Duration::from_secs(6);
+
+/// The terminating signals (SIGINT, SIGTERM and SIGHUP on Unix; Ctrl+C, Ctrl+Break and closing
+/// the console on Windows), registered when this is created: from then on they no longer kill
+/// the process, and one that arrives is never missed, however late the first poll comes.
 pub struct Signals {
     #[cfg(unix)]
-    streams: Vec<tokio::signal::unix::Signal>,
+    streams: Vec<(Signal, tokio::signal::unix::Signal)>,
     #[cfg(not(unix))]
-    ctrl_c: std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<()>> + Send>>,
+    ctrl_c: Option<tokio::signal::windows::CtrlC>,
+    #[cfg(not(unix))]
+    ctrl_break: Option<tokio::signal::windows::CtrlBreak>,
+    #[cfg(not(unix))]
+    ctrl_close: Option<tokio::signal::windows::CtrlClose>,
 }
 
 impl Signals {
@@ -122,76 +147,148 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            let streams = [SignalKind::interrupt(), SignalKind::terminate(), SignalKind::hangup()]
-                .into_iter()
-                .filter_map(|k| signal(k).ok())
-                .collect();
+            let streams = [
+                ("SIGINT", SignalKind::interrupt()),
+                ("SIGTERM", SignalKind::terminate()),
+                ("SIGHUP", SignalKind::hangup()),
+            ]
+            .into_iter()
+            .filter_map(|(name, kind)| {
+                let number = kind.as_raw_value();
+                signal(kind).ok().map(|s| (Signal { name, number }, s))
+            })
+            .collect();
             Self { streams }
         }
         #[cfg(not(unix))]
         {
+            use tokio::signal::windows;
             Self {
-                ctrl_c: Box::pin(tokio::signal::ctrl_c()),
+                ctrl_c: windows::ctrl_c().ok(),
+                ctrl_break: windows::ctrl_break().ok(),
+                ctrl_close: windows::ctrl_close().ok(),
             }
         }
     }
 
-    /// Ready once any of the signals has arrived since `new`.
-    pub fn poll_any(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    /// Ready once any of the signals has arrived since `new` (or since the last one it
+    /// reported).
+    pub fn poll_any(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Signal> {
+        use std::task::Poll;
         #[cfg(unix)]
         {
-            for s in &mut self.streams {
-                if s.poll_recv(cx).is_ready() {
-                    return std::task::Poll::Ready(());
+            for (sig, stream) in &mut self.streams {
+                if stream.poll_recv(cx).is_ready() {
+                    return Poll::Ready(*sig);
                 }
             }
-            std::task::Poll::Pending
+            Poll::Pending
         }
         #[cfg(not(unix))]
         {
-            self.ctrl_c.as_mut().poll(cx).map(|_| ())
+            // The C runtime's numbers: SIGINT 2, SIGBREAK 21; a closed console is a hang-up.
+            if let Some(s) = self.ctrl_c.as_mut()
+                && s.poll_recv(cx).is_ready()
+            {
+                return Poll::Ready(Signal {
+                    name: "Ctrl+C",
+                    number: 2,
+                });
+            }
+            if let Some(s) = self.ctrl_break.as_mut()
+                && s.poll_recv(cx).is_ready()
+            {
+                return Poll::Ready(Signal {
+                    name: "Ctrl+Break",
+                    number: 21,
+                });
+            }
+            if let Some(s) = self.ctrl_close.as_mut()
+                && s.poll_recv(cx).is_ready()
+            {
+                return Poll::Ready(Signal {
+                    name: "console closed",
+                    number: 1,
+                });
+            }
+            Poll::Pending
         }
+    }
+
+    /// The next signal.
+    pub async fn next(&mut self) -> Signal {
+        std::future::poll_fn(|cx| self.poll_any(cx)).await
     }
 }
 
-/// Reads from `inner` until a terminating signal arrives, then reports end of input. A stream
-/// session (ssh `ProxyCommand`) then ends as it does at EOF: what was read is delivered and the
-/// session is terminated, instead of being left open on the service when ssh hangs up on its
-/// proxy (ssh sends SIGHUP to it when it exits). Signals count from `new` on.
-pub struct EofOnSignal<R> {
-    inner: R,
-    signals: Signals,
-    hit: bool,
+/// How a piece of work under [`Signals`] ended.
+pub enum Ended<T> {
+    /// It ended by itself.
+    Done(T),
+    /// A signal arrived first; the session was ended (or its end given its time).
+    Signalled(Signal),
 }
 
-impl<R> EofOnSignal<R> {
-    pub fn new(inner: R) -> Self {
-        Self {
-            inner,
-            signals: Signals::new(),
-            hit: false,
-        }
+/// Runs `work`, which starts a session. On a signal it is abandoned: dropping it ends at the
+/// service what it started (on tasks of its own, waited for here, bounded).
+pub async fn unless_signalled<T>(signals: &mut Signals, work: impl std::future::Future<Output = T>) -> Ended<T> {
+    let sig = tokio::select! {
+        // The work first: what its first poll begins (a pending session) is ended on drop.
+        biased;
+        out = work => return Ended::Done(out),
+        sig = signals.next() => sig,
+    };
+    tracing::info!("{} received while starting; abandoning the start", sig.name);
+    settle_abandoned().await;
+    Ended::Signalled(sig)
+}
+
+/// Waits (bounded) for the TerminateSession calls that abandoned work left running.
+async fn settle_abandoned() {
+    if !ssm_session::aws::detached_calls_done(ABANDON_GRACE).await {
+        tracing::warn!("TerminateSession for an abandoned session did not finish within {ABANDON_GRACE:?}");
     }
 }
 
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofOnSignal<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if !self.hit && self.signals.poll_any(cx).is_ready() {
-            self.hit = true;
+/// Runs `work`, which runs a session until it ends. On a signal, `stop` is called (it asks
+/// the session to end: drain, TerminateSession) and `work` is given [`STOP_GRACE`] to end; a
+/// second signal stops waiting. This is the one way every mode handles signals (issue 12
+/// item 5); the caller exits with [`Signal::exit_code`] once this returns, when `work` has
+/// ended or been dropped (and the terminal with it restored).
+pub async fn until_signalled<T, S>(
+    signals: &mut Signals,
+    work: impl std::future::Future<Output = T>,
+    stop: impl FnOnce(Signal) -> S,
+) -> Ended<T>
+where
+    S: std::future::Future<Output = ()>,
+{
+    let mut work = Box::pin(work);
+    let sig = tokio::select! {
+        biased;
+        out = &mut work => return Ended::Done(out),
+        sig = signals.next() => sig,
+    };
+    tracing::info!("{} received; ending the session", sig.name);
+    let ended = async {
+        stop(sig).await;
+        let _ = (&mut work).await;
+    };
+    let done = tokio::select! {
+        r = tokio::time::timeout(STOP_GRACE, ended) => {
+            if r.is_err() {
+                tracing::warn!("the session did not end within {STOP_GRACE:?} of {}", sig.name);
+            }
+            r.is_ok()
         }
-        if self.hit {
-            return std::task::Poll::Ready(Ok(()));
+        again = signals.next() => {
+            tracing::info!("{} received again; not waiting for the session", again.name);
+            false
         }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    };
+    if !done {
+        drop(work);
+        settle_abandoned().await;
     }
-}
-
-/// Resolves [`STOP_GRACE`] after a terminating signal: the bound on a clean stop.
-pub async fn interrupted_and_grace() {
-    interrupted().await;
-    tokio::time::sleep(STOP_GRACE).await;
+    Ended::Signalled(sig)
 }

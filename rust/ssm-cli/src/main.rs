@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use clap::{Args, Parser, Subcommand};
 use ssm_session::{AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, Settings, no_stages};
 
-use crate::exit::Failure;
+use crate::exit::{Ended, Failure};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -44,7 +44,9 @@ Exit status:
   10   shell ended, remote exit code unknown: the agent reports none for shells
        (the default shell document and AWS-StartInteractiveCommand); only documents
        running NonInteractiveCommands with separate output streams report one
-  70   local failure               130  interrupted";
+  70   local failure
+  128+N  ended by signal N (130 Ctrl+C, 129 SIGHUP, 143 SIGTERM) after ending the
+       session at the service; a forward ended by Ctrl+C exits 0, as the plugin does";
 
 /// Reach AWS instances over Systems Manager Session Manager, natively.
 #[derive(Parser, Debug)]
@@ -199,7 +201,16 @@ fn parse_destination(s: &str) -> Result<(String, String, u16), Failure> {
     Ok((user.to_owned(), target.to_owned(), port))
 }
 
+/// The exit code of a forward ended by `sig`: Ctrl+C is how a forward is meant to end, and
+/// exits 0 as the plugin does (§7.4); other signals give 128 + their number.
+fn forward_exit_code(sig: exit::Signal) -> i32 {
+    if sig.is_interrupt() { 0 } else { sig.exit_code() }
+}
+
 async fn run(cli: Cli) -> Result<i32, Failure> {
+    // From here on SIGINT, SIGTERM and SIGHUP no longer kill the process: each mode ends its
+    // session at the service first (issue 12 item 5).
+    let mut signals = exit::Signals::new();
     let connector = Connector::new(cli.settings());
     match cli.command {
         Command::Forward {
@@ -214,7 +225,11 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 remote_host,
                 local_addr: SocketAddr::new(local_address, local_port),
             };
-            let mut forward = connector.forward(&target, spec, &no_stages).await?.session;
+            let started = exit::unless_signalled(&mut signals, connector.forward(&target, spec, &no_stages)).await;
+            let mut forward = match started {
+                Ended::Done(f) => f?.session,
+                Ended::Signalled(sig) => return Ok(forward_exit_code(sig)),
+            };
             println!(
                 "Port {} opened for sessionId {}.",
                 forward.local_addr().port(),
@@ -222,15 +237,17 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             );
             println!("Waiting for connections...");
             let stopper = forward.stopper();
-            tokio::select! {
-                end = forward.wait() => { end?; }
-                _ = exit::interrupted() => {
-                    eprintln!("Terminate signal received, exiting.");
-                    let _ = stopper.send(true);
-                    forward.wait().await?;
+            let stop = |_| async move {
+                eprintln!("Terminate signal received, exiting.");
+                let _ = stopper.send(true);
+            };
+            match exit::until_signalled(&mut signals, forward.wait(), stop).await {
+                Ended::Done(end) => {
+                    end?;
+                    Ok(0)
                 }
+                Ended::Signalled(sig) => Ok(forward_exit_code(sig)),
             }
-            Ok(0)
         }
         Command::Shell {
             target,
@@ -244,8 +261,18 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             for (k, v) in parameters {
                 so.parameters.entry(k).or_default().push(v);
             }
-            let dc = connector.shell(&target, so, &no_stages).await?.session;
-            let outcome = ssm_session::shell::run_on_terminal(dc).await?;
+            let dc = match exit::unless_signalled(&mut signals, connector.shell(&target, so, &no_stages)).await {
+                Ended::Done(dc) => dc?.session,
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            };
+            let sender = dc.sender();
+            let stop = |_| async move { sender.finish(true).await };
+            let outcome = match exit::until_signalled(&mut signals, ssm_session::shell::run_on_terminal(dc), stop).await
+            {
+                Ended::Done(outcome) => outcome?,
+                // The terminal is restored by now (the shell's future has ended or was dropped).
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            };
             Ok(outcome.exit_code.unwrap_or_else(|| {
                 tracing::info!(
                     "the agent reported no exit code; exiting with {}",
@@ -277,14 +304,22 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 (true, None) => return Err(Failure::usage("--ec2ic needs --public-key FILE")),
                 (false, _) => None,
             };
-            // A signal ends the input: the session is drained and terminated, not abandoned.
-            let stdin = exit::EofOnSignal::new(tokio::io::stdin());
-            let stdout = tokio::io::stdout();
-            tokio::select! {
-                end = connector.ssh_stdio(&target, port, key, stdin, stdout, &no_stages) => { end?; }
-                _ = exit::interrupted_and_grace() => {}
+            let opened = connector.ssh_channel(&target, port, key, &no_stages);
+            let dc = match exit::unless_signalled(&mut signals, opened).await {
+                Ended::Done(dc) => dc?.session,
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            };
+            let sender = dc.sender();
+            let stop = |_| async move { sender.finish(true).await };
+            let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
+            let work = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout);
+            match exit::until_signalled(&mut signals, work, stop).await {
+                Ended::Done(end) => {
+                    end?;
+                    Ok(0)
+                }
+                Ended::Signalled(sig) => Ok(sig.exit_code()),
             }
-            Ok(0)
         }
     }
 }

@@ -12,7 +12,7 @@ use ssm_proto::{PortMode, PortProperties};
 use ssm_session::aws::SharedControl;
 use ssm_session::{AwsOptions, Connector, DataChannel, End, Endpoints, PortForward, Settings, StartedSession, Token};
 
-use crate::exit::{self, Failure, code};
+use crate::exit::{self, Ended, Failure, code};
 
 const RESPONSE_ENV: &str = "AWS_SSM_START_SESSION_RESPONSE";
 
@@ -82,7 +82,7 @@ pub fn main(mode: Mode, args: Vec<OsString>) -> i32 {
             let args: Vec<String> = args.iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
             // Before the runtime: reading the response may remove a variable from the environment.
             match prepare(&args) {
-                Ok(prepared) => exit::run(async move { run(prepared).await.map(|()| 0) }),
+                Ok(prepared) => exit::run(run(prepared)),
                 Err(f) => {
                     eprintln!("ssmconnect: {}", f.message);
                     f.code
@@ -155,42 +155,56 @@ fn prepare(args: &[String]) -> Result<Prepared, Failure> {
     })
 }
 
-async fn run(p: Prepared) -> Result<(), Failure> {
+async fn run(p: Prepared) -> Result<i32, Failure> {
+    // From here on signals no longer kill the process: the session is ended first.
+    let mut signals = exit::Signals::new();
     let connector = Connector::new(p.settings);
     let control: SharedControl = Arc::new(connector.api().await?.clone());
     let session_id = p.started.session_id.clone();
     tracing::info!(session = %session_id, target = %p.request.target, "starting");
-    let dc = DataChannel::open(p.started, control, connector.settings().channel.clone()).await?;
+    let opened = DataChannel::open(p.started, control, connector.settings().channel.clone());
+    let dc = match exit::unless_signalled(&mut signals, opened).await {
+        Ended::Done(dc) => dc?,
+        Ended::Signalled(sig) => return Ok(sig.exit_code()),
+    };
     if !dc.start.customer_message.is_empty() {
         eprintln!("{}", dc.start.customer_message);
     }
     match dc.start.port.clone() {
-        Some(port) => {
-            match port.mode {
-                PortMode::Stdio => {
-                    // A signal ends the input: the session is drained and terminated.
-                    let mut stdin = exit::EofOnSignal::new(tokio::io::stdin());
-                    let mut stdout = tokio::io::stdout();
-                    tokio::select! {
-                        end = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout) => { end?; }
-                        _ = exit::interrupted_and_grace() => {}
+        Some(port) => match port.mode {
+            PortMode::Stdio => {
+                let sender = dc.sender();
+                let stop = |_| async move { sender.finish(true).await };
+                let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
+                let work = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout);
+                match exit::until_signalled(&mut signals, work, stop).await {
+                    Ended::Done(end) => {
+                        end?;
+                        Ok(0)
                     }
-                    Ok(())
+                    Ended::Signalled(sig) => Ok(sig.exit_code()),
                 }
-                _ => forward(dc, &port.properties, &p.request, &session_id).await,
             }
+            _ => forward(dc, &port.properties, &p.request, &session_id, &mut signals).await,
+        },
+        None => {
+            let kind = dc.start.session_type.as_str();
+            let _ = dc.end().await;
+            Err(Failure {
+                code: code::SESSION,
+                message: format!("{kind} sessions are not supported in plugin mode yet"),
+            })
         }
-        None => Err(Failure {
-            code: code::SESSION,
-            message: format!(
-                "{} sessions are not supported in plugin mode yet",
-                dc.start.session_type.as_str()
-            ),
-        }),
     }
 }
 
-async fn forward(dc: DataChannel, props: &PortProperties, request: &Request, session_id: &str) -> Result<(), Failure> {
+async fn forward(
+    dc: DataChannel,
+    props: &PortProperties,
+    request: &Request,
+    session_id: &str,
+    signals: &mut exit::Signals,
+) -> Result<i32, Failure> {
     let port = props
         .local_port_number
         .clone()
@@ -202,7 +216,13 @@ async fn forward(dc: DataChannel, props: &PortProperties, request: &Request, ses
         })
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(0);
-    let listener = ssm_session::port::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    let listener = match ssm_session::port::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = dc.end().await;
+            return Err(e.into());
+        }
+    };
     println!("\nStarting session with SessionId: {session_id}");
     let mut forward = PortForward::from_channel(dc, listener, ssm_proto::DEFAULT_PAYLOAD_SIZE).await?;
     println!(
@@ -211,13 +231,15 @@ async fn forward(dc: DataChannel, props: &PortProperties, request: &Request, ses
     );
     println!("Waiting for connections...");
     let stopper = forward.stopper();
-    let end = tokio::select! {
-        end = forward.wait() => end?,
-        _ = exit::interrupted() => {
-            println!("Terminate signal received, exiting.");
-            let _ = stopper.send(true);
-            forward.wait().await?
-        }
+    let stop = |_| async move {
+        println!("Terminate signal received, exiting.");
+        let _ = stopper.send(true);
+    };
+    let (end, code) = match exit::until_signalled(signals, forward.wait(), stop).await {
+        Ended::Done(end) => (end?, 0),
+        // Ctrl+C is how the plugin's forwards end, with 0 (§7.4); other signals give 128 + N.
+        Ended::Signalled(sig) if sig.is_interrupt() => (End::Finished, 0),
+        Ended::Signalled(sig) => return Ok(sig.exit_code()),
     };
     match end {
         End::Closed(reason) if !reason.is_empty() => {
@@ -225,5 +247,5 @@ async fn forward(dc: DataChannel, props: &PortProperties, request: &Request, ses
         }
         _ => println!("\n\nExiting session with sessionId: {session_id}.\n"),
     }
-    Ok(())
+    Ok(code)
 }

@@ -146,35 +146,37 @@ async fn plugin_stream_session(via_env: bool) {
         "stdout must start with the tunnel's first bytes"
     );
 
-    // Then a round trip larger than one message. Stream mode has no half-close (like the
-    // official plugin, end of input ends the session), so the echo is read before stdin closes.
+    // Then a round trip larger than one message, with the input closed right after it: end of
+    // input is a half-close (the protocol has none to pass on), and what the server sends
+    // afterwards still comes out whole.
     let data = random_bytes(200_000, 3);
     let want = data.clone();
     let writer = tokio::spawn(async move {
         stdin.write_all(&data).await.expect("write stdin");
-        stdin
+        stdin.shutdown().await.expect("close stdin");
     });
     let mut echoed = vec![0u8; want.len()];
     within(30, "the echo", stdout.read_exact(&mut echoed))
         .await
         .expect("read echo");
     assert!(echoed == want, "the echo differs");
-    let mut stdin = within(10, "stdin writer", writer).await.expect("writer");
-    stdin.shutdown().await.expect("close stdin");
-    drop(stdin);
+    within(10, "stdin writer", writer).await.expect("writer");
+    // ssh sends SIGHUP to its ProxyCommand when it exits: the session ends at the service.
+    proc.signal(libc::SIGHUP);
     let code = proc.exit_code(15).await;
     let tail = read_all(stdout, 5).await;
     let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr).await.unwrap()).into_owned();
-    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(code, 128 + libc::SIGHUP, "stderr: {stderr}");
     assert!(tail.is_empty(), "nothing after the tunnel bytes: {tail:?}");
     assert!(
         !stderr.contains(response["TokenValue"].as_str().unwrap_or("?")),
         "the token leaked: {stderr}"
     );
-    // End of input terminates the session (§9 item 22) rather than leaving it open.
+    // Terminated (§9 item 22) rather than left open.
     assert!(sessions_end(&emu, 10).await, "{:?}\nstderr: {stderr}", emu.sessions());
     assert_eq!(emu.sessions().len(), 1);
     assert_eq!(emu.sessions()[0].session_id, session_id);
+    assert_eq!(emu.sessions()[0].terminate_calls, 1, "{:?}", emu.sessions());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,11 +214,12 @@ async fn ssh_proxy_terminates_the_session_when_ssh_hangs_up() {
     assert_eq!(&first, b"SSH-2.0-Test\r\n");
     // ssh sends SIGHUP to its ProxyCommand when it exits.
     proc.signal(libc::SIGHUP);
-    let code = proc.exit_code(10).await;
-    assert_eq!(code, 0);
+    let code = proc.exit_code(20).await;
+    assert_eq!(code, 128 + libc::SIGHUP);
     assert!(
         sessions_end(&emu, 10).await,
         "ssh-proxy left the session open after SIGHUP: {:?}",
         emu.sessions()
     );
+    assert_eq!(emu.sessions()[0].terminate_calls, 1, "{:?}", emu.sessions());
 }

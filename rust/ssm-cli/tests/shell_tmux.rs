@@ -397,3 +397,43 @@ async fn a_megabyte_of_output_arrives_intact_and_eof_ends_the_session() {
         stdout.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_restores_the_terminal_and_terminates_the_session() {
+    // A lost client keeps its session for a minute here: only TerminateSession ends it sooner.
+    let emu = ssm_testkit::emulator(Config {
+        shell_start_delay_ms: 200,
+        reconnect_grace_ms: 60_000,
+        ..Config::default()
+    })
+    .await;
+    let dir = scratch("sigterm");
+    let t = Tmux::start("sigterm", &dir, &emu.endpoint());
+    // `exec` keeps the pid the shell wrote, so that the test can signal ssmconnect itself.
+    t.send(&format!(
+        "stty -g > {d}/before; sh -c 'echo $$ > {d}/pid; exec {BIN} --endpoint-url {endpoint} shell \
+         i-0123456789abcdef0'; echo $? > {d}/rc; stty -g > {d}/after\n",
+        d = dir.display(),
+        endpoint = emu.endpoint()
+    ));
+    t.wait_prompt(Duration::from_secs(15));
+    let pid: i32 = wait_file(&dir.join("pid"), Duration::from_secs(10))
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: kill(2) has no memory effects; the pid is the ssmconnect this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(
+        wait_file(&dir.join("rc"), Duration::from_secs(30)).trim(),
+        (128 + libc::SIGTERM).to_string()
+    );
+    assert_terminal_restored(&dir);
+    let calls = || emu.sessions().first().map_or(0, |s| s.terminate_calls);
+    assert!(
+        ssm_testkit::wait_until(Duration::from_secs(10), || calls() > 0).await,
+        "no TerminateSession within 10 s: {:?}",
+        emu.sessions()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(calls(), 1, "{:?}", emu.sessions());
+}

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse};
+use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse, RequestedAction};
 use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -83,6 +83,30 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(1)
+}
+
+/// The random challenge of a KMSEncryption request: 16 random bytes in standard base64
+/// (agent/session/crypto/blockcipher.go NewBlockCipher).
+fn random_challenge() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes: [u8; 16] = rand::random();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Session type and handshake properties for a document (§1.2).
@@ -300,43 +324,71 @@ impl Agent {
     }
 
     /// Starts the session as the agent does on dispatch (sessionplugin.go Execute): the
-    /// handshake when the plugin needs one, else the plugin at once.
+    /// handshake when the plugin needs one (port) or KMS encryption is on, else the plugin at
+    /// once.
     fn start(&mut self, now: Instant) {
         // datachannel.go SendAgentSessionStateMessage(Connected) once the agent's data
         // channel is open.
         self.session_state("Connected");
-        match self.session_type {
-            SessionType::Port => {
-                let req = HandshakeRequest::new(
-                    &self.shared.config.agent_version,
-                    &SessionType::Port,
-                    self.properties.clone(),
-                );
-                if self.shared.faults().handshake_complete_first {
-                    // Fault injection: the completion goes out before the request.
-                    let early = HandshakeComplete {
-                        handshake_time_to_complete: 0,
-                        customer_message: String::new(),
-                    };
-                    let _ = self.channel.send(now, PayloadType::HandshakeComplete, early.to_json());
-                }
-                let _ = self.channel.send(now, PayloadType::HandshakeRequest, req.to_json());
-                self.stage = Stage::Handshake {
-                    deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
+        let kms_key_id = self.kms_key_id();
+        if self.session_type == SessionType::Port || kms_key_id.is_some() {
+            let mut req = HandshakeRequest::new(
+                &self.shared.config.agent_version,
+                &self.session_type,
+                self.properties.clone(),
+            );
+            if let Some(key) = kms_key_id {
+                req.requested_client_actions.push(RequestedAction {
+                    action_type: "KMSEncryption".into(),
+                    action_parameters: serde_json::json!({
+                        "KMSKeyId": key,
+                        "Challenge": random_challenge(),
+                    }),
+                });
+            }
+            let faults = self.shared.faults();
+            if faults.handshake_complete_first {
+                // Fault injection: the completion goes out before the request.
+                let early = HandshakeComplete {
+                    handshake_time_to_complete: 0,
+                    customer_message: String::new(),
                 };
+                let _ = self.channel.send(now, PayloadType::HandshakeComplete, early.to_json());
             }
-            _ => {
-                // §5.1, §6.1: no handshake; the first output tells the client it is a shell.
-                let command = self
-                    .properties
-                    .get("commands")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_owned);
-                match ShellPlugin::start(&self.shared, command.as_deref(), self.queues.clone()) {
-                    Ok(shell) => self.shell = Some(shell),
-                    Err(e) => self.begin_close(e),
-                }
-            }
+            let payload = if faults.garbled_handshake_request {
+                // Fault injection: not the JSON the agent marshals.
+                b"{\"AgentVersion\": garbled".to_vec()
+            } else {
+                req.to_json()
+            };
+            let _ = self.channel.send(now, PayloadType::HandshakeRequest, payload);
+            self.stage = Stage::Handshake {
+                deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
+            };
+            return;
+        }
+        // §5.1, §6.1: no handshake; the first output tells the client it is a shell.
+        self.start_shell();
+    }
+
+    /// The KMS key sessions of this type are encrypted with: none for port sessions
+    /// (sessionplugin.go isEncryptionEnabled).
+    fn kms_key_id(&self) -> Option<String> {
+        if self.session_type == SessionType::Port {
+            return None;
+        }
+        self.shared.config.kms_key_id.clone().filter(|k| !k.is_empty())
+    }
+
+    fn start_shell(&mut self) {
+        let command = self
+            .properties
+            .get("commands")
+            .and_then(|c| c.as_str())
+            .map(str::to_owned);
+        match ShellPlugin::start(&self.shared, command.as_deref(), self.queues.clone()) {
+            Ok(shell) => self.shell = Some(shell),
+            Err(e) => self.begin_close(e),
         }
     }
 
@@ -449,6 +501,12 @@ impl Agent {
         };
         if let Err(e) = resp.check() {
             self.begin_close(format!("{e}"));
+            return;
+        }
+        if self.kms_key_id().is_some() {
+            // The client took KMS encryption, which the emulator cannot do; a plain session
+            // instead would be kinder than AWS.
+            self.begin_close("KMS encryption is not emulated".into());
             return;
         }
         let complete = HandshakeComplete {

@@ -267,6 +267,10 @@ async fn data_channel(
     Path(session_id): Path<String>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if shared.faults().refuse_websocket_upgrade {
+        Counters::add(&shared.counters.connections_refused, 1);
+        return (StatusCode::FORBIDDEN, "the data channel is refused (fault injection)").into_response();
+    }
     ws.on_upgrade(move |socket| open_data_channel(shared, session_id, socket))
 }
 

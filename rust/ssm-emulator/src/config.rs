@@ -119,6 +119,14 @@ pub struct Config {
     /// client. Whether MGS forwards them is not known (§4.9, §12); clients must ignore them, so
     /// the emulator sends them unless a test turns this off.
     pub forward_agent_session_state: bool,
+    /// Session Manager preferences `kmsKeyId`: KMS encryption of session data with this key.
+    /// As in the agent, it applies to every session but port sessions
+    /// (agent/session/plugins/sessionplugin/sessionplugin.go isEncryptionEnabled): the agent
+    /// then handshakes even for shells and asks for `KMSEncryption` with the key and a random
+    /// challenge (agent/session/datachannel/datachannel.go buildHandshakeRequestPayload); a
+    /// client that does not take it ends the session (handleHandshakeResponse). The emulator
+    /// does not encrypt: a client that accepts gets the session ended, never a plain one.
+    pub kms_key_id: Option<String>,
     /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
     /// targets take sessions (inventory instances only when running; others as `targets` says).
     pub inventory: Vec<Instance>,
@@ -161,6 +169,7 @@ impl Default for Config {
             idle_timeout_ms: 20 * 60 * 1000,
             max_session_duration_ms: None,
             forward_agent_session_state: true,
+            kms_key_id: None,
             inventory: Vec::new(),
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,

@@ -66,6 +66,16 @@ pub struct Faults {
     /// sent), send a second HandshakeRequest. The session goes on; a response to it is
     /// consumed. Default off; only for tests of the client's handshake checks.
     pub repeat_handshake_request: bool,
+    /// The data-channel route answers every WebSocket upgrade with HTTP 403 instead of
+    /// switching protocols: the data channel cannot be opened at all (a proxy that blocks
+    /// WebSockets, a service that refuses the client). ResumeSession and TerminateSession still
+    /// work. Default off; for tests of what a client does when it cannot open the channel.
+    pub refuse_websocket_upgrade: bool,
+    /// Misbehaving agent: a port session's HandshakeRequest payload is not JSON (the agent
+    /// marshals a `HandshakeRequestPayload`, agent/session/datachannel/datachannel.go
+    /// sendHandshakeRequest, so this never comes from a working agent). Default off; for tests
+    /// of how a client fails such a start.
+    pub garbled_handshake_request: bool,
 }
 
 /// What to do with one frame.

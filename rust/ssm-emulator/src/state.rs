@@ -201,6 +201,7 @@ impl Shared {
             client_version: String::new(),
             port_mode: String::new(),
             ended: false,
+            terminate_calls: 0,
             terminal_size: None,
             access_key_id: signer.access_key_id,
             signing_region: signer.region,
@@ -237,6 +238,7 @@ impl Shared {
             let _ = agent.send(AgentCommand::Terminate);
         }
         entry.info.ended = true;
+        entry.info.terminate_calls += 1;
         true
     }
 
@@ -400,6 +402,9 @@ pub struct SessionInfo {
     pub port_mode: String,
     /// Whether the session ended.
     pub ended: bool,
+    /// How many times `TerminateSession` was called for it (an ended session is ended by
+    /// the agent, by MGS or by this call; only this count tells a client's call apart).
+    pub terminate_calls: u64,
     /// Last terminal size received (cols, rows).
     pub terminal_size: Option<(u32, u32)>,
     /// The access key id StartSession was signed with (SigV4 credential scope; empty if unsigned).

@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use aws_config::profile::ProfileFileCredentialsProvider;
 use aws_config::provider_config::ProviderConfig;
@@ -242,18 +245,63 @@ struct InFlightStart {
 impl Drop for InFlightStart {
     fn drop(&mut self) {
         let Some(task) = self.task.take() else { return };
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        if tokio::runtime::Handle::try_current().is_err() {
             task.abort();
             return;
-        };
+        }
         let client = self.client.clone();
-        rt.spawn(async move {
+        spawn_detached(async move {
             let Ok(Ok(out)) = task.await else { return };
             let Some(id) = out.session_id else { return };
-            if let Err(e) = client.terminate_session().session_id(&id).send().await {
-                tracing::debug!(session = %id, "TerminateSession after cancel: {}", api_error("TerminateSession", e));
+            let terminate = client.terminate_session().session_id(&id).send();
+            match tokio::time::timeout(crate::driver::TERMINATE_WAIT, terminate).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(session = %id, "TerminateSession after cancel: {}", api_error("TerminateSession", e))
+                }
+                Err(_) => tracing::debug!(session = %id, "TerminateSession after cancel: no answer"),
             }
         });
+    }
+}
+
+/// Calls running on tasks of their own because their caller gave up (the `TerminateSession`
+/// that follows a cancel): a process about to exit waits for them with [`detached_calls_done`].
+static DETACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs `work` on a task of its own (when there is a runtime), counted in [`DETACHED`] until it
+/// ends or is dropped.
+pub(crate) fn spawn_detached(work: impl Future<Output = ()> + Send + 'static) {
+    struct Counted;
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            DETACHED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    DETACHED.fetch_add(1, Ordering::SeqCst);
+    let counted = Counted;
+    rt.spawn(async move {
+        let _counted = counted;
+        work.await;
+    });
+}
+
+/// Waits, at most `limit`, until the calls that cancelled operations left running (their
+/// `TerminateSession`) are done; `false` if some were still running. For a process about to
+/// exit after abandoning a start: its runtime would drop them unfinished.
+pub async fn detached_calls_done(limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if DETACHED.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

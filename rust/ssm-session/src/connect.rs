@@ -281,14 +281,27 @@ impl Connector {
         target: &str,
         port: u16,
         key: Option<KeyPush>,
-        input: R,
-        output: W,
+        mut input: R,
+        mut output: W,
         stage: StageFn<'_>,
     ) -> Result<End>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let dc = self.ssh_channel(target, port, key, stage).await?.session;
+        crate::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut input, &mut output).await
+    }
+
+    /// Opens the stream session of [`Connector::ssh_stdio`] without running it: run it with
+    /// [`crate::stdio::pipe`] (the caller keeps a [`crate::DataSender`] to end it).
+    pub async fn ssh_channel(
+        &self,
+        target: &str,
+        port: u16,
+        key: Option<KeyPush>,
+        stage: StageFn<'_>,
+    ) -> Result<Connected<DataChannel>> {
         let resolved = self.resolve(target, key.is_some(), stage).await?;
         if let Some(k) = key {
             stage(Stage::PushingKey(&resolved.instance_id));
@@ -297,15 +310,11 @@ impl Connector {
         }
         stage(Stage::Starting(&resolved.instance_id));
         let api = self.api().await?;
-        crate::stdio::run_ssh_stdio(
-            api,
-            &resolved.instance_id,
-            port,
-            self.settings.channel.clone(),
-            input,
-            output,
-        )
-        .await
+        let dc = crate::stdio::open_ssh(api, &resolved.instance_id, port, self.settings.channel.clone()).await?;
+        Ok(Connected {
+            target: resolved,
+            session: dc,
+        })
     }
 }
 

@@ -10,6 +10,8 @@
 //! (item 13).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -184,23 +186,6 @@ impl DataChannel {
         crate::install_crypto_provider();
         let client_id = uuid::Uuid::new_v4().to_string();
         let trust = control.trust();
-        // The session exists from here on: abandoning this future (a cancel) terminates it.
-        let mut pending = PendingSession {
-            task: None,
-            dialing: true,
-            control: control.clone(),
-            session_id: started.session_id.clone(),
-        };
-        let dialed = dial(
-            &started.stream_url,
-            &trust,
-            &started.token,
-            &client_id,
-            &opts.client_version,
-        )
-        .await;
-        pending.dialing = false;
-        let ws = dialed?;
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (start_tx, start_rx) = oneshot::channel();
@@ -209,14 +194,20 @@ impl DataChannel {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let ending = Arc::new(Ending {
+            control: control.clone(),
+            session_id: started.session_id.clone(),
+            done: AtomicBool::new(false),
+        });
         let driver = Driver {
             session_id: started.session_id.clone(),
             stream_url: started.stream_url,
             trust,
             client_id,
-            control: control.clone(),
+            control,
+            ending: ending.clone(),
             channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
-            ws: Some(ws),
+            ws: None,
             start: StartState::Waiting(Some(start_tx)),
             start_deadline: saturating_add(now, opts.start_timeout),
             inbound: VecDeque::new(),
@@ -231,25 +222,26 @@ impl DataChannel {
             lost_since: None,
             opts,
         };
-        pending.task = Some(tokio::spawn(driver.run()));
+        // The session exists from here on: abandoning this future (a cancel) terminates it. The
+        // driver dials the data channel itself, so that a failed dial ends like any other start.
+        let mut pending = PendingSession {
+            task: Some(tokio::spawn(driver.run(started.token))),
+            ending,
+        };
         let start = match start_rx.await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                // The driver is ending by itself (it still sends what it queued, e.g. a
-                // refusing HandshakeResponse); give it a moment.
-                if let Some(task) = pending.task.take() {
-                    let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
-                }
-                return Err(e);
-            }
-            Err(_) => {
-                // The driver ended before the session started: its result says why.
+            failed => {
+                // The driver is ending by itself: it still sends what it queued (e.g. a refusing
+                // HandshakeResponse) and ends the session at the service. Wait for that (it is
+                // bounded), so that a caller who exits next leaves nothing open.
                 let Some(task) = pending.task.take() else {
                     return Err(Error::Cancelled);
                 };
-                return Err(match task.await {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(End::Closed(reason))) => Error::Closed {
+                let ended = tokio::time::timeout(END_WAIT, task).await;
+                return Err(match (failed, ended) {
+                    (Ok(Err(e)), _) => e,
+                    (_, Ok(Ok(Err(e)))) => e,
+                    (_, Ok(Ok(Ok(End::Closed(reason))))) => Error::Closed {
                         session_id: started.session_id,
                         reason,
                     },
@@ -278,6 +270,16 @@ impl DataChannel {
         self.rx.recv().await
     }
 
+    /// Ends the session without using it (it turned out to be the wrong kind): drains what is
+    /// unacked (bounded), terminates it and waits for the driver.
+    pub async fn end(self) -> Result<End> {
+        let (sender, rx, task) = self.into_parts();
+        drop(rx);
+        sender.finish(true).await;
+        drop(sender);
+        task.await.map_err(|e| Error::Connect(format!("driver failed: {e}")))?
+    }
+
     /// Splits into sender, receiver and the driver's completion.
     pub fn into_parts(self) -> (DataSender, Inbox, JoinHandle<Result<End>>) {
         (self.sender, self.rx, self.task)
@@ -289,28 +291,57 @@ impl DataChannel {
 /// session terminated, so nothing stays open.
 struct PendingSession {
     task: Option<JoinHandle<Result<End>>>,
-    /// The data channel is being dialed (no driver yet).
-    dialing: bool,
-    control: SharedControl,
-    session_id: String,
+    ending: Arc<Ending>,
 }
 
 impl Drop for PendingSession {
     fn drop(&mut self) {
-        match self.task.take() {
-            Some(task) => task.abort(),
-            None if self.dialing => {}
-            None => return,
+        if let Some(task) = self.task.take() {
+            task.abort();
+            self.ending.clone().terminate_detached();
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let control = self.control.clone();
-            let id = std::mem::take(&mut self.session_id);
-            rt.spawn(async move {
-                if let Err(e) = control.terminate(&id).await {
-                    tracing::debug!(session = %id, "TerminateSession after cancel: {e}");
-                }
-            });
+    }
+}
+
+/// Longest wait for `TerminateSession`: a session's end is never held longer by the API.
+pub const TERMINATE_WAIT: Duration = Duration::from_secs(5);
+
+/// Longest wait of [`DataChannel::open`] for a driver that failed the start to end the session.
+const END_WAIT: Duration = Duration::from_secs(10);
+
+/// Ends one session at the service, at most once: `TerminateSession` (bounded by
+/// [`TERMINATE_WAIT`]) unless the service has said that the session is over. The driver's end
+/// goes through it, and so does the cancel of a pending start (issue 12 item 5).
+struct Ending {
+    control: SharedControl,
+    session_id: String,
+    /// `TerminateSession` was sent, or the service said that the session is over
+    /// (`channel_closed`, ResumeSession finding it ended).
+    done: AtomicBool,
+}
+
+impl Ending {
+    /// The service has ended the session: nothing more to do.
+    fn service_ended(&self) {
+        self.done.store(true, Ordering::SeqCst);
+    }
+
+    /// `TerminateSession`, unless it was sent or the session is over.
+    async fn terminate(&self) {
+        if self.done.swap(true, Ordering::SeqCst) {
+            return;
         }
+        let id = &self.session_id;
+        match tokio::time::timeout(TERMINATE_WAIT, self.control.terminate(id)).await {
+            Ok(Ok(())) => tracing::debug!(session = %id, "TerminateSession"),
+            Ok(Err(e)) => tracing::warn!(session = %id, "TerminateSession: {e}"),
+            Err(_) => tracing::warn!(session = %id, "TerminateSession: no answer within {TERMINATE_WAIT:?}"),
+        }
+    }
+
+    /// [`Ending::terminate`] on a task of its own (from `Drop`).
+    fn terminate_detached(self: Arc<Self>) {
+        crate::aws::spawn_detached(async move { self.terminate().await });
     }
 }
 
@@ -399,6 +430,7 @@ struct Driver {
     trust: Trust,
     client_id: String,
     control: SharedControl,
+    ending: Arc<Ending>,
     opts: ChannelOptions,
     channel: Channel,
     ws: Option<Ws>,
@@ -426,11 +458,7 @@ impl Driver {
     }
 
     fn fail_start(&mut self, e: Error) -> Error {
-        let tx = match &mut self.start {
-            StartState::Waiting(tx) | StartState::Handshaking(tx, _) => tx.take(),
-            StartState::Started => None,
-        };
-        if let Some(tx) = tx {
+        if let Some(tx) = self.take_start() {
             let _ = tx.send(Err(Error::Connect(e.to_string())));
         }
         e
@@ -445,17 +473,90 @@ impl Driver {
         self.inbound_bytes < self.opts.inbound_high_water
     }
 
-    async fn run(mut self) -> Result<End> {
-        let result = self.run_inner().await;
+    fn take_start(&mut self) -> Option<oneshot::Sender<Result<SessionStart>>> {
+        match &mut self.start {
+            StartState::Waiting(tx) | StartState::Handshaking(tx, _) => tx.take(),
+            StartState::Started => None,
+        }
+    }
+
+    /// Dials the data channel (§2.2); a failure fails the start with the dial's own error.
+    async fn dial_first(&mut self, token: &Token) -> Result<()> {
+        match dial(
+            &self.stream_url,
+            &self.trust,
+            token,
+            &self.client_id,
+            &self.opts.client_version,
+        )
+        .await
+        {
+            Ok(ws) => {
+                let now = Instant::now();
+                self.ws = Some(ws);
+                self.last_rx = now;
+                self.next_ping = now;
+                self.start_deadline = saturating_add(now, self.opts.start_timeout);
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if let Some(tx) = self.take_start() {
+                    let _ = tx.send(Err(e));
+                }
+                Err(Error::Connect(text))
+            }
+        }
+    }
+
+    /// The one way out of a session: whatever ended it, it is ended at the service too (unless
+    /// the service said that it is over, or the caller asked to leave it), and what arrived
+    /// and was acked is handed to the session kind, for the agent never sends it again.
+    async fn run(mut self, token: Token) -> Result<End> {
+        let result = match self.dial_first(&token).await {
+            Ok(()) => self.run_inner().await,
+            Err(e) => Err(e),
+        };
         if let Err(e) = &result {
             tracing::debug!(session = %self.session_id, "data channel ended: {e}");
             // Whatever was queued last (e.g. a refusing HandshakeResponse) still goes out.
             self.flush().await;
         }
+        if !matches!(self.finishing, Some((_, false))) {
+            self.ending.terminate().await;
+        }
         if let Some(mut ws) = self.ws.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
         }
+        self.deliver_rest().await;
         result
+    }
+
+    /// Hands what is still held to the session kind, until the finishing deadline (or
+    /// `drain_timeout` from now, when not finishing). A session kind that stopped listening
+    /// gets nothing more.
+    async fn deliver_rest(&mut self) {
+        let deadline = match self.finishing {
+            Some((deadline, _)) => deadline,
+            None => saturating_add(Instant::now(), self.opts.drain_timeout),
+        };
+        let deadline = tokio::time::Instant::from_std(deadline);
+        while let Some(item) = self.inbound.pop_front() {
+            match tokio::time::timeout_at(deadline, self.in_tx.reserve()).await {
+                Ok(Ok(permit)) => permit.send(item),
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    tracing::debug!(
+                        session = %self.session_id,
+                        "{} message(s) not delivered by the deadline",
+                        self.inbound.len() + 1
+                    );
+                    break;
+                }
+            }
+        }
+        self.inbound.clear();
+        self.inbound_bytes = 0;
     }
 
     async fn run_inner(&mut self) -> Result<End> {
@@ -472,12 +573,11 @@ impl Driver {
             {
                 return Ok(End::Closed(reason.clone()));
             }
-            if let Some((deadline, terminate)) = self.finishing
-                && (self.channel.unacked() == 0 || Instant::now() >= deadline)
+            // Finished once ours is acked and theirs delivered (or at the deadline); `run`
+            // ends the session at the service.
+            if let Some((deadline, _)) = self.finishing
+                && ((self.channel.unacked() == 0 && self.inbound.is_empty()) || Instant::now() >= deadline)
             {
-                if terminate && let Err(e) = self.control.terminate(&self.session_id).await {
-                    tracing::warn!(session = %self.session_id, "TerminateSession: {e}");
-                }
                 return Ok(End::Finished);
             }
             let reading = self.reading();
@@ -610,7 +710,8 @@ impl Driver {
                         tracing::debug!(session = %self.session_id, "ignored a HandshakeRequest after the session started");
                         return Ok(());
                     }
-                    let hs = handshake::client_respond(&payload, &self.opts.client_version)?;
+                    let hs = handshake::client_respond(&payload, &self.opts.client_version)
+                        .map_err(|e| self.fail_start(Error::Handshake(e)))?;
                     let _ = self
                         .channel
                         .send(now, PayloadType::HandshakeResponse, hs.response.clone());
@@ -687,6 +788,7 @@ impl Driver {
                 }
             },
             Event::ChannelClosed(c) => {
+                self.ending.service_ended();
                 if !self.started() {
                     let reason = if c.output.is_empty() {
                         "the session was closed".to_owned()
@@ -799,13 +901,21 @@ impl Driver {
                 }
                 // We were ending the session and the service says it has ended: that is the
                 // end we asked for, even though the socket went before `channel_closed` arrived.
-                Ok(None) if self.finishing.is_some() => return Ok(Some(End::Finished)),
-                Err(e) if self.finishing.is_some() && e.api_code() == Some("DoesNotExistException") => {
-                    tracing::debug!(session = %self.session_id, "ended while finishing: {e}");
+                Ok(None) if self.finishing.is_some() => {
+                    self.ending.service_ended();
                     return Ok(Some(End::Finished));
                 }
-                Ok(None) => return Err(Error::SessionExpired(self.session_id.clone())),
+                Err(e) if self.finishing.is_some() && e.api_code() == Some("DoesNotExistException") => {
+                    tracing::debug!(session = %self.session_id, "ended while finishing: {e}");
+                    self.ending.service_ended();
+                    return Ok(Some(End::Finished));
+                }
+                Ok(None) => {
+                    self.ending.service_ended();
+                    return Err(Error::SessionExpired(self.session_id.clone()));
+                }
                 Err(e) if e.api_code() == Some("DoesNotExistException") => {
+                    self.ending.service_ended();
                     return Err(Error::Closed {
                         session_id: self.session_id.clone(),
                         reason: e.to_string(),

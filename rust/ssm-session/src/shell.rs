@@ -50,7 +50,7 @@ pub async fn start(api: &SsmApi, target: &str, opts: ShellOptions) -> Result<Dat
     match dc.start.session_type {
         SessionType::StandardStream | SessionType::InteractiveCommands | SessionType::NonInteractiveCommands => Ok(dc),
         SessionType::Port => {
-            dc.sender().finish(true).await;
+            let _ = dc.end().await;
             Err(Error::Config("the document started a port session, not a shell".into()))
         }
     }

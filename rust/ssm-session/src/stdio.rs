@@ -17,18 +17,25 @@ pub async fn run_ssh_stdio<R, W>(
     target: &str,
     port: u16,
     opts: ChannelOptions,
-    input: R,
-    output: W,
+    mut input: R,
+    mut output: W,
 ) -> Result<End>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    let dc = open_ssh(api, target, port, opts).await?;
+    pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut input, &mut output).await
+}
+
+/// Starts `AWS-StartSSHSession` to `port` on `target` and opens its data channel, checked to
+/// be a stream session; run it with [`pipe`].
+pub async fn open_ssh(api: &SsmApi, target: &str, port: u16, opts: ChannelOptions) -> Result<DataChannel> {
     let mut params = HashMap::new();
     params.insert("portNumber".to_owned(), vec![port.to_string()]);
     let started = api.start_session(target, Some("AWS-StartSSHSession"), &params).await?;
     let control: SharedControl = Arc::new(api.clone());
-    pipe_started(started, control, opts, input, output).await
+    open_started(started, control, opts).await
 }
 
 /// Runs an already started stdio session (the plugin-compatible mode gets these from its
@@ -44,26 +51,39 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let dc = DataChannel::open(started, control, opts).await?;
-    match dc.start.port.as_ref().map(|p| p.mode) {
-        Some(PortMode::Stdio) => {}
-        Some(_) => {
-            return Err(Error::Config(
-                "the session is a port forward, not a stream session".into(),
-            ));
-        }
-        None => {
-            return Err(Error::Config(format!(
-                "expected a port session, the agent started {}",
-                dc.start.session_type.as_str()
-            )));
-        }
-    }
+    let dc = open_started(started, control, opts).await?;
     pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut input, &mut output).await
 }
 
+/// Opens the data channel of an already started session and checks that it is a stream
+/// session; one that is not is ended at once.
+pub async fn open_started(
+    started: StartedSession,
+    control: SharedControl,
+    opts: ChannelOptions,
+) -> Result<DataChannel> {
+    let dc = DataChannel::open(started, control, opts).await?;
+    let wrong = match dc.start.port.as_ref().map(|p| p.mode) {
+        Some(PortMode::Stdio) => return Ok(dc),
+        Some(_) => "the session is a port forward, not a stream session".to_owned(),
+        None => format!(
+            "expected a port session, the agent started {}",
+            dc.start.session_type.as_str()
+        ),
+    };
+    let _ = dc.end().await;
+    Err(Error::Config(wrong))
+}
+
 /// Copies `input` into the session and the session's output into `output` until the session
-/// ends. On input EOF our data is drained and the session terminated (§9 item 22).
+/// ends.
+///
+/// End of input is a half-close: nothing more goes out, but the agent's output is written
+/// until the session ends (`channel_closed`, typically when the server closes its side), so a
+/// server's last bytes after the request are never cut (the official plugin exits at once,
+/// §7.5). An input that fails, an output that can no longer be written, or a
+/// [`DataSender::finish`](crate::DataSender::finish) from elsewhere (a signal) ends the
+/// session: our data is drained and the session terminated (§9 item 22).
 pub async fn pipe<R, W>(dc: DataChannel, payload_size: usize, input: &mut R, output: &mut W) -> Result<End>
 where
     R: AsyncRead + Unpin,
@@ -81,7 +101,9 @@ where
     loop {
         tokio::select! {
             read = input.read(&mut buf), if input_open && pending.is_none() => match read {
-                Ok(0) | Err(_) => {
+                Ok(0) => input_open = false,
+                Err(e) => {
+                    tracing::debug!("input ended the session: {e}");
                     input_open = false;
                     finishing = true;
                 }

@@ -55,6 +55,13 @@ async fn handshake_complete_before_the_request_fails_the_start_clearly() {
         "failed only after {:?}: at the deadline, not on the message",
         started.elapsed()
     );
+    // A failed start is ended at the service, not left open (issue 12 item 5).
+    let calls = || emu.sessions().first().map_or(0, |s| s.terminate_calls);
+    assert!(
+        wait_until(Duration::from_secs(10), || calls() > 0).await,
+        "no TerminateSession: {:?}",
+        emu.sessions()
+    );
     emu.stop().await;
 }
 
