@@ -33,7 +33,7 @@ pub(crate) fn enable(max_level: u32) {
     INSTALL.call_once(|| {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
-        use tracing_subscriber::{Layer, filter, fmt};
+        use tracing_subscriber::{filter, fmt, Layer};
         // Our crates at any level; the AWS SDK's own events only from warnings up.
         let targets = filter::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
         // Only events at the level asked for now are formatted at all: capturing warnings (which

@@ -200,7 +200,10 @@ fn a_listener_on_every_interface_is_warned_about_in_the_captured_log() {
     ssmc_log_enable(0);
     ssmc_client_free(c);
     assert!(lines.iter().all(|(level, _)| (1..=2).contains(level)), "{lines:?}");
-    let warnings: Vec<_> = lines.iter().filter(|(_, l)| l.contains("listening on 0.0.0.0")).collect();
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|(_, l)| l.contains("listening on 0.0.0.0"))
+        .collect();
     assert_eq!(warnings.len(), 1, "one warning about the listener: {lines:?}");
     assert_eq!(warnings[0].0, 2, "at warning level");
 }

@@ -473,8 +473,11 @@ mod tests {
     fn frames_keep_the_session_alive() {
         let now = Instant::now();
         let mut c = Mux::new(Side::Client, true, now);
-        c.handle_input(now + KEEPALIVE_TIMEOUT - Duration::from_secs(1), &[1, 3, 0, 0, 0, 0, 0, 0])
-            .unwrap();
+        c.handle_input(
+            now + KEEPALIVE_TIMEOUT - Duration::from_secs(1),
+            &[1, 3, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
         assert_eq!(c.handle_timeout(now + KEEPALIVE_TIMEOUT), Ok(()));
     }
 }

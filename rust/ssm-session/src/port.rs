@@ -164,7 +164,15 @@ impl PortForward {
         let task = match mode {
             PortMode::Mux { keepalive } => {
                 let keepalive = keepalive.then_some(mux.keepalive);
-                tokio::spawn(run_mux(listener, dc, keepalive, payload_size, mux, stats.clone(), stop_rx))
+                tokio::spawn(run_mux(
+                    listener,
+                    dc,
+                    keepalive,
+                    payload_size,
+                    mux,
+                    stats.clone(),
+                    stop_rx,
+                ))
             }
             PortMode::Basic => tokio::spawn(run_basic(
                 listener,
@@ -788,10 +796,16 @@ mod tests {
             assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
         }
         let any = exposure_warning("0.0.0.0:5432".parse().unwrap()).expect("0.0.0.0 is warned about");
-        assert!(any.contains("0.0.0.0") && any.contains("every network interface"), "{any}");
+        assert!(
+            any.contains("0.0.0.0") && any.contains("every network interface"),
+            "{any}"
+        );
         let any6 = exposure_warning("[::]:5432".parse().unwrap()).expect(":: is warned about");
         assert!(any6.contains("every network interface"), "{any6}");
         let lan = exposure_warning("192.168.1.10:5432".parse().unwrap()).expect("a LAN address is warned about");
-        assert!(lan.contains("192.168.1.10") && lan.contains("not a loopback address"), "{lan}");
+        assert!(
+            lan.contains("192.168.1.10") && lan.contains("not a loopback address"),
+            "{lan}"
+        );
     }
 }

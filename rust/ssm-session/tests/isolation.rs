@@ -102,7 +102,11 @@ async fn a_stalled_mux_connection_stalls_only_itself_and_the_session_outlives_ke
 
     // The stalled connection is the one that pays: reset once it is too far behind.
     assert!(
-        wait_until(Duration::from_secs(60), || stats.connections_reset.load(Ordering::Relaxed) == 1).await,
+        wait_until(Duration::from_secs(60), || stats
+            .connections_reset
+            .load(Ordering::Relaxed)
+            == 1)
+        .await,
         "the stalled connection was not reset (forward finished: {})",
         fwd.is_finished()
     );
