@@ -67,6 +67,19 @@ Describe 'Start-SSMPortForward' {
         Wait-Until { (Get-EmulatorSession $emu | Where-Object session_id -EQ $f.SessionId).ended } | Should -BeTrue
     }
 
+    It 'warns once when it listens on an address other hosts can reach' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -LocalAddress 0.0.0.0 @aws -WarningVariable w -WarningAction SilentlyContinue
+        $f.LocalAddress | Should -Be '0.0.0.0'
+        $about = @($w | Where-Object { "$_" -like '*listening on 0.0.0.0*' })
+        $about | Should -HaveCount 1
+        "$($about[0])" | Should -BeLike '*every network interface*'
+    }
+
+    It 'does not warn when it listens on loopback' {
+        $null = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws -WarningVariable w -WarningAction SilentlyContinue
+        @($w | Where-Object { "$_" -like '*listening on*' }) | Should -HaveCount 0
+    }
+
     It 'shows progress and native logs only when asked' {
         $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws -Verbose 4>&1
         $records = @($f | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })

@@ -35,8 +35,9 @@ namespace SSMConnect
 
         /// <summary>Captures lines up to <paramref name="maxLevel"/> from now on (Off stops capturing).</summary>
         /// <remarks>
-        /// The first call with a level other than Off installs the library's capture, which then
-        /// formats events for good; until then Off costs nothing, so it is not passed on.
+        /// The first call with a level other than Off installs the library's capture; until then
+        /// Off costs nothing, so it is not passed on. Once installed, only events at the level
+        /// asked for are formatted.
         /// </remarks>
         public static void Enable(NativeLogLevel maxLevel)
         {

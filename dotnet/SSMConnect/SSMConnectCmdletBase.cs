@@ -8,8 +8,9 @@ namespace SSMConnect
     /// <summary>
     /// Shared parameters (the AWS Tools ones) and the machinery every session-starting cmdlet
     /// needs: a client from those parameters, a wait on the pipeline thread that writes
-    /// progress and native log lines and cancels native work when the pipeline stops (Ctrl+C),
-    /// and ErrorRecords with stable ids.
+    /// progress and native log lines (warnings always, as PowerShell warnings; the rest with
+    /// -Verbose / -Debug) and cancels native work when the pipeline stops (Ctrl+C), and
+    /// ErrorRecords with stable ids.
     /// </summary>
     public abstract class SSMConnectCmdletBase : PSCmdlet, IDisposable
     {
@@ -78,7 +79,13 @@ namespace SSMConnect
         /// <inheritdoc />
         protected override void BeginProcessing()
         {
+            // Native warnings (e.g. a listener other hosts can reach) are shown whatever the
+            // preferences; finer lines only when asked for.
             logLevel = WantedLogLevel();
+            if (logLevel < NativeLogLevel.Warn)
+            {
+                logLevel = NativeLogLevel.Warn;
+            }
             NativeLog.Enable(logLevel);
             // Lines left from earlier work (a forward still running) belong to nobody now.
             NativeLog.Drain((_, _) => { });
@@ -240,7 +247,8 @@ namespace SSMConnect
             }
         }
 
-        /// <summary>Writes the queued native log lines: up to info as verbose, finer as debug.</summary>
+        /// <summary>Writes the queued native log lines: errors and warnings as warnings (a failure
+        /// that ends the work comes as an error of its own), info as verbose, finer as debug.</summary>
         protected void DrainLogs()
         {
             if (logLevel == NativeLogLevel.Off)
@@ -249,7 +257,11 @@ namespace SSMConnect
             }
             NativeLog.Drain((level, line) =>
             {
-                if (level <= NativeLogLevel.Info)
+                if (level <= NativeLogLevel.Warn)
+                {
+                    WriteWarning(line);
+                }
+                else if (level == NativeLogLevel.Info)
                 {
                     WriteVerbose(line);
                 }

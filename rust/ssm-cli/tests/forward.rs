@@ -67,6 +67,10 @@ async fn forward_moves_data_over_concurrent_connections_and_stops_on_sigint() {
     let code = proc.exit_code(10).await;
     let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr_task).await.unwrap()).into_owned();
     assert_eq!(code, 0, "exit code after SIGINT; stderr: {stderr}");
+    assert!(
+        !stderr.contains("listening on"),
+        "no exposure warning for a loopback listener: {stderr}"
+    );
     assert_closed(addr, 5).await;
     // The session is terminated, not left to time out.
     assert!(
@@ -107,4 +111,44 @@ async fn port_in_use_fails_at_once_without_starting_a_session() {
     assert!(stdout.is_empty(), "nothing on stdout: {stdout:?}");
     assert_eq!(emu.stats().sessions_started, 0, "no session was started");
     drop(taken);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_every_interface_is_warned_about_once() {
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let echo = echo_server().await;
+
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url").arg(emu.endpoint()).args([
+        "forward",
+        TARGET,
+        &echo.to_string(),
+        "--local-address",
+        "0.0.0.0",
+        "--local-port",
+        "0",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect forward on 0.0.0.0");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr_task = tokio::spawn(read_all(proc.take_stderr(), 60));
+    let line = out.until(20, |l| l.starts_with("Port ")).await;
+    let (port, _) = opened_port(&line).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    // Two connections: the warning is about the listener, not about each connection.
+    for i in 0..2u64 {
+        let data = random_bytes(4096, i);
+        let back = echo_through(SocketAddr::from(([127, 0, 0, 1], port)), data.clone()).await;
+        assert_eq!(back, data, "echo {i}");
+    }
+    proc.signal(libc::SIGINT);
+    let code = proc.exit_code(10).await;
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr_task).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "exit code after SIGINT; stderr: {stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains("listening on 0.0.0.0")).collect();
+    assert_eq!(warnings.len(), 1, "one warning about the listener: {stderr}");
+    assert!(
+        warnings[0].contains("WARN") && warnings[0].contains("every network interface"),
+        "{}",
+        warnings[0]
+    );
 }

@@ -145,6 +145,13 @@ pub struct Config {
     /// the client accepts plain URLs for loopback hosts only (design §7), and the TLS dial of both
     /// the SDK and the data channel is what the TLS end-to-end tests run against this option.
     pub tls: bool,
+    /// NOP interval of the agent's smux server when its keepalive is on: smux's `DefaultConfig`
+    /// (10 s), which agent/session/plugins/port/port_mux.go uses. Shorter values let tests cross
+    /// keepalive timeouts in seconds; a client must be given the same timing.
+    pub smux_keepalive_interval_ms: u64,
+    /// Silence after which the agent's smux server closes the session when its keepalive is on:
+    /// smux's `DefaultConfig` (30 s).
+    pub smux_keepalive_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -174,6 +181,8 @@ impl Default for Config {
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,
             tls: false,
+            smux_keepalive_interval_ms: 10_000,
+            smux_keepalive_timeout_ms: 30_000,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ssm_proto::smux::{Mux, MuxEvent, Side};
+use ssm_proto::smux::{Keepalive, Mux, MuxEvent, Side};
 use ssm_proto::{Channel, PayloadType, PortFlag, PortMode, PortProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -181,8 +181,13 @@ impl PortPlugin {
         queues: DestQueues,
         now: Instant,
     ) -> Self {
+        // port_mux.go: `smux.Server` with smux's default config, keepalive as `mode` says.
+        let timing = Keepalive {
+            interval: Duration::from_millis(shared.config.smux_keepalive_interval_ms),
+            timeout: Duration::from_millis(shared.config.smux_keepalive_timeout_ms),
+        };
         let mux = match mode {
-            PortMode::Mux { keepalive } => Some(Mux::new(Side::Server, keepalive, now)),
+            PortMode::Mux { keepalive } => Some(Mux::with_keepalive(Side::Server, keepalive.then_some(timing), now)),
             _ => None,
         };
         let pacing = shared.config.pacing;
@@ -503,7 +508,14 @@ impl PortPlugin {
     }
 
     pub(crate) fn on_timeout(&mut self, now: Instant) -> Option<String> {
+        // smux's keepalive does not close the session while its receive budget is exhausted
+        // (vendored smux session.go keepalive: the close needs `bucket > 0`): the client's
+        // frames are then waiting on us, not missing.
+        let blocked = self.mux.is_some() && !self.ready();
         let mux = self.mux.as_mut()?;
+        if blocked {
+            mux.input_waiting(now);
+        }
         match mux.handle_timeout(now) {
             Ok(()) => None,
             Err(e) => Some(format!("smux: {e}")),

@@ -31,18 +31,22 @@ fn level_number(level: &Level) -> u32 {
 pub(crate) fn enable(max_level: u32) {
     MAX_LEVEL.store(max_level.min(5), Ordering::Relaxed);
     INSTALL.call_once(|| {
-        // Our crates at any level (filtered again per line by MAX_LEVEL); the AWS SDK's own
-        // events only from warnings up.
-        let filter =
-            tracing_subscriber::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        use tracing_subscriber::{filter, fmt, Layer};
+        // Our crates at any level; the AWS SDK's own events only from warnings up.
+        let targets = filter::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
+        // Only events at the level asked for now are formatted at all: capturing warnings (which
+        // the cmdlets always do) must not make every per-frame trace event pay for a line.
+        let wanted = filter::filter_fn(|meta| level_number(meta.level()) <= MAX_LEVEL.load(Ordering::Relaxed));
+        let lines = fmt::layer()
             .with_writer(Capture)
             .with_ansi(false)
             .without_time()
             .with_target(false)
             .with_level(false)
-            .try_init();
+            .with_filter(wanted);
+        let _ = tracing_subscriber::registry().with(targets).with(lines).try_init();
     });
 }
 

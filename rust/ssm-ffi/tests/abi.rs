@@ -151,6 +151,63 @@ fn a_forward_runs_reports_and_stops_through_the_abi() {
     ssmc_client_free(c);
 }
 
+/// The captured lines, oldest first, with their levels.
+fn drain_logs() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let mut level = 0u32;
+    loop {
+        let line = ssmc_log_next(&mut level);
+        if line.is_null() {
+            return out;
+        }
+        out.push((level, text(line)));
+        ssmc_string_free(line.cast());
+    }
+}
+
+#[test]
+fn a_listener_on_every_interface_is_warned_about_in_the_captured_log() {
+    // The cmdlets capture warnings always and show them as PowerShell warnings.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config::default()));
+    let echo = rt.block_on(echo_server());
+    let _logs = LOGS.lock().unwrap_or_else(|p| p.into_inner());
+    ssmc_log_enable(0);
+    drain_logs();
+    ssmc_log_enable(2);
+    let c = client(&emu.endpoint());
+    let req = CString::new(format!(
+        r#"{{"target":"{TARGET}","remote_port":{echo},"local_address":"0.0.0.0"}}"#
+    ))
+    .unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    ssmc_operation_free(op);
+    assert_eq!(text(ssmc_forward_local_address(f)), "0.0.0.0");
+    ssmc_forward_stop(f);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ssmc_forward_wait(f, 1000) == SsmcState::Running {
+        assert!(Instant::now() < deadline, "forward did not stop");
+    }
+    ssmc_forward_free(f);
+    let lines = drain_logs();
+    ssmc_log_enable(0);
+    ssmc_client_free(c);
+    assert!(lines.iter().all(|(level, _)| (1..=2).contains(level)), "{lines:?}");
+    let warnings: Vec<_> = lines
+        .iter()
+        .filter(|(_, l)| l.contains("listening on 0.0.0.0"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning about the listener: {lines:?}");
+    assert_eq!(warnings[0].0, 2, "at warning level");
+}
+
 /// Runs `AWS-StartInteractiveCommand` with `command` through the ABI and returns what
 /// `ssmc_operation_exit_code` says: `None` for 0, the code for 1.
 fn shell_exit_code(invent_shell_exit_code: bool, command: &str) -> Option<i32> {

@@ -233,7 +233,11 @@ impl PortMode {
             return Self::Stdio;
         }
         if version::compare(agent_version, version::AGENT_MUX_AFTER) == Ordering::Greater {
-            let keepalive = version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER) != Ordering::Greater;
+            // The plugin keeps keepalive on up to 3.1.1511.0 (§5.5). Against 3.1.1446.0, whose
+            // smux never sends a NOP, its dead-peer check would end every idle tunnel after 30 s;
+            // both sides off is what that agent runs.
+            let keepalive = version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER) != Ordering::Greater
+                && version::compare(agent_version, version::AGENT_KEEPALIVE_OFF_RELEASE) != Ordering::Equal;
             Self::Mux { keepalive }
         } else {
             Self::Basic
@@ -241,8 +245,10 @@ impl PortMode {
     }
 
     /// The choice of an agent of `agent_version` from the announced `type` and the client
-    /// version (§7.1): agents up to 3.0.196.0 have no smux, and up to 3.1.1511.0 always keep
-    /// smux keepalive on; later ones turn it off for clients after 1.2.331.0.
+    /// version (§7.1): agents up to 3.0.196.0 have no smux, and up to 3.1.1511.0 keep smux
+    /// keepalive on (agent/session/plugins/port/port_mux.go: `smux.Server(conn, nil)`, smux's
+    /// default config) except 3.1.1446.0, which turns it off for everyone; later ones turn it
+    /// off for clients after 1.2.331.0 (`muxKeepAliveDisabledAfterThisClientVersion`).
     pub fn for_agent(kind: Option<&str>, agent_version: &str, client_version: &str) -> Self {
         if kind != Some("LocalPortForwarding") {
             return Self::Stdio;
@@ -253,8 +259,9 @@ impl PortMode {
                 version::compare(agent_version, version::AGENT_NO_KEEPALIVE_AFTER) == Ordering::Greater;
             let client_wants_none =
                 version::compare(client_version, version::CLIENT_NO_KEEPALIVE_AFTER) == Ordering::Greater;
+            let always_off = version::compare(agent_version, version::AGENT_KEEPALIVE_OFF_RELEASE) == Ordering::Equal;
             Self::Mux {
-                keepalive: !(agent_can_drop_keepalive && client_wants_none),
+                keepalive: !(always_off || agent_can_drop_keepalive && client_wants_none),
             }
         } else {
             Self::Basic
@@ -422,8 +429,28 @@ mod tests {
             PortMode::for_agent(lpf, agent, "1.2.650.0"),
             PortMode::Mux { keepalive: false }
         );
+        // 3.1.1446.0 alone among the agents up to 3.1.1511.0 has keepalive off, for every client.
+        assert_eq!(
+            PortMode::for_agent(lpf, "3.1.1446.0", "1.1.70"),
+            PortMode::Mux { keepalive: false }
+        );
+        assert_eq!(
+            PortMode::for_client(lpf, "3.1.1446.0"),
+            PortMode::Mux { keepalive: false }
+        );
+        assert_eq!(
+            PortMode::for_client(lpf, "3.1.1476.0"),
+            PortMode::Mux { keepalive: true }
+        );
         // Both sides agree for every pairing of thresholds.
-        for agent in ["2.3.722.0", "3.0.196.0", "3.0.197.0", "3.1.1511.0", "3.1.1512.0"] {
+        for agent in [
+            "2.3.722.0",
+            "3.0.196.0",
+            "3.0.197.0",
+            "3.1.1446.0",
+            "3.1.1511.0",
+            "3.1.1512.0",
+        ] {
             for client in ["1.2.332.0", "1.2.650.0"] {
                 assert_eq!(
                     PortMode::for_agent(lpf, agent, client),

@@ -26,10 +26,29 @@ pub const VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 8;
 /// Largest PSH payload written (smux `MaxFrameSize`).
 pub const MAX_FRAME_SIZE: usize = 32768;
-/// NOP interval when keepalive is on.
+/// NOP interval when keepalive is on (smux `DefaultConfig`).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Silence after which a keepalive session is declared dead.
+/// Silence after which a keepalive session is declared dead (smux `DefaultConfig`).
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Keepalive timing of a session that has keepalive on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// How often a NOP is sent.
+    pub interval: Duration,
+    /// Silence from the peer after which the session is closed.
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    /// smux's `DefaultConfig`: 10 s and 30 s, as agent and plugin use it (§7.4).
+    fn default() -> Self {
+        Self {
+            interval: KEEPALIVE_INTERVAL,
+            timeout: KEEPALIVE_TIMEOUT,
+        }
+    }
+}
 
 /// smux commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,7 +123,7 @@ pub struct Mux {
     inbuf: Vec<u8>,
     out: VecDeque<u8>,
     events: VecDeque<MuxEvent>,
-    keepalive: bool,
+    keepalive: Option<Keepalive>,
     next_nop: Option<Instant>,
     last_heard: Instant,
     next_check: Option<Instant>,
@@ -112,8 +131,14 @@ pub struct Mux {
 }
 
 impl Mux {
-    /// A session on `side`; `keepalive` turns on NOPs and the dead-peer check (§7.4).
+    /// A session on `side`; `keepalive` turns on NOPs and the dead-peer check (§7.4) with
+    /// smux's default timing.
     pub fn new(side: Side, keepalive: bool, now: Instant) -> Self {
+        Self::with_keepalive(side, keepalive.then(Keepalive::default), now)
+    }
+
+    /// A session on `side` with keepalive on at the given timing, or off (`None`).
+    pub fn with_keepalive(side: Side, keepalive: Option<Keepalive>, now: Instant) -> Self {
         Self {
             side,
             next_id: 1,
@@ -122,9 +147,10 @@ impl Mux {
             out: VecDeque::new(),
             events: VecDeque::new(),
             keepalive,
-            next_nop: keepalive.then(|| now + KEEPALIVE_INTERVAL),
+            // A timing past the clock's range means "never" rather than a panic.
+            next_nop: keepalive.and_then(|k| now.checked_add(k.interval)),
             last_heard: now,
-            next_check: keepalive.then(|| now + KEEPALIVE_TIMEOUT),
+            next_check: keepalive.and_then(|k| now.checked_add(k.timeout)),
             closed: false,
         }
     }
@@ -255,6 +281,16 @@ impl Mux {
         }
     }
 
+    /// Input from the peer is waiting that the caller has not read yet (its queue towards us is
+    /// full, or it paused reading): the peer counts as alive now. smux v1 does the same: its
+    /// keepalive never closes a session while the receive budget is exhausted and the reader is
+    /// blocked, since the silence is then ours (`session.go` keepalive, `bucket > 0` check).
+    pub fn input_waiting(&mut self, now: Instant) {
+        if now > self.last_heard {
+            self.last_heard = now;
+        }
+    }
+
     /// Whether the session has ended (protocol error or keepalive timeout).
     pub fn is_closed(&self) -> bool {
         self.closed
@@ -296,19 +332,19 @@ impl Mux {
 
     /// Sends NOPs and checks for a silent peer (§7.4).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SmuxError> {
-        if self.closed || !self.keepalive {
+        let Some(keepalive) = self.keepalive.filter(|_| !self.closed) else {
             return Ok(());
-        }
+        };
         if self.next_nop.is_some_and(|t| now >= t) {
             self.push_frame(Cmd::Nop, 0, &[]);
-            self.next_nop = Some(now + KEEPALIVE_INTERVAL);
+            self.next_nop = now.checked_add(keepalive.interval);
         }
         if self.next_check.is_some_and(|t| now >= t) {
-            if now.saturating_duration_since(self.last_heard) >= KEEPALIVE_TIMEOUT {
+            if now.saturating_duration_since(self.last_heard) >= keepalive.timeout {
                 self.shutdown();
                 return Err(SmuxError::Timeout);
             }
-            self.next_check = Some(now + KEEPALIVE_TIMEOUT);
+            self.next_check = now.checked_add(keepalive.timeout);
         }
         Ok(())
     }
@@ -405,5 +441,43 @@ mod tests {
         c.handle_timeout(now + KEEPALIVE_INTERVAL).unwrap();
         assert_eq!(c.poll_output(64), Some(vec![1, 3, 0, 0, 0, 0, 0, 0]));
         assert_eq!(c.handle_timeout(now + KEEPALIVE_TIMEOUT), Err(SmuxError::Timeout));
+    }
+
+    #[test]
+    fn keepalive_timing_is_configurable() {
+        let now = Instant::now();
+        let k = Keepalive {
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(300),
+        };
+        let mut c = Mux::with_keepalive(Side::Client, Some(k), now);
+        assert_eq!(c.poll_timeout(), Some(now + k.interval));
+        c.handle_timeout(now + k.interval).unwrap();
+        assert_eq!(c.poll_output(64), Some(vec![1, 3, 0, 0, 0, 0, 0, 0]));
+        assert_eq!(c.handle_timeout(now + k.timeout), Err(SmuxError::Timeout));
+        assert!(c.is_closed());
+    }
+
+    #[test]
+    fn waiting_input_keeps_the_session_alive() {
+        // We are the ones not reading: silence from the peer is ours, so no timeout.
+        let now = Instant::now();
+        let mut c = Mux::new(Side::Client, true, now);
+        c.input_waiting(now + KEEPALIVE_TIMEOUT - Duration::from_secs(1));
+        assert_eq!(c.handle_timeout(now + KEEPALIVE_TIMEOUT), Ok(()));
+        // Once nothing waits and nothing arrives for a whole timeout, the peer is dead.
+        assert_eq!(c.handle_timeout(now + 2 * KEEPALIVE_TIMEOUT), Err(SmuxError::Timeout));
+    }
+
+    #[test]
+    fn frames_keep_the_session_alive() {
+        let now = Instant::now();
+        let mut c = Mux::new(Side::Client, true, now);
+        c.handle_input(
+            now + KEEPALIVE_TIMEOUT - Duration::from_secs(1),
+            &[1, 3, 0, 0, 0, 0, 0, 0],
+        )
+        .unwrap();
+        assert_eq!(c.handle_timeout(now + KEEPALIVE_TIMEOUT), Ok(()));
     }
 }

@@ -36,6 +36,11 @@ pub const AGENT_TERMINATE_FLAG_AFTER: &str = "2.3.722.0";
 pub const AGENT_MUX_AFTER: &str = "3.0.196.0";
 /// Agent versions above this run smux without keepalive (§5.5, §7.4).
 pub const AGENT_NO_KEEPALIVE_AFTER: &str = "3.1.1511.0";
+/// The one agent release up to [`AGENT_NO_KEEPALIVE_AFTER`] whose smux server has keepalive off
+/// for every client: agent/session/plugins/port/port_mux.go at tag 3.1.1446.0 sets
+/// `KeepAliveDisabled = true` unconditionally; 3.1.1476.0 and 3.1.1511.0 went back to
+/// `smux.Server(conn, nil)` (keepalive on), and 3.1.1575.0 made it depend on the client version.
+pub const AGENT_KEEPALIVE_OFF_RELEASE: &str = "3.1.1446.0";
 /// Client versions at or above this get smux from the agent (§5.5).
 pub const CLIENT_MUX_FROM: &str = "1.1.70";
 /// Client versions above this get smux without keepalive from the agent (§5.5).

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ssm_proto::smux::{Mux, MuxEvent, Side};
+use ssm_proto::smux::{Keepalive, Mux, MuxEvent, Side};
 use ssm_proto::{PayloadType, PortFlag, PortMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,6 +34,8 @@ pub struct ForwardOptions {
     pub payload_size: usize,
     /// Data-channel tunables.
     pub channel: ChannelOptions,
+    /// smux-mode tunables.
+    pub mux: MuxOptions,
 }
 
 impl ForwardOptions {
@@ -46,6 +48,31 @@ impl ForwardOptions {
             local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             payload_size: ssm_proto::DEFAULT_PAYLOAD_SIZE,
             channel: ChannelOptions::default(),
+            mux: MuxOptions::default(),
+        }
+    }
+}
+
+/// Tunables of smux mode (§7.4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MuxOptions {
+    /// Keepalive timing when the agent version calls for keepalive. It must match the agent's:
+    /// smux's default (NOP every 10 s, 30 s dead-peer timeout) unless a test changes both.
+    pub keepalive: Keepalive,
+    /// Bytes one local connection may fall behind (queued from the target, not yet taken by
+    /// its local reader) before its stream is reset; see [`run_mux`] for why a reset.
+    pub stream_buffer: usize,
+    /// Bytes all local connections together may have queued; past it, the connection furthest
+    /// behind is reset.
+    pub session_buffer: usize,
+}
+
+impl Default for MuxOptions {
+    fn default() -> Self {
+        Self {
+            keepalive: Keepalive::default(),
+            stream_buffer: 16 << 20,
+            session_buffer: 64 << 20,
         }
     }
 }
@@ -61,6 +88,11 @@ pub struct ForwardStats {
     pub connections_total: AtomicU64,
     /// Connections open now.
     pub connections_active: AtomicU64,
+    /// Connections reset because their local reader fell too far behind (smux mode).
+    pub connections_reset: AtomicU64,
+    /// Bytes from the target dropped because they belonged to a local connection that had
+    /// already closed (basic mode).
+    pub bytes_discarded: AtomicU64,
 }
 
 /// A running forward. Dropping it stops the listener and the session task.
@@ -91,24 +123,34 @@ impl PortForward {
         };
         let started = api.start_session(&opts.target, Some(document), &params).await?;
         let control: SharedControl = Arc::new(api.clone());
-        Self::attach(started, control, listener, opts.payload_size, opts.channel).await
+        Self::attach(started, control, listener, &opts).await
     }
 
-    /// Runs a session someone else started (the plugin-compatible mode, §1.3) on `listener`.
+    /// Runs a session someone else started (the plugin-compatible mode, §1.3) on `listener`,
+    /// with the payload size, channel and smux tunables of `opts`.
     pub async fn attach(
         started: StartedSession,
         control: SharedControl,
         listener: TcpListener,
-        payload_size: usize,
-        channel: ChannelOptions,
+        opts: &ForwardOptions,
     ) -> Result<Self> {
-        let dc = DataChannel::open(started, control, channel).await?;
-        Self::from_channel(dc, listener, payload_size).await
+        let dc = DataChannel::open(started, control, opts.channel.clone()).await?;
+        Self::from_channel_with(dc, listener, opts.payload_size, opts.mux).await
     }
 
     /// Runs port forwarding over an open data channel whose handshake announced a `Port`
     /// session.
     pub async fn from_channel(dc: DataChannel, listener: TcpListener, payload_size: usize) -> Result<Self> {
+        Self::from_channel_with(dc, listener, payload_size, MuxOptions::default()).await
+    }
+
+    /// [`PortForward::from_channel`] with smux tunables.
+    pub async fn from_channel_with(
+        dc: DataChannel,
+        listener: TcpListener,
+        payload_size: usize,
+        mux: MuxOptions,
+    ) -> Result<Self> {
         let local_addr = listener.local_addr()?;
         let Some(mode) = dc.start.port.as_ref().map(|p| p.mode) else {
             let (sender, _, _) = dc.into_parts();
@@ -121,7 +163,16 @@ impl PortForward {
         let (stop_tx, stop_rx) = watch::channel(false);
         let task = match mode {
             PortMode::Mux { keepalive } => {
-                tokio::spawn(run_mux(listener, dc, keepalive, payload_size, stats.clone(), stop_rx))
+                let keepalive = keepalive.then_some(mux.keepalive);
+                tokio::spawn(run_mux(
+                    listener,
+                    dc,
+                    keepalive,
+                    payload_size,
+                    mux,
+                    stats.clone(),
+                    stop_rx,
+                ))
             }
             PortMode::Basic => tokio::spawn(run_basic(
                 listener,
@@ -205,7 +256,8 @@ impl Drop for PortForward {
     }
 }
 
-/// Bytes queued towards one local connection before the session stops reading the channel.
+/// Bytes queued towards the local connection in basic mode before the session stops reading
+/// the channel (one connection: stalling the channel stalls nobody else).
 const LOCAL_QUEUE_LIMIT: usize = 32 << 20;
 /// smux output waiting for the channel before local reads pause.
 const MUX_OUTPUT_LIMIT: usize = 1 << 20;
@@ -216,17 +268,20 @@ enum LocalEvent {
     Eof(u32),
 }
 
-/// Writer side of one local connection: an unbounded queue with a byte count, so one slow
-/// local reader never stalls the others (§9 item 21) until it holds `LOCAL_QUEUE_LIMIT`.
+/// Writer side of one local connection: an unbounded queue with a byte count, which the session
+/// bounds (smux: [`MuxOptions`]; basic: `LOCAL_QUEUE_LIMIT`), so one slow local reader never
+/// stalls the others (§9 item 21).
 struct LocalConn {
     tx: mpsc::UnboundedSender<Vec<u8>>,
     queued: Arc<AtomicUsize>,
+    reset: watch::Sender<bool>,
     reader: JoinHandle<()>,
 }
 
 /// Wakes a session loop that stopped reading the channel because a local connection was
-/// [`LocalConn::full`]: the connection's writer signals it each time it hands bytes to the
-/// local reader. Without it, nothing would wake the loop once the reader caught up.
+/// [`LocalConn::full`] (basic mode): the connection's writer signals it each time it hands bytes
+/// to the local reader. Without it, nothing would wake the loop once the reader caught up. smux
+/// mode never stops reading the channel for one connection, so it passes none.
 type Drained = Arc<tokio::sync::Notify>;
 
 impl LocalConn {
@@ -234,18 +289,24 @@ impl LocalConn {
         stream: TcpStream,
         id: u32,
         events: mpsc::Sender<LocalEvent>,
-        drained: Drained,
+        drained: Option<Drained>,
         stats: Arc<ForwardStats>,
     ) -> Self {
         let _ = stream.set_nodelay(true);
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let (reset_tx, reset_rx) = watch::channel(false);
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(write_local(wr, rx, queued.clone(), drained, stats.clone()));
+        tokio::spawn(write_local(wr, rx, reset_rx, queued.clone(), drained, stats.clone()));
         let reader = tokio::spawn(read_local(rd, id, events, stats.clone()));
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
         stats.connections_active.fetch_add(1, Ordering::Relaxed);
-        Self { tx, queued, reader }
+        Self {
+            tx,
+            queued,
+            reset: reset_tx,
+            reader,
+        }
     }
 
     fn write(&self, data: Vec<u8>) {
@@ -253,8 +314,19 @@ impl LocalConn {
         let _ = self.tx.send(data);
     }
 
+    /// Bytes written here that the local reader has not taken yet.
+    fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
     fn full(&self) -> bool {
-        self.queued.load(Ordering::Relaxed) >= LOCAL_QUEUE_LIMIT
+        self.queued() >= LOCAL_QUEUE_LIMIT
+    }
+
+    /// Drops what is queued and resets the connection (TCP RST, not FIN), so the local program
+    /// sees an error instead of an end of data that looks complete.
+    fn reset(self) {
+        let _ = self.reset.send(true);
     }
 }
 
@@ -286,21 +358,53 @@ async fn read_local(mut rd: OwnedReadHalf, id: u32, events: mpsc::Sender<LocalEv
 async fn write_local(
     mut wr: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut reset: watch::Receiver<bool>,
     queued: Arc<AtomicUsize>,
-    drained: Drained,
+    drained: Option<Drained>,
     stats: Arc<ForwardStats>,
 ) {
-    while let Some(buf) = rx.recv().await {
-        let res = wr.write_all(&buf).await;
+    let reset_now = loop {
+        // A reset must not wait for a write the local reader is not taking.
+        let buf = tokio::select! {
+            biased;
+            () = reset_requested(&mut reset) => break true,
+            buf = rx.recv() => match buf {
+                Some(b) => b,
+                None => break false,
+            },
+        };
+        let res = tokio::select! {
+            biased;
+            () = reset_requested(&mut reset) => break true,
+            res = wr.write_all(&buf) => res,
+        };
         queued.fetch_sub(buf.len(), Ordering::Relaxed);
-        drained.notify_one();
+        if let Some(d) = &drained {
+            d.notify_one();
+        }
         if res.is_err() {
-            break;
+            break false;
         }
         stats.bytes_from_target.fetch_add(buf.len() as u64, Ordering::Relaxed);
+    };
+    if reset_now {
+        // RST: no linger on close, and no FIN from this half first (`forget` leaves the close to
+        // the read half, dropped when its task is aborted).
+        let _ = wr.as_ref().set_zero_linger();
+        queued.store(0, Ordering::Relaxed);
+        wr.forget();
+    } else {
+        let _ = wr.shutdown().await;
     }
-    let _ = wr.shutdown().await;
     stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Completes when a reset is asked for; never when the connection is dropped without one (its
+/// queue is then written out and closed normally).
+async fn reset_requested(reset: &mut watch::Receiver<bool>) {
+    if reset.wait_for(|r| *r).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Sends `TerminateSession` as a flag (§7.2) and asks the driver to drain and terminate.
@@ -313,24 +417,48 @@ async fn terminate(sender: &DataSender, flag: bool) {
     sender.finish(true).await;
 }
 
+/// Resets stream `id`: FIN to the agent (smux v1 has no other way to end a stream; the agent
+/// then closes its destination connection, port_mux.go handleDataTransfer) and RST locally.
+fn reset_stream(mux: &mut Mux, conns: &mut HashMap<u32, LocalConn>, id: u32, stats: &ForwardStats, why: &str) {
+    mux.close_stream(id);
+    if let Some(c) = conns.remove(&id) {
+        tracing::warn!(
+            stream = id,
+            "local connection reset: {why} ({} bytes queued); smux v1 has no per-stream flow control, so holding more would stall every connection",
+            c.queued()
+        );
+        stats.connections_reset.fetch_add(1, Ordering::Relaxed);
+        c.reset();
+    }
+}
+
 /// smux mode (§7.4) with smux in-process: each local connection is one stream.
+///
+/// smux v1 has no per-stream flow control: the agent's smux sends whatever its destination
+/// produces, and the only brake is the receiver not reading the session at all (smux's
+/// session-wide `MaxReceiveBuffer`, which stalls every stream, §9 item 21). So this loop always
+/// reads the session and queues per connection, within [`MuxOptions::stream_buffer`] per
+/// connection and [`MuxOptions::session_buffer`] in all. A connection past its bound is
+/// reset (FIN to the agent, RST to the local program): its bytes cannot all be kept without
+/// either unbounded memory or stopping every other stream, and a reset never hands a byte to the
+/// wrong place or passes a truncated stream off as complete. The other streams and the session
+/// carry on; the keepalive still hears the agent because the session is always read.
 async fn run_mux(
     listener: TcpListener,
     dc: DataChannel,
-    keepalive: bool,
+    keepalive: Option<Keepalive>,
     payload_size: usize,
+    opts: MuxOptions,
     stats: Arc<ForwardStats>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<End> {
     let (sender, mut rx, driver) = dc.into_parts();
-    let mut mux = Mux::new(Side::Client, keepalive, Instant::now());
+    let mut mux = Mux::with_keepalive(Side::Client, keepalive, Instant::now());
     let (local_tx, mut local_rx) = mpsc::channel::<LocalEvent>(256);
     let mut conns: HashMap<u32, LocalConn> = HashMap::new();
     let mut listener = Acceptor::new(listener);
-    let drained = Drained::default();
     let mut outcome: Result<()> = Ok(());
     loop {
-        let local_full = conns.values().any(LocalConn::full);
         let mux_full = mux.pending_output() >= MUX_OUTPUT_LIMIT;
         let timer = mux.poll_timeout();
         tokio::select! {
@@ -346,7 +474,7 @@ async fn run_mux(
                     Err(e) => { outcome = Err(Error::Connect(format!("smux: {e}"))); break; }
                 };
                 tracing::debug!(%peer, stream = id, "connection accepted");
-                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), drained.clone(), stats.clone()));
+                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), None, stats.clone()));
             },
             ev = local_rx.recv(), if !mux_full => match ev {
                 Some(LocalEvent::Data(id, data)) => { let _ = mux.write(id, &data); }
@@ -357,8 +485,7 @@ async fn run_mux(
                 }
                 None => {}
             },
-            () = drained.notified(), if local_full => {}
-            msg = rx.recv(), if !local_full => match msg {
+            msg = rx.recv() => match msg {
                 Some((PayloadType::Output, bytes)) => {
                     if let Err(e) = mux.handle_input(Instant::now(), &bytes) {
                         outcome = Err(Error::Connect(format!("smux: {e}")));
@@ -366,10 +493,24 @@ async fn run_mux(
                     }
                     while let Some(ev) = mux.poll_event() {
                         match ev {
-                            MuxEvent::Data(id, d) => if let Some(c) = conns.get(&id) { c.write(d) },
+                            MuxEvent::Data(id, d) => {
+                                let behind = conns.get(&id).map(|c| c.queued().saturating_add(d.len()));
+                                match behind {
+                                    Some(n) if n > opts.stream_buffer => reset_stream(
+                                        &mut mux, &mut conns, id, &stats, "its reader fell too far behind",
+                                    ),
+                                    Some(_) => if let Some(c) = conns.get(&id) { c.write(d) },
+                                    None => {}
+                                }
+                            }
                             MuxEvent::Closed(id) => { conns.remove(&id); }
                             MuxEvent::Opened(_) => {}
                         }
+                    }
+                    // All connections together: the one furthest behind goes first.
+                    while conns.values().map(LocalConn::queued).sum::<usize>() > opts.session_buffer {
+                        let Some(id) = conns.iter().max_by_key(|(_, c)| c.queued()).map(|(id, _)| *id) else { break };
+                        reset_stream(&mut mux, &mut conns, id, &stats, "the forward holds too much for slow readers");
                     }
                 }
                 Some((PayloadType::Flag, bytes)) => {
@@ -387,7 +528,13 @@ async fn run_mux(
                 break;
             }
             _ = sleep_until_opt(timer) => {
-                if let Err(e) = mux.handle_timeout(Instant::now()) {
+                let now = Instant::now();
+                if !rx.is_empty() {
+                    // Input from the agent is waiting on us: it is alive (smux v1 skips the
+                    // keepalive close while its own reader is blocked, §7.4).
+                    mux.input_waiting(now);
+                }
+                if let Err(e) = mux.handle_timeout(now) {
                     outcome = Err(Error::Connect(format!("smux: {e}")));
                     break;
                 }
@@ -406,6 +553,38 @@ async fn run_mux(
     outcome.and(end)
 }
 
+/// How long the agent's output must have been quiet after our `DisconnectToPort` before the
+/// next connection's first bytes go out (see [`Route::Stale`]). It covers output in flight and
+/// one retransmission by the agent (its retransmission timeout is capped at 1 s and checked
+/// every 100 ms: agent/session/config/config.go `MaxTransmissionTimeout`,
+/// `ResendSleepInterval`).
+const BASIC_QUIET: Duration = Duration::from_millis(1200);
+
+/// Whose the agent's output is in basic mode. Agent output carries no connection identity, so
+/// the boundary comes from what the agent does (agent/session/plugins/port/port_basic.go):
+/// it dials its destination at session start; on `DisconnectToPort` it closes that connection,
+/// and its reader then blocks (`handlePortError`) until the next client data, which re-dials
+/// first. So nothing the agent sends between our `DisconnectToPort` and our next data can be
+/// the next connection's.
+#[derive(Clone, Copy)]
+enum Route {
+    /// No local connection yet: output is from the destination dialled at session start and
+    /// waits for the first connection, as the official client's (which leaves it unacked
+    /// until a connection is open, §7.1). Bounded by `LOCAL_QUEUE_LIMIT`, then the channel is
+    /// not read.
+    First,
+    /// To the open connection.
+    Live,
+    /// From our `DisconnectToPort` until the next connection's first bytes go out: output is
+    /// the closed connection's, and is discarded. The official client writes it to whatever
+    /// connection is open when it is processed (the agent retransmits what failed to write), so
+    /// one user's data can reach the next; this client does not. The next connection's first
+    /// bytes are held until output has been quiet for [`BASIC_QUIET`], so output still in
+    /// flight lands here instead of after them. Left: output delayed longer than that (a
+    /// reconnect in between) could still reach the next connection.
+    Stale { quiet_until: tokio::time::Instant },
+}
+
 /// Basic mode (§7.3): one local connection at a time; the next waits in the accept backlog.
 async fn run_basic(
     listener: TcpListener,
@@ -420,27 +599,42 @@ async fn run_basic(
     let mut conn: Option<(u32, LocalConn)> = None;
     let mut next_id = 0u32;
     let mut pending: VecDeque<Vec<u8>> = VecDeque::new();
-    // Output that arrives while no connection is open waits for the next one.
+    let mut route = Route::First;
     let mut early: Vec<Vec<u8>> = Vec::new();
+    let mut early_bytes = 0usize;
     let mut listener = Acceptor::new(listener);
     let drained = Drained::default();
     let flag_ok = ssm_proto::version::compare(&agent_version, ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER)
         == std::cmp::Ordering::Greater;
     loop {
-        let local_full = conn.as_ref().is_some_and(|(_, c)| c.full());
+        let local_full = match route {
+            Route::First => early_bytes >= LOCAL_QUEUE_LIMIT,
+            _ => conn.as_ref().is_some_and(|(_, c)| c.full()),
+        };
+        let held_until = match route {
+            Route::Stale { quiet_until } if tokio::time::Instant::now() < quiet_until => Some(quiet_until),
+            _ => None,
+        };
         tokio::select! {
-            permit = sender.reserve(), if !pending.is_empty() => {
+            permit = sender.reserve(), if !pending.is_empty() && held_until.is_none() => {
                 let Ok(permit) = permit else { break };
                 if let Some(chunk) = pending.pop_front() {
                     permit.send(PayloadType::Output, chunk);
+                    // The agent re-dials on this; what it sends from now on is this connection's.
+                    route = Route::Live;
                 }
             }
+            _ = sleep_until_opt_tokio(held_until), if !pending.is_empty() => {}
             accepted = listener.accept(), if conn.is_none() => if let Some((stream, peer)) = accepted {
                 next_id += 1;
                 tracing::debug!(%peer, "connection accepted");
-                let c = LocalConn::spawn(stream, next_id, local_tx.clone(), drained.clone(), stats.clone());
-                for d in early.drain(..) {
-                    c.write(d);
+                let c = LocalConn::spawn(stream, next_id, local_tx.clone(), Some(drained.clone()), stats.clone());
+                if matches!(route, Route::First) {
+                    for d in early.drain(..) {
+                        c.write(d);
+                    }
+                    early_bytes = 0;
+                    route = Route::Live;
                 }
                 conn = Some((next_id, c));
             },
@@ -455,14 +649,23 @@ async fn run_basic(
                     }
                     let _ = sender.send(PayloadType::Flag, PortFlag::DisconnectToPort.to_bytes().to_vec()).await;
                     conn = None;
+                    route = Route::Stale { quiet_until: tokio::time::Instant::now() + BASIC_QUIET };
                 }
                 _ => {}
             },
             () = drained.notified(), if local_full => {}
             msg = rx.recv(), if !local_full => match msg {
-                Some((PayloadType::Output, bytes)) => match &conn {
-                    Some((_, c)) => c.write(bytes),
-                    None => early.push(bytes),
+                Some((PayloadType::Output, bytes)) => match (route, &conn) {
+                    (Route::First, _) => {
+                        early_bytes += bytes.len();
+                        early.push(bytes);
+                    }
+                    (Route::Live, Some((_, c))) => c.write(bytes),
+                    (Route::Stale { .. } | Route::Live, _) => {
+                        tracing::trace!("{} bytes of a closed connection's output discarded", bytes.len());
+                        stats.bytes_discarded.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                        route = Route::Stale { quiet_until: tokio::time::Instant::now() + BASIC_QUIET };
+                    }
                 },
                 Some(_) => {}
                 None => break,
@@ -485,11 +688,34 @@ async fn run_basic(
         .map_err(|e| Error::Connect(format!("driver failed: {e}")))?
 }
 
-/// Binds a listener; the error names the address (a port in use fails here, at once).
+/// Binds a listener; the error names the address (a port in use fails here, at once). Every
+/// forward's listener is bound here, so this is where a listener other hosts can reach is
+/// warned about, once per forward.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Listen { addr, source })
+        .map_err(|source| Error::Listen { addr, source })?;
+    if let Some(warning) = exposure_warning(addr) {
+        tracing::warn!("{warning}");
+    }
+    Ok(listener)
+}
+
+/// The warning for listening on `addr`, when it is not a loopback address.
+fn exposure_warning(addr: SocketAddr) -> Option<String> {
+    let ip = addr.ip();
+    if ip.to_canonical().is_loopback() {
+        return None;
+    }
+    let which = if ip.is_unspecified() {
+        "every network interface"
+    } else {
+        "not a loopback address"
+    };
+    Some(format!(
+        "listening on {ip} ({which}): anyone who can reach this host can use the forward to reach \
+         the target; listen on 127.0.0.1 unless that is intended"
+    ))
 }
 
 /// Pause after a failed accept. Errors such as EMFILE (no descriptor left) persist while the
@@ -546,9 +772,40 @@ impl Acceptor {
     }
 }
 
+async fn sleep_until_opt_tokio(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_non_loopback_listeners_are_warned_about() {
+        for quiet in ["127.0.0.1:0", "127.0.0.2:8080", "[::1]:0", "[::ffff:127.0.0.1]:22"] {
+            assert_eq!(exposure_warning(quiet.parse().unwrap()), None, "{quiet}");
+        }
+        let any = exposure_warning("0.0.0.0:5432".parse().unwrap()).expect("0.0.0.0 is warned about");
+        assert!(
+            any.contains("0.0.0.0") && any.contains("every network interface"),
+            "{any}"
+        );
+        let any6 = exposure_warning("[::]:5432".parse().unwrap()).expect(":: is warned about");
+        assert!(any6.contains("every network interface"), "{any6}");
+        let lan = exposure_warning("192.168.1.10:5432".parse().unwrap()).expect("a LAN address is warned about");
+        assert!(
+            lan.contains("192.168.1.10") && lan.contains("not a loopback address"),
+            "{lan}"
+        );
     }
 }

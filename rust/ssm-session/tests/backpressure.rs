@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use ssm_emulator::{Config, Faults, Pacing};
+use ssm_proto::PortMode;
 
 const MIB: u64 = 1 << 20;
 
@@ -26,12 +27,22 @@ fn unpaced(faults: Faults) -> Config {
 /// the WebSocket so that TCP holds the agent's writes. Reading on and refusing what does not fit
 /// made the agent, which keeps no window and resends only its oldest message once per 100 ms,
 /// deliver the surplus at one message per tick: about 6 000 ticks, ten minutes, here.
+///
+/// Basic mode (agent up to 3.0.196.0, client below 1.1.70, §7.1): there the connection is the
+/// whole session, so its full queue stops the session loop reading the channel. In smux mode a
+/// connection that far behind is reset instead (one stream must not stall the others; tests in
+/// isolation.rs), which would not exercise the data channel's own back-pressure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_local_reader_holds_the_agent_back_instead_of_losing_its_messages() {
-    let emu = emulator(unpaced(Faults::default())).await;
+    let emu = emulator(Config {
+        agent_version: "3.0.196.0".into(),
+        ..unpaced(Faults::default())
+    })
+    .await;
     let api = api(&emu.endpoint()).await;
     let mut dest = destination().await;
-    let fwd = forward(&api, dest.port, |_| {}).await;
+    let fwd = forward(&api, dest.port, |o| o.channel.client_version = "1.1.0".into()).await;
+    assert_eq!(fwd.mode(), PortMode::Basic);
     let down = 80 * MIB;
     let started = Instant::now();
     let client = exchange_reading_after(
