@@ -61,3 +61,64 @@ async fn eight_mib_each_way_through_loss_duplication_reordering_and_a_cut() {
         .expect("stop");
     emu.stop().await;
 }
+
+/// 64 MiB each way through 5 % dropped, duplicated and reordered frames and one cut, with the
+/// real agent's pacing (1 KiB reads, 1 ms apart) and retransmission `retransmit`. Minutes, not
+/// seconds, against the head-only agent, so these run by hand (`--ignored`); the figures are in
+/// bench/README.md.
+async fn sixty_four_mib_each_way(retransmit: AgentRetransmit) {
+    let lossy = DirectionFaults {
+        drop: 0.05,
+        duplicate: 0.05,
+        reorder: 0.05,
+        delay_ms: 2,
+    };
+    let emu = emulator(Config {
+        agent_retransmit: retransmit,
+        faults: Faults {
+            to_client: lossy.clone(),
+            to_agent: lossy,
+            cut_after_frames: Some(40_000),
+            max_cuts: Some(1),
+            ..Faults::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let api = api(&emu.endpoint()).await;
+    let mut dest = destination().await;
+    let fwd = forward(&api, dest.port, |_| {}).await;
+    let started = Instant::now();
+    let size = 64 * MIB;
+    let client = exchange(fwd.local_addr(), 1, size, size, Duration::from_secs(3600)).await;
+    let mut pending = Vec::new();
+    let server = report_for(&mut dest, 1, &mut pending).await;
+    check_exchange(&client, &server, size, size);
+    let stats = emu.stats();
+    eprintln!(
+        "64 MiB each way under faults, {retransmit:?} agent: {:.2?} (SHA-256 equal both ways: {:x?}…, {:x?}…); {stats:?}",
+        started.elapsed(),
+        client.sent_sha.get(..4),
+        client.received_sha.get(..4),
+    );
+    assert!(stats.frames_dropped > 0 && stats.frames_duplicated > 0, "{stats:?}");
+    assert_eq!(stats.sockets_cut, 1, "{stats:?}");
+    assert_eq!(stats.connections, 2, "one reconnect: {stats:?}");
+    tokio::time::timeout(Duration::from_secs(30), fwd.stop())
+        .await
+        .expect("stop within 30 s")
+        .expect("stop");
+    emu.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes; run by hand for the figures in bench/README.md"]
+async fn sixty_four_mib_each_way_against_the_per_message_agent() {
+    sixty_four_mib_each_way(AgentRetransmit::PerMessage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "minutes; run by hand for the figures in bench/README.md"]
+async fn sixty_four_mib_each_way_against_the_head_only_agent() {
+    sixty_four_mib_each_way(AgentRetransmit::HeadOnly).await;
+}
