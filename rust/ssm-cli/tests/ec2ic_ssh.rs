@@ -106,7 +106,9 @@ async fn run_ssh(
 async fn ec2ic_key_logs_in_then_expires() {
     let home = Home::new();
     let sshd = Sshd::with_keys_per_user().await;
-    let ttl = Duration::from_secs(4);
+    // Long enough that the ssh login, and the checks of the pushed key after it, finish within
+    // it on a loaded machine (4 s was not: the key expired before it was looked at).
+    let ttl = Duration::from_secs(20);
     let emu = emulator_for(&sshd, ttl.as_millis() as u64).await;
     let key = user_key(&home).await;
     let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
