@@ -90,7 +90,19 @@ async fn sixty_four_mib_each_way(retransmit: AgentRetransmit) {
     let fwd = forward(&api, dest.port, |_| {}).await;
     let started = Instant::now();
     let size = 64 * MIB;
+    let mut fwd = fwd;
     let client = exchange(fwd.local_addr(), 1, size, size, Duration::from_secs(3600)).await;
+    if client.received != size {
+        // Say why the download ended short: the forward's end, if it ended.
+        let end = tokio::time::timeout(Duration::from_secs(5), fwd.wait()).await;
+        eprintln!(
+            "download ended after {} of {size} bytes, {:.2?} in: forward {end:?}; {:?}; {:?}",
+            client.received,
+            started.elapsed(),
+            emu.stats(),
+            emu.sessions()
+        );
+    }
     let mut pending = Vec::new();
     let server = report_for(&mut dest, 1, &mut pending).await;
     check_exchange(&client, &server, size, size);
