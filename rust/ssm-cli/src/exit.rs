@@ -292,3 +292,20 @@ where
     }
     Ended::Signalled(sig)
 }
+
+/// Pipes stdin and stdout through a stream session (ssh-proxy and the plugin's stdio port
+/// sessions) until it ends; a signal ends the session through its sender. The exit code: 0, or
+/// 128 + the signal.
+pub async fn pipe_stdio_until_signalled(signals: &mut Signals, dc: ssm_session::DataChannel) -> Result<i32, Failure> {
+    let sender = dc.sender();
+    let stop = |_| async move { sender.finish(true).await };
+    let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
+    let work = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout);
+    match until_signalled(signals, work, stop).await {
+        Ended::Done(end) => {
+            end?;
+            Ok(0)
+        }
+        Ended::Signalled(sig) => Ok(sig.exit_code()),
+    }
+}

@@ -309,17 +309,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 Ended::Done(dc) => dc?.session,
                 Ended::Signalled(sig) => return Ok(sig.exit_code()),
             };
-            let sender = dc.sender();
-            let stop = |_| async move { sender.finish(true).await };
-            let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
-            let work = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout);
-            match exit::until_signalled(&mut signals, work, stop).await {
-                Ended::Done(end) => {
-                    end?;
-                    Ok(0)
-                }
-                Ended::Signalled(sig) => Ok(sig.exit_code()),
-            }
+            exit::pipe_stdio_until_signalled(&mut signals, dc).await
         }
     }
 }

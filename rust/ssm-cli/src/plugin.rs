@@ -172,19 +172,7 @@ async fn run(p: Prepared) -> Result<i32, Failure> {
     }
     match dc.start.port.clone() {
         Some(port) => match port.mode {
-            PortMode::Stdio => {
-                let sender = dc.sender();
-                let stop = |_| async move { sender.finish(true).await };
-                let (mut stdin, mut stdout) = (tokio::io::stdin(), tokio::io::stdout());
-                let work = ssm_session::stdio::pipe(dc, ssm_proto::DEFAULT_PAYLOAD_SIZE, &mut stdin, &mut stdout);
-                match exit::until_signalled(&mut signals, work, stop).await {
-                    Ended::Done(end) => {
-                        end?;
-                        Ok(0)
-                    }
-                    Ended::Signalled(sig) => Ok(sig.exit_code()),
-                }
-            }
+            PortMode::Stdio => exit::pipe_stdio_until_signalled(&mut signals, dc).await,
             _ => forward(dc, &port.properties, &p.request, &session_id, &mut signals).await,
         },
         None => {
