@@ -57,6 +57,11 @@ struct Cli {
     /// Seconds to keep trying to restore a lost connection before giving up.
     #[arg(long, global = true, default_value_t = 120, value_name = "SECONDS")]
     reconnect_timeout: u64,
+    /// MiB of data held out of order behind a lost message. On a lossy link the agent resends
+    /// only its oldest unacknowledged message, once per 100 ms, so data beyond this waits for
+    /// a resend of its own; raise it for large transfers over a link that loses messages.
+    #[arg(long, global = true, default_value_t = 32, value_name = "MIB", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    reorder_buffer_mib: u16,
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
@@ -101,6 +106,7 @@ impl Cli {
             dns_server: self.aws.dns_server,
             channel: ChannelOptions {
                 reconnect_for: std::time::Duration::from_secs(self.reconnect_timeout),
+                reorder_buffer_bytes: usize::from(self.reorder_buffer_mib) << 20,
                 ..ChannelOptions::default()
             },
         }

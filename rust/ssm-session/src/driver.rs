@@ -55,6 +55,11 @@ pub struct ChannelOptions {
     /// while we read what it sends, before the session is given up (as TCP gives up a
     /// connection whose data is never acknowledged).
     pub unacked_limit: Duration,
+    /// Payload bytes held out of order (behind a lost message) before further messages are
+    /// dropped unacked. The agent keeps no send window and resends only its oldest unacked
+    /// message, once per 100 ms (§4.5), so every message dropped here costs a tick: on a lossy
+    /// link the store must hold what the agent sends while a hole waits for its resend.
+    pub reorder_buffer_bytes: usize,
 }
 
 impl Default for ChannelOptions {
@@ -69,6 +74,7 @@ impl Default for ChannelOptions {
             drain_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             unacked_limit: Duration::from_secs(600),
+            reorder_buffer_bytes: ssm_proto::Config::client().receive_buffer_bytes,
         }
     }
 }
@@ -206,7 +212,15 @@ impl DataChannel {
             client_id,
             control,
             ending: ending.clone(),
-            channel: Channel::new(ssm_proto::Config::client(), now, unix_ms, rand::random()),
+            channel: Channel::new(
+                ssm_proto::Config {
+                    receive_buffer_bytes: opts.reorder_buffer_bytes,
+                    ..ssm_proto::Config::client()
+                },
+                now,
+                unix_ms,
+                rand::random(),
+            ),
             ws: None,
             start: StartState::Waiting(Some(start_tx)),
             start_deadline: saturating_add(now, opts.start_timeout),

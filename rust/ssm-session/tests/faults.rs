@@ -40,9 +40,10 @@ fn unpaced(faults: Faults) -> Config {
 /// its own timer, so 64 MiB go up through 5 % loss in seconds. The emulated agent, like the real
 /// one (§4.5), retransmits only its oldest unacked message, at most once per 100 ms tick; every
 /// agent frame dropped on the way to the client, and every client ack dropped on the way to the
-/// agent, holds the downstream for at least one tick (about 40 KiB/s here). Past 10 000 messages
-/// in flight it gets worse: the client's out-of-order buffer (10 000, the plugin's size) is full,
-/// the surplus is dropped unacked, and each of those messages costs a tick of its own. Measured in
+/// agent, holds the downstream for at least one tick (about 40 KiB/s here). Once the client's
+/// out-of-order store is full (32 MiB by default; it was 10 000 messages, the plugin's size, when
+/// the figures below were taken) it gets worse: the surplus is dropped unacked, and each of those
+/// messages costs a tick of its own. Measured in
 /// a debug build: 64 MiB up alone 5 s; 1 MiB down 20–30 s; 4 MiB each way 95 s; 12 MiB down
 /// 4 MiB in the first 100 s; 16 MiB down not done after 18 minutes. This test (64 MiB up, 2 MiB
 /// down, cut after 20 000 frames) takes 10–65 s with the emulator's named kinder option
