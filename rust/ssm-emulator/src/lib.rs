@@ -47,6 +47,9 @@ struct MgsSocket(Arc<Shared>);
 
 impl MgsSocket {
     fn configure(&self, tcp: &tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(self.0.config.mgs_nodelay) {
+            tracing::debug!("accepted socket: cannot set TCP_NODELAY: {e}");
+        }
         let counters = &self.0.counters;
         match tcp.nodelay() {
             Ok(true) => state::Counters::add(&counters.accepted_nodelay, 1),

@@ -357,7 +357,10 @@ async fn dial(url: &str, trust: &Trust, token: &Token, client_id: &str, client_v
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), false, Some(connector));
+    // TCP_NODELAY (`disable_nagle`): Go, which the plugin and the agent are written in, sets it on
+    // every TCP connection; with Nagle on, a small frame (a keystroke, an ack) waits behind the
+    // peer's delayed ACK (§4, issue 13).
+    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(connector));
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(

@@ -752,6 +752,8 @@ impl Acceptor {
         self.retry_at = None;
         match accepted {
             Ok(conn) => {
+                // A keystroke must not wait behind Nagle for the peer's delayed ACK.
+                let _ = conn.0.set_nodelay(true);
                 if self.failures > 0 {
                     tracing::info!("accepting connections again after {} failed attempt(s)", self.failures);
                     self.failures = 0;
