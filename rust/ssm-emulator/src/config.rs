@@ -152,6 +152,14 @@ pub struct Config {
     /// Silence after which the agent's smux server closes the session when its keepalive is on:
     /// smux's `DefaultConfig` (30 s).
     pub smux_keepalive_timeout_ms: u64,
+    /// Set `TCP_NODELAY` on the sockets of the emulator's listener (the API and the MGS
+    /// WebSocket). Off by default: whether MGS disables Nagle on its side of the data channel is
+    /// not known, and Nagle on is the less kind peer for a client (a small frame from the
+    /// service may wait behind the client's delayed ACK). The emulated agent's own connections
+    /// to destinations always have it, as Go sets it on every TCP connection
+    /// (agent/session/plugins/port/port.go DialCall: `net.Dial`). For benchmarks that compare clients
+    /// against a service that sends promptly (`--mgs-nodelay`).
+    pub mgs_nodelay: bool,
 }
 
 impl Default for Config {
@@ -183,6 +191,7 @@ impl Default for Config {
             tls: false,
             smux_keepalive_interval_ms: 10_000,
             smux_keepalive_timeout_ms: 30_000,
+            mgs_nodelay: false,
         }
     }
 }

@@ -40,6 +40,36 @@ pub use instance_connect::PushedKey;
 use state::Shared;
 pub use state::{EmulatorStats, SessionInfo};
 
+/// What the listener does to each socket it accepts, before TLS and HTTP: `TCP_NODELAY` as
+/// [`Config::mgs_nodelay`] says, and the outcome counted in [`EmulatorStats`].
+#[derive(Clone)]
+struct MgsSocket(Arc<Shared>);
+
+impl MgsSocket {
+    fn configure(&self, tcp: &tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(self.0.config.mgs_nodelay) {
+            tracing::debug!("accepted socket: cannot set TCP_NODELAY: {e}");
+        }
+        let counters = &self.0.counters;
+        match tcp.nodelay() {
+            Ok(true) => state::Counters::add(&counters.accepted_nodelay, 1),
+            Ok(false) => state::Counters::add(&counters.accepted_nagle, 1),
+            Err(e) => tracing::debug!("accepted socket: TCP_NODELAY unknown: {e}"),
+        }
+    }
+}
+
+impl<S> axum_server::accept::Accept<tokio::net::TcpStream, S> for MgsSocket {
+    type Stream = tokio::net::TcpStream;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(Self::Stream, Self::Service)>>;
+
+    fn accept(&self, stream: tokio::net::TcpStream, service: S) -> Self::Future {
+        self.configure(&stream);
+        std::future::ready(Ok((stream, service)))
+    }
+}
+
 /// A running emulator. Dropping it stops the server and every session.
 pub struct Emulator {
     addr: SocketAddr,
@@ -62,10 +92,13 @@ impl Emulator {
         let pki = if config.tls { Some(tls::issue(addr.ip())?) } else { None };
         let shared = Arc::new(Shared::new(config, addr));
         let app = api::router(shared.clone());
+        let shared_accept = shared.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let ca_pem = pki.as_ref().map(|p| p.ca_pem.clone());
         let task = match pki {
             None => tokio::spawn(async move {
+                let accepted = MgsSocket(shared_accept);
+                let listener = axum::serve::ListenerExt::tap_io(listener, move |tcp| accepted.configure(tcp));
                 let serve = axum::serve(listener, app).with_graceful_shutdown(async {
                     let _ = rx.await;
                 });
@@ -76,8 +109,9 @@ impl Emulator {
             Some(pki) => {
                 let config = axum_server::tls_rustls::RustlsConfig::from_config(pki.server);
                 let handle = axum_server::Handle::new();
-                let server =
-                    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?.handle(handle.clone());
+                let server = axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
+                    .map(|tls| tls.acceptor(MgsSocket(shared_accept)))
+                    .handle(handle.clone());
                 tokio::spawn(async move {
                     let serve = server.serve(app.into_make_service());
                     tokio::pin!(serve);

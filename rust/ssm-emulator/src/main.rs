@@ -29,6 +29,11 @@ struct Args {
     /// sequence held back from the read before).
     #[arg(long, default_value_t = 1024)]
     chunk: usize,
+    /// TCP_NODELAY on the listener's sockets (the API and the data channel's WebSocket), for
+    /// comparing clients against a service that sends small frames at once. Off by default:
+    /// whether MGS disables Nagle is not known, and Nagle on is the less kind peer.
+    #[arg(long)]
+    mgs_nodelay: bool,
     /// Fault injection settings as JSON.
     #[arg(long)]
     faults: Option<String>,
@@ -89,6 +94,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.unpaced {
         config.pacing = Pacing::Unpaced { chunk: args.chunk };
+    }
+    if args.mgs_nodelay {
+        config.mgs_nodelay = true;
     }
     if let Some(f) = &args.faults {
         config.faults = serde_json::from_str::<Faults>(f).context("parsing --faults")?;

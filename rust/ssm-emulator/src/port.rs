@@ -71,6 +71,8 @@ struct DestConn {
 
 impl DestConn {
     fn spawn(stream: TcpStream, id: u32, queues: DestQueues, chunk: usize, pause: Option<Duration>) -> Self {
+        // The agent dials destinations with Go's `net.Dial` (agent/session/plugins/port/port.go
+        // DialCall), and Go sets TCP_NODELAY on every TCP connection it makes: Nagle is off.
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Option<i64>)>();

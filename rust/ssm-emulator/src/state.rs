@@ -84,6 +84,8 @@ pub(crate) struct Counters {
     pub(crate) sockets_frozen: AtomicU64,
     pub(crate) agent_retransmissions: AtomicU64,
     pub(crate) publication_pauses: AtomicU64,
+    pub(crate) accepted_nodelay: AtomicU64,
+    pub(crate) accepted_nagle: AtomicU64,
 }
 
 impl Counters {
@@ -148,6 +150,8 @@ impl Shared {
             sockets_frozen: get(&c.sockets_frozen),
             agent_retransmissions: get(&c.agent_retransmissions),
             publication_pauses: get(&c.publication_pauses),
+            accepted_nodelay: get(&c.accepted_nodelay),
+            accepted_nagle: get(&c.accepted_nagle),
         }
     }
 
@@ -385,6 +389,11 @@ pub struct EmulatorStats {
     pub agent_retransmissions: u64,
     /// Publication pauses injected (`pause_after_frames`), each ended by `start_publication`.
     pub publication_pauses: u64,
+    /// Connections accepted by the listener whose socket has `TCP_NODELAY` (as read back from
+    /// the socket; see [`crate::Config::mgs_nodelay`]).
+    pub accepted_nodelay: u64,
+    /// Connections accepted by the listener whose socket has Nagle on.
+    pub accepted_nagle: u64,
 }
 
 /// One session as the emulator sees it.

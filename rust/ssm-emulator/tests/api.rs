@@ -432,3 +432,37 @@ async fn a_ping_before_the_open_message_is_tolerated() {
     assert_eq!(frame.payload_type, PayloadType::HandshakeRequest);
     assert_eq!(emu.stats().connections_refused, 0);
 }
+
+/// `mgs_nodelay` decides `TCP_NODELAY` on every socket the listener accepts, plain and TLS;
+/// off (Nagle on, the less kind peer) by default.
+#[tokio::test]
+async fn mgs_nodelay_decides_nagle_on_accepted_sockets() {
+    for tls in [false, true] {
+        for nodelay in [None, Some(false), Some(true)] {
+            let mut config = Config {
+                tls,
+                ..Config::default()
+            };
+            if let Some(on) = nodelay {
+                config.mgs_nodelay = on;
+            }
+            let emu = emulator(config).await;
+            let _conn = tokio::net::TcpStream::connect(emu.addr()).await.unwrap();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let stats = loop {
+                let stats = emu.stats();
+                if stats.accepted_nodelay + stats.accepted_nagle > 0 {
+                    break stats;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "tls {tls}: no accept counted");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let want = nodelay.unwrap_or(false);
+            assert_eq!(
+                (stats.accepted_nodelay, stats.accepted_nagle),
+                (u64::from(want), u64::from(!want)),
+                "tls {tls}, mgs_nodelay {nodelay:?}"
+            );
+        }
+    }
+}

@@ -371,7 +371,10 @@ async fn dial(url: &str, trust: &Trust, token: &Token, client_id: &str, client_v
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE));
-    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), false, Some(connector));
+    // TCP_NODELAY (`disable_nagle`): Go, which the plugin and the agent are written in, sets it on
+    // every TCP connection; with Nagle on, a small frame (a keystroke, an ack) waits behind the
+    // peer's delayed ACK (§4, issue 13).
+    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(connector));
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(
@@ -944,6 +947,36 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The data channel's socket has `TCP_NODELAY`, as Go sets on every TCP connection: a small
+    /// frame (a keystroke, an ack) must not wait behind Nagle for the peer's delayed ACK.
+    #[tokio::test]
+    async fn dialled_websocket_has_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            // The open frame; then hold the socket until the client is done.
+            let _ = ws.next().await;
+            let _ = ws.next().await;
+        });
+        let url = format!("ws://{addr}/v1/data-channel/s-1?role=publish_subscribe");
+        let ws = tokio::time::timeout(
+            Duration::from_secs(30),
+            dial(&url, &Trust::default(), &Token::new("t"), "c", "1.0"),
+        )
+        .await
+        .expect("dialled in time")
+        .expect("dialled");
+        let tcp = match ws.get_ref() {
+            MaybeTlsStream::Plain(tcp) => tcp,
+            _ => panic!("a ws:// URL gives a plain stream"),
+        };
+        assert!(tcp.nodelay().unwrap(), "the WebSocket's socket has Nagle on");
+        drop(ws);
+        server.await.unwrap();
+    }
 
     #[test]
     fn saturating_add_never_panics_and_keeps_order() {

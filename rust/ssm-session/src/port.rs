@@ -752,6 +752,8 @@ impl Acceptor {
         self.retry_at = None;
         match accepted {
             Ok(conn) => {
+                // A keystroke must not wait behind Nagle for the peer's delayed ACK.
+                let _ = conn.0.set_nodelay(true);
                 if self.failures > 0 {
                     tracing::info!("accepting connections again after {} failed attempt(s)", self.failures);
                     self.failures = 0;
@@ -789,6 +791,21 @@ async fn sleep_until_opt(t: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keystroke from a local connection must not wait behind Nagle for the peer's delayed
+    /// ACK: every accepted connection comes with `TCP_NODELAY` set.
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut acceptor = Acceptor::new(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept())
+            .await
+            .expect("accepted in time")
+            .expect("accepted");
+        assert!(stream.nodelay().unwrap(), "accepted connection has Nagle on");
+    }
 
     #[test]
     fn only_non_loopback_listeners_are_warned_about() {
