@@ -84,6 +84,7 @@ pub(crate) struct Counters {
     pub(crate) sockets_frozen: AtomicU64,
     pub(crate) agent_retransmissions: AtomicU64,
     pub(crate) publication_pauses: AtomicU64,
+    pub(crate) start_sessions_throttled: AtomicU64,
 }
 
 impl Counters {
@@ -135,6 +136,18 @@ impl Shared {
         *lock(&self.faults) = faults;
     }
 
+    /// Whether this `StartSession` call is throttled ([`Faults::throttle_start_sessions`]);
+    /// counts the fault down.
+    pub(crate) fn take_start_throttle(&self) -> bool {
+        let mut f = lock(&self.faults);
+        if f.throttle_start_sessions == 0 {
+            return false;
+        }
+        f.throttle_start_sessions -= 1;
+        Counters::add(&self.counters.start_sessions_throttled, 1);
+        true
+    }
+
     pub(crate) fn stats(&self) -> EmulatorStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -148,6 +161,7 @@ impl Shared {
             sockets_frozen: get(&c.sockets_frozen),
             agent_retransmissions: get(&c.agent_retransmissions),
             publication_pauses: get(&c.publication_pauses),
+            start_sessions_throttled: get(&c.start_sessions_throttled),
         }
     }
 
@@ -385,6 +399,9 @@ pub struct EmulatorStats {
     pub agent_retransmissions: u64,
     /// Publication pauses injected (`pause_after_frames`), each ended by `start_publication`.
     pub publication_pauses: u64,
+    /// `StartSession` calls answered with `ThrottlingException` (`throttle_start_sessions`).
+    #[serde(default)]
+    pub start_sessions_throttled: u64,
 }
 
 /// One session as the emulator sees it.
