@@ -465,7 +465,9 @@ async fn throttled_start_sessions_answer_as_the_service_and_count_down() {
         body.len()
     );
     let mut s = tokio::net::TcpStream::connect(emu.addr()).await.expect("connect");
-    tokio::io::AsyncWriteExt::write_all(&mut s, post.as_bytes()).await.expect("post");
+    tokio::io::AsyncWriteExt::write_all(&mut s, post.as_bytes())
+        .await
+        .expect("post");
     let answer = String::from_utf8(read_all(s, 10).await).expect("utf-8");
     assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
     let (status, body) = aws_call(emu.addr(), "StartSession", req.clone()).await;

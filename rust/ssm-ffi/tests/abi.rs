@@ -761,15 +761,17 @@ fn freeing_a_session_per_connection_forward_terminates_every_session() {
 
     ssmc_forward_free(f);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while running(&emu) > 0 {
+    // Each ends (TerminateSession flag) and is terminated through the API.
+    let terminated = |emu: &Emulator| emu.sessions().iter().all(|s| s.ended && s.terminate_calls > 0);
+    while !terminated(&emu) {
         assert!(
             Instant::now() < deadline,
-            "sessions left running after the handle was freed: {:?}",
+            "sessions left running or not terminated after the handle was freed: {:?}",
             emu.sessions()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(emu.sessions().iter().all(|s| s.terminate_calls > 0), "{:?}", emu.sessions());
+    assert_eq!(emu.sessions().len(), 4, "{:?}", emu.sessions());
     ssmc_client_free(c);
     rt.block_on(emu.stop());
 }
