@@ -80,6 +80,33 @@ Describe 'Start-SSMPortForward' {
         @($w | Where-Object { "$_" -like '*listening on*' }) | Should -HaveCount 0
     }
 
+    It 'gives each connection a session of its own with -SessionPerConnection, and terminates every session when stopped' {
+        $before = @(Get-EmulatorSession $emu | ForEach-Object session_id)
+        $mine = { @(Get-EmulatorSession $emu | Where-Object { $before -notcontains $_.session_id }) }
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -SessionPerConnection -WarmSessions 1 @aws
+        $f.Mode | Should -Be 'SessionPerConnection'
+        $f.SessionId | Should -BeNullOrEmpty
+        # The warm session is open before any connection.
+        @(& $mine) | Should -HaveCount 1
+        foreach ($i in 1..3) {
+            $data = [SSMConnectTests.Net]::RandomBytes(64KB)
+            $back = [SSMConnectTests.Net]::RoundTrip($f.LocalPort, $data, 60)
+            [SSMConnectTests.Net]::Sha256($back) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+        }
+        # Three connections, three sessions ended with them; one warm session waits.
+        Wait-Until { @(& $mine | Where-Object ended).Count -eq 3 -and @(& $mine | Where-Object { -not $_.ended }).Count -eq 1 } -TimeoutSeconds 60 |
+            Should -BeTrue -Because "sessions: $(& $mine | ConvertTo-Json -Compress)"
+        Stop-SSMPortForward -Id $f.Id
+        Wait-Until { @(& $mine | Where-Object { -not $_.ended }).Count -eq 0 } -TimeoutSeconds 60 | Should -BeTrue
+        Wait-PortClosed $f.LocalPort | Should -BeTrue
+    }
+
+    It 'refuses -WarmSessions without -SessionPerConnection' {
+        { Start-SSMPortForward -Target $instance -RemotePort $echo.Port -WarmSessions 2 @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+        Get-SSMPortForward | Should -BeNullOrEmpty
+    }
+
     It 'shows progress and native logs only when asked' {
         $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws -Verbose 4>&1
         $records = @($f | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })

@@ -98,6 +98,14 @@ namespace SSMConnect
         /// <summary>Local port; 0 picks a free one.</summary>
         [JsonPropertyName("local_port")]
         public ushort LocalPort { get; set; }
+
+        /// <summary>A session of its own for each local connection, terminated when the connection ends.</summary>
+        [JsonPropertyName("session_per_connection")]
+        public bool SessionPerConnection { get; set; }
+
+        /// <summary>Sessions started ahead with <see cref="SessionPerConnection"/>; null means the native default (1).</summary>
+        [JsonPropertyName("warm_sessions")]
+        public int? WarmSessions { get; set; }
     }
 
     /// <summary>What <see cref="SsmClient.BeginShell"/> opens.</summary>

@@ -63,7 +63,10 @@ namespace SSMConnect.Native
         public static extern IntPtr ssmc_log_next(out uint level);
 
         /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-        /// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
+        /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one),
+        /// `session_per_connection` (a session of its own for each connection; every one is terminated
+        /// when its connection ends and when the forward is stopped or freed) and `warm_sessions`
+        /// (sessions started ahead in that mode, default 1). Returns
         /// an operation, or null with the last error set when the request is malformed. When the
         /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_begin")]
@@ -144,7 +147,7 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_local_address")]
         public static extern IntPtr ssmc_forward_local_address(IntPtr f);
 
-        /// Session id. Owned by the forward.
+        /// Session id (empty in session-per-connection mode). Owned by the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_session_id")]
         public static extern IntPtr ssmc_forward_session_id(IntPtr f);
 
@@ -156,7 +159,8 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_instance_id")]
         public static extern IntPtr ssmc_forward_instance_id(IntPtr f);
 
-        /// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
+        /// `Basic` or `Multiplexed` (§7.1), or `SessionPerConnection` (each connection has a session of
+        /// its own, whose mode the agent chooses). Owned by the forward.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_forward_mode")]
         public static extern IntPtr ssmc_forward_mode(IntPtr f);
 

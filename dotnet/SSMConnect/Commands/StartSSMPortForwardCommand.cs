@@ -41,6 +41,15 @@ namespace SSMConnect.Commands
         [ValidateNotNullOrEmpty]
         public string? RemoteHost { get; set; }
 
+        /// <summary>A session of its own for each local connection (parallel downloads are not limited to one session's pace).</summary>
+        [Parameter]
+        public SwitchParameter SessionPerConnection { get; set; }
+
+        /// <summary>Sessions started ahead with -SessionPerConnection, so a new connection does not wait for one to start.</summary>
+        [Parameter]
+        [ValidateRange(0, 64)]
+        public int WarmSessions { get; set; } = 1;
+
         /// <summary>Block until the forward ends; Ctrl+C stops it.</summary>
         [Parameter]
         public SwitchParameter Wait { get; set; }
@@ -48,6 +57,14 @@ namespace SSMConnect.Commands
         /// <inheritdoc />
         protected override void ProcessRecord()
         {
+            if (MyInvocation.BoundParameters.ContainsKey(nameof(WarmSessions)) && !SessionPerConnection)
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new ArgumentException("-WarmSessions applies only with -SessionPerConnection."),
+                    "SSMConnect.InvalidArgument",
+                    ErrorCategory.InvalidArgument,
+                    WarmSessions));
+            }
             var targets = ExpandTargets(Target);
             if (targets.Count == 0)
             {
@@ -69,6 +86,8 @@ namespace SSMConnect.Commands
                     RemoteHost = RemoteHost,
                     LocalAddress = LocalAddress,
                     LocalPort = (ushort)LocalPort,
+                    SessionPerConnection = SessionPerConnection,
+                    WarmSessions = SessionPerConnection ? WarmSessions : (int?)null,
                 };
                 try
                 {
@@ -76,7 +95,8 @@ namespace SSMConnect.Commands
                     WaitFor(op, $"Start-SSMPortForward {target}");
                     var forward = op.TakeForward();
                     started.Add(forward);
-                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{RemotePort} (session {forward.SessionId}, forward {forward.Id})");
+                    var sessions = SessionPerConnection ? "a session per connection" : $"session {forward.SessionId}";
+                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{RemotePort} ({sessions}, forward {forward.Id})");
                     WriteObject(forward);
                 }
                 catch (SsmException e)

@@ -9,7 +9,9 @@ mod plugin;
 use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
-use ssm_session::{AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, Settings, no_stages};
+use ssm_session::{
+    AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, PerConnection, Settings, no_stages,
+};
 
 use crate::exit::{Ended, Failure};
 
@@ -19,6 +21,7 @@ Examples:
   ssmconnect shell i-0123456789abcdef0 < script.sh
   ssmconnect forward i-0123456789abcdef0 5432 --local-port 15432
   ssmconnect forward i-0123456789abcdef0 443 --remote-host db.internal --local-port 8443
+  ssmconnect forward i-0123456789abcdef0 80 --local-port 8080 --session-per-connection
   ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
   ssmconnect forward Name:db 5432                    (a tag; exactly one running instance)
   ssmconnect shell web.internal --dns-server 10.0.0.2:53
@@ -130,6 +133,15 @@ enum Command {
         /// Reach this host through the target instead of the target itself.
         #[arg(long)]
         remote_host: Option<String>,
+        /// Give each local connection a session of its own (terminated when the connection
+        /// ends). The agent paces each session to about 1 MB/s towards the client, shared by
+        /// all connections of a session; separate sessions lift that for parallel downloads.
+        #[arg(long)]
+        session_per_connection: bool,
+        /// Sessions started ahead with --session-per-connection, so a new connection does not
+        /// wait for one to start [default: 1].
+        #[arg(long, value_name = "N", requires = "session_per_connection")]
+        warm_sessions: Option<usize>,
     },
     /// Open an interactive shell on the target. With stdin not a terminal, stdin is sent to the
     /// remote shell and its end ends the session (`ssmconnect shell i-… < script.sh`).
@@ -225,22 +237,34 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             local_port,
             local_address,
             remote_host,
+            session_per_connection,
+            warm_sessions,
         } => {
             let spec = ForwardSpec {
                 remote_port,
                 remote_host,
                 local_addr: SocketAddr::new(local_address, local_port),
+                per_connection: session_per_connection.then(|| PerConnection {
+                    warm_sessions: warm_sessions.unwrap_or(ssm_session::DEFAULT_WARM_SESSIONS),
+                }),
             };
             let started = exit::unless_signalled(&mut signals, connector.forward(&target, spec, &no_stages)).await;
             let mut forward = match started {
                 Ended::Done(f) => f?.session,
                 Ended::Signalled(sig) => return Ok(forward_exit_code(sig)),
             };
-            println!(
-                "Port {} opened for sessionId {}.",
-                forward.local_addr().port(),
-                forward.session_id()
-            );
+            if forward.per_connection() {
+                println!(
+                    "Port {} opened, a session for each connection.",
+                    forward.local_addr().port()
+                );
+            } else {
+                println!(
+                    "Port {} opened for sessionId {}.",
+                    forward.local_addr().port(),
+                    forward.session_id()
+                );
+            }
             println!("Waiting for connections...");
             let stopper = forward.stopper();
             let stop = |_| async move {

@@ -210,6 +210,12 @@ fn document_of(name: &str) -> &str {
 }
 
 fn start_session(shared: &Arc<Shared>, req: StartSessionRequest, signer: Signer) -> Response {
+    // The fault `throttle_start_sessions`: the service's answer to a caller over its API rate
+    // limit, awsJson1.1 `ThrottlingException` "Rate exceeded" with HTTP 400; the request is not
+    // looked at (the emulator's choice of order).
+    if shared.take_start_throttle() {
+        return reply::json_error("ThrottlingException", "Rate exceeded");
+    }
     let violations = start_session_violations(&req);
     if !violations.is_empty() {
         return validation_error(&violations);

@@ -68,7 +68,9 @@ pub struct Config {
     pub agent_version: String,
     /// Agent read pacing.
     pub pacing: Pacing,
-    /// Fault injection (changeable at run time through `POST /_emulator/faults`).
+    /// Fault injection (changeable at run time through `POST /_emulator/faults`). Among them,
+    /// off by default: `throttle_start_sessions: K`, the next K `StartSession` calls answered
+    /// with the service's `ThrottlingException` ("Rate exceeded"), see [`Faults`].
     pub faults: Faults,
     /// Lifetime of a token before it must be used.
     pub token_ttl_ms: u64,

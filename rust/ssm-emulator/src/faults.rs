@@ -76,6 +76,13 @@ pub struct Faults {
     /// sendHandshakeRequest, so this never comes from a working agent). Default off; for tests
     /// of how a client fails such a start.
     pub garbled_handshake_request: bool,
+    /// Answer the next this-many `StartSession` calls as the service does when a caller exceeds
+    /// its API rate: HTTP 400 with `{"__type":"ThrottlingException","message":"Rate exceeded"}`
+    /// (awsJson1.1; the SDK reads the code from `__type` and its standard retry classifies it as
+    /// a throttling error). Each throttled call counts one down and starts nothing; the counter
+    /// is read back by `GET /_emulator/faults`. Default 0 (off); for tests of how a client
+    /// waits out throttling.
+    pub throttle_start_sessions: u64,
 }
 
 /// What to do with one frame.

@@ -86,6 +86,7 @@ pub(crate) struct Counters {
     pub(crate) publication_pauses: AtomicU64,
     pub(crate) accepted_nodelay: AtomicU64,
     pub(crate) accepted_nagle: AtomicU64,
+    pub(crate) start_sessions_throttled: AtomicU64,
 }
 
 impl Counters {
@@ -137,6 +138,18 @@ impl Shared {
         *lock(&self.faults) = faults;
     }
 
+    /// Whether this `StartSession` call is throttled ([`Faults::throttle_start_sessions`]);
+    /// counts the fault down.
+    pub(crate) fn take_start_throttle(&self) -> bool {
+        let mut f = lock(&self.faults);
+        if f.throttle_start_sessions == 0 {
+            return false;
+        }
+        f.throttle_start_sessions -= 1;
+        Counters::add(&self.counters.start_sessions_throttled, 1);
+        true
+    }
+
     pub(crate) fn stats(&self) -> EmulatorStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -152,6 +165,7 @@ impl Shared {
             publication_pauses: get(&c.publication_pauses),
             accepted_nodelay: get(&c.accepted_nodelay),
             accepted_nagle: get(&c.accepted_nagle),
+            start_sessions_throttled: get(&c.start_sessions_throttled),
         }
     }
 
@@ -394,6 +408,9 @@ pub struct EmulatorStats {
     pub accepted_nodelay: u64,
     /// Connections accepted by the listener whose socket has Nagle on.
     pub accepted_nagle: u64,
+    /// `StartSession` calls answered with `ThrottlingException` (`throttle_start_sessions`).
+    #[serde(default)]
+    pub start_sessions_throttled: u64,
 }
 
 /// One session as the emulator sees it.

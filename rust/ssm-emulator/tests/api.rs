@@ -466,3 +466,47 @@ async fn mgs_nodelay_decides_nagle_on_accepted_sockets() {
         }
     }
 }
+
+#[tokio::test]
+async fn throttled_start_sessions_answer_as_the_service_and_count_down() {
+    let emu = emulator(ssm_emulator::Config {
+        faults: ssm_emulator::Faults {
+            throttle_start_sessions: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let req = serde_json::json!({"Target": TARGET, "DocumentName": "AWS-StartPortForwardingSession"});
+    for _ in 0..2 {
+        let (status, body) = aws_call(emu.addr(), "StartSession", req.clone()).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(body["__type"], "ThrottlingException", "{body}");
+        assert_eq!(body["message"], "Rate exceeded", "{body}");
+    }
+    assert!(emu.sessions().is_empty(), "a throttled call starts nothing");
+    let (status, body) = aws_call(emu.addr(), "StartSession", req.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(emu.stats().start_sessions_throttled, 2);
+    assert_eq!(emu.stats().sessions_started, 1);
+
+    // Set again through the control API, and read back.
+    let body = r#"{"throttle_start_sessions":1}"#;
+    let post = format!(
+        "POST /_emulator/faults HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        emu.addr(),
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(emu.addr()).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut s, post.as_bytes())
+        .await
+        .expect("post");
+    let answer = String::from_utf8(read_all(s, 10).await).expect("utf-8");
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    let (status, body) = aws_call(emu.addr(), "StartSession", req.clone()).await;
+    assert_eq!((status, body["__type"].as_str()), (400, Some("ThrottlingException")));
+    let (status, _) = aws_call(emu.addr(), "StartSession", req).await;
+    assert_eq!(status, 200);
+    emu.stop().await;
+}

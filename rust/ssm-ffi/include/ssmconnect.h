@@ -123,7 +123,10 @@ void ssmc_log_enable(uint32_t max_level);
 char *ssmc_log_next(uint32_t *level);
 
 // Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
+// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one),
+// `session_per_connection` (a session of its own for each connection; every one is terminated
+// when its connection ends and when the forward is stopped or freed) and `warm_sessions`
+// (sessions started ahead in that mode, default 1). Returns
 // an operation, or null with the last error set when the request is malformed. When the
 // operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
@@ -192,7 +195,7 @@ uint16_t ssmc_forward_local_port(struct SsmcForward *f);
 // Local address the forward listens on. Owned by the forward.
 const char *ssmc_forward_local_address(struct SsmcForward *f);
 
-// Session id. Owned by the forward.
+// Session id (empty in session-per-connection mode). Owned by the forward.
 const char *ssmc_forward_session_id(struct SsmcForward *f);
 
 // Target the session was started with. Owned by the forward.
@@ -201,7 +204,8 @@ const char *ssmc_forward_target(struct SsmcForward *f);
 // Instance id the target resolved to. Owned by the forward.
 const char *ssmc_forward_instance_id(struct SsmcForward *f);
 
-// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
+// `Basic` or `Multiplexed` (§7.1), or `SessionPerConnection` (each connection has a session of
+// its own, whose mode the agent chooses). Owned by the forward.
 const char *ssmc_forward_mode(struct SsmcForward *f);
 
 // Bytes sent to the target so far.

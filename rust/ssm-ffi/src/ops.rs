@@ -73,6 +73,13 @@ struct ForwardRequest {
     local_address: Option<IpAddr>,
     #[serde(default)]
     local_port: u16,
+    /// A session of its own for each connection.
+    #[serde(default)]
+    session_per_connection: bool,
+    /// Sessions started ahead in session-per-connection mode (default
+    /// [`ssm_session::DEFAULT_WARM_SESSIONS`]); only with `session_per_connection`.
+    #[serde(default)]
+    warm_sessions: Option<usize>,
 }
 
 #[derive(serde::Deserialize)]
@@ -162,7 +169,10 @@ fn stages(progress: Arc<Mutex<Progress>>) -> impl Fn(Stage<'_>) + Send + Sync {
 }
 
 /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
-/// `remote_host`, `local_address` (default 127.0.0.1) and `local_port` (0: a free one). Returns
+/// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one),
+/// `session_per_connection` (a session of its own for each connection; every one is terminated
+/// when its connection ends and when the forward is stopped or freed) and `warm_sessions`
+/// (sessions started ahead in that mode, default 1). Returns
 /// an operation, or null with the last error set when the request is malformed. When the
 /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 #[ffi_function]
@@ -180,7 +190,15 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
                         req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
                         req.local_port,
                     ),
+                    per_connection: req.session_per_connection.then(|| ssm_session::PerConnection {
+                        warm_sessions: req.warm_sessions.unwrap_or(ssm_session::DEFAULT_WARM_SESSIONS),
+                    }),
                 };
+                if req.warm_sessions.is_some() && !req.session_per_connection {
+                    return Err(ssm_session::Error::Config(
+                        "warm_sessions needs session_per_connection".into(),
+                    ));
+                }
                 let c = connector.forward(&req.target, spec, &stages(progress)).await?;
                 Ok(SsmcForward::new(c.session, &req.target, &c.target.instance_id))
             },
@@ -417,6 +435,7 @@ impl SsmcForward {
             target_c: to_cstring(target),
             instance_id_c: to_cstring(instance_id),
             mode_c: to_cstring(match forward.mode() {
+                _ if forward.per_connection() => "SessionPerConnection",
                 ssm_proto::PortMode::Basic => "Basic",
                 ssm_proto::PortMode::Mux { .. } => "Multiplexed",
                 ssm_proto::PortMode::Stdio => "Stream",
@@ -459,7 +478,7 @@ pub extern "C" fn ssmc_forward_local_address(f: *mut SsmcForward) -> *const c_ch
     with(f, "forward", std::ptr::null(), |f| f.local_address_c.as_ptr())
 }
 
-/// Session id. Owned by the forward.
+/// Session id (empty in session-per-connection mode). Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_session_id(f: *mut SsmcForward) -> *const c_char {
@@ -480,7 +499,8 @@ pub extern "C" fn ssmc_forward_instance_id(f: *mut SsmcForward) -> *const c_char
     with(f, "forward", std::ptr::null(), |f| f.instance_id_c.as_ptr())
 }
 
-/// `Basic` or `Multiplexed` (§7.1). Owned by the forward.
+/// `Basic` or `Multiplexed` (§7.1), or `SessionPerConnection` (each connection has a session of
+/// its own, whose mode the agent chooses). Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_mode(f: *mut SsmcForward) -> *const c_char {

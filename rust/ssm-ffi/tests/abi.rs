@@ -713,3 +713,65 @@ fn a_cancel_racing_with_success_never_becomes_success() {
     assert!(cancelled > 0);
     ssmc_client_free(c);
 }
+
+#[test]
+fn freeing_a_session_per_connection_forward_terminates_every_session() {
+    let _turn = quiet();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config::default()));
+    let echo = rt.block_on(echo_server());
+    let c = client(&emu.endpoint());
+    let req = CString::new(format!(
+        r#"{{"target":"{TARGET}","remote_port":{echo},"session_per_connection":true,"warm_sessions":2}}"#
+    ))
+    .unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    assert!(!op.is_null(), "{}", text(ssmc_last_error_message()));
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let f = ssmc_operation_take_forward(op);
+    assert!(!f.is_null());
+    ssmc_operation_free(op);
+    assert_eq!(text(ssmc_forward_mode(f)), "SessionPerConnection");
+    assert_eq!(text(ssmc_forward_session_id(f)), "");
+    let port = ssmc_forward_local_port(f);
+
+    // Two connections left open (each on a session of its own), and warm sessions waiting.
+    let mut open = Vec::new();
+    for i in 0..2u8 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let msg = [b'a' + i; 7];
+        s.write_all(&msg).unwrap();
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, msg);
+        open.push(s);
+    }
+    let running = |emu: &Emulator| emu.sessions().iter().filter(|s| !s.ended).count();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while running(&emu) < 4 {
+        assert!(Instant::now() < deadline, "sessions: {:?}", emu.sessions());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    ssmc_forward_free(f);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Each ends (TerminateSession flag) and is terminated through the API.
+    let terminated = |emu: &Emulator| emu.sessions().iter().all(|s| s.ended && s.terminate_calls > 0);
+    while !terminated(&emu) {
+        assert!(
+            Instant::now() < deadline,
+            "sessions left running or not terminated after the handle was freed: {:?}",
+            emu.sessions()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(emu.sessions().len(), 4, "{:?}", emu.sessions());
+    ssmc_client_free(c);
+    rt.block_on(emu.stop());
+}

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use crate::aws::{AwsOptions, Config, SsmApi, load_config_with};
 use crate::driver::{ChannelOptions, DataChannel, End};
 use crate::error::Result;
-use crate::port::{ForwardOptions, PortForward};
+use crate::port::{ForwardOptions, PerConnection, PortForward};
 use crate::resolve::{ResolveOptions, ResolvedTarget, Via, resolve_session_target, resolve_target};
 use crate::shell::ShellOptions;
 use crate::tls::Trust;
@@ -139,6 +139,9 @@ pub struct ForwardSpec {
     pub remote_host: Option<String>,
     /// Local address and port (port 0 picks a free one).
     pub local_addr: SocketAddr,
+    /// A session of its own for each connection, with warm sessions started ahead; `None`: one
+    /// session for all connections.
+    pub per_connection: Option<PerConnection>,
 }
 
 /// An EC2 Instance Connect key to push before an SSH session.
@@ -248,6 +251,7 @@ impl Connector {
         let mut fo = ForwardOptions::new(resolved.instance_id.clone(), spec.remote_port);
         fo.remote_host = spec.remote_host;
         fo.local_addr = spec.local_addr;
+        fo.per_connection = spec.per_connection;
         fo.channel = self.settings.channel.clone();
         let forward = PortForward::start(self.api().await?, fo).await?;
         Ok(Connected {

@@ -36,7 +36,32 @@ pub struct ForwardOptions {
     pub channel: ChannelOptions,
     /// smux-mode tunables.
     pub mux: MuxOptions,
+    /// One session per local connection instead of one session for all
+    /// ([`crate::per_connection`]); `None`: one session.
+    pub per_connection: Option<PerConnection>,
 }
+
+/// Session-per-connection mode: each accepted local connection gets a session of its own, so
+/// connections do not share one session's pace (the agent reads its destination 1 KiB per
+/// millisecond, §9 item 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerConnection {
+    /// Sessions started ahead of connections, so a new connection does not wait for a
+    /// StartSession round trip.
+    pub warm_sessions: usize,
+}
+
+impl Default for PerConnection {
+    fn default() -> Self {
+        Self {
+            warm_sessions: DEFAULT_WARM_SESSIONS,
+        }
+    }
+}
+
+/// Warm sessions when none is asked for: one (see the issue-13 figures in the design notes of
+/// [`crate::per_connection`]).
+pub const DEFAULT_WARM_SESSIONS: usize = 1;
 
 impl ForwardOptions {
     /// Defaults: 127.0.0.1, a free port, 1024-byte payloads.
@@ -49,6 +74,7 @@ impl ForwardOptions {
             payload_size: ssm_proto::DEFAULT_PAYLOAD_SIZE,
             channel: ChannelOptions::default(),
             mux: MuxOptions::default(),
+            per_connection: None,
         }
     }
 }
@@ -100,6 +126,7 @@ pub struct PortForward {
     local_addr: SocketAddr,
     session_id: String,
     mode: PortMode,
+    per_connection: bool,
     stats: Arc<ForwardStats>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<Result<End>>>,
@@ -108,22 +135,38 @@ pub struct PortForward {
 impl PortForward {
     /// Binds the local port first (so a port in use fails at once and nothing is started),
     /// then starts the session and waits for its handshake.
+    ///
+    /// With [`ForwardOptions::per_connection`], each connection gets a session of its own
+    /// instead ([`crate::per_connection`]); the warm sessions asked for are started here, and
+    /// the first one must start for the forward to.
     pub async fn start(api: &SsmApi, opts: ForwardOptions) -> Result<Self> {
         let listener = bind(opts.local_addr).await?;
-        let local_addr = listener.local_addr()?;
-        let mut params = HashMap::new();
-        params.insert("portNumber".to_owned(), vec![opts.remote_port.to_string()]);
-        params.insert("localPortNumber".to_owned(), vec![local_addr.port().to_string()]);
-        let document = match &opts.remote_host {
-            Some(h) => {
-                params.insert("host".to_owned(), vec![h.clone()]);
-                "AWS-StartPortForwardingSessionToRemoteHost"
-            }
-            None => "AWS-StartPortForwardingSession",
-        };
-        let started = api.start_session(&opts.target, Some(document), &params).await?;
-        let control: SharedControl = Arc::new(api.clone());
-        Self::attach(started, control, listener, &opts).await
+        if let Some(pc) = opts.per_connection {
+            return crate::per_connection::start(api.clone(), opts, pc, listener).await;
+        }
+        let stats = Arc::new(ForwardStats::default());
+        let local_port = listener.local_addr()?.port();
+        open_session(api, &opts, local_port, Source::Listener(listener), stats).await
+    }
+
+    /// A forward whose task `task` runs something other than one session (session per
+    /// connection).
+    pub(crate) fn managed(
+        local_addr: SocketAddr,
+        mode: PortMode,
+        stats: Arc<ForwardStats>,
+        stop_tx: watch::Sender<bool>,
+        task: JoinHandle<Result<End>>,
+    ) -> Self {
+        Self {
+            local_addr,
+            session_id: String::new(),
+            mode,
+            per_connection: true,
+            stats,
+            stop_tx,
+            task: Some(task),
+        }
     }
 
     /// Runs a session someone else started (the plugin-compatible mode, §1.3) on `listener`,
@@ -152,6 +195,19 @@ impl PortForward {
         mux: MuxOptions,
     ) -> Result<Self> {
         let local_addr = listener.local_addr()?;
+        let stats = Arc::new(ForwardStats::default());
+        Self::run_channel(dc, Source::Listener(listener), local_addr, payload_size, mux, stats).await
+    }
+
+    /// Runs port forwarding over `dc` for the connections `source` yields, counting in `stats`.
+    pub(crate) async fn run_channel(
+        dc: DataChannel,
+        source: Source,
+        local_addr: SocketAddr,
+        payload_size: usize,
+        mux: MuxOptions,
+        stats: Arc<ForwardStats>,
+    ) -> Result<Self> {
         let Some(mode) = dc.start.port.as_ref().map(|p| p.mode) else {
             let (sender, _, _) = dc.into_parts();
             sender.finish(true).await;
@@ -159,8 +215,8 @@ impl PortForward {
         };
         let session_id = dc.start.session_id.clone();
         let agent_version = dc.start.agent_version.clone();
-        let stats = Arc::new(ForwardStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
+        let listener = Acceptor::new(source);
         let task = match mode {
             PortMode::Mux { keepalive } => {
                 let keepalive = keepalive.then_some(mux.keepalive);
@@ -195,6 +251,7 @@ impl PortForward {
             local_addr,
             session_id,
             mode,
+            per_connection: false,
             stats,
             stop_tx,
             task: Some(task),
@@ -206,14 +263,20 @@ impl PortForward {
         self.local_addr
     }
 
-    /// Session id.
+    /// Session id; empty in session-per-connection mode (one session per connection).
     pub fn session_id(&self) -> &str {
         &self.session_id
     }
 
-    /// Mode agreed with the agent.
+    /// Mode agreed with the agent. In session-per-connection mode, the mode of the first warm
+    /// session (each session's is the agent's choice; `Basic` when no session was started ahead).
     pub fn mode(&self) -> PortMode {
         self.mode
+    }
+
+    /// Whether each connection gets a session of its own ([`ForwardOptions::per_connection`]).
+    pub fn per_connection(&self) -> bool {
+        self.per_connection
     }
 
     /// Live counters.
@@ -253,6 +316,91 @@ impl PortForward {
 impl Drop for PortForward {
     fn drop(&mut self) {
         let _ = self.stop_tx.send(true);
+    }
+}
+
+/// The document and parameters of a port session (§1.2): the same for a forward's one session
+/// and for each session of a session-per-connection forward.
+fn port_document(opts: &ForwardOptions, local_port: u16) -> (&'static str, HashMap<String, Vec<String>>) {
+    let mut params = HashMap::new();
+    params.insert("portNumber".to_owned(), vec![opts.remote_port.to_string()]);
+    params.insert("localPortNumber".to_owned(), vec![local_port.to_string()]);
+    let document = match &opts.remote_host {
+        Some(h) => {
+            params.insert("host".to_owned(), vec![h.clone()]);
+            "AWS-StartPortForwardingSessionToRemoteHost"
+        }
+        None => "AWS-StartPortForwardingSession",
+    };
+    (document, params)
+}
+
+/// Opens one port session (StartSession, waiting out throttling; data channel; handshake) and
+/// runs it for the connections `source` yields. The only place a forward's sessions are opened.
+pub(crate) async fn open_session(
+    api: &SsmApi,
+    opts: &ForwardOptions,
+    local_port: u16,
+    source: Source,
+    stats: Arc<ForwardStats>,
+) -> Result<PortForward> {
+    let (document, params) = port_document(opts, local_port);
+    let started = start_session_patiently(api, &opts.target, document, &params).await?;
+    let control: SharedControl = Arc::new(api.clone());
+    let local_addr = source.local_addr()?;
+    let dc = DataChannel::open(started, control, opts.channel.clone()).await?;
+    PortForward::run_channel(dc, source, local_addr, opts.payload_size, opts.mux, stats).await
+}
+
+/// Error codes AWS answers a caller over its request rate with: the throttling codes the SDK's
+/// standard retry classifies as such (aws-smithy-runtime `THROTTLING_ERRORS`), which it has
+/// already retried a few times when one reaches here.
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "LimitExceededException",
+    "SlowDown",
+];
+
+/// Whether `e` says StartSession was throttled (a retry later can succeed).
+pub(crate) fn is_throttling(e: &Error) -> bool {
+    matches!(e, Error::Api { code: Some(c), .. } if THROTTLING_CODES.contains(&c.as_str()))
+}
+
+/// First pause after a throttled StartSession, doubled each time up to [`THROTTLE_MAX_WAIT`].
+const THROTTLE_FIRST_WAIT: Duration = Duration::from_secs(1);
+const THROTTLE_MAX_WAIT: Duration = Duration::from_secs(20);
+
+/// StartSession, waiting and trying again (with backoff and jitter, a warning each time) while
+/// the service throttles it: a throttled start is late, never failed. Every other error is
+/// returned. Cancel-safe (dropping it drops the call in flight, whose session is terminated).
+async fn start_session_patiently(
+    api: &SsmApi,
+    target: &str,
+    document: &str,
+    params: &HashMap<String, Vec<String>>,
+) -> Result<StartedSession> {
+    let mut wait = THROTTLE_FIRST_WAIT;
+    loop {
+        match api.start_session(target, Some(document), params).await {
+            Err(e) if is_throttling(&e) => {
+                // Jitter: sessions throttled together do not all come back together.
+                let jitter = Duration::from_millis(rand::random_range(0..=wait.as_millis() as u64 / 2));
+                let pause = wait + jitter;
+                tracing::warn!(
+                    "StartSession was throttled by the service ({e}); waiting {:.1} s and trying again",
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+                wait = (wait * 2).min(THROTTLE_MAX_WAIT);
+            }
+            other => return other,
+        }
     }
 }
 
@@ -444,7 +592,7 @@ fn reset_stream(mux: &mut Mux, conns: &mut HashMap<u32, LocalConn>, id: u32, sta
 /// wrong place or passes a truncated stream off as complete. The other streams and the session
 /// carry on; the keepalive still hears the agent because the session is always read.
 async fn run_mux(
-    listener: TcpListener,
+    mut listener: Acceptor,
     dc: DataChannel,
     keepalive: Option<Keepalive>,
     payload_size: usize,
@@ -456,9 +604,19 @@ async fn run_mux(
     let mut mux = Mux::with_keepalive(Side::Client, keepalive, Instant::now());
     let (local_tx, mut local_rx) = mpsc::channel::<LocalEvent>(256);
     let mut conns: HashMap<u32, LocalConn> = HashMap::new();
-    let mut listener = Acceptor::new(listener);
     let mut outcome: Result<()> = Ok(());
     loop {
+        if listener.served(conns.len()) {
+            // Session per connection: its connection is gone, and so goes the session. What the
+            // connection sent (and its stream's FIN) goes out first.
+            while let Some(chunk) = mux.poll_output(payload_size) {
+                if sender.send(PayloadType::Output, chunk).await.is_err() {
+                    break;
+                }
+            }
+            terminate(&sender, true).await;
+            break;
+        }
         let mux_full = mux.pending_output() >= MUX_OUTPUT_LIMIT;
         let timer = mux.poll_timeout();
         tokio::select! {
@@ -587,7 +745,7 @@ enum Route {
 
 /// Basic mode (§7.3): one local connection at a time; the next waits in the accept backlog.
 async fn run_basic(
-    listener: TcpListener,
+    mut listener: Acceptor,
     dc: DataChannel,
     payload_size: usize,
     stats: Arc<ForwardStats>,
@@ -602,11 +760,16 @@ async fn run_basic(
     let mut route = Route::First;
     let mut early: Vec<Vec<u8>> = Vec::new();
     let mut early_bytes = 0usize;
-    let mut listener = Acceptor::new(listener);
     let drained = Drained::default();
     let flag_ok = ssm_proto::version::compare(&agent_version, ssm_proto::version::AGENT_TERMINATE_FLAG_AFTER)
         == std::cmp::Ordering::Greater;
     loop {
+        if listener.served(usize::from(conn.is_some())) {
+            // Session per connection: its connection is gone (its data and DisconnectToPort
+            // are sent), and so goes the session; flag or API call as on stop (§7.3).
+            terminate(&sender, flag_ok).await;
+            break;
+        }
         let local_full = match route {
             Route::First => early_bytes >= LOCAL_QUEUE_LIMIT,
             _ => conn.as_ref().is_some_and(|(_, c)| c.full()),
@@ -722,28 +885,87 @@ fn exposure_warning(addr: SocketAddr) -> Option<String> {
 /// connection waits in the backlog; retrying at once would spin a core.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// Where a session's local connections come from.
+pub(crate) enum Source {
+    /// A listener of its own: every connection it accepts.
+    Listener(TcpListener),
+    /// One connection, handed over by a session-per-connection forward; the session ends when
+    /// that connection does.
+    Handoff(Handoff),
+}
+
+impl Source {
+    fn local_addr(&self) -> Result<SocketAddr> {
+        match self {
+            Source::Listener(l) => Ok(l.local_addr()?),
+            Source::Handoff(h) => Ok(h.local_addr),
+        }
+    }
+}
+
+/// The receiving end of one connection handed to a session. Dropped with the connection still
+/// in it (the session ended or failed to start before taking it), it gives the connection back
+/// through `back`, when there is one, so a dead warm session never costs a connection.
+pub(crate) struct Handoff {
+    pub(crate) rx: tokio::sync::oneshot::Receiver<TcpStream>,
+    pub(crate) back: Option<mpsc::UnboundedSender<TcpStream>>,
+    pub(crate) local_addr: SocketAddr,
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let (Ok(stream), Some(back)) = (self.rx.try_recv(), self.back.as_ref()) {
+            let _ = back.send(stream);
+        }
+    }
+}
+
 /// The local listener (`None` once stopped: accepts nothing), with a pause after each failed
 /// accept and one warning per burst of failures rather than one per failure.
-struct Acceptor {
-    listener: Option<TcpListener>,
+pub(crate) struct Acceptor {
+    listener: Option<Source>,
     retry_at: Option<tokio::time::Instant>,
     failures: u64,
+    /// A [`Source::Handoff`]: the session serves one connection.
+    one_shot: bool,
+    /// Connections accepted.
+    accepted: u64,
 }
 
 impl Acceptor {
-    fn new(listener: TcpListener) -> Self {
+    pub(crate) fn new(source: Source) -> Self {
         Self {
-            listener: Some(listener),
+            one_shot: matches!(source, Source::Handoff(_)),
+            listener: Some(source),
             retry_at: None,
             failures: 0,
+            accepted: 0,
         }
+    }
+
+    /// Whether this session served its one connection and that connection is gone (`open` is
+    /// how many of its connections are open).
+    fn served(&self, open: usize) -> bool {
+        self.one_shot && self.accepted > 0 && open == 0
     }
 
     /// The next connection; `None` after a failure (already logged). Cancel-safe: the pause
     /// is kept across calls.
-    async fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
-        let Some(listener) = self.listener.as_ref() else {
-            return std::future::pending().await;
+    pub(crate) async fn accept(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        let listener = match self.listener.as_mut() {
+            None => return std::future::pending().await,
+            Some(Source::Handoff(h)) => {
+                // One connection, then nothing; a handoff dropped unsent (the forward is
+                // stopping) yields nothing either.
+                let got = (&mut h.rx).await;
+                self.listener = None;
+                let stream = got.ok()?;
+                let peer = stream.peer_addr().unwrap_or(h_local_unspecified());
+                self.accepted += 1;
+                return Some((stream, peer));
+            }
+            Some(Source::Listener(l)) => &*l,
         };
         if let Some(t) = self.retry_at {
             tokio::time::sleep_until(t).await;
@@ -754,6 +976,7 @@ impl Acceptor {
             Ok(conn) => {
                 // A keystroke must not wait behind Nagle for the peer's delayed ACK.
                 let _ = conn.0.set_nodelay(true);
+                self.accepted += 1;
                 if self.failures > 0 {
                     tracing::info!("accepting connections again after {} failed attempt(s)", self.failures);
                     self.failures = 0;
@@ -772,6 +995,11 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// The peer address of a handed-over connection whose address is unknown (only logged).
+fn h_local_unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
 }
 
 async fn sleep_until_opt_tokio(t: Option<tokio::time::Instant>) {
@@ -798,7 +1026,7 @@ mod tests {
     async fn accepted_connections_have_nodelay() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut acceptor = Acceptor::new(listener);
+        let mut acceptor = Acceptor::new(Source::Listener(listener));
         let _client = TcpStream::connect(addr).await.unwrap();
         let (stream, _) = tokio::time::timeout(Duration::from_secs(30), acceptor.accept())
             .await

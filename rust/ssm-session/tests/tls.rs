@@ -31,6 +31,7 @@ fn spec(remote_port: u16) -> ForwardSpec {
         remote_port,
         remote_host: None,
         local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        per_connection: None,
     }
 }
 
