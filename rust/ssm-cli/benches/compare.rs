@@ -138,13 +138,29 @@ type Figures = BTreeMap<&'static str, Outcome>;
 
 /// The figures, in table order: key, label, which way is better.
 const FIGURES: &[(&str, &str, Better)] = &[
-    ("echo_nagle_on", "1-byte echo round trip, emulator Nagle on (ms)", Better::Lower),
-    ("echo_nagle_off", "1-byte echo round trip, emulator Nagle off (ms)", Better::Lower),
-    ("port_ready", "process start to first echo through the local port (s)", Better::Lower),
+    (
+        "echo_nagle_on",
+        "1-byte echo round trip, emulator Nagle on (ms)",
+        Better::Lower,
+    ),
+    (
+        "echo_nagle_off",
+        "1-byte echo round trip, emulator Nagle off (ms)",
+        Better::Lower,
+    ),
+    (
+        "port_ready",
+        "process start to first echo through the local port (s)",
+        Better::Lower,
+    ),
     ("dl_paced_1", "download paced, 1 connection (MB/s)", Better::Higher),
     ("dl_paced_1_cpu", "… client CPU s per 100 MiB", Better::Lower),
     ("dl_paced_1_emu", "… emulator CPU share (% of a core)", Better::Lower),
-    ("dl_paced_4", "download paced, 4 connections at once (MB/s)", Better::Higher),
+    (
+        "dl_paced_4",
+        "download paced, 4 connections at once (MB/s)",
+        Better::Higher,
+    ),
     ("dl_paced_4_cpu", "… client CPU s per 100 MiB", Better::Lower),
     ("dl_paced_4_emu", "… emulator CPU share (% of a core)", Better::Lower),
     (
@@ -160,8 +176,16 @@ const FIGURES: &[(&str, &str, Better)] = &[
     ("ul_1", "upload, 1 connection (MB/s)", Better::Higher),
     ("ul_1_cpu", "… client CPU s per 100 MiB", Better::Lower),
     ("ul_1_emu", "… emulator CPU share (% of a core)", Better::Lower),
-    ("peak_rss", "peak RSS of the forwarding process (MiB, VmHWM)", Better::Lower),
-    ("shell_keystroke", "shell keystroke echo through a pty (ms)", Better::Lower),
+    (
+        "peak_rss",
+        "peak RSS of the forwarding process (MiB, VmHWM)",
+        Better::Lower,
+    ),
+    (
+        "shell_keystroke",
+        "shell keystroke echo through a pty (ms)",
+        Better::Lower,
+    ),
 ];
 
 async fn run(args: Args) -> Result<()> {
@@ -181,7 +205,11 @@ async fn run(args: Args) -> Result<()> {
             let aws = which("aws").context("the plugin is driven by the AWS CLI, and `aws` is not on PATH")?;
             let dir = tempfile::Builder::new().prefix("ssmconnect-bench-plugin-").tempdir()?;
             std::os::unix::fs::symlink(&p, dir.path().join(PLUGIN_NAME))?;
-            let name = p.file_name().context("plugin file name")?.to_string_lossy().into_owned();
+            let name = p
+                .file_name()
+                .context("plugin file name")?
+                .to_string_lossy()
+                .into_owned();
             (Some(dir), name, Some(aws))
         }
         None => (None, String::new(), None),
@@ -296,7 +324,10 @@ async fn run(args: Args) -> Result<()> {
         "failures": failures,
     });
     let md = format!("{table}\n{notes}\n");
-    for (ext, text) in [("json", format!("{}\n", serde_json::to_string_pretty(&json)?)), ("md", md)] {
+    for (ext, text) in [
+        ("json", format!("{}\n", serde_json::to_string_pretty(&json)?)),
+        ("md", md),
+    ] {
         std::fs::write(out(ext), &text)?;
         std::fs::write(ctx.args.out_dir.join(format!("compare-latest.{ext}")), &text)?;
     }
@@ -315,6 +346,7 @@ fn side(runs: Option<&Vec<Figures>>, key: &str, absent: &str) -> Side {
         return Side {
             runs: vec![],
             not_run: Some(absent.to_owned()),
+            failed: vec![],
         };
     };
     let mut s = Side::default();
@@ -322,7 +354,7 @@ fn side(runs: Option<&Vec<Figures>>, key: &str, absent: &str) -> Side {
         match f.get(key) {
             Some(Outcome::Value(v)) => s.runs.push(*v),
             Some(Outcome::NotRun(why)) => s.not_run = Some(why.clone()),
-            Some(Outcome::Failed(why)) => s.not_run = Some(format!("failed: {why}")),
+            Some(Outcome::Failed(why)) => s.failed.push(why.clone()),
             None => s.not_run = Some("not measured".to_owned()),
         }
     }
@@ -679,6 +711,16 @@ fn put_transfer(f: &mut Figures, key: &'static str, r: Result<(f64, f64, f64)>) 
     }
 }
 
+/// `key` (and its CPU and emulator figures, for a transfer) failed with `why`.
+fn put_transfer_or(f: &mut Figures, key: &'static str, why: &str) {
+    f.insert(key, Outcome::Failed(why.to_owned()));
+    if key.starts_with("dl_") || key.starts_with("ul_") {
+        for k in sub_keys(key) {
+            f.insert(k, Outcome::Failed(why.to_owned()));
+        }
+    }
+}
+
 fn not_run(f: &mut Figures, key: &'static str, why: &str) {
     f.insert(key, Outcome::NotRun(why.to_owned()));
     if key.starts_with("dl_") || key.starts_with("ul_") {
@@ -722,32 +764,52 @@ async fn client_run_inner(ctx: &Ctx, client: Client, f: &mut Figures) -> Result<
         Ok(fwd) => {
             f.insert("port_ready", Outcome::Value(fwd.ready_s));
             put(f, "echo_nagle_on", echo_ms(fwd.port, a.echoes).await);
-            put_transfer(f, "dl_paced_1", measure_transfer(ctx, &fwd, &emu, 1, a.paced_mib * MIB, false).await);
-            put_transfer(f, "dl_paced_4", measure_transfer(ctx, &fwd, &emu, 4, a.paced_mib * MIB, false).await);
+            put_transfer(
+                f,
+                "dl_paced_1",
+                measure_transfer(ctx, &fwd, &emu, 1, a.paced_mib * MIB, false).await,
+            );
+            put_transfer(
+                f,
+                "dl_paced_4",
+                measure_transfer(ctx, &fwd, &emu, 4, a.paced_mib * MIB, false).await,
+            );
             if client == Client::Plugin {
                 // The plugin has no session per connection: 8 connections through its one session.
-                put_transfer(f, "dl_paced_8", measure_transfer(ctx, &fwd, &emu, 8, a.paced_mib * MIB, false).await);
+                put_transfer(
+                    f,
+                    "dl_paced_8",
+                    measure_transfer(ctx, &fwd, &emu, 8, a.paced_mib * MIB, false).await,
+                );
             }
-            put_transfer(f, "ul_1", measure_transfer(ctx, &fwd, &emu, 1, a.upload_mib * MIB, true).await);
+            put_transfer(
+                f,
+                "ul_1",
+                measure_transfer(ctx, &fwd, &emu, 1, a.upload_mib * MIB, true).await,
+            );
             peak_kib = peak_kib.max(status_kib(fwd.pid, "VmHWM").unwrap_or(0));
         }
         Err(e) => {
             let why = format!("{e:#}");
-            for k in ["port_ready", "echo_nagle_on", "dl_paced_1", "dl_paced_4", "ul_1"] {
-                f.insert(k, Outcome::Failed(why.clone()));
+            for k in [
+                "port_ready",
+                "echo_nagle_on",
+                "dl_paced_1",
+                "dl_paced_4",
+                "dl_paced_8",
+                "ul_1",
+            ] {
+                if client == Client::Plugin || k != "dl_paced_8" {
+                    put_transfer_or(f, k, &why);
+                }
             }
         }
     }
     if client == Client::Ssmconnect {
         if ctx.per_connection {
             let r = async {
-                let fwd = start_forward(
-                    ctx,
-                    client,
-                    &emu,
-                    &["--session-per-connection", "--warm-sessions", "1"],
-                )
-                .await?;
+                let fwd =
+                    start_forward(ctx, client, &emu, &["--session-per-connection", "--warm-sessions", "1"]).await?;
                 let r = measure_transfer(ctx, &fwd, &emu, 8, a.paced_mib * MIB, false).await;
                 Ok::<_, anyhow::Error>((r?, status_kib(fwd.pid, "VmHWM").unwrap_or(0)))
             }
@@ -825,7 +887,14 @@ async fn shell_keystroke_ms(ctx: &Ctx, client: Client, emu: &EmulatorProc) -> Re
         }
         Client::Plugin => {
             let mut c = portable_pty::CommandBuilder::new(ctx.aws.as_ref().context("no aws")?);
-            c.args(["ssm", "start-session", "--endpoint-url", &emu.endpoint, "--target", TARGET]);
+            c.args([
+                "ssm",
+                "start-session",
+                "--endpoint-url",
+                &emu.endpoint,
+                "--target",
+                TARGET,
+            ]);
             c.env("PATH", plugin_path_env(ctx)?);
             c
         }
@@ -911,7 +980,10 @@ fn keystrokes(cmd: portable_pty::CommandBuilder, n: usize) -> Result<f64> {
             );
         }
         if let Ok(Some(status)) = child.try_wait() {
-            bail!("the shell client exited ({status:?}): {:?}", String::from_utf8_lossy(&seen));
+            bail!(
+                "the shell client exited ({status:?}): {:?}",
+                String::from_utf8_lossy(&seen)
+            );
         }
         match rx.recv_timeout(Duration::from_millis(1500)) {
             Ok(b) => seen.extend(b),
@@ -984,21 +1056,40 @@ fn chart(path: &Path, rows: &[Row], stamp: &str) -> Result<()> {
             Better::Higher => "higher is better",
             Better::Lower => "lower is better",
         };
-        root.draw(&Text::new(row.figure.clone(), (10, y + 4), ("sans-serif", 13).into_font()))
-            .map_err(err)?;
-        root.draw(&Text::new(better, (10, y + 20), ("sans-serif", 11).into_font().color(&RGBColor(110, 110, 110))))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            row.figure.clone(),
+            (10, y + 4),
+            ("sans-serif", 13).into_font(),
+        ))
+        .map_err(err)?;
+        root.draw(&Text::new(
+            better,
+            (10, y + 20),
+            ("sans-serif", 11).into_font().color(&RGBColor(110, 110, 110)),
+        ))
+        .map_err(err)?;
         let values = [row.ssmconnect.median(), row.plugin.median()];
         let max = values.iter().flatten().cloned().fold(0.0f64, f64::max);
         for (j, (v, color)) in values.iter().zip([blue, orange]).enumerate() {
             let by = y + j as i32 * 18;
             match v {
                 Some(v) => {
-                    let w = if max > 0.0 { (v / max * bar_max as f64) as i32 } else { 0 };
-                    root.draw(&Rectangle::new([(label_w, by), (label_w + w.max(1), by + 14)], color.filled()))
-                        .map_err(err)?;
-                    root.draw(&Text::new(number(*v), (label_w + w + 6, by), ("sans-serif", 12).into_font()))
-                        .map_err(err)?;
+                    let w = if max > 0.0 {
+                        (v / max * bar_max as f64) as i32
+                    } else {
+                        0
+                    };
+                    root.draw(&Rectangle::new(
+                        [(label_w, by), (label_w + w.max(1), by + 14)],
+                        color.filled(),
+                    ))
+                    .map_err(err)?;
+                    root.draw(&Text::new(
+                        number(*v),
+                        (label_w + w + 6, by),
+                        ("sans-serif", 12).into_font(),
+                    ))
+                    .map_err(err)?;
                 }
                 None => {
                     root.draw(&Text::new("not run", (label_w, by), ("sans-serif", 12).into_font()))

@@ -274,7 +274,10 @@ async fn run(args: Args) -> Result<()> {
     let echo_port = echo_server().await?;
 
     // The emulator: its first stdout line says where it listens; it exits when stdin closes.
-    let mut emu_args = vec!["--agent-version", if args.keepalive { KEEPALIVE_AGENT } else { CURRENT_AGENT }];
+    let mut emu_args = vec![
+        "--agent-version",
+        if args.keepalive { KEEPALIVE_AGENT } else { CURRENT_AGENT },
+    ];
     if args.unpaced {
         emu_args.push("--unpaced");
     }
