@@ -20,6 +20,11 @@
                pwsh (dummy credentials; type exit to leave).
       Package  Build, then zip out/SSMConnect into out/SSMConnect-<version>-<rid>.zip.
       Clean    Remove out/ and the dotnet build output.
+      Bench    Run bench/compare.sh: ssmconnect (release) against the emulator and, with -Plugin or
+               SSMCONNECT_BENCH_PLUGIN, against the official session-manager-plugin, both in one
+               run; writes a table, JSON and a chart to bench/results/ (bench/README.md). Linux
+               (it reads /proc); takes about 10 minutes for ssmconnect alone, twice that with the
+               plugin.
 
     Every task first checks the toolchain (cargo, the .NET SDK) and names what is missing. cargo's
     output directory is asked from cargo (CARGO_TARGET_DIR is honoured).
@@ -43,6 +48,9 @@
 .PARAMETER Task
     Build, Test, Demo, Package or Clean.
 
+.PARAMETER Plugin
+    Bench only: the session-manager-plugin binary to compare with (driven by the AWS CLI).
+
 .PARAMETER Configuration
     Debug (the default) or Release; Release builds cargo with --release.
 
@@ -58,14 +66,19 @@
 
 .EXAMPLE
     ./build.ps1 -Task Package -Configuration Release
+
+.EXAMPLE
+    dotnet pwsh ./build.ps1 -Task Bench -Plugin /opt/session-manager-plugin/bin/session-manager-plugin
 #>
 [CmdletBinding()]
 param(
-    [ValidateSet('Build', 'Test', 'Demo', 'Package', 'Clean')]
+    [ValidateSet('Build', 'Test', 'Demo', 'Package', 'Clean', 'Bench')]
     [string] $Task = 'Build',
 
     [ValidateSet('Debug', 'Release')]
-    [string] $Configuration = 'Debug'
+    [string] $Configuration = 'Debug',
+
+    [string] $Plugin
 )
 
 $ErrorActionPreference = 'Stop'
@@ -458,6 +471,25 @@ function Invoke-Package {
     Write-Host "    $zip"
 }
 
+# The comparison benchmark: bench/compare.sh builds in release and runs it (always release,
+# whatever -Configuration says).
+function Invoke-Bench {
+    if ($IsWindows) { throw 'the benchmark reads /proc: run it on Linux' }
+    $variables = @{}
+    if ($Plugin) {
+        $path = (Resolve-Path -LiteralPath $Plugin -ErrorAction Stop).Path
+        $variables['SSMCONNECT_BENCH_PLUGIN'] = $path
+    }
+    Write-Step "Bench: bench/compare.sh$(if ($variables.Count) { " (plugin: $($variables['SSMCONNECT_BENCH_PLUGIN']))" })"
+    Push-Location $Root
+    try {
+        Invoke-WithEnvironment $variables { Invoke-Tool sh @((Join-Path $Root 'bench/compare.sh')) }
+    }
+    finally {
+        Pop-Location
+    }
+}
+
 function Invoke-Clean {
     Write-Step 'Clean'
     if (Test-Path $OutDir) { Remove-Item $OutDir -Recurse -Force }
@@ -476,4 +508,5 @@ switch ($Task) {
     'Demo' { Invoke-Demo }
     'Package' { Invoke-Package }
     'Clean' { Invoke-Clean }
+    'Bench' { Invoke-Bench }
 }

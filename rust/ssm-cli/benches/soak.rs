@@ -21,6 +21,8 @@
 //! `cargo bench -p ssm-cli --bench soak -- --duration 300` runs it (after
 //! `cargo build --release -p ssm-emulator`).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -30,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use common::{Child, EmulatorProc, TARGET, clean_command, control, echo_server, rss_kib};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 /// An agent version whose smux runs keepalive (3.0.196.0 < v <= 3.1.1511.0, §5.5).
@@ -100,7 +102,7 @@ struct Counters {
 
 fn main() -> Result<()> {
     // `cargo test` runs this target too, with its own arguments (filters, --nocapture).
-    if !std::env::args().any(|a| a == "--bench") {
+    if !common::under_cargo_bench() {
         eprintln!("soak: a wall-time benchmark; run it with `cargo bench -p ssm-cli --bench soak` or bench/soak.sh");
         return Ok(());
     }
@@ -126,82 +128,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
-    }
-}
-
-/// Resident set size of `pid` in KiB (Linux); 0 where /proc is not there.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// One request to the emulator's control routes over plain HTTP; returns the body.
-async fn control(addr: SocketAddr, method: &str, path: &str, body: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr).await?;
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await?;
-    let mut resp = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut resp)).await??;
-    let (head, body) = resp.split_once("\r\n\r\n").context("not an HTTP response")?;
-    if !head.starts_with("HTTP/1.1 2") {
-        bail!("{method} {path}: {head}");
-    }
-    Ok(body.to_owned())
-}
-
-async fn emulator_stats(addr: SocketAddr) -> Result<serde_json::Value> {
-    Ok(serde_json::from_str(
-        &control(addr, "GET", "/_emulator/stats", "").await?,
-    )?)
-}
-
-/// A loopback echo server, the forward's destination.
-async fn echo_server() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    Ok(port)
-}
-
-/// A child in its own process group, killed with its group when dropped.
-struct Child {
-    child: tokio::process::Child,
-    pid: u32,
-}
-
-impl Child {
-    fn spawn(cmd: &mut Command, what: &str) -> Result<Self> {
-        cmd.process_group(0).kill_on_drop(true);
-        let child = cmd.spawn().with_context(|| format!("starting {what}"))?;
-        let pid = child.id().context("child pid")?;
-        Ok(Self { child, pid })
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) has no memory effects; the pid is our own child.
-        unsafe { libc::kill(self.pid as i32, sig) };
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        // SAFETY: as above; a negative pid addresses the group this child leads.
-        unsafe { libc::kill(-(self.pid as i32), libc::SIGKILL) };
     }
 }
 
@@ -343,60 +269,26 @@ async fn run(args: Args) -> Result<()> {
     if args.max_connection_bytes == 0 || args.max_connection_bytes > PATTERN_LEN / 2 {
         bail!("--max-connection-bytes must be 1..={}", PATTERN_LEN / 2);
     }
-    let helper = args
-        .ssmconnect
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ssmconnect")));
-    let emulator_bin = args
-        .emulator
-        .clone()
-        .unwrap_or_else(|| helper.with_file_name("ssm-emulator"));
-    if !emulator_bin.is_file() {
-        bail!(
-            "no emulator at {} (build it: cargo build --release -p ssm-emulator)",
-            emulator_bin.display()
-        );
-    }
+    let helper = common::helper_path(args.ssmconnect.clone());
+    let emulator_bin = common::emulator_path(args.emulator.clone(), &helper)?;
     let echo_port = echo_server().await?;
 
     // The emulator: its first stdout line says where it listens; it exits when stdin closes.
-    let mut cmd = Command::new(&emulator_bin);
-    cmd.args([
+    let mut emu_args = vec![
         "--agent-version",
         if args.keepalive { KEEPALIVE_AGENT } else { CURRENT_AGENT },
-    ]);
+    ];
     if args.unpaced {
-        cmd.arg("--unpaced");
+        emu_args.push("--unpaced");
     }
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut emulator = Child::spawn(&mut cmd, "the emulator")?;
-    let emulator_stdin = emulator.child.stdin.take();
-    let mut lines = BufReader::new(emulator.child.stdout.take().context("emulator stdout")?).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("the emulator did not start")??
-        .context("the emulator exited")?;
-    let info: serde_json::Value = serde_json::from_str(&first)?;
-    let api = SocketAddr::from(([127, 0, 0, 1], info["port"].as_u64().context("emulator port")? as u16));
-    let endpoint = info["endpoint"].as_str().context("emulator endpoint")?.to_owned();
+    let emulator = EmulatorProc::start(&emulator_bin, &emu_args).await?;
+    let api = emulator.api;
+    let endpoint = emulator.endpoint.clone();
 
     // The helper, with test credentials and a HOME of its own.
     let home = tempfile::Builder::new().prefix("ssmconnect-soak-").tempdir()?;
-    let mut cmd = Command::new(&helper);
-    for (name, _) in std::env::vars_os() {
-        let n = name.to_string_lossy();
-        if n.starts_with("AWS_") || n.starts_with("SSMCONNECT_") {
-            cmd.env_remove(&name);
-        }
-    }
-    cmd.env("HOME", home.path())
-        .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
-        .env("AWS_SECRET_ACCESS_KEY", "secret")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .args(["--endpoint-url", &endpoint, "forward", "i-0123456789abcdef0"])
+    let mut cmd = clean_command(&helper, home.path());
+    cmd.args(["--endpoint-url", &endpoint, "forward", TARGET])
         .arg(echo_port.to_string())
         .args(["--local-port", "0"])
         .stdin(Stdio::null())
@@ -489,7 +381,7 @@ async fn run(args: Args) -> Result<()> {
         }
         if last_print.elapsed() >= Duration::from_secs(60) {
             last_print = Instant::now();
-            let stats = emulator_stats(api).await.unwrap_or_default();
+            let stats = common::emulator_stats(api).await.unwrap_or_default();
             eprintln!(
                 "soak: {:>5} s  {} connections  {} B echoed  {} errors  {} cuts  RSS {} KiB",
                 started.elapsed().as_secs(),
@@ -514,7 +406,7 @@ async fn run(args: Args) -> Result<()> {
     .await;
     let load_secs = started.elapsed().as_secs_f64();
     let rss_end = rss_kib(pid);
-    let stats = emulator_stats(api).await?;
+    let stats = emulator.stats().await?;
     let helper_alive = forward.child.try_wait()?.is_none();
 
     // The helper stops on SIGINT with exit 0 and ends the session.
@@ -524,8 +416,7 @@ async fn run(args: Args) -> Result<()> {
         Ok(Ok(s)) => s.code(),
         _ => None,
     };
-    drop(emulator_stdin);
-    let _ = tokio::time::timeout(Duration::from_secs(10), emulator.child.wait()).await;
+    emulator.stop().await;
 
     let c = &counters;
     let figures = serde_json::json!({
