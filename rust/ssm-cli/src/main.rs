@@ -368,7 +368,10 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
 /// Runs a command session to its end, its output to stdout and stderr. The first Ctrl+C goes to
 /// the remote command as 0x03; a second one, or any other terminating signal, ends the session
 /// as in every other mode.
-async fn exec_until_signalled(signals: &mut exit::Signals, session: ssm_session::CommandSession) -> Result<i32, Failure> {
+async fn exec_until_signalled(
+    signals: &mut exit::Signals,
+    session: ssm_session::CommandSession,
+) -> Result<i32, Failure> {
     use std::io::Write;
     let sender = session.sender();
     let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());

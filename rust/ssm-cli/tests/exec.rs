@@ -58,7 +58,11 @@ async fn separate_streams_give_the_exit_code_and_stderr_apart() {
     }
     assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
     // The agent ended each session (channel_closed); the client had no reason to terminate it.
-    assert!(emu.sessions().iter().all(|s| s.terminate_calls == 0), "{:?}", emu.sessions());
+    assert!(
+        emu.sessions().iter().all(|s| s.terminate_calls == 0),
+        "{:?}",
+        emu.sessions()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,7 +72,11 @@ async fn combined_output_has_no_exit_code() {
         let script = format!("echo one; echo two >&2; echo three; exit {code}");
         // AWS-StartNonInteractiveCommand (the default): combined output, and no exit code.
         let run = exec(&emu, None, &["sh", "-c", &script]).await;
-        assert_eq!(run.code, 10, "exit status for an unknown remote code; stderr: {}", run.stderr);
+        assert_eq!(
+            run.code, 10,
+            "exit status for an unknown remote code; stderr: {}",
+            run.stderr
+        );
         assert_eq!(String::from_utf8_lossy(&run.stdout), "one\ntwo\nthree\n");
         assert!(!run.stderr.contains("two"), "stderr: {}", run.stderr);
     }
@@ -92,7 +100,11 @@ async fn a_missing_program_gives_exit_code_1_and_the_agents_error() {
     let run = exec(&emu, Some(SEPARATE), &["no-such-program-here"]).await;
     assert_eq!(run.code, 1);
     assert!(run.stdout.is_empty());
-    assert!(run.stderr.contains("executable file not found"), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("executable file not found"),
+        "stderr: {}",
+        run.stderr
+    );
 }
 
 /// `len` random bytes without 0xEF and ending in ASCII: the agent's processStdoutData cuts a
@@ -155,7 +167,11 @@ async fn ctrl_c_reaches_the_remote_command() {
         "ended after {:?}",
         interrupted.elapsed()
     );
-    assert!(emu.sessions().iter().all(|s| s.terminate_calls == 0), "{:?}; stderr: {stderr}", emu.sessions());
+    assert!(
+        emu.sessions().iter().all(|s| s.terminate_calls == 0),
+        "{:?}; stderr: {stderr}",
+        emu.sessions()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +196,11 @@ async fn a_second_ctrl_c_ends_a_command_that_ignores_the_first() {
     assert_eq!(code, 130, "stderr: {stderr}");
     // The second Ctrl+C ended the session at the service, which killed the command.
     assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
-    assert!(emu.sessions().iter().any(|s| s.terminate_calls > 0), "{:?}; stderr: {stderr}", emu.sessions());
+    assert!(
+        emu.sessions().iter().any(|s| s.terminate_calls > 0),
+        "{:?}; stderr: {stderr}",
+        emu.sessions()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,6 +208,10 @@ async fn a_document_of_another_type_is_refused() {
     let emu = command_emulator(Pacing::Agent).await;
     let run = exec(&emu, Some("AWS-StartPortForwardingSession"), &["true"]).await;
     assert_eq!(run.code, 3, "stderr: {}", run.stderr);
-    assert!(run.stderr.contains("not NonInteractiveCommands"), "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("not NonInteractiveCommands"),
+        "stderr: {}",
+        run.stderr
+    );
     assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
 }

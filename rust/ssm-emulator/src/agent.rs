@@ -364,11 +364,8 @@ impl Agent {
             } else {
                 serde_json::Value::Null
             };
-            let mut req = HandshakeRequest::new(
-                &self.shared.config.agent_version,
-                &self.session_type,
-                client_properties,
-            );
+            let mut req =
+                HandshakeRequest::new(&self.shared.config.agent_version, &self.session_type, client_properties);
             if let Some(key) = kms_key_id {
                 req.requested_client_actions.push(RequestedAction {
                     action_type: "KMSEncryption".into(),

@@ -75,7 +75,9 @@ fn convert_to_bool(v: Option<&serde_json::Value>) -> Result<bool, String> {
         Some(serde_json::Value::String(s)) => match s.as_str() {
             "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
             "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-            other => Err(format!("fail to get separateOutPutStream property: {other:?} is not a bool")),
+            other => Err(format!(
+                "fail to get separateOutPutStream property: {other:?} is not a bool"
+            )),
         },
         Some(other) => Err(format!("fail to get separateOutPutStream property: {other}")),
     }
@@ -237,7 +239,8 @@ impl CommandPlugin {
                 std::process::id(),
                 rand::random::<u64>()
             ));
-            let open_error = |e: std::io::Error| format!("Failed to open file for writing command output. error: {e}\n");
+            let open_error =
+                |e: std::io::Error| format!("Failed to open file for writing command output. error: {e}\n");
             let file = std::fs::File::create(&path).map_err(open_error)?;
             let err_file = file.try_clone().map_err(open_error)?;
             cmd.stdout(file).stderr(err_file);
@@ -257,14 +260,24 @@ impl CommandPlugin {
             }
         };
         let readers = [
-            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), STDOUT_STREAM, stdout_prefix),
-            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), STDERR_STREAM, stderr_prefix),
+            (
+                child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                STDOUT_STREAM,
+                stdout_prefix,
+            ),
+            (
+                child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+                STDERR_STREAM,
+                stderr_prefix,
+            ),
         ]
         .into_iter()
         .filter_map(|(pipe, stream, prefix)| {
             let pipe = pipe?;
             let tx = events.clone();
-            Some(std::thread::spawn(move || pipe_reader(pipe, stream, &prefix, chunk, &tx)))
+            Some(std::thread::spawn(move || {
+                pipe_reader(pipe, stream, &prefix, chunk, &tx)
+            }))
         })
         .collect::<Vec<_>>();
         let process = Arc::new(Process {
@@ -470,7 +483,10 @@ mod tests {
 
     #[test]
     fn utf8_split_across_reads_is_joined() {
-        assert_eq!(feed(&["caf\u{e9}".as_bytes()[..4].as_ref(), b"\xa9!"]), (b"caf\xc3\xa9!".to_vec(), vec![]));
+        assert_eq!(
+            feed(&["caf\u{e9}".as_bytes()[..4].as_ref(), b"\xa9!"]),
+            (b"caf\xc3\xa9!".to_vec(), vec![])
+        );
         assert_eq!(feed(&[b"ab\xe2\x82"]), (b"ab".to_vec(), b"\xe2\x82".to_vec()));
     }
 

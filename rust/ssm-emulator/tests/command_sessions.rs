@@ -40,9 +40,15 @@ async fn start(emu: &Emulator, document: &str, command: &str) -> TestClient {
     let (t, req) = &c.received[0];
     assert_eq!(*t, PayloadType::HandshakeRequest, "a handshake first, always");
     let req: serde_json::Value = serde_json::from_slice(req).unwrap();
-    assert_eq!(req["RequestedClientActions"][0]["ActionParameters"]["SessionType"], "NonInteractiveCommands");
+    assert_eq!(
+        req["RequestedClientActions"][0]["ActionParameters"]["SessionType"],
+        "NonInteractiveCommands"
+    );
     // GetPluginParameters of the single-command plugins is nil.
-    assert!(req["RequestedClientActions"][0]["ActionParameters"]["Properties"].is_null(), "{req}");
+    assert!(
+        req["RequestedClientActions"][0]["ActionParameters"]["Properties"].is_null(),
+        "{req}"
+    );
     c.handshake("1.2.650.0").await;
     c
 }
@@ -67,7 +73,11 @@ async fn separate_streams_then_one_exit_code_then_the_close() {
     let codes: Vec<_> = c.received.iter().filter(|(t, _)| *t == PayloadType::ExitCode).collect();
     assert_eq!(codes.len(), 1);
     assert_eq!(codes[0].1, b"EXIT_CODE: 3");
-    assert_eq!(c.received.last().map(|(t, _)| *t), Some(PayloadType::ExitCode), "the exit code comes last");
+    assert_eq!(
+        c.received.last().map(|(t, _)| *t),
+        Some(PayloadType::ExitCode),
+        "the exit code comes last"
+    );
 }
 
 #[tokio::test]
@@ -80,12 +90,21 @@ async fn combined_output_comes_after_the_command_without_an_exit_code() {
         "sh -c 'echo one; echo two >&2; sleep 1; echo three; exit 3'",
     )
     .await;
-    c.run_until(Duration::from_secs(10), |c| !c.received.is_empty() || c.closed.is_some())
-        .await;
-    assert!(started.elapsed() >= Duration::from_secs(1), "nothing before the command ended");
+    c.run_until(Duration::from_secs(10), |c| {
+        !c.received.is_empty() || c.closed.is_some()
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "nothing before the command ended"
+    );
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     assert_eq!(stream(&c, PayloadType::Output), "one\ntwo\nthree\n");
-    assert!(c.received.iter().all(|(t, _)| *t == PayloadType::Output), "{:?}", c.received);
+    assert!(
+        c.received.iter().all(|(t, _)| *t == PayloadType::Output),
+        "{:?}",
+        c.received
+    );
 }
 
 #[tokio::test]
@@ -97,8 +116,10 @@ async fn other_input_is_dropped_and_ctrl_c_is_acked_only_once_the_command_exits(
         "sh -c \"trap 'sleep 1; echo got-int; exit 5' INT; echo ready; read x; echo read-returned; while :; do sleep 0.1; done\"",
     )
     .await;
-    c.run_until(Duration::from_secs(10), |c| stream(c, PayloadType::Output).contains("ready"))
-        .await;
+    c.run_until(Duration::from_secs(10), |c| {
+        stream(c, PayloadType::Output).contains("ready")
+    })
+    .await;
     // Keystrokes never reach the command (it has no stdin: `read` returned at once).
     c.send(PayloadType::Output, b"typed\n".to_vec());
     c.run_until(Duration::from_secs(5), |c| c.channel.unacked() == 0).await;
@@ -112,7 +133,10 @@ async fn other_input_is_dropped_and_ctrl_c_is_acked_only_once_the_command_exits(
     );
     c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
     let out = stream(&c, PayloadType::Output);
-    assert!(out.contains("read-returned") && out.contains("got-int") && !out.contains("typed"), "{out}");
+    assert!(
+        out.contains("read-returned") && out.contains("got-int") && !out.contains("typed"),
+        "{out}"
+    );
     // The handler's own Wait reaped the command, so the plugin reports 1, not 5.
     assert_eq!(stream(&c, PayloadType::ExitCode), "EXIT_CODE: 1");
 }

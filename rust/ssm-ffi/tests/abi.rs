@@ -771,7 +771,12 @@ fn exec_through_abi(c: *mut SsmcClient, request: &str, mut on_running: impl FnMu
         }
         assert!(Instant::now() < deadline, "exec still running");
     };
-    assert_eq!(state, SsmcState::Succeeded, "{}", text(ssmc_operation_error_message(op)));
+    assert_eq!(
+        state,
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
     let mut code = -42;
     if ssmc_operation_exit_code(op, &mut code) == 1 {
         run.exit_code = Some(code);
@@ -865,7 +870,12 @@ fn a_caller_that_takes_output_slowly_still_gets_all_of_it() {
         take_output(op, &mut run);
         if state != SsmcState::Running {
             take_output(op, &mut run);
-            assert_eq!(state, SsmcState::Succeeded, "{}", text(ssmc_operation_error_message(op)));
+            assert_eq!(
+                state,
+                SsmcState::Succeeded,
+                "{}",
+                text(ssmc_operation_error_message(op))
+            );
             break;
         }
         assert!(Instant::now() < deadline, "still running");

@@ -223,7 +223,17 @@ mod tests {
         let cases: &[&[&str]] = &[
             &["echo", "plain"],
             &["sh", "-c", "echo out; echo err >&2; exit 3"],
-            &["printf", "%s|", "it's", "", "a  b", "#not-a-comment", "$HOME", "tab\there", "line\nbreak"],
+            &[
+                "printf",
+                "%s|",
+                "it's",
+                "",
+                "a  b",
+                "#not-a-comment",
+                "$HOME",
+                "tab\there",
+                "line\nbreak",
+            ],
             &["caf\u{e9}", "\"double\"", "back\\slash"],
         ];
         for argv in cases {
