@@ -20,10 +20,15 @@ pub mod code {
     pub const TIMEOUT: i32 = 8;
     /// The target matched no running instance, or several, or DNS failed while resolving it.
     pub const TARGET: i32 = 9;
-    /// A shell session ended normally but the agent reported no exit code. Always the case for
-    /// the default shell and AWS-StartInteractiveCommand: the agent's pty path sends none
-    /// (§6.5); a remote status of 10 itself is told apart only by the documents that report one.
+    /// A session ended normally but the agent reported no exit code. Always the case for the
+    /// default shell and AWS-StartInteractiveCommand (the agent's pty path sends none) and for
+    /// `exec` with AWS-StartNonInteractiveCommand (combined output, no exit code, §6.5); also
+    /// `exec` when the agent reports -1 (the command was killed by a signal). A remote status
+    /// of 10 itself is told apart only by the documents that report one.
     pub const NO_EXIT_CODE: i32 = 10;
+    /// `exec` after Ctrl+C was passed on to the remote command: the agent's reported code is
+    /// then 1 whatever the command did (its handler reaps the command itself, §6.5).
+    pub const INTERRUPTED: i32 = 130;
     /// Local I/O or runtime failure.
     pub const INTERNAL: i32 = 70;
 }
@@ -269,6 +274,21 @@ where
         out = &mut work => return Ended::Done(out),
         sig = signals.next() => sig,
     };
+    end_after_signal(signals, work, stop, sig).await
+}
+
+/// What [`until_signalled`] does once `sig` has arrived: `stop`, then [`STOP_GRACE`] for `work`
+/// to end (a second signal stops waiting). For modes that react to a first signal otherwise
+/// (exec passes Ctrl+C on to the remote command) and end the session on a later one.
+pub async fn end_after_signal<T, S>(
+    signals: &mut Signals,
+    mut work: std::pin::Pin<Box<impl std::future::Future<Output = T>>>,
+    stop: impl FnOnce(Signal) -> S,
+    sig: Signal,
+) -> Ended<T>
+where
+    S: std::future::Future<Output = ()>,
+{
     tracing::info!("{} received; ending the session", sig.name);
     let ended = async {
         stop(sig).await;

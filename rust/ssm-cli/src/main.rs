@@ -1,6 +1,7 @@
 //! `ssmconnect`: the SSMConnect helper executable.
 //!
-//! Subcommands open port forwards and serve as an ssh `ProxyCommand`. Called the way the AWS CLI
+//! Subcommands open shells and port forwards, run one command with its exit code, and serve as
+//! an ssh `ProxyCommand`. Called the way the AWS CLI
 //! calls `session-manager-plugin` (§1.3 of `ssm-protocol.md`), it takes that role instead.
 
 mod exit;
@@ -25,6 +26,8 @@ Examples:
   ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
   ssmconnect forward Name:db 5432                    (a tag; exactly one running instance)
   ssmconnect shell web.internal --dns-server 10.0.0.2:53
+  ssmconnect exec i-0123456789abcdef0 --document MyCommandDocument -- sh -c 'df -h; exit 3'
+  ssmconnect exec i-0123456789abcdef0 -- uname -a    (AWS-StartNonInteractiveCommand)
 
 Targets: an instance id (i-…) or managed node id (mi-…), key:value (a tag), a private or public
 IP address, or a DNS name: its TXT record naming an instance id wins, else its A/AAAA addresses
@@ -39,15 +42,25 @@ ssh configuration (~/.ssh/config):
 
 As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.
 
+exec runs one command (no remote shell: each argument after -- reaches the program as it
+is; use sh -c '...' for shell syntax). Only a document of session type NonInteractiveCommands
+with separateOutputStream set to true (one your account owns) gives stderr apart and the exit code;
+AWS-StartNonInteractiveCommand sends stdout and stderr combined, after the command ended, and
+no exit code. Ctrl+C is passed on to the command (SIGINT); a second Ctrl+C ends the session.
+
 Exit status:
   0    done (shell: the remote exit code, when the agent reports one)
+  N    exec: the remote command's exit code, when the document reports one
   2    bad arguments               3  configuration      4  AWS API call failed
   5    connection failed or lost   6  cannot listen      7  session could not start
   8    timed out                   9  target not found, ambiguous, or DNS failed
-  10   shell ended, remote exit code unknown: the agent reports none for shells
-       (the default shell document and AWS-StartInteractiveCommand); only documents
-       running NonInteractiveCommands with separate output streams report one
+  10   ended, remote exit code unknown: the agent reports none for shells (the default
+       shell document and AWS-StartInteractiveCommand) nor for exec with
+       AWS-StartNonInteractiveCommand, and -1 for a command killed by a signal; only
+       NonInteractiveCommands documents with separate output streams report one
   70   local failure
+  130  exec: Ctrl+C was passed on to the remote command (the agent then reports 1,
+       whatever the command did)
   128+N  ended by signal N (130 Ctrl+C, 129 SIGHUP, 143 SIGTERM) after ending the
        session at the service; a forward ended by Ctrl+C exits 0, as the plugin does";
 
@@ -156,6 +169,23 @@ enum Command {
         /// Document parameter NAME=VALUE (repeatable).
         #[arg(long = "parameter", value_parser = parse_parameter)]
         parameters: Vec<(String, String)>,
+    },
+    /// Run one command on the target (a NonInteractiveCommands session): its stdout to stdout,
+    /// its stderr to stderr, its exit code as this process's own. stdin is not read. Without
+    /// an exit code from the agent (AWS-StartNonInteractiveCommand) the status is 10.
+    Exec {
+        /// Instance or managed node id, key:value tag, IP address or DNS name.
+        target: String,
+        /// Session document of type NonInteractiveCommands; one with
+        /// "separateOutputStream": true gives stderr apart and the exit code.
+        #[arg(long, default_value = ssm_session::command::DEFAULT_DOCUMENT)]
+        document: String,
+        /// Document parameter NAME=VALUE besides `command` (repeatable).
+        #[arg(long = "parameter", value_parser = parse_parameter)]
+        parameters: Vec<(String, String)>,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, num_args = 1.., value_name = "COMMAND")]
+        command: Vec<String>,
     },
     /// Carry an SSH connection over stdin/stdout: `ProxyCommand ssmconnect ssh-proxy %r@%h:%p`.
     SshProxy {
@@ -311,6 +341,27 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 exit::code::NO_EXIT_CODE
             }))
         }
+        Command::Exec {
+            target,
+            document,
+            parameters,
+            command,
+        } => {
+            let mut options = ssm_session::CommandOptions {
+                document,
+                command: ssm_session::command::quote_argv(&command),
+                ..Default::default()
+            };
+            for (k, v) in parameters {
+                options.parameters.entry(k).or_default().push(v);
+            }
+            let started = connector.command(&target, options, &no_stages);
+            let session = match exit::unless_signalled(&mut signals, started).await {
+                Ended::Done(s) => s?.session,
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            };
+            exec_until_signalled(&mut signals, session).await
+        }
         Command::SshProxy {
             destination,
             ec2ic,
@@ -344,6 +395,70 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
     }
 }
 
+/// Runs a command session to its end, its output to stdout and stderr. The first Ctrl+C goes to
+/// the remote command as 0x03; a second one, or any other terminating signal, ends the session
+/// as in every other mode.
+async fn exec_until_signalled(
+    signals: &mut exit::Signals,
+    session: ssm_session::CommandSession,
+) -> Result<i32, Failure> {
+    use std::io::Write;
+    let sender = session.sender();
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let work = ssm_session::command::run(session, move |out| match out {
+        ssm_session::Output::Stdout(data) => stdout.write_all(data).and_then(|()| stdout.flush()),
+        ssm_session::Output::Stderr(data) => stderr.write_all(data).and_then(|()| stderr.flush()),
+    });
+    let mut work = Box::pin(work);
+    let mut interrupted = false;
+    let outcome = loop {
+        let sig = tokio::select! {
+            biased;
+            outcome = &mut work => break outcome?,
+            sig = signals.next() => sig,
+        };
+        if sig.is_interrupt() && !interrupted {
+            interrupted = true;
+            tracing::info!("{} passed on to the remote command; again ends the session", sig.name);
+            if ssm_session::command::interrupt(&sender).await.is_ok() {
+                continue;
+            }
+        }
+        let stop = |_| async move { sender.finish(true).await };
+        let _ = exit::end_after_signal(signals, work, stop, sig).await;
+        return Ok(sig.exit_code());
+    };
+    if let ssm_session::End::Closed(reason) = &outcome.end
+        && !reason.is_empty()
+    {
+        tracing::warn!("the session was closed: {reason}");
+    }
+    Ok(exec_exit_code(interrupted, outcome.exit_code))
+}
+
+/// The exit status of `exec`: 130 after Ctrl+C was passed on, else the remote exit code when the
+/// agent reported one in 0..=255, else [`exit::code::NO_EXIT_CODE`].
+fn exec_exit_code(interrupted: bool, remote: Option<i32>) -> i32 {
+    match remote {
+        _ if interrupted => exit::code::INTERRUPTED,
+        Some(code) if (0..=255).contains(&code) => code,
+        Some(code) => {
+            tracing::warn!(
+                "the agent reported exit code {code} (-1: the command was killed by a signal); exiting with {}",
+                exit::code::NO_EXIT_CODE
+            );
+            exit::code::NO_EXIT_CODE
+        }
+        None => {
+            tracing::info!(
+                "the document reports no exit code; exiting with {}",
+                exit::code::NO_EXIT_CODE
+            );
+            exit::code::NO_EXIT_CODE
+        }
+    }
+}
+
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if let Some(mode) = plugin::detect(&args) {
@@ -372,6 +487,31 @@ mod tests {
         assert!(parse_destination("u@[fd00::5").is_err());
         assert!(parse_destination("u@:22").is_err());
         assert!(parse_destination("u@i-1:notaport").is_err());
+    }
+
+    #[test]
+    fn exec_exit_codes() {
+        assert_eq!(exec_exit_code(false, Some(0)), 0);
+        assert_eq!(exec_exit_code(false, Some(255)), 255);
+        assert_eq!(exec_exit_code(false, Some(-1)), exit::code::NO_EXIT_CODE);
+        assert_eq!(exec_exit_code(false, Some(256)), exit::code::NO_EXIT_CODE);
+        assert_eq!(exec_exit_code(false, None), exit::code::NO_EXIT_CODE);
+        assert_eq!(exec_exit_code(true, Some(1)), 130);
+    }
+
+    #[test]
+    fn exec_needs_a_command_after_the_separator() {
+        use clap::Parser;
+        let parsed = Cli::try_parse_from(["ssmconnect", "exec", "i-1", "--", "ls", "-l", "--", "x"]).unwrap();
+        match parsed.command {
+            Command::Exec { command, document, .. } => {
+                assert_eq!(command, ["ls", "-l", "--", "x"]);
+                assert_eq!(document, "AWS-StartNonInteractiveCommand");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["ssmconnect", "exec", "i-1"]).is_err());
+        assert!(Cli::try_parse_from(["ssmconnect", "exec", "i-1", "ls"]).is_err());
     }
 
     #[test]

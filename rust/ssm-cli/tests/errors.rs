@@ -109,10 +109,7 @@ async fn help_shows_the_ssh_config_example() {
         "{stdout}"
     );
     assert!(stdout.contains("session-manager-plugin"), "{stdout}");
-    assert!(
-        stdout.contains("10   shell ended, remote exit code unknown"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("10   ended, remote exit code unknown"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, Session
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
 
+use crate::command::{CommandPlugin, CommandProperties, Input, STDERR_STREAM};
 use crate::config::{AgentRetransmit, Config};
 use crate::faults::{self, Interrupt, Interruptions};
 use crate::link::{self, Inbound, Link, Sent};
@@ -56,6 +57,10 @@ struct Agent {
     properties: serde_json::Value,
     port: Option<PortPlugin>,
     shell: Option<ShellPlugin>,
+    command: Option<CommandPlugin>,
+    /// The client message whose 0x03/0x1C went to the command as a signal: its handler waits
+    /// for the command to exit before it returns (shell_unix.go InputStreamMessageHandler).
+    signal_message: Option<i64>,
     queues: DestQueues,
     /// The client message whose processing (a write, a dial) has not finished: the agent reads
     /// nothing more from the socket until it has (datachannel.go processes each message in its
@@ -109,8 +114,8 @@ fn random_challenge() -> String {
     out
 }
 
-/// Session type and handshake properties for a document (§1.2).
-fn document_session(spec: &SessionSpec) -> (SessionType, serde_json::Value) {
+/// Session type and the document's (Linux) properties, with its parameters in place (§1.2).
+fn document_session(spec: &SessionSpec, config: &Config) -> (SessionType, serde_json::Value) {
     let param = |name: &str, default: &str| -> String {
         spec.parameters
             .get(name)
@@ -143,6 +148,19 @@ fn document_session(spec: &SessionSpec) -> (SessionType, serde_json::Value) {
         "AWS-StartInteractiveCommand" => (
             SessionType::InteractiveCommands,
             serde_json::json!({ "commands": param("command", "") }),
+        ),
+        // The AWS-managed document: `commands` and `runAsElevated` only, so combined output.
+        "AWS-StartNonInteractiveCommand" => (
+            SessionType::NonInteractiveCommands,
+            serde_json::json!({ "commands": param("command", ""), "runAsElevated": false }),
+        ),
+        doc if config.command_document.as_deref() == Some(doc) => (
+            SessionType::NonInteractiveCommands,
+            serde_json::json!({
+                "commands": param("command", ""),
+                "runAsElevated": false,
+                "separateOutputStream": true,
+            }),
         ),
         _ => (SessionType::StandardStream, serde_json::Value::Null),
     }
@@ -185,7 +203,7 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let seed = rand::random::<u64>();
-    let (session_type, properties) = document_session(&spec);
+    let (session_type, properties) = document_session(&spec, &shared.config);
     let mut agent = Agent {
         channel: Channel::new(agent_channel_config(&shared.config), now, unix_ms(), seed),
         shared: shared.clone(),
@@ -203,6 +221,8 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         properties,
         port: None,
         shell: None,
+        command: None,
+        signal_message: None,
         queues: DestQueues {
             data: data_tx,
             done: done_tx,
@@ -324,19 +344,28 @@ impl Agent {
     }
 
     /// Starts the session as the agent does on dispatch (sessionplugin.go Execute): the
-    /// handshake when the plugin needs one (port) or KMS encryption is on, else the plugin at
+    /// handshake when the plugin needs one (port; NonInteractiveCommands, whose RequireHandshake
+    /// is true in plugins/noninteractivecommands) or KMS encryption is on, else the plugin at
     /// once.
     fn start(&mut self, now: Instant) {
         // datachannel.go SendAgentSessionStateMessage(Connected) once the agent's data
         // channel is open.
         self.session_state("Connected");
         let kms_key_id = self.kms_key_id();
-        if self.session_type == SessionType::Port || kms_key_id.is_some() {
-            let mut req = HandshakeRequest::new(
-                &self.shared.config.agent_version,
-                &self.session_type,
-                self.properties.clone(),
-            );
+        let needs_handshake = matches!(
+            self.session_type,
+            SessionType::Port | SessionType::NonInteractiveCommands
+        );
+        if needs_handshake || kms_key_id.is_some() {
+            // GetPluginParameters: the port plugin hands its properties to the client; the
+            // single-command and shell plugins return nil (plugins/singlecommand) (§5.2).
+            let client_properties = if self.session_type == SessionType::Port {
+                self.properties.clone()
+            } else {
+                serde_json::Value::Null
+            };
+            let mut req =
+                HandshakeRequest::new(&self.shared.config.agent_version, &self.session_type, client_properties);
             if let Some(key) = kms_key_id {
                 req.requested_client_actions.push(RequestedAction {
                     action_type: "KMSEncryption".into(),
@@ -388,6 +417,26 @@ impl Agent {
             .map(str::to_owned);
         match ShellPlugin::start(&self.shared, command.as_deref(), self.queues.clone()) {
             Ok(shell) => self.shell = Some(shell),
+            Err(e) => self.begin_close(e),
+        }
+    }
+
+    fn start_command(&mut self) {
+        let text = |k: &str| {
+            self.properties
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let props = CommandProperties {
+            commands: text("commands"),
+            separate_output: self.properties.get("separateOutputStream").cloned(),
+            stdout_prefix: text("stdOutSeparatorPrefix"),
+            stderr_prefix: text("stdErrSeparatorPrefix"),
+        };
+        match CommandPlugin::start(&self.shared, &props, self.queues.clone()) {
+            Ok(command) => self.command = Some(command),
             Err(e) => self.begin_close(e),
         }
     }
@@ -480,6 +529,19 @@ impl Agent {
                 }
                 Handled::Done(true)
             }
+            // shell_unix.go InputStreamMessageHandler: a control byte becomes a signal and the
+            // handler waits for the command to exit; the rest (and Size) is dropped.
+            (Stage::Running, PayloadType::Output) if self.command.is_some() => {
+                match self.command.as_ref().map(|c| c.input(&payload)) {
+                    Some(Input::Signalled) => {
+                        self.signal_message = Some(seq);
+                        Handled::Pending
+                    }
+                    Some(Input::Failed) => Handled::Done(false),
+                    Some(Input::Ignored) | None => Handled::Done(true),
+                }
+            }
+            (Stage::Running, _) if self.command.is_some() => Handled::Done(true),
             (Stage::Running, PayloadType::Output) if self.shell.is_some() => match &self.shell {
                 Some(shell) => shell.write(payload, seq),
                 None => Handled::Done(true),
@@ -531,6 +593,11 @@ impl Agent {
         let client_version = resp.client_version.clone();
         self.shared
             .update_info(&self.spec.session_id, |i| i.client_version = client_version.clone());
+        if self.session_type == SessionType::NonInteractiveCommands {
+            self.stage = Stage::Running;
+            self.start_command();
+            return;
+        }
         let props: ssm_proto::PortProperties = serde_json::from_value(self.properties.clone()).unwrap_or_default();
         let mode = ssm_proto::PortMode::for_agent(
             props.kind.as_deref(),
@@ -569,6 +636,11 @@ impl Agent {
                     self.begin_close(output);
                 }
             }
+            DestEvent::CommandReaped => {
+                if let Some(seq) = self.signal_message.take() {
+                    self.finish_processing(now, seq, true).await;
+                }
+            }
             ev => self.on_dest(ev),
         }
     }
@@ -583,6 +655,26 @@ impl Agent {
 
     fn on_dest(&mut self, ev: DestEvent) {
         let now = Instant::now();
+        if self.command.is_some() {
+            match ev {
+                DestEvent::Data(STDERR_STREAM, data) => {
+                    let _ = self.channel.send(now, PayloadType::StdErr, data);
+                }
+                DestEvent::Data(_, data) => {
+                    let _ = self.channel.send(now, PayloadType::Output, data);
+                }
+                // sendExitCode
+                DestEvent::CommandExitCode(code) => {
+                    let _ = self
+                        .channel
+                        .send(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
+                }
+                // PrepareToCloseChannel, then Terminating.
+                DestEvent::CommandEnded => self.begin_close(String::new()),
+                _ => {}
+            }
+            return;
+        }
         if self.shell.is_some() {
             match ev {
                 DestEvent::Data(_, data) => {
@@ -664,6 +756,7 @@ impl Agent {
             port.shutdown();
         }
         self.shell = None;
+        self.command = None;
         self.stage = Stage::Closing {
             deadline: Instant::now() + CLOSE_DRAIN,
             output,
@@ -690,6 +783,7 @@ impl Agent {
             port.shutdown();
         }
         self.shell = None;
+        self.command = None;
         let closed = ChannelClosed {
             message_id: self.channel.new_message_id().to_string(),
             created_date: self.channel.unix_ms(now).to_string(),

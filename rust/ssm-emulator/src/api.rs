@@ -58,6 +58,7 @@ const DOCUMENTS: &[&str] = &[
     "AWS-StartPortForwardingSessionToRemoteHost",
     "AWS-StartSSHSession",
     "AWS-StartInteractiveCommand",
+    "AWS-StartNonInteractiveCommand",
 ];
 
 async fn aws_api(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -227,7 +228,8 @@ fn start_session(shared: &Arc<Shared>, req: StartSessionRequest, signer: Signer)
         .map(document_of)
         .unwrap_or_default()
         .to_owned();
-    if !document.is_empty() && !DOCUMENTS.contains(&document.as_str()) {
+    let own = shared.config.command_document.as_deref() == Some(document.as_str());
+    if !document.is_empty() && !DOCUMENTS.contains(&document.as_str()) && !own {
         // `InvalidDocument` ("The specified SSM document doesn't exist.", botocore model).
         return reply::json_error("InvalidDocument", &format!("Document {document} does not exist."));
     }

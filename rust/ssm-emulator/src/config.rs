@@ -97,6 +97,14 @@ pub struct Config {
     /// path of NonInteractiveCommands does (`sendExitCode` in agent/session/shell/shell.go, §6.5,
     /// §11.3). For tests of a client's exit-code plumbing.
     pub invent_shell_exit_code: bool,
+    /// Name of a custom session document (account-owned, so unknown to AWS's list) of session
+    /// type `NonInteractiveCommands` whose Linux properties are
+    /// `{"commands": "{{command}}", "separateOutputStream": true}`: the one way on AWS to get a
+    /// command's stderr apart and its exit code (agent/session/shell/shell.go
+    /// processCommandsWithOutputStreamSeparate). `AWS-StartNonInteractiveCommand` has no such
+    /// property, so its output comes combined after the command ends, with no exit code.
+    /// `None` (the default): the account has no such document.
+    pub command_document: Option<String>,
     /// How the agent retransmits. The default is the real agent's: only the oldest unacked
     /// message, once per 100 ms tick (§4.5), which makes recovery from lost frames slow.
     /// `per_message` retransmits every lost message on its own timer, for tests that put
@@ -180,6 +188,7 @@ impl Default for Config {
             shell_dir: None,
             shell_start_delay_ms: 1000,
             invent_shell_exit_code: false,
+            command_document: None,
             agent_retransmit: AgentRetransmit::default(),
             redeliver_on_reconnect: false,
             handshake_timeout_ms: 15_000,

@@ -16,6 +16,7 @@
 
 mod agent;
 mod api;
+mod command;
 mod config;
 mod ec2;
 pub mod faults;

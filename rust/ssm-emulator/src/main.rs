@@ -40,6 +40,10 @@ struct Args {
     /// Map a remote port to a local one, e.g. 22=2222 (repeatable).
     #[arg(long = "port-map", value_parser = parse_port_map)]
     port_map: Vec<(u16, u16)>,
+    /// Name of an account-owned NonInteractiveCommands document with `separateOutputStream`
+    /// (stdout and stderr apart, then the exit code); AWS-StartNonInteractiveCommand has none.
+    #[arg(long, value_name = "NAME")]
+    command_document: Option<String>,
     /// EC2 inventory: a JSON array of instances (fields as in the library's Instance).
     #[arg(long)]
     inventory: Option<std::path::PathBuf>,
@@ -102,6 +106,9 @@ async fn main() -> anyhow::Result<()> {
         config.faults = serde_json::from_str::<Faults>(f).context("parsing --faults")?;
     }
     config.port_map.extend(args.port_map);
+    if let Some(d) = args.command_document {
+        config.command_document = Some(d);
+    }
     if let Some(path) = &args.inventory {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let instances: Vec<ssm_emulator::Instance> =

@@ -44,6 +44,12 @@ pub(crate) enum DestEvent {
     BasicDialed(Option<(i64, Vec<u8>)>, std::io::Result<TcpStream>),
     /// The shell program exited with this code.
     Exited(i32),
+    /// A NonInteractiveCommands command has exited and is reaped (completion queue).
+    CommandReaped,
+    /// The exit code a NonInteractiveCommands plugin sends (`EXIT_CODE: n`, type 12).
+    CommandExitCode(i32),
+    /// A NonInteractiveCommands plugin is done: its output is queued, the session ends.
+    CommandEnded,
 }
 
 /// Senders for the two queues of [`DestEvent`].
@@ -456,7 +462,12 @@ impl PortPlugin {
                     }
                 }
             }
-            DestEvent::BasicDialed(..) | DestEvent::Written(..) | DestEvent::Exited(_) => {}
+            DestEvent::BasicDialed(..)
+            | DestEvent::Written(..)
+            | DestEvent::Exited(_)
+            | DestEvent::CommandReaped
+            | DestEvent::CommandExitCode(_)
+            | DestEvent::CommandEnded => {}
         }
         None
     }

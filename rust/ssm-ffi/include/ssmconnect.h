@@ -137,6 +137,37 @@ struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
 // exit code, when the agent reported one, is then in [`ssmc_operation_exit_code`].
 struct SsmcOperation *ssmc_shell_begin(const struct SsmcClient *client, AsciiPointer request_json);
 
+// Runs one command on a target (a NonInteractiveCommands session, §6.5), described by a JSON
+// request: `target`, `command` (an array: the program and its arguments, each reaching it as
+// it is; or a string: a command line the agent splits shell-style and runs without a shell),
+// optional `document` (default `AWS-StartNonInteractiveCommand`, whose output comes combined,
+// after the command ended, without an exit code; an account's own NonInteractiveCommands
+// document with `"separateOutputStream": true` gives stderr apart and the exit code) and
+// `parameters`. Nothing goes to this process's console: take the output with
+// [`ssmc_operation_next_output`] while the operation runs (a caller that stops taking it
+// stops the session's reading, which holds the command's output back at the agent) and after
+// it ended, until that returns null; the exit code, when the agent reported one, is then in
+// [`ssmc_operation_exit_code`]. [`ssmc_operation_interrupt`] passes Ctrl+C to the command;
+// [`ssmc_operation_cancel`] ends the session.
+struct SsmcOperation *ssmc_exec_begin(const struct SsmcClient *client, AsciiPointer request_json);
+
+// Takes the next piece of an exec operation's output, in the order the agent sent it. Returns
+// a pointer to its bytes, writes their number to `len` and the stream to `stream` (1 stdout,
+// 2 stderr; without separate output streams everything is stdout), each when not null; or
+// returns null (writing nothing) when no output is waiting now. The bytes are owned by the
+// operation and valid until the next call of this function on it or until it is freed. Once
+// the operation's state is not Running, a null return means there is no more output. Null for
+// operations that are not exec operations.
+const uint8_t *ssmc_operation_next_output(struct SsmcOperation *op,
+                                          uint32_t *stream,
+                                          uint64_t *len);
+
+// Passes Ctrl+C to a running exec operation's command: 0x03, which the agent turns into SIGINT
+// (it then reports exit code 1, whatever the command did). Returns 1 when it was queued, 0 when
+// there is no running command (not started yet, ended, or not an exec operation). Returns at
+// once; may be called from any thread, also while another one waits.
+uint32_t ssmc_operation_interrupt(struct SsmcOperation *op);
+
 // The operation's state.
 SsmcState ssmc_operation_state(const struct SsmcOperation *op);
 
@@ -151,10 +182,11 @@ SsmcErrorKind ssmc_operation_error_kind(const struct SsmcOperation *op);
 // next call of this function on it.
 const char *ssmc_operation_error_message(struct SsmcOperation *op);
 
-// Exit code of a finished shell operation: returns 1 and writes it to `code` (when not null)
-// if the agent reported one; returns 0 and leaves `code` alone if it did not, which is the
-// normal end of a pty shell (the agent sends exit codes only for NonInteractiveCommands, §6.5),
-// and for operations that are not finished shells.
+// Exit code of a finished shell or exec operation: returns 1 and writes it to `code` (when not
+// null) if the agent reported one; returns 0 and leaves `code` alone if it did not, which is
+// the normal end of a pty shell and of an exec with `AWS-StartNonInteractiveCommand` (the
+// agent sends exit codes only for NonInteractiveCommands with separate output streams, §6.5),
+// and for operations that are not finished shells or execs.
 uint32_t ssmc_operation_exit_code(const struct SsmcOperation *op, int32_t *code);
 
 // Cancels a running operation: its work stops, a half-started session is terminated and the
@@ -170,10 +202,11 @@ void ssmc_operation_cancel(struct SsmcOperation *op);
 // - the state is not Running (at once when it already is not; a cancel from another thread
 //   makes it Cancelled and so wakes the waiter at once), or
 // - since the previous wait on this operation returned (or since it began, for the first wait)
-//   the stage changed ([`ssmc_operation_stage`]) or a log line was captured for
-//   `ssmc_log_next`.
+//   the stage changed ([`ssmc_operation_stage`]), a log line was captured for
+//   `ssmc_log_next`, or an exec operation queued output ([`ssmc_operation_next_output`]).
 //
-// A return with Running therefore means: read the stage, drain the log lines, wait again. Waits
+// A return with Running therefore means: read the stage, drain the log lines (and the output),
+// wait again. Waits
 // on one operation from several threads are safe, but a stage change or log line returns only
 // the first to see it. A null handle returns Failed with the last error set.
 SsmcState ssmc_operation_wait(const struct SsmcOperation *op, uint32_t timeout_ms);

@@ -6,7 +6,8 @@
 //! and is exposed as an *operation* the caller waits on ([`ssmc_operation_wait`] blocks until the
 //! stage or state changes or a log line is captured), so the caller's thread reports progress and
 //! logs as they happen and stays free to cancel. Port forwards live on as handles after their
-//! operation ([`ssmc_forward_wait`]).
+//! operation ([`ssmc_forward_wait`]); an exec operation hands out its command's output as it
+//! comes ([`ssmc_operation_next_output`]).
 //!
 //! What it is not: a place for logic. Anything beyond marshalling belongs in `ssm-session`.
 //!
@@ -361,11 +362,14 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_log_next))
         .register(function!(ssmc_forward_begin))
         .register(function!(ssmc_shell_begin))
+        .register(function!(ssmc_exec_begin))
         .register(function!(ssmc_operation_state))
         .register(function!(ssmc_operation_stage))
         .register(function!(ssmc_operation_error_kind))
         .register(function!(ssmc_operation_error_message))
         .register(function!(ssmc_operation_exit_code))
+        .register(function!(ssmc_operation_next_output))
+        .register(function!(ssmc_operation_interrupt))
         .register(function!(ssmc_operation_cancel))
         .register(function!(ssmc_operation_wait))
         .register(function!(ssmc_operation_take_forward))

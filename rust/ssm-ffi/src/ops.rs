@@ -8,8 +8,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use interoptopus::patterns::string::AsciiPointer;
 use interoptopus::{ffi_function, ffi_type};
-use ssm_session::{Connector, ForwardSpec, ForwardStats, PortForward, ShellOptions, Stage};
-use tokio::sync::watch;
+use ssm_session::{
+    CommandOptions, Connector, DataSender, ForwardSpec, ForwardStats, Output, PortForward, ShellOptions, Stage,
+};
+use tokio::sync::{mpsc, watch};
 
 use crate::wait::{self, Seen};
 use crate::{
@@ -29,6 +31,12 @@ struct Progress {
     error: Option<FfiError>,
     exit_code: Option<i32>,
     forward: Option<Box<SsmcForward>>,
+    /// An exec operation's output, not yet taken by the caller.
+    output: Option<mpsc::Receiver<Output>>,
+    /// Pieces of output queued so far (wakes [`ssmc_operation_wait`]).
+    outputs: u64,
+    /// Sends into a running exec operation's session (its interrupt).
+    sender: Option<DataSender>,
 }
 
 impl Progress {
@@ -50,6 +58,8 @@ pub struct SsmcOperation {
     task: tokio::task::JoinHandle<()>,
     stage_c: Mutex<CString>,
     error_c: Mutex<CString>,
+    /// The piece of output lent by [`ssmc_operation_next_output`].
+    output_c: Mutex<Vec<u8>>,
     seen: Seen,
 }
 
@@ -129,6 +139,9 @@ where
         error: None,
         exit_code: None,
         forward: None,
+        output: None,
+        outputs: 0,
+        sender: None,
     }));
     let work = work(connector, req, progress.clone());
     let shared = progress.clone();
@@ -159,6 +172,7 @@ where
         task,
         stage_c: Mutex::default(),
         error_c: Mutex::default(),
+        output_c: Mutex::default(),
         seen: Seen::now(),
     }))
 }
@@ -239,6 +253,137 @@ pub extern "C" fn ssmc_shell_begin(client: *const SsmcClient, request_json: Asci
     })
 }
 
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum CommandLine {
+    /// A command line, split by the agent as it is.
+    Line(String),
+    /// A program and its arguments, each reaching the program as it is.
+    Argv(Vec<String>),
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+struct ExecRequest {
+    target: String,
+    command: CommandLine,
+    #[serde(default)]
+    document: Option<String>,
+    #[serde(default)]
+    parameters: std::collections::HashMap<String, Vec<String>>,
+}
+
+/// Pieces of exec output queued for the caller before the session stops reading (and so the
+/// agent stops sending): about 256 KiB at the agent's 1 KiB per piece.
+const EXEC_OUTPUT_QUEUE: usize = 256;
+
+/// Runs one command on a target (a NonInteractiveCommands session, §6.5), described by a JSON
+/// request: `target`, `command` (an array: the program and its arguments, each reaching it as
+/// it is; or a string: a command line the agent splits shell-style and runs without a shell),
+/// optional `document` (default `AWS-StartNonInteractiveCommand`, whose output comes combined,
+/// after the command ended, without an exit code; an account's own NonInteractiveCommands
+/// document with `"separateOutputStream": true` gives stderr apart and the exit code) and
+/// `parameters`. Nothing goes to this process's console: take the output with
+/// [`ssmc_operation_next_output`] while the operation runs (a caller that stops taking it
+/// stops the session's reading, which holds the command's output back at the agent) and after
+/// it ended, until that returns null; the exit code, when the agent reported one, is then in
+/// [`ssmc_operation_exit_code`]. [`ssmc_operation_interrupt`] passes Ctrl+C to the command;
+/// [`ssmc_operation_cancel`] ends the session.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_exec_begin(client: *const SsmcClient, request_json: AsciiPointer) -> *mut SsmcOperation {
+    guard(null_mut(), || {
+        begin(
+            client,
+            &request_json,
+            |connector, req: ExecRequest, progress| {
+                let (tx, rx) = mpsc::channel(EXEC_OUTPUT_QUEUE);
+                lock(&progress).output = Some(rx);
+                async move {
+                    let mut options = CommandOptions {
+                        command: match req.command {
+                            CommandLine::Line(line) => line,
+                            CommandLine::Argv(argv) => ssm_session::command::quote_argv(&argv),
+                        },
+                        parameters: req.parameters,
+                        ..CommandOptions::default()
+                    };
+                    if let Some(document) = req.document {
+                        options.document = document;
+                    }
+                    let mut session = connector
+                        .command(&req.target, options, &stages(progress.clone()))
+                        .await?
+                        .session;
+                    lock(&progress).sender = Some(session.sender());
+                    stage(&progress, "Running");
+                    while let Some(out) = session.next().await {
+                        if tx.send(out).await.is_err() {
+                            break;
+                        }
+                        lock(&progress).outputs += 1;
+                        wait::notify();
+                    }
+                    lock(&progress).sender = None;
+                    Ok(session.finish().await?.exit_code)
+                }
+            },
+            |p, code| p.exit_code = code,
+        )
+    })
+}
+
+/// Takes the next piece of an exec operation's output, in the order the agent sent it. Returns
+/// a pointer to its bytes, writes their number to `len` and the stream to `stream` (1 stdout,
+/// 2 stderr; without separate output streams everything is stdout), each when not null; or
+/// returns null (writing nothing) when no output is waiting now. The bytes are owned by the
+/// operation and valid until the next call of this function on it or until it is freed. Once
+/// the operation's state is not Running, a null return means there is no more output. Null for
+/// operations that are not exec operations.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_operation_next_output(op: *mut SsmcOperation, stream: *mut u32, len: *mut u64) -> *const u8 {
+    with(op, "operation", std::ptr::null(), |o| {
+        let next = lock(&o.progress).output.as_mut().and_then(|rx| rx.try_recv().ok());
+        let Some(out) = next else {
+            return std::ptr::null();
+        };
+        let (kind, data) = match out {
+            Output::Stdout(d) => (1, d),
+            Output::Stderr(d) => (2, d),
+        };
+        let mut slot = lock(&o.output_c);
+        *slot = data;
+        if !stream.is_null() {
+            // SAFETY: non-null and, by contract, pointing at a u32 the caller owns.
+            unsafe { *stream = kind };
+        }
+        if !len.is_null() {
+            // SAFETY: as above, a u64.
+            unsafe { *len = slot.len() as u64 };
+        }
+        slot.as_ptr()
+    })
+}
+
+/// Passes Ctrl+C to a running exec operation's command: 0x03, which the agent turns into SIGINT
+/// (it then reports exit code 1, whatever the command did). Returns 1 when it was queued, 0 when
+/// there is no running command (not started yet, ended, or not an exec operation). Returns at
+/// once; may be called from any thread, also while another one waits.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_operation_interrupt(op: *mut SsmcOperation) -> u32 {
+    with(op, "operation", 0, |o| {
+        let Some(sender) = lock(&o.progress).sender.clone() else {
+            return 0;
+        };
+        runtime().spawn(async move {
+            let _ = ssm_session::command::interrupt(&sender).await;
+        });
+        1
+    })
+}
+
 /// Runs `f` on a live handle; a null one sets an InvalidArgument last error and gives `fallback`.
 fn with<H, T>(handle: *const H, what: &str, fallback: T, f: impl FnOnce(&H) -> T) -> T {
     guard(None, || {
@@ -302,10 +447,11 @@ pub extern "C" fn ssmc_operation_error_message(op: *mut SsmcOperation) -> *const
     })
 }
 
-/// Exit code of a finished shell operation: returns 1 and writes it to `code` (when not null)
-/// if the agent reported one; returns 0 and leaves `code` alone if it did not, which is the
-/// normal end of a pty shell (the agent sends exit codes only for NonInteractiveCommands, §6.5),
-/// and for operations that are not finished shells.
+/// Exit code of a finished shell or exec operation: returns 1 and writes it to `code` (when not
+/// null) if the agent reported one; returns 0 and leaves `code` alone if it did not, which is
+/// the normal end of a pty shell and of an exec with `AWS-StartNonInteractiveCommand` (the
+/// agent sends exit codes only for NonInteractiveCommands with separate output streams, §6.5),
+/// and for operations that are not finished shells or execs.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_exit_code(op: *const SsmcOperation, code: *mut i32) -> u32 {
@@ -348,17 +494,21 @@ pub extern "C" fn ssmc_operation_cancel(op: *mut SsmcOperation) {
 /// - the state is not Running (at once when it already is not; a cancel from another thread
 ///   makes it Cancelled and so wakes the waiter at once), or
 /// - since the previous wait on this operation returned (or since it began, for the first wait)
-///   the stage changed ([`ssmc_operation_stage`]) or a log line was captured for
-///   `ssmc_log_next`.
+///   the stage changed ([`ssmc_operation_stage`]), a log line was captured for
+///   `ssmc_log_next`, or an exec operation queued output ([`ssmc_operation_next_output`]).
 ///
-/// A return with Running therefore means: read the stage, drain the log lines, wait again. Waits
+/// A return with Running therefore means: read the stage, drain the log lines (and the output),
+/// wait again. Waits
 /// on one operation from several threads are safe, but a stage change or log line returns only
 /// the first to see it. A null handle returns Failed with the last error set.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_operation_wait(op: *const SsmcOperation, timeout_ms: u32) -> SsmcState {
     with(op, "operation", SsmcState::Failed, |o| {
-        let pulse = || lock(&o.progress).stage_changes + logs::captured();
+        let pulse = || {
+            let p = lock(&o.progress);
+            p.stage_changes + p.outputs + logs::captured()
+        };
         o.seen
             .wait(timeout_ms, || lock(&o.progress).state == SsmcState::Running, pulse);
         lock(&o.progress).state

@@ -775,3 +775,182 @@ fn freeing_a_session_per_connection_forward_terminates_every_session() {
     ssmc_client_free(c);
     rt.block_on(emu.stop());
 }
+
+/// What an exec operation handed out: stdout, stderr, the exit code, and how many pieces.
+struct ExecRun {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    exit_code: Option<i32>,
+    pieces: usize,
+}
+
+/// Takes every piece of output waiting now.
+fn take_output(op: *mut SsmcOperation, run: &mut ExecRun) -> usize {
+    let mut taken = 0;
+    loop {
+        let (mut stream, mut len) = (0u32, 0u64);
+        let p = ssmc_operation_next_output(op, &mut stream, &mut len);
+        if p.is_null() {
+            return taken;
+        }
+        let bytes = unsafe { std::slice::from_raw_parts(p, usize::try_from(len).unwrap()) };
+        match stream {
+            1 => run.stdout.extend_from_slice(bytes),
+            2 => run.stderr.extend_from_slice(bytes),
+            other => panic!("stream {other}"),
+        }
+        taken += 1;
+        run.pieces += 1;
+    }
+}
+
+/// Runs `request` (JSON) through `ssmc_exec_begin`, pulling output as a foreign caller does:
+/// wait, take what is waiting, until the operation ended and nothing is left. `on_running` is
+/// called once, with the operation, after the first piece of output.
+fn exec_through_abi(c: *mut SsmcClient, request: &str, mut on_running: impl FnMut(*mut SsmcOperation)) -> ExecRun {
+    let req = CString::new(request).unwrap();
+    let op = ssmc_exec_begin(c, ascii(&req));
+    assert!(!op.is_null(), "{}", text(ssmc_last_error_message()));
+    let mut run = ExecRun {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        exit_code: None,
+        pieces: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut called = false;
+    let state = loop {
+        let state = ssmc_operation_wait(op, 1000);
+        take_output(op, &mut run);
+        if !called && run.pieces > 0 {
+            called = true;
+            on_running(op);
+        }
+        if state != SsmcState::Running {
+            // What was queued before the end is still there.
+            take_output(op, &mut run);
+            break state;
+        }
+        assert!(Instant::now() < deadline, "exec still running");
+    };
+    assert_eq!(
+        state,
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    let mut code = -42;
+    if ssmc_operation_exit_code(op, &mut code) == 1 {
+        run.exit_code = Some(code);
+    }
+    ssmc_operation_free(op);
+    run
+}
+
+#[test]
+fn exec_hands_out_stdout_stderr_and_the_exit_code_through_the_abi() {
+    let _turn = quiet();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config {
+        command_document: Some("Own-RunCommand".into()),
+        ..Config::default()
+    }));
+    let c = client(&emu.endpoint());
+    // Separate output streams: apart, in order, then the exit code.
+    let run = exec_through_abi(
+        c,
+        &format!(
+            r#"{{"target":"{TARGET}","document":"Own-RunCommand","command":["sh","-c","echo out; echo err >&2; exit 3"]}}"#
+        ),
+        |_| {},
+    );
+    assert_eq!(run.stdout, b"out\n");
+    assert_eq!(run.stderr, b"err\n");
+    assert_eq!(run.exit_code, Some(3));
+    // A command line as one string: split by the agent.
+    let run = exec_through_abi(
+        c,
+        &format!(r#"{{"target":"{TARGET}","document":"Own-RunCommand","command":"printf '%s|' 'a b' c"}}"#),
+        |_| {},
+    );
+    assert_eq!(run.stdout, b"a b|c|");
+    assert_eq!(run.exit_code, Some(0));
+    // AWS-StartNonInteractiveCommand: combined, no exit code.
+    let run = exec_through_abi(
+        c,
+        &format!(r#"{{"target":"{TARGET}","command":["sh","-c","echo out; echo err >&2; exit 3"]}}"#),
+        |_| {},
+    );
+    assert_eq!(run.stdout, b"out\nerr\n");
+    assert!(run.stderr.is_empty());
+    assert_eq!(run.exit_code, None);
+    // Ctrl+C reaches the command (its trap prints); the agent then reports 1.
+    let run = exec_through_abi(
+        c,
+        &format!(
+            r#"{{"target":"{TARGET}","document":"Own-RunCommand","command":["sh","-c","trap 'echo got-int; exit 7' INT; echo ready; while :; do sleep 0.1; done"]}}"#
+        ),
+        |op| assert_eq!(ssmc_operation_interrupt(op), 1),
+    );
+    assert_eq!(String::from_utf8_lossy(&run.stdout), "ready\ngot-int\n");
+    assert_eq!(run.exit_code, Some(1), "the agent's handler reaped the command itself");
+    // Not an exec operation: no output, no interrupt.
+    assert!(ssmc_operation_next_output(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut()).is_null());
+    assert_eq!(ssmc_operation_interrupt(std::ptr::null_mut()), 0);
+    ssmc_client_free(c);
+    rt.block_on(emu.stop());
+}
+
+#[test]
+fn a_caller_that_takes_output_slowly_still_gets_all_of_it() {
+    let _turn = quiet();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let emu = rt.block_on(emulator(Config {
+        command_document: Some("Own-RunCommand".into()),
+        pacing: ssm_emulator::Pacing::Unpaced { chunk: 16 << 10 },
+        ..Config::default()
+    }));
+    let c = client(&emu.endpoint());
+    // 4 MiB of text (base64 lines), far more than the operation queues for its caller.
+    let req = CString::new(format!(
+        r#"{{"target":"{TARGET}","document":"Own-RunCommand","command":["sh","-c","head -c 3145728 /dev/zero | base64"]}}"#
+    ))
+    .unwrap();
+    let op = ssmc_exec_begin(c, ascii(&req));
+    assert!(!op.is_null());
+    let mut run = ExecRun {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        exit_code: None,
+        pieces: 0,
+    };
+    // Not taking anything for a while: the operation must wait for its caller, not drop output.
+    std::thread::sleep(Duration::from_secs(2));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let state = ssmc_operation_wait(op, 1000);
+        take_output(op, &mut run);
+        if state != SsmcState::Running {
+            take_output(op, &mut run);
+            assert_eq!(
+                state,
+                SsmcState::Succeeded,
+                "{}",
+                text(ssmc_operation_error_message(op))
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running");
+    }
+    let mut code = -42;
+    assert_eq!(ssmc_operation_exit_code(op, &mut code), 1);
+    assert_eq!(code, 0);
+    // base64 of 3 MiB of zeros: 76-column lines of "A".
+    let encoded: usize = 3145728 / 3 * 4;
+    let expected_len = encoded + encoded.div_ceil(76);
+    assert_eq!(run.stdout.len(), expected_len);
+    assert!(run.stdout.iter().all(|b| *b == b'A' || *b == b'\n'));
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+    rt.block_on(emu.stop());
+}

@@ -319,7 +319,15 @@ impl Mux {
             return None;
         }
         let n = max.min(self.out.len());
-        Some(self.out.drain(..n).collect())
+        // Copied a slice at a time: collecting the drain byte by byte was a tenth of the
+        // emulator's CPU in an unpaced download.
+        let (front, back) = self.out.as_slices();
+        let from_front = front.get(..n).unwrap_or(front);
+        let mut chunk = Vec::with_capacity(n);
+        chunk.extend_from_slice(from_front);
+        chunk.extend_from_slice(back.get(..n.saturating_sub(from_front.len())).unwrap_or(back));
+        self.out.drain(..n);
+        Some(chunk)
     }
 
     /// When [`Mux::handle_timeout`] wants to run next (keepalive only).
@@ -404,6 +412,45 @@ mod tests {
                 MuxEvent::Closed(3)
             ]
         );
+    }
+
+    /// Output taken in pieces while more is written wraps the output ring: every byte still
+    /// comes out once and in order.
+    #[test]
+    fn output_taken_while_written_keeps_every_byte_in_order() {
+        let now = Instant::now();
+        let mut c = Mux::new(Side::Client, false, now);
+        let mut s = Mux::new(Side::Server, false, now);
+        let id = c.open_stream().unwrap();
+        let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut got = Vec::new();
+        let mut wrapped = false;
+        for (i, piece) in sent.chunks(1_500).enumerate() {
+            c.write(id, piece).unwrap();
+            wrapped |= !c.out.as_slices().1.is_empty();
+            // Take less than was written, in sizes that straddle the ring's end.
+            for _ in 0..(i % 3) {
+                if let Some(chunk) = c.poll_output(1_021) {
+                    s.handle_input(now, &chunk).unwrap();
+                }
+            }
+            while let Some(e) = s.poll_event() {
+                if let MuxEvent::Data(_, d) = e {
+                    got.extend_from_slice(&d);
+                }
+            }
+        }
+        while let Some(chunk) = c.poll_output(977) {
+            s.handle_input(now, &chunk).unwrap();
+        }
+        while let Some(e) = s.poll_event() {
+            if let MuxEvent::Data(_, d) = e {
+                got.extend_from_slice(&d);
+            }
+        }
+        assert!(wrapped, "the output ring never wrapped: the test proves nothing");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "bytes out of order or changed");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OnceCell;
 
 use crate::aws::{AwsOptions, Config, SsmApi, load_config_with};
+use crate::command::{CommandOptions, CommandSession};
 use crate::driver::{ChannelOptions, DataChannel, End};
 use crate::error::Result;
 use crate::port::{ForwardOptions, PerConnection, PortForward};
@@ -275,6 +276,24 @@ impl Connector {
         Ok(Connected {
             target: resolved,
             session: dc,
+        })
+    }
+
+    /// Starts one command on `target` (NonInteractiveCommands, §6.5); read its output with
+    /// [`crate::command::CommandSession::next`] or run it with [`crate::command::run`].
+    pub async fn command(
+        &self,
+        target: &str,
+        mut options: CommandOptions,
+        stage: StageFn<'_>,
+    ) -> Result<Connected<CommandSession>> {
+        let resolved = self.resolve(target, false, stage).await?;
+        stage(Stage::Starting(&resolved.instance_id));
+        options.channel = self.settings.channel.clone();
+        let session = crate::command::start(self.api().await?, &resolved.instance_id, options).await?;
+        Ok(Connected {
+            target: resolved,
+            session,
         })
     }
 

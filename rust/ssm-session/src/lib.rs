@@ -7,7 +7,8 @@
 //! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
 //! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
 //! built on it: port forwarding in basic and smux mode (§7.3, §7.4) the stdio mode behind
-//! ssh `ProxyCommand` (§7.5), and shell sessions on the local terminal (§6). Also target
+//! ssh `ProxyCommand` (§7.5), shell sessions on the local terminal (§6), and command sessions
+//! with their stdout, stderr and exit code ([`command`], §6.5). Also target
 //! resolution (instance ids, tags, IP addresses and DNS names to one running instance, through
 //! EC2 `DescribeInstances` and hickory DNS, in [`resolve`]) and EC2 Instance Connect key pushes
 //! ([`ec2ic`]).
@@ -16,6 +17,7 @@
 //! it. Tokens never appear in its logs, errors or `Debug` output.
 
 pub mod aws;
+pub mod command;
 pub mod connect;
 pub mod driver;
 pub mod ec2ic;
@@ -28,6 +30,7 @@ pub mod stdio;
 pub mod tls;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
+pub use command::{CommandOptions, CommandOutcome, CommandSession, Output};
 pub use connect::{Connected, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage, StageFn, no_stages};
 pub use driver::{ChannelOptions, DataChannel, DataSender, End, PortStart, SessionStart};
 pub use error::{Candidate, Error, ErrorKind, Result};

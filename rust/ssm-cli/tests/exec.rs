@@ -1,0 +1,217 @@
+//! `ssmconnect exec`: one remote command through a NonInteractiveCommands session (§6.5), its
+//! stdout and stderr apart and its exit code as the process's own, against the emulated agent
+//! (agent/session/shell/shell.go).
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use ssm_emulator::{Config, Emulator, Pacing};
+
+/// The custom document with `separateOutputStream: true` the emulator's account holds.
+const SEPARATE: &str = "SSMConnect-RunCommand";
+
+async fn command_emulator(pacing: Pacing) -> Emulator {
+    emulator(Config {
+        command_document: Some(SEPARATE.into()),
+        pacing,
+        ..Config::default()
+    })
+    .await
+}
+
+struct Run {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+/// Runs `ssmconnect exec TARGET [--document doc] -- argv…` to its end.
+async fn exec(emu: &Emulator, document: Option<&str>, argv: &[&str]) -> Run {
+    let home = Home::new();
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url").arg(emu.endpoint()).args(["exec", TARGET]);
+    if let Some(d) = document {
+        cmd.args(["--document", d]);
+    }
+    cmd.arg("--").args(argv).stdin(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect exec");
+    let stdout = tokio::spawn(read_all(proc.take_stdout(), 90));
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 90));
+    let code = proc.exit_code(90).await;
+    let stdout = within(10, "stdout", stdout).await.unwrap();
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr).await.unwrap()).into_owned();
+    Run { code, stdout, stderr }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_streams_give_the_exit_code_and_stderr_apart() {
+    let emu = command_emulator(Pacing::Agent).await;
+    for code in [0, 3, 255] {
+        let script = format!("echo out-{code}; echo err-{code} >&2; exit {code}");
+        let run = exec(&emu, Some(SEPARATE), &["sh", "-c", &script]).await;
+        assert_eq!(run.code, code, "exit code; stderr: {}", run.stderr);
+        assert_eq!(String::from_utf8_lossy(&run.stdout), format!("out-{code}\n"), "stdout");
+        assert_eq!(run.stderr, format!("err-{code}\n"), "stderr");
+    }
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+    // The agent ended each session (channel_closed); the client had no reason to terminate it.
+    assert!(
+        emu.sessions().iter().all(|s| s.terminate_calls == 0),
+        "{:?}",
+        emu.sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_output_has_no_exit_code() {
+    let emu = command_emulator(Pacing::Agent).await;
+    for code in [0, 3, 255] {
+        let script = format!("echo one; echo two >&2; echo three; exit {code}");
+        // AWS-StartNonInteractiveCommand (the default): combined output, and no exit code.
+        let run = exec(&emu, None, &["sh", "-c", &script]).await;
+        assert_eq!(
+            run.code, 10,
+            "exit status for an unknown remote code; stderr: {}",
+            run.stderr
+        );
+        assert_eq!(String::from_utf8_lossy(&run.stdout), "one\ntwo\nthree\n");
+        assert!(!run.stderr.contains("two"), "stderr: {}", run.stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_reach_the_remote_program_as_they_are() {
+    let emu = command_emulator(Pacing::Agent).await;
+    let args = ["it's", "", "a  b", "#hash", "$HOME", "back\\slash", "\"q\""];
+    let mut argv = vec!["printf", "[%s]"];
+    argv.extend(args);
+    let run = exec(&emu, Some(SEPARATE), &argv).await;
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let expected: String = args.iter().map(|a| format!("[{a}]")).collect();
+    assert_eq!(String::from_utf8_lossy(&run.stdout), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_program_gives_exit_code_1_and_the_agents_error() {
+    let emu = command_emulator(Pacing::Agent).await;
+    let run = exec(&emu, Some(SEPARATE), &["no-such-program-here"]).await;
+    assert_eq!(run.code, 1);
+    assert!(run.stdout.is_empty());
+    assert!(
+        run.stderr.contains("executable file not found"),
+        "stderr: {}",
+        run.stderr
+    );
+}
+
+/// `len` random bytes without 0xEF and ending in ASCII: the agent's processStdoutData cuts a
+/// real U+FFFD (EF BF BD) to its first byte and drops invalid bytes left at the very end of a
+/// stream (§6.5), so only such data can arrive unchanged through any client.
+fn agent_safe_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut data = random_bytes(len, seed);
+    for b in &mut data {
+        if *b == 0xEF {
+            *b = b'.';
+        }
+    }
+    let n = data.len();
+    data[n - 4..].copy_from_slice(b"end\n");
+    data
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_of_stdout_arrive_intact() {
+    let emu = command_emulator(Pacing::Unpaced { chunk: 16 << 10 }).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("data");
+    let data = agent_safe_bytes(6 << 20, 14);
+    std::fs::write(&file, &data).expect("write data");
+    let started = Instant::now();
+    let script = format!("cat {}; echo done >&2", file.display());
+    let run = exec(&emu, Some(SEPARATE), &["sh", "-c", &script]).await;
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stderr, "done\n");
+    assert_eq!(run.stdout.len(), data.len());
+    assert_eq!(sha256_hex(&run.stdout), sha256_hex(&data));
+    eprintln!("6 MiB of stdout in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_reaches_the_remote_command() {
+    let emu = command_emulator(Pacing::Agent).await;
+    let home = Home::new();
+    let mut cmd = ssmconnect(&home);
+    let script = "trap 'echo got-int; exit 7' INT; echo started; while :; do sleep 0.1; done";
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["exec", TARGET, "--document", SEPARATE, "--", "sh", "-c", script])
+        .stdin(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect exec");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 60));
+    out.until(30, |l| l.contains("started")).await;
+    let interrupted = Instant::now();
+    proc.signal(libc::SIGINT);
+    // The remote trap ran: the 0x03 became SIGINT at the command.
+    out.until(20, |l| l.contains("got-int")).await;
+    let code = proc.exit_code(30).await;
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 130, "stderr: {stderr}");
+    // The command ended by itself, so the agent ended the session; no TerminateSession.
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(20),
+        "ended after {:?}",
+        interrupted.elapsed()
+    );
+    assert!(
+        emu.sessions().iter().all(|s| s.terminate_calls == 0),
+        "{:?}; stderr: {stderr}",
+        emu.sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_ctrl_c_ends_a_command_that_ignores_the_first() {
+    let emu = command_emulator(Pacing::Agent).await;
+    let home = Home::new();
+    let mut cmd = ssmconnect(&home);
+    let script = "trap 'echo ignored' INT; echo started; while :; do sleep 0.1; done";
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["exec", TARGET, "--document", SEPARATE, "--", "sh", "-c", script])
+        .stdin(Stdio::null());
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect exec");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 60));
+    out.until(30, |l| l.contains("started")).await;
+    proc.signal(libc::SIGINT);
+    out.until(20, |l| l.contains("ignored")).await;
+    proc.signal(libc::SIGINT);
+    let code = proc.exit_code(30).await;
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 130, "stderr: {stderr}");
+    // The second Ctrl+C ended the session at the service, which killed the command.
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+    assert!(
+        emu.sessions().iter().any(|s| s.terminate_calls > 0),
+        "{:?}; stderr: {stderr}",
+        emu.sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_of_another_type_is_refused() {
+    let emu = command_emulator(Pacing::Agent).await;
+    let run = exec(&emu, Some("AWS-StartPortForwardingSession"), &["true"]).await;
+    assert_eq!(run.code, 3, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("not NonInteractiveCommands"),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+}
