@@ -80,16 +80,8 @@ struct Args {
 }
 
 fn main() -> Result<()> {
-    if !common::under_cargo_bench() {
-        eprintln!("compare: a wall-time benchmark; run it with bench/compare.sh");
-        return Ok(());
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    // `cargo test` runs this target too, with its own arguments (filters, --nocapture).
+    common::bench_main::<Args, _>("compare: a wall-time benchmark; run it with bench/compare.sh", run)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -102,16 +102,10 @@ struct Counters {
 
 fn main() -> Result<()> {
     // `cargo test` runs this target too, with its own arguments (filters, --nocapture).
-    if !common::under_cargo_bench() {
-        eprintln!("soak: a wall-time benchmark; run it with `cargo bench -p ssm-cli --bench soak` or bench/soak.sh");
-        return Ok(());
-    }
-    let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    common::bench_main::<Args, _>(
+        "soak: a wall-time benchmark; run it with `cargo bench -p ssm-cli --bench soak` or bench/soak.sh",
+        run,
+    )
 }
 
 /// splitmix64, for sizes and timings.

@@ -27,6 +27,25 @@ pub fn under_cargo_bench() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// A bench target's `main`: under `cargo test` it says how to run it (`hint`) and returns;
+/// under `cargo bench` it parses its arguments and runs `run` on a two-worker runtime.
+pub fn bench_main<A, F>(hint: &str, run: impl FnOnce(A) -> F) -> Result<()>
+where
+    A: clap::Parser,
+    F: std::future::Future<Output = Result<()>>,
+{
+    if !under_cargo_bench() {
+        eprintln!("{hint}");
+        return Ok(());
+    }
+    let args = A::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
 /// The release helper cargo built beside this bench, or `path`.
 pub fn helper_path(path: Option<PathBuf>) -> PathBuf {
     path.unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_ssmconnect")))
