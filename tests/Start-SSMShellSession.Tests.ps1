@@ -176,3 +176,66 @@ Describe 'Start-SSMShellSession' {
         }
     }
 }
+
+Describe 'Start-SSMShellSession with KMS encryption' -Skip:(-not $unix) {
+    BeforeAll {
+        # An account whose Session Manager preferences encrypt sessions with a key in KMS (moto),
+        # the emulated agent decrypting the data keys there as the agent does.
+        $moto = Start-TestMoto
+        $key = New-TestKmsKey $moto
+        function Start-KmsEmulator([string] $KeyId, [hashtable] $Faults = @{}) {
+            Start-Emulator -Config @{ kms_key_id = $KeyId; kms_endpoint = $moto.Endpoint; faults = $Faults }
+        }
+        $encrypting = Start-KmsEmulator $key
+        $tampering = Start-KmsEmulator $key @{ tamper_encrypted_output = 1 }
+        $wrongChallenge = Start-KmsEmulator $key @{ wrong_challenge_key = $true }
+        $missingKey = Start-KmsEmulator 'arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000'
+        # A child pwsh that opens the shell with stdin redirected, reaching KMS at moto.
+        function Start-KmsShell($Emulator, [string] $After = '') {
+            $command = "`$env:AWS_ENDPOINT_URL_KMS = '$($moto.Endpoint)'; " +
+                "try { $(Get-ShellCommand $Emulator) -ErrorAction Stop; 'exit-code=' + `$LASTEXITCODE } " +
+                "catch { 'error-id=' + `$_.FullyQualifiedErrorId; 'message=' + `$_.Exception.Message }"
+            $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
+            $p = [System.Diagnostics.Process]::Start($psi)
+            $stderr = $p.StandardError.ReadToEndAsync()
+            $stdout = $p.StandardOutput.ReadToEndAsync()
+            if ($After) { $p.StandardInput.WriteLine($After) }
+            $p.StandardInput.WriteLine('exit')
+            $p.StandardInput.Close()
+            $exited = $p.WaitForExit(90000)
+            Stop-TestProcess $p
+            $exited | Should -BeTrue
+            [pscustomobject]@{ Stdout = $stdout.Result; Stderr = $stderr.Result }
+        }
+    }
+
+    AfterAll {
+        $encrypting, $tampering, $wrongChallenge, $missingKey | Stop-Emulator
+        Stop-TestDaemon $moto
+    }
+
+    It 'runs an encrypted shell: the agent says so, the command runs, and the session was encrypted' {
+        $run = Start-KmsShell $encrypting 'echo kms-$((6*7))'
+        $run.Stdout | Should -Match 'kms-42' -Because $run.Stderr
+        $run.Stdout | Should -Match 'exit-code=10'
+        $run.Stderr | Should -Match 'This session is encrypted using AWS KMS\.'
+        (Get-EmulatorSession $encrypting | Select-Object -Last 1).encrypted | Should -BeTrue
+    }
+
+    It 'ends the session on a tampered message with SSMConnect.KmsTampered, writing none of it' {
+        $run = Start-KmsShell $tampering 'echo secret-$((6*7))'
+        $run.Stdout | Should -Match 'error-id=SSMConnect\.KmsTampered,' -Because $run.Stderr
+        $run.Stdout | Should -Not -Match 'secret-42'
+    }
+
+    It 'refuses a challenge sealed under another key with SSMConnect.KmsChallengeFailed' {
+        $run = Start-KmsShell $wrongChallenge
+        $run.Stdout | Should -Match 'error-id=SSMConnect\.KmsChallengeFailed,' -Because $run.Stderr
+    }
+
+    It 'names a key KMS does not have, with SSMConnect.KmsKeyUnavailable' {
+        $run = Start-KmsShell $missingKey
+        $run.Stdout | Should -Match 'error-id=SSMConnect\.KmsKeyUnavailable,' -Because $run.Stderr
+        $run.Stdout | Should -Match 'NotFoundException'
+    }
+}

@@ -517,6 +517,33 @@ function Start-TestDnsmasq {
     $dns | Add-Member -NotePropertyName Address -NotePropertyValue "127.0.0.1:$($dns.Port)" -PassThru
 }
 
+function Start-TestMoto {
+    <#
+    .SYNOPSIS
+    moto's server (AWS services as moto answers them: here KMS) on a free 127.0.0.1 port. Returns
+    Port, Endpoint, Directory, Process; stop it with Stop-TestDaemon.
+    #>
+    $python = (Get-Command python3 -ErrorAction SilentlyContinue).Source
+    if (-not $python) { throw 'python3 with moto[server] is needed (.ci/run has it)' }
+    $moto = Start-TestDaemon -Name moto -FilePath $python -TimeoutSeconds 60 -ReadyProbe {
+        param($Port)
+        Test-PortListening $Port
+    } -Configure {
+        param($Port, $Directory)
+        '-m', 'moto.server', '-H', '127.0.0.1', '-p', "$Port"
+    }
+    $moto | Add-Member -NotePropertyName Endpoint -NotePropertyValue "http://127.0.0.1:$($moto.Port)" -PassThru
+}
+
+function New-TestKmsKey {
+    <# A new symmetric KMS key in a moto of Start-TestMoto (test region); returns its key id. #>
+    param([Parameter(Mandatory)] $Moto)
+    $answer = Invoke-RestMethod -Method Post -Uri $Moto.Endpoint -ContentType 'application/x-amz-json-1.1' `
+        -Headers @{ 'X-Amz-Target' = 'TrentService.CreateKey' } -Body '{"Description":"SSMConnect test"}'
+    if (-not $answer.KeyMetadata.KeyId) { throw "CreateKey returned no key id: $($answer | ConvertTo-Json -Depth 5)" }
+    $answer.KeyMetadata.KeyId
+}
+
 function Start-ForwardTestBed {
     <#
     .SYNOPSIS

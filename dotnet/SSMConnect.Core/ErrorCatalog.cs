@@ -43,6 +43,10 @@ namespace SSMConnect
             [SsmErrorKind.TimedOut] = ("SSMConnect.TimedOut", "OperationTimeout"),
             [SsmErrorKind.Cancelled] = ("SSMConnect.Cancelled", "OperationStopped"),
             [SsmErrorKind.Internal] = ("SSMConnect.Internal", "NotSpecified"),
+            [SsmErrorKind.KmsAccessDenied] = ("SSMConnect.KmsAccessDenied", "PermissionDenied"),
+            [SsmErrorKind.KmsKeyUnavailable] = ("SSMConnect.KmsKeyUnavailable", "ResourceUnavailable"),
+            [SsmErrorKind.KmsChallengeFailed] = ("SSMConnect.KmsChallengeFailed", "SecurityError"),
+            [SsmErrorKind.KmsTampered] = ("SSMConnect.KmsTampered", "SecurityError"),
         };
 
         /// <summary>The error id for <paramref name="kind"/>, e.g. <c>SSMConnect.TargetNotFound</c>.</summary>

@@ -42,5 +42,17 @@ namespace SSMConnect
 
         /// <summary>A bug: panic or unexpected state.</summary>
         Internal = 11,
+
+        /// <summary>KMS refused the session's data key to these credentials (no <c>kms:GenerateDataKey</c>).</summary>
+        KmsAccessDenied = 12,
+
+        /// <summary>The session's KMS key is missing, disabled or unusable.</summary>
+        KmsKeyUnavailable = 13,
+
+        /// <summary>The agent's encryption challenge did not verify.</summary>
+        KmsChallengeFailed = 14,
+
+        /// <summary>An encrypted message from the agent failed authentication (tampered).</summary>
+        KmsTampered = 15,
     }
 }

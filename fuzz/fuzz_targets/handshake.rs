@@ -1,21 +1,33 @@
 //! Handshake and other JSON payloads (§4.2, §4.8, §5, §6.4, §7.2): every parser on arbitrary
 //! bytes never panics; the client's answer to any request it accepts is valid JSON, a
-//! `HandshakeResponse` with one processed action per requested action; and whatever parses
-//! survives its own writer.
+//! `HandshakeResponse` with one processed action per requested action, with or without a KMS
+//! data key; sealed payloads and challenges (§5.6) of any bytes are refused, never a panic; and
+//! whatever parses survives its own writer.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ssm_proto::handshake::{self, HandshakeComplete, HandshakeRequest, HandshakeResponse};
+use ssm_proto::crypto::{SessionCipher, Side};
+use ssm_proto::handshake::{
+    ClientHandshake, EncChallenge, HandshakeComplete, HandshakeRequest, HandshakeResponse, KmsActionResult, KmsAnswer,
+};
 use ssm_proto::payload::{self, Acknowledge, ChannelClosed, OpenDataChannel, PortFlag, TerminalSize};
 use ssm_proto::version::{self, CLIENT_VERSION};
 use ssm_proto::{PortMode, PortProperties};
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(hs) = handshake::client_respond(data, CLIENT_VERSION) {
-        serde_json::from_slice::<serde_json::Value>(&hs.response)
-            .unwrap_or_else(|e| panic!("response is not JSON: {e}"));
-        let response =
-            HandshakeResponse::parse(&hs.response).unwrap_or_else(|e| panic!("response does not parse: {e}"));
+    if let Ok(hs) = ClientHandshake::process(data) {
+        let key = KmsAnswer::Key {
+            ciphertext: data.to_vec(),
+            challenge_acknowledged: true,
+        };
+        let answer = match data.first() {
+            Some(b) if b % 3 == 0 => None,
+            Some(b) if b % 3 == 1 => Some(&key),
+            _ => Some(&KmsAnswer::Failed("no".into())),
+        };
+        let bytes = hs.response(CLIENT_VERSION, answer);
+        serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_else(|e| panic!("response is not JSON: {e}"));
+        let response = HandshakeResponse::parse(&bytes).unwrap_or_else(|e| panic!("response does not parse: {e}"));
         let request = HandshakeRequest::parse(data).unwrap_or_else(|e| panic!("accepted request does not parse: {e}"));
         assert_eq!(response.client_version, CLIENT_VERSION);
         assert_eq!(
@@ -41,6 +53,15 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
+    let cipher = SessionCipher::new(Side::Client, &[7u8; 64]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cipher.open(data).is_err(), "bytes sealed by nobody opened");
+    if let Ok(challenge) = EncChallenge::parse(data) {
+        assert!(cipher.open(&challenge.challenge).is_err());
+        assert_eq!(EncChallenge::parse(&challenge.to_json()).ok(), Some(challenge));
+    }
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = KmsActionResult::parse(&value);
+    }
     if let Ok(request) = HandshakeRequest::parse(data) {
         assert_eq!(HandshakeRequest::parse(&request.to_json()).ok(), Some(request));
     }

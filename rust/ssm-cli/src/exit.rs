@@ -26,6 +26,9 @@ pub mod code {
     /// `exec` when the agent reports -1 (the command was killed by a signal). A remote status
     /// of 10 itself is told apart only by the documents that report one.
     pub const NO_EXIT_CODE: i32 = 10;
+    /// KMS encryption of the session failed: no `kms:GenerateDataKey` permission, the key
+    /// missing or disabled, the agent's challenge not verifying, or a tampered message (§5.6).
+    pub const KMS: i32 = 11;
     /// `exec` after Ctrl+C was passed on to the remote command: the agent's reported code is
     /// then 1 whatever the command did (its handler reaps the command itself, §6.5).
     pub const INTERRUPTED: i32 = 130;
@@ -57,6 +60,10 @@ impl From<Error> for Failure {
             ErrorKind::Listen => code::LISTEN,
             ErrorKind::Connection => code::CONNECT,
             ErrorKind::Session => code::SESSION,
+            ErrorKind::KmsAccessDenied
+            | ErrorKind::KmsKeyUnavailable
+            | ErrorKind::KmsChallengeFailed
+            | ErrorKind::KmsTampered => code::KMS,
             ErrorKind::TimedOut => code::TIMEOUT,
             ErrorKind::Io => code::INTERNAL,
             ErrorKind::Cancelled => 130,

@@ -93,8 +93,9 @@ struct AwsArgs {
     /// AWS region.
     #[arg(long, global = true)]
     region: Option<String>,
-    /// SSM endpoint URL (AWS_ENDPOINT_URL_SSM is honoured too; EC2 and EC2 Instance Connect
-    /// follow AWS_ENDPOINT_URL_EC2 and AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT).
+    /// SSM endpoint URL (AWS_ENDPOINT_URL_SSM is honoured too; EC2, EC2 Instance Connect and KMS
+    /// follow AWS_ENDPOINT_URL_EC2, AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT and
+    /// AWS_ENDPOINT_URL_KMS).
     #[arg(long, global = true)]
     endpoint_url: Option<String>,
     /// PEM file of CA certificates to trust besides the system's, for the AWS API calls and the

@@ -131,6 +131,7 @@ fn prepare(args: &[String]) -> Result<Prepared, Failure> {
     Ok(Prepared {
         started: StartedSession {
             session_id: response.session_id,
+            target_id: request.target.clone(),
             token: Token::new(response.token_value),
             stream_url: response.stream_url,
         },

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use ssm_emulator::{Config, Emulator, Pacing};
+use ssm_emulator::{Config, Emulator, Faults, Pacing};
 
 /// The custom document with `separateOutputStream: true` the emulator's account holds.
 const SEPARATE: &str = "SSMConnect-RunCommand";
@@ -30,8 +30,14 @@ struct Run {
 
 /// Runs `ssmconnect exec TARGET [--document doc] -- argv…` to its end.
 async fn exec(emu: &Emulator, document: Option<&str>, argv: &[&str]) -> Run {
+    exec_with(emu, &[], document, argv).await
+}
+
+/// [`exec`] with more environment variables.
+async fn exec_with(emu: &Emulator, env: &[(&str, &str)], document: Option<&str>, argv: &[&str]) -> Run {
     let home = Home::new();
     let mut cmd = ssmconnect(&home);
+    cmd.envs(env.iter().copied());
     cmd.arg("--endpoint-url").arg(emu.endpoint()).args(["exec", TARGET]);
     if let Some(d) = document {
         cmd.args(["--document", d]);
@@ -214,4 +220,122 @@ async fn a_document_of_another_type_is_refused() {
         run.stderr
     );
     assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+}
+
+/// A KMS key in moto and an emulator whose Session Manager preferences encrypt sessions with it
+/// (its agent decrypting data keys at that moto), as in an account with KMS encryption on.
+struct KmsWorld {
+    moto: Moto,
+    emu: Emulator,
+}
+
+impl KmsWorld {
+    async fn start(pacing: Pacing, faults: Faults, key: Option<&str>) -> Self {
+        let moto = Moto::start().await;
+        let key = match key {
+            Some(k) => k.to_owned(),
+            None => moto.create_kms_key().await,
+        };
+        let emu = emulator(Config {
+            command_document: Some(SEPARATE.into()),
+            pacing,
+            faults,
+            kms_key_id: Some(key),
+            kms_endpoint: Some(moto.endpoint.clone()),
+            ..Config::default()
+        })
+        .await;
+        Self { moto, emu }
+    }
+
+    async fn exec(&self, document: Option<&str>, argv: &[&str]) -> Run {
+        exec_with(&self.emu, &[("AWS_ENDPOINT_URL_KMS", &self.moto.endpoint)], document, argv).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_encrypted_commands_give_their_exit_codes_in_both_output_modes() {
+    let kms = KmsWorld::start(Pacing::Agent, Faults::default(), None).await;
+    for code in [0, 3, 255] {
+        let script = format!("echo out-{code}; echo err-{code} >&2; exit {code}");
+        let run = kms.exec(Some(SEPARATE), &["sh", "-c", &script]).await;
+        assert_eq!(run.code, code, "exit code; stderr: {}", run.stderr);
+        assert_eq!(String::from_utf8_lossy(&run.stdout), format!("out-{code}\n"));
+        assert_eq!(run.stderr, format!("err-{code}\n"));
+        let combined = kms.exec(None, &["sh", "-c", &script]).await;
+        assert_eq!(combined.code, 10, "stderr: {}", combined.stderr);
+        assert_eq!(
+            String::from_utf8_lossy(&combined.stdout),
+            format!("out-{code}\nerr-{code}\n")
+        );
+    }
+    assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
+    let sessions = kms.emu.sessions();
+    assert_eq!(sessions.len(), 6);
+    assert!(sessions.iter().all(|s| s.encrypted), "{sessions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_mib_of_kms_encrypted_stdout_arrive_intact_and_stderr_apart() {
+    let kms = KmsWorld::start(Pacing::Unpaced { chunk: 16 << 10 }, Faults::default(), None).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("data");
+    let data = agent_safe_bytes(16 << 20, 16);
+    std::fs::write(&file, &data).expect("write data");
+    let started = Instant::now();
+    let script = format!("echo begin >&2; cat {}; echo done >&2", file.display());
+    let run = kms.exec(Some(SEPARATE), &["sh", "-c", &script]).await;
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    assert_eq!(run.stderr, "begin\ndone\n");
+    assert_eq!(run.stdout.len(), data.len());
+    assert_eq!(sha256_hex(&run.stdout), sha256_hex(&data));
+    assert!(kms.emu.sessions().iter().all(|s| s.encrypted));
+    eprintln!("16 MiB of KMS-encrypted stdout in {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_message_ends_the_session_and_none_of_it_is_written() {
+    let faults = Faults {
+        tamper_encrypted_output: Some(1),
+        ..Faults::default()
+    };
+    let kms = KmsWorld::start(Pacing::Agent, faults, None).await;
+    let run = kms.exec(Some(SEPARATE), &["sh", "-c", "echo secret-output; sleep 5"]).await;
+    assert_eq!(run.code, 11, "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("failed authentication"), "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&run.stdout));
+    // The client ended the session at the service.
+    assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
+    assert!(kms.emu.sessions().iter().all(|s| s.terminate_calls > 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenge_sealed_under_another_key_is_refused() {
+    let faults = Faults {
+        wrong_challenge_key: true,
+        ..Faults::default()
+    };
+    let kms = KmsWorld::start(Pacing::Agent, faults, None).await;
+    let run = kms.exec(Some(SEPARATE), &["echo", "never"]).await;
+    assert_eq!(run.code, 11, "stderr: {}", run.stderr);
+    assert!(run.stderr.contains("challenge"), "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty());
+    assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
+    assert!(kms.emu.sessions().iter().all(|s| !s.encrypted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_kms_does_not_have_is_named_in_the_error() {
+    let missing = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000";
+    let kms = KmsWorld::start(Pacing::Agent, Faults::default(), Some(missing)).await;
+    let run = kms.exec(Some(SEPARATE), &["echo", "never"]).await;
+    assert_eq!(run.code, 11, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("NotFoundException") && run.stderr.contains(missing),
+        "stderr: {}",
+        run.stderr
+    );
+    // The refusing HandshakeResponse ended the session at the agent, and the client ended it
+    // at the service.
+    assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
 }

@@ -152,3 +152,39 @@ async fn a_listener_on_every_interface_is_warned_about_once() {
         warnings[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_sessions_of_a_kms_encrypting_account_stay_unencrypted() {
+    // The agent never encrypts port sessions (sessionplugin.go isEncryptionEnabled): with KMS
+    // on in the preferences, a forward needs no KMS at all (the client is given none here).
+    let home = Home::new();
+    let moto = Moto::start().await;
+    let key = moto.create_kms_key().await;
+    let emu = emulator(Config {
+        kms_key_id: Some(key),
+        kms_endpoint: Some(moto.endpoint.clone()),
+        ..Config::default()
+    })
+    .await;
+    let echo = echo_server().await;
+    let mut cmd = ssmconnect(&home);
+    cmd.env("AWS_ENDPOINT_URL_KMS", "http://127.0.0.1:9");
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["forward", TARGET, &echo.to_string(), "--local-port", "0"]);
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect forward (KMS account)");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr_task = tokio::spawn(read_all(proc.take_stderr(), 60));
+    let line = out.until(20, |l| l.starts_with("Port ")).await;
+    let (port, _) = opened_port(&line).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let data = random_bytes(1 << 20, 9);
+    let back = echo_through(SocketAddr::from(([127, 0, 0, 1], port)), data.clone()).await;
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+    proc.signal(libc::SIGINT);
+    let code = proc.exit_code(10).await;
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr_task).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert!(!sessions[0].encrypted, "{sessions:?}");
+}

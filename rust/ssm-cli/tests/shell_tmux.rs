@@ -437,3 +437,33 @@ async fn sigterm_restores_the_terminal_and_terminates_the_session() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(calls(), 1, "{:?}", emu.sessions());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kms_encrypted_shell_runs_a_command_and_exits() {
+    let moto = ssm_testkit::Moto::start().await;
+    let key = moto.create_kms_key().await;
+    let emu = ssm_testkit::emulator(Config {
+        shell_start_delay_ms: 200,
+        kms_key_id: Some(key),
+        kms_endpoint: Some(moto.endpoint.clone()),
+        ..Config::default()
+    })
+    .await;
+    let dir = scratch("kms");
+    let t = Tmux::start("kms", &dir, &emu.endpoint());
+    t.send(&format!("export AWS_ENDPOINT_URL_KMS={}\n", moto.endpoint));
+    run_shell_in(&t, &dir, &emu.endpoint(), "");
+    // The agent's CustomerMessage, then the shell.
+    t.wait_for("This session is encrypted using AWS KMS.", Duration::from_secs(20));
+    t.wait_prompt(Duration::from_secs(15));
+    t.send("echo kms-$((6*7))\r");
+    t.wait_for("kms-42", Duration::from_secs(10));
+    let info = emu.sessions().pop().unwrap();
+    assert!(info.encrypted, "{info:?}");
+    t.send("exit\r");
+    assert_eq!(
+        wait_file(&dir.join("rc"), Duration::from_secs(15)).trim(),
+        NO_EXIT_CODE.to_string()
+    );
+    assert_terminal_restored(&dir);
+}

@@ -8,7 +8,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ssm_proto::handshake::{HandshakeComplete, HandshakeRequest, HandshakeResponse, RequestedAction};
+use ssm_proto::crypto::{AgentNonces, CHALLENGE_BYTES, SessionCipher, Side, is_encrypted};
+use ssm_proto::handshake::{
+    EncChallenge, HandshakeComplete, HandshakeRequest, HandshakeResponse, KmsActionResult, RequestedAction,
+};
 use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
 use tokio::time::sleep_until;
@@ -34,6 +37,8 @@ const MAX_DURATION_OUTPUT: &str = "Your session has reached its maximum duration
 enum Stage {
     /// HandshakeRequest sent; waiting for the response.
     Handshake { deadline: Instant },
+    /// EncChallengeRequest sent; waiting for the client's answer (§5.6).
+    Challenge { deadline: Instant },
     /// The session plugin runs.
     Running,
     /// Draining output before `channel_closed`.
@@ -73,6 +78,24 @@ struct Agent {
     blocked: Option<(Vec<u8>, bool)>,
     reported_retransmissions: u64,
     finished: bool,
+    /// KMS encryption of this session (§5.6), when the preferences ask for it.
+    kms: Option<Encryption>,
+    /// The client's version from its HandshakeResponse.
+    client_version: String,
+}
+
+/// The agent's encryption state (agent/session/crypto/blockcipher.go BlockCipher).
+struct Encryption {
+    key_id: String,
+    /// The random challenge of the KMSEncryption request, base64 as sent.
+    random_challenge: String,
+    /// Set once the client's data key is decrypted.
+    cipher: Option<SessionCipher>,
+    nonces: AgentNonces,
+    /// The plaintext of the challenge sent, until the client's answer is checked.
+    challenge: Option<zeroize::Zeroizing<Vec<u8>>>,
+    /// Encrypted payloads sent so far (for the tampering fault).
+    sealed: u64,
 }
 
 /// Waits until `link` can take a frame again; never, without a link.
@@ -232,6 +255,8 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         blocked: None,
         reported_retransmissions: 0,
         finished: false,
+        kms: None,
+        client_version: String::new(),
     };
     agent.start(now);
     let grace = Duration::from_millis(shared.config.reconnect_grace_ms);
@@ -298,7 +323,7 @@ impl Agent {
         consider(Some(self.idle_deadline()));
         consider(self.max_deadline());
         match &self.stage {
-            Stage::Handshake { deadline } => consider(Some(*deadline)),
+            Stage::Handshake { deadline } | Stage::Challenge { deadline } => consider(Some(*deadline)),
             Stage::Closing { deadline, .. } => consider(Some(*deadline)),
             Stage::Running => {}
         }
@@ -367,13 +392,22 @@ impl Agent {
             let mut req =
                 HandshakeRequest::new(&self.shared.config.agent_version, &self.session_type, client_properties);
             if let Some(key) = kms_key_id {
+                let encryption = Encryption {
+                    key_id: key,
+                    random_challenge: random_challenge(),
+                    cipher: None,
+                    nonces: AgentNonces::new(rand::random()),
+                    challenge: None,
+                    sealed: 0,
+                };
                 req.requested_client_actions.push(RequestedAction {
                     action_type: "KMSEncryption".into(),
                     action_parameters: serde_json::json!({
-                        "KMSKeyId": key,
-                        "Challenge": random_challenge(),
+                        "KMSKeyId": encryption.key_id,
+                        "Challenge": encryption.random_challenge,
                     }),
                 });
+                self.kms = Some(encryption);
             }
             let faults = self.shared.faults();
             if faults.handshake_complete_first {
@@ -401,12 +435,42 @@ impl Agent {
     }
 
     /// The KMS key sessions of this type are encrypted with: none for port sessions
-    /// (sessionplugin.go isEncryptionEnabled).
+    /// (sessionplugin.go isEncryptionEnabled); the instance's own, else the preferences'.
     fn kms_key_id(&self) -> Option<String> {
         if self.session_type == SessionType::Port {
             return None;
         }
-        self.shared.config.kms_key_id.clone().filter(|k| !k.is_empty())
+        let config = &self.shared.config;
+        config
+            .instance(&self.spec.target)
+            .and_then(|i| i.kms_key_id.clone())
+            .or_else(|| config.kms_key_id.clone())
+            .filter(|k| !k.is_empty())
+    }
+
+    /// Sends a payload of the plugin's, encrypted when the session is (datachannel.go
+    /// SendStreamDataMessage: output, stderr and the exit code).
+    fn send_output(&mut self, now: Instant, payload_type: PayloadType, data: Vec<u8>) {
+        let data = match self.kms.as_mut() {
+            Some(Encryption {
+                cipher: Some(cipher),
+                nonces,
+                sealed,
+                ..
+            }) if is_encrypted(Side::Agent, payload_type) => {
+                let mut out = cipher.seal(nonces.next_nonce(), &data);
+                *sealed += 1;
+                if self.shared.faults().tamper_encrypted_output == Some(*sealed)
+                    && let Some(b) = out.get_mut(ssm_proto::crypto::NONCE_BYTES)
+                {
+                    // Fault injection: altered before framing, so the digest still matches.
+                    *b ^= 0x01;
+                }
+                out
+            }
+            _ => data,
+        };
+        let _ = self.channel.send(now, payload_type, data);
     }
 
     fn start_shell(&mut self) {
@@ -513,11 +577,33 @@ impl Agent {
     async fn on_stream(&mut self, now: Instant, seq: i64, payload_type: PayloadType, payload: Vec<u8>) -> Handled {
         match (&self.stage, payload_type) {
             (Stage::Handshake { .. }, PayloadType::HandshakeResponse) => {
-                self.on_handshake_response(now, &payload);
+                self.on_handshake_response(now, &payload).await;
+                Handled::Done(true)
+            }
+            (Stage::Challenge { .. }, PayloadType::EncChallengeResponse) => {
+                self.on_challenge_response(now, &payload);
                 Handled::Done(true)
             }
             // §4.4: anything else before the handshake completes is consumed and acked.
-            (Stage::Handshake { .. } | Stage::Closing { .. }, _) => Handled::Done(true),
+            (Stage::Handshake { .. } | Stage::Challenge { .. } | Stage::Closing { .. }, _) => Handled::Done(true),
+            // datachannel.go processStreamDataMessage: input is decrypted first; input that does
+            // not decrypt is an error, and the message is neither processed nor acked.
+            (Stage::Running, PayloadType::Output) if self.kms.as_ref().is_some_and(|k| k.cipher.is_some()) => {
+                let opened = self
+                    .kms
+                    .as_ref()
+                    .and_then(|k| k.cipher.as_ref())
+                    .map(|c| c.open(&payload));
+                match opened {
+                    Some(Ok(plain)) => self.on_running_input(now, seq, plain),
+                    Some(Err(e)) => {
+                        tracing::warn!(session = %self.spec.session_id, "Error decrypting stream data message sequence {seq}, err: {e}");
+                        Handled::Done(false)
+                    }
+                    None => Handled::Done(false),
+                }
+            }
+            (Stage::Running, PayloadType::Output) => self.on_running_input(now, seq, payload),
             (Stage::Running, PayloadType::Size) => {
                 if let Ok(size) = ssm_proto::TerminalSize::parse(&payload) {
                     self.shared.update_info(&self.spec.session_id, |i| {
@@ -529,23 +615,7 @@ impl Agent {
                 }
                 Handled::Done(true)
             }
-            // shell_unix.go InputStreamMessageHandler: a control byte becomes a signal and the
-            // handler waits for the command to exit; the rest (and Size) is dropped.
-            (Stage::Running, PayloadType::Output) if self.command.is_some() => {
-                match self.command.as_ref().map(|c| c.input(&payload)) {
-                    Some(Input::Signalled) => {
-                        self.signal_message = Some(seq);
-                        Handled::Pending
-                    }
-                    Some(Input::Failed) => Handled::Done(false),
-                    Some(Input::Ignored) | None => Handled::Done(true),
-                }
-            }
-            (Stage::Running, _) if self.command.is_some() => Handled::Done(true),
-            (Stage::Running, PayloadType::Output) if self.shell.is_some() => match &self.shell {
-                Some(shell) => shell.write(payload, seq),
-                None => Handled::Done(true),
-            },
+            (Stage::Running, _) if self.command.is_some() || self.shell.is_some() => Handled::Done(true),
             (Stage::Running, _) => match self.port.as_mut() {
                 Some(port) => port.on_client(now, seq, payload_type, payload),
                 None => Handled::Done(true),
@@ -553,7 +623,30 @@ impl Agent {
         }
     }
 
-    fn on_handshake_response(&mut self, now: Instant, payload: &[u8]) {
+    /// Stream input (type 1, decrypted when the session is encrypted) for the running plugin.
+    fn on_running_input(&mut self, now: Instant, seq: i64, payload: Vec<u8>) -> Handled {
+        if let Some(command) = &self.command {
+            // shell_unix.go InputStreamMessageHandler: a control byte becomes a signal and the
+            // handler waits for the command to exit; the rest (and Size) is dropped.
+            return match command.input(&payload) {
+                Input::Signalled => {
+                    self.signal_message = Some(seq);
+                    Handled::Pending
+                }
+                Input::Failed => Handled::Done(false),
+                Input::Ignored => Handled::Done(true),
+            };
+        }
+        if let Some(shell) = &self.shell {
+            return shell.write(payload, seq);
+        }
+        match self.port.as_mut() {
+            Some(port) => port.on_client(now, seq, PayloadType::Output, payload),
+            None => Handled::Done(true),
+        }
+    }
+
+    async fn on_handshake_response(&mut self, now: Instant, payload: &[u8]) {
         let resp = match HandshakeResponse::parse(payload) {
             Ok(r) => r,
             Err(e) => {
@@ -565,16 +658,117 @@ impl Agent {
             self.begin_close(format!("{e}"));
             return;
         }
-        if self.kms_key_id().is_some() {
-            // The client took KMS encryption, which the emulator cannot do; a plain session
-            // instead would be kinder than AWS.
-            self.begin_close("KMS encryption is not emulated".into());
+        self.client_version = resp.client_version.clone();
+        if self.kms.is_some() {
+            // datachannel.go handleHandshakeResponse → finalizeKMSEncryption, then
+            // PerformHandshake sends the encryption challenge.
+            let result = resp
+                .processed_client_actions
+                .iter()
+                .find(|a| a.action_type == "KMSEncryption")
+                .map(|a| a.action_result.clone());
+            if let Err(e) = self.finalize_kms(result).await {
+                self.begin_close(format!("Handshake failed: {e}"));
+                return;
+            }
+            self.send_challenge(now);
             return;
         }
+        self.complete_handshake(now);
+    }
+
+    /// datachannel.go finalizeKMSEncryption and blockcipher.go UpdateEncryptionKey: the data
+    /// key decrypted through KMS with the agent's encryption context, its halves the keys.
+    async fn finalize_kms(&mut self, result: Option<serde_json::Value>) -> Result<(), String> {
+        let Some(kms) = self.kms.as_ref() else {
+            return Ok(());
+        };
+        let result = KmsActionResult::parse(&result.unwrap_or_default())
+            .map_err(|e| format!("Unmarshalling of KMSEncryptionResponse failed, {e}"))?;
+        let config = &self.shared.config;
+        if config.require_kms_challenge_response && !result.challenge_acknowledged {
+            return Err("client does not support required encryption context random challenge".into());
+        }
+        let Some(endpoint) = config.kms_endpoint.clone() else {
+            return Err("Unable to retrieve data key, the emulator has no kms_endpoint to reach KMS at".into());
+        };
+        let mut context = std::collections::HashMap::from([
+            ("aws:ssm:SessionId".to_owned(), self.spec.session_id.clone()),
+            ("aws:ssm:TargetId".to_owned(), self.spec.target.clone()),
+        ]);
+        if result.challenge_acknowledged {
+            context.insert("aws:ssm:RandomChallenge".to_owned(), kms.random_challenge.clone());
+        }
+        let key = crate::kms::decrypt_data_key(&endpoint, &self.spec.region, &kms.key_id, result.ciphertext, context)
+            .await
+            .map_err(|e| format!("Unable to retrieve data key, {e}"))?;
+        let cipher = SessionCipher::new(Side::Agent, &key).map_err(|e| e.to_string())?;
+        if let Some(kms) = self.kms.as_mut() {
+            kms.cipher = Some(cipher);
+        }
+        Ok(())
+    }
+
+    /// datachannel.go sendEncryptionChallenge: 64 random bytes, sealed, as type 8; the answer
+    /// is awaited for the handshake timeout ("Timed out waiting for encryption challenge.").
+    fn send_challenge(&mut self, now: Instant) {
+        let wrong_key = self.shared.faults().wrong_challenge_key;
+        let Some(kms) = self.kms.as_mut() else { return };
+        let Some(cipher) = kms.cipher.as_ref() else { return };
+        let plain = zeroize::Zeroizing::new((0..CHALLENGE_BYTES).map(|_| rand::random::<u8>()).collect::<Vec<u8>>());
+        let sealed = if wrong_key {
+            let other: [u8; ssm_proto::crypto::DATA_KEY_BYTES] = std::array::from_fn(|_| rand::random());
+            match SessionCipher::new(Side::Agent, &other) {
+                Ok(c) => c.seal(kms.nonces.next_nonce(), &plain),
+                Err(_) => return,
+            }
+        } else {
+            cipher.seal(kms.nonces.next_nonce(), &plain)
+        };
+        kms.challenge = Some(plain);
+        let request = EncChallenge { challenge: sealed };
+        let _ = self.channel.send(now, PayloadType::EncChallengeRequest, request.to_json());
+        self.stage = Stage::Challenge {
+            deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
+        };
+    }
+
+    /// datachannel.go handleEncryptionChallengeResponse: the answer must open to the challenge.
+    fn on_challenge_response(&mut self, now: Instant, payload: &[u8]) {
+        let verdict = match (EncChallenge::parse(payload), self.kms.as_mut()) {
+            (Ok(answer), Some(kms)) => {
+                let expected = kms.challenge.take();
+                match kms.cipher.as_ref().map(|c| c.open(&answer.challenge)) {
+                    Some(Ok(plain)) if expected.as_deref() == Some(&plain) => Ok(()),
+                    Some(Ok(_)) => Err("Encryption challenge does not match!".to_owned()),
+                    Some(Err(e)) => Err(format!("Error decrypting encrypted text, {e}")),
+                    None => Err("no encryption key".to_owned()),
+                }
+            }
+            (Err(e), _) => Err(format!("Unmarshalling of EncryptionChallengeResponse message failed, {e}")),
+            (_, None) => Ok(()),
+        };
+        match verdict {
+            Ok(()) => self.complete_handshake(now),
+            Err(e) => self.begin_close(format!(
+                "Handshake failed: processing of EncryptionChallengeReponse message failed, {e}"
+            )),
+        }
+    }
+
+    /// HandshakeComplete, then the plugin (datachannel.go PerformHandshake,
+    /// buildHandshakeCompletePayload).
+    fn complete_handshake(&mut self, now: Instant) {
+        let customer_message = if self.kms.is_some() {
+            self.shared.update_info(&self.spec.session_id, |i| i.encrypted = true);
+            "This session is encrypted using AWS KMS.".to_owned()
+        } else {
+            String::new()
+        };
         let complete = HandshakeComplete {
             handshake_time_to_complete: i64::try_from(now.saturating_duration_since(self.dispatched).as_nanos())
                 .unwrap_or(i64::MAX),
-            customer_message: String::new(),
+            customer_message,
         };
         let _ = self
             .channel
@@ -590,13 +784,22 @@ impl Agent {
         }
         // HandshakeComplete goes out before the plugin starts (and dials).
         self.flush();
-        let client_version = resp.client_version.clone();
+        let client_version = self.client_version.clone();
         self.shared
             .update_info(&self.spec.session_id, |i| i.client_version = client_version.clone());
-        if self.session_type == SessionType::NonInteractiveCommands {
-            self.stage = Stage::Running;
-            self.start_command();
-            return;
+        match self.session_type {
+            SessionType::NonInteractiveCommands => {
+                self.stage = Stage::Running;
+                self.start_command();
+                return;
+            }
+            // A shell handshakes only when encrypted (sessionplugin.go); its plugin starts now.
+            SessionType::StandardStream | SessionType::InteractiveCommands => {
+                self.stage = Stage::Running;
+                self.start_shell();
+                return;
+            }
+            SessionType::Port => {}
         }
         let props: ssm_proto::PortProperties = serde_json::from_value(self.properties.clone()).unwrap_or_default();
         let mode = ssm_proto::PortMode::for_agent(
@@ -657,17 +860,11 @@ impl Agent {
         let now = Instant::now();
         if self.command.is_some() {
             match ev {
-                DestEvent::Data(STDERR_STREAM, data) => {
-                    let _ = self.channel.send(now, PayloadType::StdErr, data);
-                }
-                DestEvent::Data(_, data) => {
-                    let _ = self.channel.send(now, PayloadType::Output, data);
-                }
+                DestEvent::Data(STDERR_STREAM, data) => self.send_output(now, PayloadType::StdErr, data),
+                DestEvent::Data(_, data) => self.send_output(now, PayloadType::Output, data),
                 // sendExitCode
                 DestEvent::CommandExitCode(code) => {
-                    let _ = self
-                        .channel
-                        .send(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
+                    self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes())
                 }
                 // PrepareToCloseChannel, then Terminating.
                 DestEvent::CommandEnded => self.begin_close(String::new()),
@@ -677,14 +874,10 @@ impl Agent {
         }
         if self.shell.is_some() {
             match ev {
-                DestEvent::Data(_, data) => {
-                    let _ = self.channel.send(now, PayloadType::Output, data);
-                }
+                DestEvent::Data(_, data) => self.send_output(now, PayloadType::Output, data),
                 DestEvent::Exited(code) => {
                     if self.shared.config.invent_shell_exit_code {
-                        let _ =
-                            self.channel
-                                .send(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
+                        self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
                     }
                     self.begin_close(String::new());
                 }
@@ -729,6 +922,9 @@ impl Agent {
                     "Handshake timed out. Please ensure that you have the latest version of the session manager plugin."
                         .into(),
                 );
+            }
+            Stage::Challenge { deadline } if now >= *deadline => {
+                self.begin_close("Timed out waiting for encryption challenge.".into());
             }
             Stage::Closing { deadline, .. } if now >= *deadline => self.finish_close(now),
             _ => {}

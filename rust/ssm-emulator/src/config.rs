@@ -129,14 +129,23 @@ pub struct Config {
     /// client. Whether MGS forwards them is not known (§4.9, §12); clients must ignore them, so
     /// the emulator sends them unless a test turns this off.
     pub forward_agent_session_state: bool,
-    /// Session Manager preferences `kmsKeyId`: KMS encryption of session data with this key.
-    /// As in the agent, it applies to every session but port sessions
-    /// (agent/session/plugins/sessionplugin/sessionplugin.go isEncryptionEnabled): the agent
-    /// then handshakes even for shells and asks for `KMSEncryption` with the key and a random
-    /// challenge (agent/session/datachannel/datachannel.go buildHandshakeRequestPayload); a
-    /// client that does not take it ends the session (handleHandshakeResponse). The emulator
-    /// does not encrypt: a client that accepts gets the session ended, never a plain one.
+    /// Session Manager preferences `kmsKeyId`: KMS encryption of session data with this key
+    /// (an inventory instance's own `kms_key_id` wins). As in the agent, it applies to every
+    /// session but port sessions (agent/session/plugins/sessionplugin/sessionplugin.go
+    /// isEncryptionEnabled): the agent then handshakes even for shells, asks for
+    /// `KMSEncryption` with the key and a random challenge, decrypts the client's data key
+    /// through KMS at [`Config::kms_endpoint`], runs the challenge round and encrypts what it
+    /// sends (agent/session/datachannel/datachannel.go, agent/session/crypto/). A client that
+    /// does not take it has the session ended (handleHandshakeResponse).
     pub kms_key_id: Option<String>,
+    /// The KMS endpoint the agent decrypts data keys at (the agent's `Kms.Endpoint` setting,
+    /// agent/session/crypto/kmsservice.go), e.g. a moto server. Without it an encrypted session
+    /// ends at the handshake: the emulator reaches no real KMS.
+    pub kms_endpoint: Option<String>,
+    /// The agent's `Kms.RequireKMSChallengeResponse` (default false, as in the agent's
+    /// appconfig): refuse clients that do not put the random challenge into the data key's
+    /// encryption context (datachannel.go finalizeKMSEncryption).
+    pub require_kms_challenge_response: bool,
     /// EC2 instances: answers `DescribeInstances`, EC2 Instance Connect, and decides which
     /// targets take sessions (inventory instances only when running; others as `targets` says).
     pub inventory: Vec<Instance>,
@@ -196,6 +205,8 @@ impl Default for Config {
             max_session_duration_ms: None,
             forward_agent_session_state: true,
             kms_key_id: None,
+            kms_endpoint: None,
+            require_kms_challenge_response: false,
             inventory: Vec::new(),
             authorized_keys: None,
             instance_connect_ttl_ms: 60_000,

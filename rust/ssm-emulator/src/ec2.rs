@@ -98,6 +98,10 @@ pub struct Instance {
     /// emulator-wide `port_map`.
     #[serde(default)]
     pub port_map: BTreeMap<u16, u16>,
+    /// KMS key this instance's sessions are encrypted with, in place of the emulator-wide
+    /// `kms_key_id`.
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
 }
 
 impl Instance {
@@ -113,6 +117,7 @@ impl Instance {
             availability_zone: default_az(),
             host: None,
             port_map: BTreeMap::new(),
+            kms_key_id: None,
         }
     }
 

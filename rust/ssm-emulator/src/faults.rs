@@ -83,6 +83,14 @@ pub struct Faults {
     /// is read back by `GET /_emulator/faults`. Default 0 (off); for tests of how a client
     /// waits out throttling.
     pub throttle_start_sessions: u64,
+    /// Tampering on the path: the this-many-th encrypted payload the agent sends (1 = the
+    /// first) has one ciphertext byte flipped before it is framed, so its digest matches and
+    /// only the AES-GCM tag can tell (§5.6). Default off; for tests of a client's refusal.
+    pub tamper_encrypted_output: Option<u64>,
+    /// Misbehaving agent: the encryption challenge is sealed under a key of its own instead of
+    /// the session's data key, as an agent that decrypted another key would hold (§5.6).
+    /// Default off; for tests of a client's challenge check.
+    pub wrong_challenge_key: bool,
 }
 
 /// What to do with one frame.

@@ -21,6 +21,7 @@ mod config;
 mod ec2;
 pub mod faults;
 mod instance_connect;
+mod kms;
 mod link;
 mod port;
 mod reply;

@@ -44,6 +44,13 @@ struct Args {
     /// (stdout and stderr apart, then the exit code); AWS-StartNonInteractiveCommand has none.
     #[arg(long, value_name = "NAME")]
     command_document: Option<String>,
+    /// Session Manager preferences `kmsKeyId`: encrypt every session but port sessions with this
+    /// KMS key, as the agent does (needs --kms-endpoint).
+    #[arg(long, value_name = "KEY", requires = "kms_endpoint")]
+    kms_key_id: Option<String>,
+    /// The KMS endpoint the emulated agent decrypts data keys at (e.g. a moto server).
+    #[arg(long, value_name = "URL")]
+    kms_endpoint: Option<String>,
     /// EC2 inventory: a JSON array of instances (fields as in the library's Instance).
     #[arg(long)]
     inventory: Option<std::path::PathBuf>,
@@ -108,6 +115,12 @@ async fn main() -> anyhow::Result<()> {
     config.port_map.extend(args.port_map);
     if let Some(d) = args.command_document {
         config.command_document = Some(d);
+    }
+    if let Some(k) = args.kms_key_id {
+        config.kms_key_id = Some(k);
+    }
+    if let Some(e) = args.kms_endpoint {
+        config.kms_endpoint = Some(e);
     }
     if let Some(path) = &args.inventory {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;

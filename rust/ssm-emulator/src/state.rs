@@ -46,6 +46,8 @@ pub(crate) struct SessionSpec {
     pub(crate) target: String,
     pub(crate) document: String,
     pub(crate) parameters: HashMap<String, Vec<String>>,
+    /// The region StartSession was signed for: the instance's, where its agent calls KMS.
+    pub(crate) region: String,
 }
 
 /// Commands from the API side to a session's agent.
@@ -211,6 +213,7 @@ impl Shared {
             target: target.to_owned(),
             document: document.to_owned(),
             parameters,
+            region: signer.region.clone(),
         });
         let info = SessionInfo {
             session_id: session_id.clone(),
@@ -223,6 +226,7 @@ impl Shared {
             terminal_size: None,
             access_key_id: signer.access_key_id,
             signing_region: signer.region,
+            encrypted: false,
         };
         lock(&self.sessions).insert(
             session_id.clone(),
@@ -437,6 +441,8 @@ pub struct SessionInfo {
     pub access_key_id: String,
     /// The region StartSession was signed for (SigV4 credential scope; empty if unsigned).
     pub signing_region: String,
+    /// Whether the handshake set up KMS encryption (the challenge verified, §5.6).
+    pub encrypted: bool,
 }
 
 #[cfg(test)]

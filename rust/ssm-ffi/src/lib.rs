@@ -75,6 +75,14 @@ pub enum SsmcErrorKind {
     Cancelled = 10,
     /// A bug: panic or unexpected state.
     Internal = 11,
+    /// KMS refused the session's data key to these credentials (no `kms:GenerateDataKey`).
+    KmsAccessDenied = 12,
+    /// The session's KMS key is missing, disabled or unusable.
+    KmsKeyUnavailable = 13,
+    /// The agent's encryption challenge did not verify.
+    KmsChallengeFailed = 14,
+    /// An encrypted message from the agent failed authentication (tampered).
+    KmsTampered = 15,
 }
 
 /// State of an operation or a forward.
@@ -120,6 +128,10 @@ impl From<ssm_session::Error> for FfiError {
             K::Listen => SsmcErrorKind::PortInUse,
             K::Connection | K::TargetLookup => SsmcErrorKind::ConnectionFailed,
             K::Session => SsmcErrorKind::SessionFailed,
+            K::KmsAccessDenied => SsmcErrorKind::KmsAccessDenied,
+            K::KmsKeyUnavailable => SsmcErrorKind::KmsKeyUnavailable,
+            K::KmsChallengeFailed => SsmcErrorKind::KmsChallengeFailed,
+            K::KmsTampered => SsmcErrorKind::KmsTampered,
             K::TimedOut => SsmcErrorKind::TimedOut,
             K::Cancelled => SsmcErrorKind::Cancelled,
             K::Io => SsmcErrorKind::Internal,
@@ -239,6 +251,7 @@ struct ClientRequest {
     endpoint_url: Option<String>,
     ec2_endpoint_url: Option<String>,
     ec2_instance_connect_endpoint_url: Option<String>,
+    kms_endpoint_url: Option<String>,
     access_key: Option<String>,
     secret_key: Option<String>,
     session_token: Option<String>,
@@ -273,6 +286,7 @@ impl ClientRequest {
                 ssm: self.endpoint_url,
                 ec2: self.ec2_endpoint_url,
                 ec2_instance_connect: self.ec2_instance_connect_endpoint_url,
+                kms: self.kms_endpoint_url,
             },
             dns_server,
             ..ssm_session::Settings::default()
@@ -285,7 +299,8 @@ impl ClientRequest {
 }
 
 /// Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-/// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`, `access_key`,
+/// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`,
+/// `kms_endpoint_url` (data keys of KMS-encrypted sessions), `access_key`,
 /// `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
 /// place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
 /// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:

@@ -62,12 +62,6 @@ pub enum HandshakeError {
     /// A payload did not parse.
     #[error(transparent)]
     Payload(#[from] PayloadError),
-    /// The agent asked for KMS encryption, which this client refuses for now (§5.6).
-    #[error("the session requires KMS encryption (key {key_id}), which SSMConnect does not support yet")]
-    KmsNotSupported {
-        /// Key the agent asked for.
-        key_id: String,
-    },
     /// The agent announced a session type this client does not know.
     #[error("unknown session type {0:?}")]
     UnknownSessionType(String),

@@ -6,6 +6,9 @@ use std::cmp::Ordering;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
 use crate::error::{HandshakeError, PayloadError};
 use crate::version;
 
@@ -269,7 +272,66 @@ impl PortMode {
     }
 }
 
-/// What the client learned from a [`HandshakeRequest`].
+/// A `KMSEncryption` action's parameters (§5.2, §5.6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsRequest {
+    /// The key the agent's session preferences name (`KMSKeyId`).
+    pub key_id: String,
+    /// The random challenge (`Challenge`), to put into the encryption context verbatim; older
+    /// agents send none.
+    pub challenge: Option<String>,
+}
+
+/// The client's outcome for a [`KmsRequest`], put into the `HandshakeResponse`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KmsAnswer {
+    /// A data key was made: its KMS `CiphertextBlob`, and whether the challenge went into its
+    /// encryption context (`ChallengeAcknowledgement`).
+    Key {
+        /// The encrypted data key, sent base64-encoded as `KMSCipherTextKey`.
+        ciphertext: Vec<u8>,
+        /// Whether `aws:ssm:RandomChallenge` is in the encryption context.
+        challenge_acknowledged: bool,
+    },
+    /// No data key: the action fails with this text, and the agent ends the session.
+    Failed(String),
+}
+
+/// `EncChallengeRequest` (type 8) and `EncChallengeResponse` (type 9) (§5.6): a sealed blob,
+/// base64 in JSON as Go encodes `[]byte` (agent/session/contracts/model.go).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncChallenge {
+    /// The sealed challenge.
+    pub challenge: Vec<u8>,
+}
+
+impl EncChallenge {
+    /// Parses the JSON payload.
+    pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(rename = "Challenge", default)]
+            challenge: Option<String>,
+        }
+        let wire: Wire = serde_json::from_slice(bytes).map_err(|e| PayloadError::json("EncChallenge", &e))?;
+        let text = wire.challenge.unwrap_or_default();
+        let challenge = BASE64
+            .decode(text.as_bytes())
+            .map_err(|e| PayloadError {
+                what: "EncChallenge",
+                reason: format!("Challenge is not base64: {e}"),
+            })?;
+        Ok(Self { challenge })
+    }
+
+    /// Compact JSON bytes.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({ "Challenge": BASE64.encode(&self.challenge) })).unwrap_or_default()
+    }
+}
+
+/// What the client learned from a [`HandshakeRequest`]; [`ClientHandshake::response`] makes the
+/// answer once any KMS data key has been made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientHandshake {
     /// Agent version from the request.
@@ -278,81 +340,157 @@ pub struct ClientHandshake {
     pub session_type: Option<SessionType>,
     /// Announced properties (`null` for shells).
     pub properties: Value,
-    /// Payload of our `HandshakeResponse` (type 6), to send even when `error` is set so the
-    /// agent ends the session cleanly.
-    pub response: Vec<u8>,
-    /// Why we cannot go on, if we cannot.
+    /// Encryption the agent asks for, if it does (§5.6).
+    pub kms: Option<KmsRequest>,
+    /// Why we cannot go on, if we cannot; the response is still sent so that the agent ends
+    /// the session cleanly.
     pub error: Option<HandshakeError>,
+    actions: Vec<String>,
 }
 
-/// Processes a `HandshakeRequest` payload the client way (§5.3), refusing KMS encryption with a
-/// clear message (§5.6 is not implemented yet).
-pub fn client_respond(request: &[u8], client_version: &str) -> Result<ClientHandshake, HandshakeError> {
-    let request = HandshakeRequest::parse(request)?;
-    let mut out = ClientHandshake {
-        agent_version: request.agent_version.clone(),
-        session_type: None,
-        properties: Value::Null,
-        response: Vec::new(),
-        error: None,
-    };
-    let mut processed = Vec::new();
-    let mut errors = Vec::new();
-    for action in &request.requested_client_actions {
-        let params = &action.action_parameters;
-        let (status, error) = match action.action_type.as_str() {
-            "SessionType" => {
-                let name = params.get("SessionType").and_then(Value::as_str).unwrap_or_default();
-                match SessionType::parse(name) {
-                    Some(t) => {
-                        out.session_type = Some(t);
-                        out.properties = params.get("Properties").cloned().unwrap_or(Value::Null);
-                        (ActionStatus::Success, String::new())
-                    }
-                    None => {
-                        out.error
-                            .get_or_insert(HandshakeError::UnknownSessionType(name.to_owned()));
-                        (
-                            ActionStatus::Failed,
-                            format!("Failed to process action SessionType: Unknown session type {name}"),
-                        )
+impl ClientHandshake {
+    /// Reads a `HandshakeRequest` payload the client way (§5.3).
+    pub fn process(request: &[u8]) -> Result<Self, HandshakeError> {
+        let request = HandshakeRequest::parse(request)?;
+        let mut out = ClientHandshake {
+            agent_version: request.agent_version.clone(),
+            session_type: None,
+            properties: Value::Null,
+            kms: None,
+            error: None,
+            actions: Vec::new(),
+        };
+        for action in &request.requested_client_actions {
+            let params = &action.action_parameters;
+            match action.action_type.as_str() {
+                "SessionType" => {
+                    let name = params.get("SessionType").and_then(Value::as_str).unwrap_or_default();
+                    match SessionType::parse(name) {
+                        Some(t) => {
+                            out.session_type = Some(t);
+                            out.properties = params.get("Properties").cloned().unwrap_or(Value::Null);
+                        }
+                        None => {
+                            out.error
+                                .get_or_insert(HandshakeError::UnknownSessionType(name.to_owned()));
+                        }
                     }
                 }
+                "KMSEncryption" => {
+                    let text = |k: &str| params.get(k).and_then(Value::as_str).map(str::to_owned);
+                    out.kms = Some(KmsRequest {
+                        key_id: text("KMSKeyId").unwrap_or_default(),
+                        challenge: text("Challenge").filter(|c| !c.is_empty()),
+                    });
+                }
+                _ => {}
             }
-            "KMSEncryption" => {
-                let key_id = params
-                    .get("KMSKeyId")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                out.error.get_or_insert(HandshakeError::KmsNotSupported { key_id });
-                (
-                    ActionStatus::Failed,
-                    "KMS encryption is not supported by this client yet".to_owned(),
-                )
-            }
-            other => (ActionStatus::Unsupported, format!("Unsupported action {other}")),
-        };
-        if !error.is_empty() {
-            errors.push(error.clone());
+            out.actions.push(action.action_type.clone());
         }
-        processed.push(ProcessedAction {
-            action_type: action.action_type.clone(),
-            action_status: status.code(),
-            action_result: Value::Null,
-            error,
-        });
+        if out.session_type.is_none() && out.error.is_none() {
+            out.error = Some(HandshakeError::NoSessionType);
+        }
+        Ok(out)
     }
-    out.response = HandshakeResponse {
-        client_version: client_version.to_owned(),
-        processed_client_actions: processed,
-        errors: if errors.is_empty() { None } else { Some(errors) },
+
+    /// The `HandshakeResponse` payload (type 6): one processed action per requested one, in
+    /// order. `kms` is the outcome of the `KMSEncryption` action; without one that action
+    /// fails.
+    pub fn response(&self, client_version: &str, kms: Option<&KmsAnswer>) -> Vec<u8> {
+        let mut processed = Vec::new();
+        let mut errors = Vec::new();
+        for action_type in &self.actions {
+            let (status, result, error) = match action_type.as_str() {
+                "SessionType" => match (&self.session_type, &self.error) {
+                    (Some(_), _) => (ActionStatus::Success, Value::Null, String::new()),
+                    (None, Some(HandshakeError::UnknownSessionType(name))) => (
+                        ActionStatus::Failed,
+                        Value::Null,
+                        format!("Failed to process action SessionType: Unknown session type {name}"),
+                    ),
+                    (None, _) => (
+                        ActionStatus::Failed,
+                        Value::Null,
+                        "Failed to process action SessionType".to_owned(),
+                    ),
+                },
+                "KMSEncryption" => match kms {
+                    Some(KmsAnswer::Key {
+                        ciphertext,
+                        challenge_acknowledged,
+                    }) => (
+                        ActionStatus::Success,
+                        serde_json::json!({
+                            "KMSCipherTextKey": BASE64.encode(ciphertext),
+                            "KMSCipherTextHash": null,
+                            "ChallengeAcknowledgement": challenge_acknowledged,
+                        }),
+                        String::new(),
+                    ),
+                    Some(KmsAnswer::Failed(e)) => (ActionStatus::Failed, Value::Null, e.clone()),
+                    None => (
+                        ActionStatus::Failed,
+                        Value::Null,
+                        "Failed to process action KMSEncryption: no data key".to_owned(),
+                    ),
+                },
+                other => (ActionStatus::Unsupported, Value::Null, format!("Unsupported action {other}")),
+            };
+            if !error.is_empty() {
+                errors.push(error.clone());
+            }
+            processed.push(ProcessedAction {
+                action_type: action_type.clone(),
+                action_status: status.code(),
+                action_result: result,
+                error,
+            });
+        }
+        HandshakeResponse {
+            client_version: client_version.to_owned(),
+            processed_client_actions: processed,
+            errors: if errors.is_empty() { None } else { Some(errors) },
+        }
+        .to_json()
     }
-    .to_json();
-    if out.session_type.is_none() && out.error.is_none() {
-        out.error = Some(HandshakeError::NoSessionType);
+}
+
+/// The agent's reading of a successful `KMSEncryption` action result (§5.6;
+/// agent/session/datachannel/datachannel.go finalizeKMSEncryption).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsActionResult {
+    /// The encrypted data key (`KMSCipherTextKey`).
+    pub ciphertext: Vec<u8>,
+    /// `ChallengeAcknowledgement`.
+    pub challenge_acknowledged: bool,
+}
+
+impl KmsActionResult {
+    /// Reads the `ActionResult` of a `KMSEncryption` processed action.
+    pub fn parse(result: &Value) -> Result<Self, PayloadError> {
+        let key = result.get("KMSCipherTextKey").and_then(Value::as_str).unwrap_or_default();
+        let ciphertext = BASE64
+            .decode(key.as_bytes())
+            .map_err(|e| PayloadError {
+                what: "KMSEncryption ActionResult",
+                reason: format!("KMSCipherTextKey is not base64: {e}"),
+            })?;
+        Ok(Self {
+            ciphertext,
+            challenge_acknowledged: result
+                .get("ChallengeAcknowledgement")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        })
     }
-    Ok(out)
+}
+
+/// Processes a `HandshakeRequest` payload and answers it at once (§5.3): what a client that
+/// makes no KMS data key sends. A `KMSEncryption` action is answered as failed.
+pub fn client_respond(request: &[u8], client_version: &str) -> Result<(ClientHandshake, Vec<u8>), HandshakeError> {
+    let hs = ClientHandshake::process(request)?;
+    let response = hs.response(client_version, None);
+    Ok((hs, response))
 }
 
 #[cfg(test)]
@@ -366,10 +504,10 @@ mod tests {
             &SessionType::Port,
             serde_json::json!({"portNumber":"22","type":"LocalPortForwarding","localPortNumber":"0"}),
         );
-        let hs = client_respond(&req.to_json(), version::CLIENT_VERSION).unwrap();
+        let (hs, response) = client_respond(&req.to_json(), version::CLIENT_VERSION).unwrap();
         assert_eq!(hs.session_type, Some(SessionType::Port));
-        assert!(hs.error.is_none());
-        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        assert!(hs.error.is_none() && hs.kms.is_none());
+        let resp = HandshakeResponse::parse(&response).unwrap();
         assert!(resp.check().is_ok());
         assert_eq!(resp.errors, None);
         let props: PortProperties = serde_json::from_value(hs.properties).unwrap();
@@ -379,19 +517,62 @@ mod tests {
         );
     }
 
-    #[test]
-    fn kms_is_refused_clearly() {
+    fn kms_request(challenge: serde_json::Value) -> Vec<u8> {
         let mut req = HandshakeRequest::new("3.3.40.0", &SessionType::StandardStream, Value::Null);
         req.requested_client_actions.push(RequestedAction {
             action_type: "KMSEncryption".into(),
-            action_parameters: serde_json::json!({"KMSKeyId":"arn:aws:kms:us-east-1:1:key/k"}),
+            action_parameters: serde_json::json!({"KMSKeyId":"arn:aws:kms:us-east-1:1:key/k","Challenge":challenge}),
         });
-        let hs = client_respond(&req.to_json(), "1.2.650.0").unwrap();
-        let err = hs.error.unwrap();
-        assert!(err.to_string().contains("KMS encryption"), "{err}");
-        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        req.to_json()
+    }
+
+    #[test]
+    fn a_kms_request_is_answered_with_the_data_key_or_its_failure() {
+        let hs = ClientHandshake::process(&kms_request("Y2hhbGxlbmdl".into())).unwrap();
+        assert!(hs.error.is_none());
+        assert_eq!(
+            hs.kms,
+            Some(KmsRequest {
+                key_id: "arn:aws:kms:us-east-1:1:key/k".into(),
+                challenge: Some("Y2hhbGxlbmdl".into()),
+            })
+        );
+        let key = KmsAnswer::Key {
+            ciphertext: vec![1, 2, 3, 250],
+            challenge_acknowledged: true,
+        };
+        let resp = HandshakeResponse::parse(&hs.response("1.2.650.0", Some(&key))).unwrap();
+        assert!(resp.check().is_ok());
+        let result = &resp.processed_client_actions[1].action_result;
+        assert_eq!(result["KMSCipherTextKey"], "AQID+g==");
+        assert_eq!(
+            KmsActionResult::parse(result).unwrap(),
+            KmsActionResult {
+                ciphertext: vec![1, 2, 3, 250],
+                challenge_acknowledged: true
+            }
+        );
+        let failed = KmsAnswer::Failed("no permission".into());
+        let resp = HandshakeResponse::parse(&hs.response("1.2.650.0", Some(&failed))).unwrap();
         assert_eq!(resp.processed_client_actions[1].action_status, 2);
-        assert!(resp.check().is_err());
+        assert_eq!(resp.errors, Some(vec!["no permission".to_owned()]));
+        // Answered without a key (client_respond): the action fails and the agent ends it.
+        let (_, response) = client_respond(&kms_request(Value::Null), "1.2.650.0").unwrap();
+        assert!(HandshakeResponse::parse(&response).unwrap().check().is_err());
+        let older = ClientHandshake::process(&kms_request(Value::Null)).unwrap();
+        assert_eq!(older.kms.unwrap().challenge, None);
+    }
+
+    #[test]
+    fn challenges_travel_as_base64_and_bad_ones_are_errors() {
+        let c = EncChallenge {
+            challenge: vec![0xff, 0, 7],
+        };
+        assert_eq!(c.to_json(), br#"{"Challenge":"/wAH"}"#);
+        assert_eq!(EncChallenge::parse(&c.to_json()).unwrap(), c);
+        assert!(EncChallenge::parse(br#"{"Challenge":"not base64!"}"#).is_err());
+        assert!(EncChallenge::parse(b"[]").is_err());
+        assert!(KmsActionResult::parse(&serde_json::json!({"KMSCipherTextKey": "%%"})).is_err());
     }
 
     #[test]
@@ -401,9 +582,25 @@ mod tests {
             action_type: "Teleport".into(),
             action_parameters: Value::Null,
         });
-        let hs = client_respond(&req.to_json(), "1.2.650.0").unwrap();
-        let resp = HandshakeResponse::parse(&hs.response).unwrap();
+        let (_, response) = client_respond(&req.to_json(), "1.2.650.0").unwrap();
+        let resp = HandshakeResponse::parse(&response).unwrap();
         assert_eq!(resp.processed_client_actions[1].action_status, 3);
+    }
+
+    #[test]
+    fn an_unknown_session_type_fails_its_action() {
+        let req = HandshakeRequest {
+            agent_version: "3.3.40.0".into(),
+            requested_client_actions: vec![RequestedAction {
+                action_type: "SessionType".into(),
+                action_parameters: serde_json::json!({"SessionType":"Teleport"}),
+            }],
+        };
+        let (hs, response) = client_respond(&req.to_json(), "1.2.650.0").unwrap();
+        assert_eq!(hs.error, Some(HandshakeError::UnknownSessionType("Teleport".into())));
+        let resp = HandshakeResponse::parse(&response).unwrap();
+        assert_eq!(resp.processed_client_actions[0].action_status, 2);
+        assert!(resp.processed_client_actions[0].error.contains("Unknown session type Teleport"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! What it is: the byte-exact frame codec (§3 of `ssm-protocol.md`), the reliable channel with
 //! acks, reordering, RTO retransmission and pause/start publication (§4), the session handshake
-//! (§5), and smux v1 framing and stream state for multiplexed port forwarding (§7.4).
+//! (§5) with KMS encryption (§5.6), and smux v1 framing and stream state for multiplexed port forwarding (§7.4).
 //!
 //! What it is not: it opens no sockets, spawns no tasks, reads no clock and no entropy. Callers
 //! pass the current [`std::time::Instant`] into every `handle_*`/`send` call, drain
@@ -16,6 +16,7 @@
 )]
 
 pub mod channel;
+pub mod crypto;
 pub mod error;
 pub mod frame;
 pub mod handshake;

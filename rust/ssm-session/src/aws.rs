@@ -18,6 +18,7 @@ use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 
 use crate::error::{Error, Result};
+use crate::kms::{DataKey, DataKeyRequest, KmsApi};
 use crate::tls::{Trust, tls_failure};
 
 /// The loaded AWS configuration, re-exported so that callers need no aws-config dependency.
@@ -214,6 +215,9 @@ impl fmt::Debug for Token {
 pub struct StartedSession {
     /// Session id.
     pub session_id: String,
+    /// The instance the session was started with (the agent's own id, which KMS encryption
+    /// contexts name, §5.6).
+    pub target_id: String,
     /// Single-use token for the first WebSocket open.
     pub token: Token,
     /// WebSocket URL, used verbatim (§1.1).
@@ -225,6 +229,7 @@ pub struct StartedSession {
 pub struct SsmApi {
     client: aws_sdk_ssm::Client,
     trust: Trust,
+    kms: Option<KmsApi>,
 }
 
 type StartSessionResult = std::result::Result<
@@ -345,7 +350,15 @@ impl SsmApi {
         Ok(Self {
             client: aws_sdk_ssm::Client::from_conf(b.build()),
             trust: Trust::default(),
+            kms: None,
         })
+    }
+
+    /// The same calls; sessions the agent encrypts get their data keys from `kms` (§5.6).
+    /// Without it, an encrypted session fails to start.
+    pub fn with_kms(mut self, kms: KmsApi) -> Self {
+        self.kms = Some(kms);
+        self
     }
 
     /// The same calls; the data channels of their sessions trust what `trust` trusts (the
@@ -394,6 +407,7 @@ impl SsmApi {
         check_endpoint(&stream_url, "stream URL")?;
         Ok(StartedSession {
             session_id,
+            target_id: target.to_owned(),
             token: Token(token),
             stream_url,
         })
@@ -409,11 +423,25 @@ pub trait Control: Send + Sync + 'static {
     /// What the stream URL's TLS certificate is checked against: the API client's trust, since
     /// the URL came from that API (§2.1).
     fn trust(&self) -> Trust;
+    /// KMS `GenerateDataKey` for a session the agent encrypts (§5.6).
+    fn data_key(&self, request: DataKeyRequest) -> futures_util::future::BoxFuture<'_, Result<DataKey>>;
 }
 
 impl Control for SsmApi {
     fn trust(&self) -> Trust {
         self.trust.clone()
+    }
+
+    fn data_key(&self, request: DataKeyRequest) -> futures_util::future::BoxFuture<'_, Result<DataKey>> {
+        Box::pin(async move {
+            match &self.kms {
+                Some(kms) => kms.generate_data_key(&request).await,
+                None => Err(Error::Config(format!(
+                    "the session is KMS-encrypted with key {}, and no KMS client was set up",
+                    request.key_id
+                ))),
+            }
+        })
     }
 
     fn resume(&self, session_id: &str) -> futures_util::future::BoxFuture<'_, Result<Option<Token>>> {

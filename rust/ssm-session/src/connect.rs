@@ -19,6 +19,7 @@ use crate::aws::{AwsOptions, Config, SsmApi, load_config_with};
 use crate::command::{CommandOptions, CommandSession};
 use crate::driver::{ChannelOptions, DataChannel, End};
 use crate::error::Result;
+use crate::kms::KmsApi;
 use crate::port::{ForwardOptions, PerConnection, PortForward};
 use crate::resolve::{ResolveOptions, ResolvedTarget, Via, resolve_session_target, resolve_target};
 use crate::shell::ShellOptions;
@@ -35,6 +36,8 @@ pub struct Endpoints {
     pub ec2: Option<String>,
     /// EC2 Instance Connect (key pushes).
     pub ec2_instance_connect: Option<String>,
+    /// KMS (data keys of encrypted sessions, §5.6).
+    pub kms: Option<String>,
 }
 
 /// Everything a [`Connector`] is built from.
@@ -56,7 +59,7 @@ impl Settings {
     /// variable set after the process started never reaches the native `getenv`). Read in the
     /// SDK's order: `AWS_PROFILE`, `AWS_SHARED_CREDENTIALS_FILE`, `AWS_CONFIG_FILE`,
     /// `AWS_REGION` then `AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL_SSM` / `_EC2` /
-    /// `_EC2_INSTANCE_CONNECT` each falling back to `AWS_ENDPOINT_URL` (unless
+    /// `_EC2_INSTANCE_CONNECT` / `_KMS` each falling back to `AWS_ENDPOINT_URL` (unless
     /// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`), `AWS_CA_BUNDLE`, and the access key
     /// pair with its session token when neither keys nor a profile nor a credentials file were
     /// given.
@@ -92,6 +95,7 @@ impl Settings {
                 (&mut e.ssm, "AWS_ENDPOINT_URL_SSM"),
                 (&mut e.ec2, "AWS_ENDPOINT_URL_EC2"),
                 (&mut e.ec2_instance_connect, "AWS_ENDPOINT_URL_EC2_INSTANCE_CONNECT"),
+                (&mut e.kms, "AWS_ENDPOINT_URL_KMS"),
             ] {
                 *slot = slot.take().or_else(|| get(var)).or_else(|| get("AWS_ENDPOINT_URL"));
             }
@@ -198,7 +202,10 @@ impl Connector {
                 stage(Stage::LoadingConfig);
                 let trust = Trust::load(self.settings.aws.ca_bundle.as_deref())?;
                 let config = load_config_with(&self.settings.aws, &trust).await?;
-                let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?.with_trust(trust);
+                let kms = KmsApi::new(&config, self.settings.endpoints.kms.as_deref())?;
+                let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?
+                    .with_trust(trust)
+                    .with_kms(kms);
                 Ok((config, api))
             })
             .await
@@ -370,6 +377,7 @@ mod tests {
         assert_eq!(s.endpoints.ssm.as_deref(), Some("http://127.0.0.1:2"));
         assert_eq!(s.endpoints.ec2.as_deref(), Some("http://127.0.0.1:1"));
         assert_eq!(s.endpoints.ec2_instance_connect.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(s.endpoints.kms.as_deref(), Some("http://127.0.0.1:9"));
         // As in the SDK's default chain, the environment's keys win over its AWS_PROFILE.
         assert_eq!(s.aws.access_key.as_deref(), Some("AKID"));
         let with_profile = Settings {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use ssm_proto::handshake::{self, HandshakeComplete};
+use ssm_proto::crypto::{SessionCipher, Side, is_encrypted};
+use ssm_proto::handshake::{ClientHandshake, EncChallenge, HandshakeComplete, KmsAnswer};
 use ssm_proto::{Channel, Event, OpenDataChannel, PayloadType, PortMode, PortProperties, SessionType};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -25,6 +26,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::aws::{SharedControl, StartedSession, Token, check_endpoint};
 use crate::error::{Error, Result};
+use crate::kms::{DataKey, DataKeyRequest, KmsError};
 use crate::tls::{self, Trust};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -207,6 +209,9 @@ impl DataChannel {
         });
         let driver = Driver {
             session_id: started.session_id.clone(),
+            target_id: started.target_id.clone(),
+            cipher: None,
+            data_key: None,
             stream_url: started.stream_url,
             trust,
             client_id,
@@ -426,6 +431,7 @@ pub(crate) fn saturating_add(t: Instant, d: Duration) -> Instant {
 
 enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    DataKey(std::result::Result<Result<DataKey>, tokio::task::JoinError>),
     Command(Option<Command>),
     Delivered,
     Timer,
@@ -433,15 +439,18 @@ enum Step {
 
 enum StartState {
     Waiting(Option<oneshot::Sender<Result<SessionStart>>>),
-    Handshaking(
-        Option<oneshot::Sender<Result<SessionStart>>>,
-        handshake::ClientHandshake,
-    ),
+    Handshaking(Option<oneshot::Sender<Result<SessionStart>>>, ClientHandshake),
     Started,
 }
 
 struct Driver {
     session_id: String,
+    /// The instance, for the KMS encryption context (§5.6).
+    target_id: String,
+    /// The session's keys once KMS encryption is agreed (§5.6).
+    cipher: Option<SessionCipher>,
+    /// The KMS data key being made for the handshake's `KMSEncryption` action.
+    data_key: Option<JoinHandle<Result<DataKey>>>,
     stream_url: String,
     /// What the stream URL's certificate is checked against, the API client's (§2.1).
     trust: Trust,
@@ -476,7 +485,12 @@ impl Driver {
 
     fn fail_start(&mut self, e: Error) -> Error {
         if let Some(tx) = self.take_start() {
-            let _ = tx.send(Err(Error::Connect(e.to_string())));
+            // KMS failures keep their kind: each has its own error id for the caller.
+            let told = match &e {
+                Error::Kms(k) => Error::Kms(k.clone()),
+                other => Error::Connect(other.to_string()),
+            };
+            let _ = tx.send(Err(told));
         }
         e
     }
@@ -611,8 +625,15 @@ impl Driver {
             let wake = self.next_wake();
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
             let Some(ws) = self.ws.as_mut() else { continue };
+            let making_key = self.data_key.is_some();
             let step = tokio::select! {
                 msg = ws.next(), if reading => Step::Message(msg),
+                key = async {
+                    match self.data_key.as_mut() {
+                        Some(task) => task.await,
+                        None => std::future::pending().await,
+                    }
+                }, if making_key => Step::DataKey(key),
                 cmd = self.cmd_rx.recv(), if can_send => Step::Command(cmd),
                 permit = self.in_tx.reserve(), if !self.inbound.is_empty() => {
                     if let (Ok(permit), Some((t, data))) = (permit, self.inbound.pop_front()) {
@@ -629,7 +650,16 @@ impl Driver {
             };
             match step {
                 Step::Message(msg) => self.on_message(msg)?,
+                Step::DataKey(key) => {
+                    self.data_key = None;
+                    let key = key.unwrap_or_else(|e| Err(Error::Connect(format!("making the KMS data key failed: {e}"))));
+                    self.on_data_key(key)?;
+                }
                 Step::Command(Some(Command::Send(t, data))) => {
+                    let data = match &self.cipher {
+                        Some(cipher) if is_encrypted(Side::Client, t) => cipher.seal(rand::random(), &data),
+                        _ => data,
+                    };
                     let _ = self.channel.send(Instant::now(), t, data);
                 }
                 Step::Command(Some(Command::Finish { terminate })) => {
@@ -727,14 +757,34 @@ impl Driver {
                         tracing::debug!(session = %self.session_id, "ignored a HandshakeRequest after the session started");
                         return Ok(());
                     }
-                    let hs = handshake::client_respond(&payload, &self.opts.client_version)
-                        .map_err(|e| self.fail_start(Error::Handshake(e)))?;
-                    let _ = self
-                        .channel
-                        .send(now, PayloadType::HandshakeResponse, hs.response.clone());
-                    if let Some(e) = hs.error.clone() {
-                        self.finishing = Some((saturating_add(now, self.opts.drain_timeout), true));
-                        return Err(self.fail_start(Error::Handshake(e)));
+                    let hs = ClientHandshake::process(&payload).map_err(|e| self.fail_start(Error::Handshake(e)))?;
+                    match (&hs.error, &hs.kms) {
+                        (Some(e), _) => {
+                            let e = e.clone();
+                            let response = hs.response(&self.opts.client_version, None);
+                            let _ = self.channel.send(now, PayloadType::HandshakeResponse, response);
+                            self.finishing = Some((saturating_add(now, self.opts.drain_timeout), true));
+                            return Err(self.fail_start(Error::Handshake(e)));
+                        }
+                        // §5.6: the response waits for the data key, made on a task of its own
+                        // while the driver goes on acking and keeping the link alive.
+                        (None, Some(kms)) => {
+                            let request = DataKeyRequest {
+                                key_id: kms.key_id.clone(),
+                                session_id: self.session_id.clone(),
+                                target_id: self.target_id.clone(),
+                                challenge: kms.challenge.clone(),
+                            };
+                            let control = self.control.clone();
+                            self.cipher = None;
+                            if let Some(old) = self.data_key.replace(tokio::spawn(async move { control.data_key(request).await })) {
+                                old.abort();
+                            }
+                        }
+                        (None, None) => {
+                            let response = hs.response(&self.opts.client_version, None);
+                            let _ = self.channel.send(now, PayloadType::HandshakeResponse, response);
+                        }
                     }
                     // A repeated request before the completion replaces the first one; whoever
                     // waits for the start keeps waiting, under the same deadline.
@@ -751,6 +801,12 @@ impl Driver {
                     });
                     match std::mem::replace(&mut self.start, StartState::Started) {
                         StartState::Handshaking(tx, hs) => {
+                            if hs.kms.is_some() && self.cipher.is_none() {
+                                self.start = StartState::Handshaking(tx, hs);
+                                return Err(self.fail_start(Error::Kms(KmsError::OutOfOrder(
+                                    "HandshakeComplete",
+                                ))));
+                            }
                             let Some(session_type) = hs.session_type else {
                                 self.start = StartState::Handshaking(tx, hs);
                                 return Err(self.fail_start(Error::Handshake(ssm_proto::HandshakeError::NoSessionType)));
@@ -779,13 +835,23 @@ impl Driver {
                     }
                 }
                 PayloadType::EncChallengeRequest => {
-                    return Err(
-                        self.fail_start(Error::Handshake(ssm_proto::HandshakeError::KmsNotSupported {
-                            key_id: String::new(),
-                        })),
-                    );
+                    if self.started() {
+                        tracing::debug!(session = %self.session_id, "ignored an encryption challenge after the session started");
+                        return Ok(());
+                    }
+                    self.answer_challenge(now, &payload)?;
                 }
                 _ => {
+                    let payload = match &self.cipher {
+                        Some(cipher) if is_encrypted(Side::Agent, payload_type) => match cipher.open(&payload) {
+                            Ok(plain) => plain,
+                            Err(e) => {
+                                tracing::debug!(session = %self.session_id, "{payload_type:?} from the agent: {e}");
+                                return Err(self.fail_start(Error::Kms(KmsError::Tampered)));
+                            }
+                        },
+                        _ => payload,
+                    };
                     if let StartState::Waiting(tx) = &mut self.start {
                         // §5.1: no handshake; the first output means a shell.
                         let start = SessionStart {
@@ -823,6 +889,61 @@ impl Driver {
             Event::Resumed => tracing::debug!(session = %self.session_id, "publication resumed"),
             Event::Ignored(t) => tracing::trace!(session = %self.session_id, "ignored {t}"),
         }
+        Ok(())
+    }
+
+    /// The data key for the handshake's `KMSEncryption` action is made (or not): the
+    /// HandshakeResponse goes out with it, or with the failure, which ends the session (§5.6).
+    fn on_data_key(&mut self, key: Result<DataKey>) -> Result<()> {
+        let now = Instant::now();
+        let StartState::Handshaking(_, hs) = &self.start else {
+            return Ok(());
+        };
+        let acknowledged = hs.kms.as_ref().is_some_and(|k| k.challenge.is_some());
+        let cipher = key.and_then(|key| {
+            let cipher = SessionCipher::new(Side::Client, &key.plaintext).map_err(|e| Error::Api {
+                operation: "GenerateDataKey",
+                code: None,
+                message: e.to_string(),
+            })?;
+            Ok((cipher, key.ciphertext))
+        });
+        match cipher {
+            Ok((cipher, ciphertext)) => {
+                let answer = KmsAnswer::Key {
+                    ciphertext,
+                    challenge_acknowledged: acknowledged,
+                };
+                let response = hs.response(&self.opts.client_version, Some(&answer));
+                self.cipher = Some(cipher);
+                let _ = self.channel.send(now, PayloadType::HandshakeResponse, response);
+                Ok(())
+            }
+            Err(e) => {
+                let answer = KmsAnswer::Failed(format!("Failed to process action KMSEncryption: {e}"));
+                let response = hs.response(&self.opts.client_version, Some(&answer));
+                let _ = self.channel.send(now, PayloadType::HandshakeResponse, response);
+                self.finishing = Some((saturating_add(now, self.opts.drain_timeout), true));
+                Err(self.fail_start(e))
+            }
+        }
+    }
+
+    /// The agent's encryption challenge (§5.6): opened with the agent→client key, sealed again
+    /// with the client→agent key and sent back. A challenge that does not open means the two
+    /// ends do not share the key: the session ends.
+    fn answer_challenge(&mut self, now: Instant, payload: &[u8]) -> Result<()> {
+        let request = EncChallenge::parse(payload).map_err(|e| self.fail_start(Error::Handshake(e.into())))?;
+        let Some(cipher) = &self.cipher else {
+            return Err(self.fail_start(Error::Kms(KmsError::OutOfOrder("an encryption challenge"))));
+        };
+        let Ok(plain) = cipher.open_secret(&request.challenge) else {
+            return Err(self.fail_start(Error::Kms(KmsError::ChallengeMismatch)));
+        };
+        let answer = EncChallenge {
+            challenge: cipher.seal(rand::random(), &plain),
+        };
+        let _ = self.channel.send(now, PayloadType::EncChallengeResponse, answer.to_json());
         Ok(())
     }
 

@@ -35,6 +35,9 @@ pub enum Error {
     /// The session did not start properly (handshake failures, unsupported features).
     #[error("session could not start: {0}")]
     Handshake(#[from] ssm_proto::HandshakeError),
+    /// KMS encryption of the session failed (§5.6).
+    #[error("{0}")]
+    Kms(#[from] crate::kms::KmsError),
     /// The service ended the session.
     #[error("session {session_id} ended by the service{}", if .reason.is_empty() { String::new() } else { format!(": {}", .reason) })]
     Closed {
@@ -141,6 +144,14 @@ pub enum ErrorKind {
     Connection,
     /// The session could not start (handshake, unsupported feature).
     Session,
+    /// KMS refused the data key to these credentials.
+    KmsAccessDenied,
+    /// The session's KMS key is missing, disabled or unusable.
+    KmsKeyUnavailable,
+    /// The agent's encryption challenge did not verify, or the agent broke the KMS sequence.
+    KmsChallengeFailed,
+    /// An encrypted message from the agent failed authentication.
+    KmsTampered,
     /// The session expired or a local deadline passed.
     TimedOut,
     /// The caller cancelled.
@@ -162,6 +173,14 @@ impl Error {
             Error::Listen { .. } => ErrorKind::Listen,
             Error::Connect(_) | Error::Closed { .. } => ErrorKind::Connection,
             Error::Handshake(_) => ErrorKind::Session,
+            Error::Kms(e) => match e {
+                crate::kms::KmsError::AccessDenied { .. } => ErrorKind::KmsAccessDenied,
+                crate::kms::KmsError::KeyUnavailable { .. } => ErrorKind::KmsKeyUnavailable,
+                crate::kms::KmsError::ChallengeMismatch | crate::kms::KmsError::OutOfOrder(_) => {
+                    ErrorKind::KmsChallengeFailed
+                }
+                crate::kms::KmsError::Tampered => ErrorKind::KmsTampered,
+            },
             Error::SessionExpired(_) | Error::DeadlinePassed(_) => ErrorKind::TimedOut,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Io(_) => ErrorKind::Io,

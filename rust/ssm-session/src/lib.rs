@@ -8,7 +8,8 @@
 //! `ssm-proto` over a tokio-tungstenite WebSocket with reconnects (§2, §8), and the session kinds
 //! built on it: port forwarding in basic and smux mode (§7.3, §7.4) the stdio mode behind
 //! ssh `ProxyCommand` (§7.5), shell sessions on the local terminal (§6), and command sessions
-//! with their stdout, stderr and exit code ([`command`], §6.5). Also target
+//! with their stdout, stderr and exit code ([`command`], §6.5), any of them KMS-encrypted when
+//! the agent asks ([`kms`], §5.6). Also target
 //! resolution (instance ids, tags, IP addresses and DNS names to one running instance, through
 //! EC2 `DescribeInstances` and hickory DNS, in [`resolve`]) and EC2 Instance Connect key pushes
 //! ([`ec2ic`]).
@@ -22,6 +23,7 @@ pub mod connect;
 pub mod driver;
 pub mod ec2ic;
 pub mod error;
+pub mod kms;
 pub mod per_connection;
 pub mod port;
 pub mod resolve;

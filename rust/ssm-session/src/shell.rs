@@ -131,6 +131,11 @@ enum Local {
 
 /// Runs `dc` on this process's terminal (or stdin/stdout when stdin is not a terminal).
 pub async fn run_on_terminal(dc: DataChannel) -> Result<ShellOutcome> {
+    // §5.4: the agent's CustomerMessage (e.g. "This session is encrypted using AWS KMS."), as
+    // the plugin prints it, before the terminal goes raw.
+    if !dc.start.customer_message.is_empty() {
+        eprintln!("{}", dc.start.customer_message);
+    }
     let interactive = std::io::stdin().is_terminal();
     let _raw = if interactive { Some(RawMode::enable()?) } else { None };
     let (tx, rx) = mpsc::channel::<Local>(64);

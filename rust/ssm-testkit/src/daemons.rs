@@ -210,6 +210,29 @@ impl Moto {
         }
         panic!("moto.server did not start listening within 60 s");
     }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.endpoint
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto's endpoint is an address")
+    }
+
+    /// A new symmetric KMS key (in the test region); its key id.
+    pub async fn create_kms_key(&self) -> String {
+        let (status, body) = crate::net::json_call(
+            self.addr(),
+            "TrentService.CreateKey",
+            serde_json::json!({"Description": "SSMConnect session encryption (test)"}),
+        )
+        .await;
+        assert_eq!(status, 200, "CreateKey: {body}");
+        body["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("CreateKey returned no KeyId: {body}"))
+            .to_owned()
+    }
 }
 
 /// dnsmasq answering only from the given records: authoritative for `.test`

@@ -66,10 +66,17 @@ pub async fn greeting_echo_server(greeting: &'static [u8]) -> u16 {
 /// One awsJson1.1 call (`X-Amz-Target: AmazonSSM.<operation>`) over raw HTTP, as the AWS CLI
 /// sends it, bounded by 10 s; returns the status and the body (`Null` when it is not JSON).
 pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    json_call(addr, &format!("AmazonSSM.{operation}"), body).await
+}
+
+/// One unsigned awsJson1.1 call, `target` as in `X-Amz-Target` (e.g. `TrentService.CreateKey`),
+/// to the service at `addr`: its status and JSON body.
+pub async fn json_call(addr: SocketAddr, target: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let operation = target;
     let body = body.to_string();
     let req = format!(
         "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\
-         X-Amz-Target: AmazonSSM.{operation}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         X-Amz-Target: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = TcpStream::connect(addr).await.expect("connect to the API");

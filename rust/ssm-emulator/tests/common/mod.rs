@@ -134,8 +134,8 @@ impl TestClient {
         })
         .await;
         let (_, req) = self.received.remove(0);
-        let hs = ssm_proto::handshake::client_respond(&req, client_version).unwrap();
-        self.send(PayloadType::HandshakeResponse, hs.response.clone());
+        let (hs, response) = ssm_proto::handshake::client_respond(&req, client_version).unwrap();
+        self.send(PayloadType::HandshakeResponse, response);
         self.run_until(Duration::from_secs(10), |c| {
             c.received.iter().any(|(t, _)| *t == PayloadType::HandshakeComplete)
         })
