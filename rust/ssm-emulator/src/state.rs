@@ -200,6 +200,7 @@ impl Shared {
         target: &str,
         document: &str,
         parameters: HashMap<String, Vec<String>>,
+        reason: Option<String>,
         signer: Signer,
     ) -> (String, String) {
         let mut suffix = [0u8; 9];
@@ -223,6 +224,7 @@ impl Shared {
             terminal_size: None,
             access_key_id: signer.access_key_id,
             signing_region: signer.region,
+            reason,
         };
         lock(&self.sessions).insert(
             session_id.clone(),
@@ -437,6 +439,9 @@ pub struct SessionInfo {
     pub access_key_id: String,
     /// The region StartSession was signed for (SigV4 credential scope; empty if unsigned).
     pub signing_region: String,
+    /// StartSession's `Reason`, when the caller gave one.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]
