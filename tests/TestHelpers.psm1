@@ -451,8 +451,9 @@ function Start-TestSshd {
     A private sshd on 127.0.0.1 accepting a fresh client key; returns Port, ClientKey, Directory,
     Process (stop it with Stop-TestDaemon). -AuthorizedKeysFile replaces the file holding that key
     (e.g. the emulator's EC2 Instance Connect file); -ExtraAuthorizedKeysFile is read besides it.
+    -TrustedUserCAKeys names a CA public key whose user certificates sshd accepts.
     #>
-    param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile)
+    param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile, [string] $TrustedUserCAKeys)
     # sshd refuses to start without its privilege-separation directory.
     if (-not (Test-Path /run/sshd) -and (Test-Path /run)) { New-Item -ItemType Directory -Path /run/sshd -ErrorAction SilentlyContinue | Out-Null }
     $sshd = Start-TestDaemon -Name sshd -FilePath '/usr/sbin/sshd' -ReadyPattern 'Server listening on' -Prepare {
@@ -477,6 +478,7 @@ function Start-TestSshd {
             'PasswordAuthentication no'
             'KbdInteractiveAuthentication no'
             'PermitRootLogin prohibit-password'
+            if ($TrustedUserCAKeys) { "TrustedUserCAKeys $TrustedUserCAKeys" }
         ) | Set-Content -LiteralPath $cfg
         '-D', '-e', '-f', $cfg
     }
