@@ -110,7 +110,7 @@ namespace SSMConnect
     {
         private readonly SsmClient client;
         private readonly bool raw;
-        private readonly SemaphoreSlim slots;
+        private readonly ConcurrentQueue<ExecRequest> waiting;
         private readonly BlockingCollection<CommandEvent> events = new BlockingCollection<CommandEvent>();
         private readonly List<Task> workers = new List<Task>();
         private readonly object gate = new object();
@@ -130,11 +130,11 @@ namespace SSMConnect
                 throw new ArgumentNullException(nameof(requests));
             }
             this.raw = raw;
-            slots = new SemaphoreSlim(Math.Max(1, throttleLimit));
-            foreach (var request in requests)
+            waiting = new ConcurrentQueue<ExecRequest>(requests);
+            // As many workers as sessions may run at once, each taking the next target when done.
+            for (var i = 0; i < Math.Min(Math.Max(1, throttleLimit), requests.Count); i++)
             {
-                var r = request;
-                workers.Add(Task.Factory.StartNew(() => Run(r), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default));
+                workers.Add(Task.Factory.StartNew(Work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default));
             }
             var count = workers.Count;
             Task.WhenAll(workers).ContinueWith(_ => Complete(), TaskScheduler.Default);
@@ -236,49 +236,49 @@ namespace SSMConnect
             }
         }
 
+        private void Work()
+        {
+            while (waiting.TryDequeue(out var request))
+            {
+                Run(request);
+            }
+        }
+
         private void Run(ExecRequest request)
         {
             var result = new CommandResult { Target = request.Target, StartTime = DateTime.Now };
-            slots.Wait();
+            if (stopping)
+            {
+                Finish(result, null, new SsmException(SsmErrorKind.Cancelled, "cancelled before it started"));
+                return;
+            }
+            ExecOperation op;
             try
             {
-                if (stopping)
+                op = client.BeginExec(request);
+            }
+            catch (SsmException e)
+            {
+                Finish(result, null, e);
+                return;
+            }
+            using (op)
+            {
+                lock (gate)
                 {
-                    Finish(result, null, new SsmException(SsmErrorKind.Cancelled, "cancelled before it started"));
-                    return;
+                    running.Add(op);
                 }
-                ExecOperation op;
                 try
                 {
-                    op = client.BeginExec(request);
+                    Pump(op, result);
                 }
-                catch (SsmException e)
-                {
-                    Finish(result, null, e);
-                    return;
-                }
-                using (op)
+                finally
                 {
                     lock (gate)
                     {
-                        running.Add(op);
-                    }
-                    try
-                    {
-                        Pump(op, result);
-                    }
-                    finally
-                    {
-                        lock (gate)
-                        {
-                            running.Remove(op);
-                        }
+                        running.Remove(op);
                     }
                 }
-            }
-            finally
-            {
-                slots.Release();
             }
         }
 
@@ -365,7 +365,6 @@ namespace SSMConnect
             Cancel();
             WaitAll(TimeSpan.FromSeconds(10));
             events.Dispose();
-            slots.Dispose();
         }
     }
 
