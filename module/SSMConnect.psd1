@@ -8,7 +8,7 @@
     Author               = 'SSMConnect contributors'
     CompanyName          = 'SSMConnect contributors'
     Copyright            = '(c) SSMConnect contributors. MIT OR Apache-2.0.'
-    Description          = 'AWS Systems Manager Session Manager sessions without the AWS CLI or session-manager-plugin: interactive shells, port forwarding and SSH over SSM to EC2 instances and managed nodes.'
+    Description          = 'AWS Systems Manager Session Manager sessions without the AWS CLI or session-manager-plugin: interactive shells, commands with their output in the pipeline, port forwarding and SSH over SSM to EC2 instances and managed nodes.'
     PowerShellVersion    = '7.4'
     # Loaded before the root module, so that its types resolve whatever the assembly probing does.
     RequiredAssemblies   = @('bin/SSMConnect.Core.dll')
@@ -21,6 +21,8 @@
         'Start-SSMSshSession'
         'Get-SSMPortForward'
         'Stop-SSMPortForward'
+        'Invoke-SSMSessionCommand'
+        'Get-SSMConnectHelperPath'
     )
     FunctionsToExport    = @()
     VariablesToExport    = @()

@@ -5,7 +5,7 @@ BeforeAll {
     $manifestPath = Get-TestModuleManifest
     $manifest = Import-PowerShellDataFile $manifestPath
     $moduleBase = Split-Path -Parent $manifestPath
-    $expected = 'Get-SSMPortForward', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward'
+    $expected = 'Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward'
     Import-TestModule
 }
 
@@ -21,7 +21,7 @@ Describe 'SSMConnect module' {
         @($manifest.CmdletsToExport | Sort-Object) | Should -Be $expected
     }
 
-    It 'exports exactly the five cmdlets' {
+    It 'exports exactly the seven cmdlets' {
         $commands = Get-Command -Module SSMConnect | Sort-Object Name
         @($commands.Name) | Should -Be $expected
         $commands | ForEach-Object { $_.CommandType | Should -Be 'Cmdlet' }
@@ -80,7 +80,7 @@ Describe 'SSMConnect module' {
     }
 }
 
-Describe 'Help for <_>' -ForEach @('Get-SSMPortForward', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward') {
+Describe 'Help for <_>' -ForEach @('Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward') {
     BeforeAll {
         $help = Get-Help $_ -Full
     }
@@ -113,6 +113,117 @@ Describe 'Help for Start-SSMSshSession' {
     It 'shows the AWS Tools pipeline example' {
         $code = (Get-Help Start-SSMSshSession -Examples).Examples.Example.Code -join "`n"
         $code | Should -Match ([regex]::Escape("Get-EC2Instance -Filter @{Name='tag:Name';Values='web'} | Select-Object -ExpandProperty Instances | Start-SSMSshSession -User ec2-user -IdentityFile ~/.ssh/web.pem"))
+    }
+}
+
+# Tab completion through TabExpansion2, as the console runs it. -Target asks the emulator's EC2
+# in a child pwsh whose environment holds no credentials, region or instance metadata, so that
+# only what is typed on the line can make DescribeInstances work.
+Describe 'Argument completion' -Skip:$IsWindows {
+    BeforeAll {
+        $emu = Start-Emulator -Config @{
+            inventory = @(
+                @{ instance_id = 'i-0123456789abcdef0'; tags = @{ Name = 'web' } }
+                @{ instance_id = 'i-0aaaaaaaaaaaaaaa1'; tags = @{ Name = 'my app' } }
+                @{ instance_id = 'i-0bbbbbbbbbbbbbbb2' }
+                @{ instance_id = 'i-0ccccccccccccccc3'; state = 'stopped'; tags = @{ Name = 'old' } }
+            )
+        }
+        $empty = New-TestTempPath 'ssmc-completion-home'
+        New-Item -ItemType Directory -Path $empty | Out-Null
+        $environment = @{
+            HOME                      = $empty
+            AWS_ENDPOINT_URL_EC2      = $emu.Endpoint
+            AWS_EC2_METADATA_DISABLED = 'true'
+        }
+        # Prints each completion of each line (cursor at its end) as "<n>|<text>|<tooltip>".
+        $complete = {
+            param($Manifest, $EmulatorPid, $LinesJson)
+            Import-Module $Manifest -ErrorAction Stop
+            $Lines = @($LinesJson | ConvertFrom-Json)
+            $n = 0
+            foreach ($line in $Lines) {
+                $n++
+                if ($line -eq '<stop emulator>') { Stop-Process -Id $EmulatorPid; Start-Sleep -Milliseconds 500; continue }
+                foreach ($m in (TabExpansion2 -inputScript $line -cursorColumn $line.Length).CompletionMatches) {
+                    "$n|$($m.CompletionText)|$($m.ToolTip)"
+                }
+            }
+        }
+        function Invoke-Completion([string[]] $Lines) {
+            $child = Invoke-ChildPwsh -Environment $environment -ScriptBlock $complete -ArgumentList @((Get-TestModuleManifest), $emu.Process.Id, (ConvertTo-Json -InputObject @($Lines) -Compress))
+            $child.ExitCode | Should -Be 0 -Because $child.Errors
+            $child.Output
+        }
+        $typed = "-EndpointUrl $($emu.Endpoint) -Region $TestRegion -AccessKey $TestAccessKey -SecretKey $TestSecretKey"
+    }
+
+    AfterAll {
+        Stop-Emulator $emu
+        Remove-Item -LiteralPath $empty -Recurse -Force -ErrorAction SilentlyContinue
+    }
+
+    It '-Region completes region names' {
+        $names = (TabExpansion2 -inputScript ($line = 'Start-SSMShellSession -Region eu-we') -cursorColumn $line.Length).CompletionMatches.CompletionText
+        $names | Should -Be @('eu-west-1', 'eu-west-2', 'eu-west-3')
+        $all = (TabExpansion2 -inputScript ($line = 'Invoke-SSMSessionCommand -Region ') -cursorColumn $line.Length).CompletionMatches.CompletionText
+        $all | Should -Contain 'us-east-1'
+        $all | Should -Contain 'ap-southeast-2'
+    }
+
+    It '-Id of Get- and Stop-SSMPortForward completes the live forwards' {
+        $echo = Start-EchoServer
+        try {
+            $emuAws = $emu.AwsParameters
+            $f = Start-SSMPortForward -Target i-0123456789abcdef0 -RemotePort $echo.Port @emuAws
+            foreach ($command in 'Get-SSMPortForward', 'Stop-SSMPortForward') {
+                $matches_ = (TabExpansion2 -inputScript ($line = "$command -Id ") -cursorColumn $line.Length).CompletionMatches
+                $matches_.CompletionText | Should -Contain "$($f.Id)"
+                ($matches_ | Where-Object CompletionText -EQ "$($f.Id)").ToolTip | Should -Match ([regex]::Escape($f.LocalEndpoint))
+            }
+            $f | Stop-SSMPortForward
+            $after = (TabExpansion2 -inputScript ($line = 'Get-SSMPortForward -Id ') -cursorColumn $line.Length).CompletionMatches.CompletionText
+            $after | Should -Not -Contain "$($f.Id)"
+        }
+        finally {
+            $echo.Dispose()
+        }
+    }
+
+    It '-Target completes running instances by id and Name tag, on every session cmdlet, with what is typed' {
+        $cmdlets = 'Start-SSMShellSession', 'Start-SSMPortForward', 'Start-SSMSshSession', 'Invoke-SSMSessionCommand'
+        $lines = @($cmdlets | ForEach-Object { "$_ $typed -Target " }) + @(
+            "Invoke-SSMSessionCommand $typed -Target Name:w"
+            "Invoke-SSMSessionCommand $typed -Target my"
+            "Invoke-SSMSessionCommand $typed -Target i-0a"
+            # Without the keys, or without the region, there is nothing to ask EC2 with.
+            "Invoke-SSMSessionCommand -Region $TestRegion -Target "
+            "Invoke-SSMSessionCommand -AccessKey $TestAccessKey -SecretKey $TestSecretKey -Target "
+        )
+        $out = Invoke-Completion $lines
+        $running = @("'Name:my app'", 'Name:web', 'i-0123456789abcdef0', 'i-0aaaaaaaaaaaaaaa1', 'i-0bbbbbbbbbbbbbbb2')
+        foreach ($n in 1..4) {
+            $texts = @($out | Where-Object { $_ -like "$n|*" } | ForEach-Object { ($_ -split '\|')[1] })
+            $texts | Should -Be $running -Because "$($cmdlets[$n - 1]) completes -Target"
+        }
+        $out | Should -Contain '1|Name:web|web (i-0123456789abcdef0)'
+        @($out | Where-Object { $_ -like '5|*' }) | Should -Be @('5|Name:web|web (i-0123456789abcdef0)')
+        @($out | Where-Object { $_ -like '6|*' }) | Should -Be @("6|'Name:my app'|my app (i-0aaaaaaaaaaaaaaa1)")
+        @($out | Where-Object { $_ -like '7|*' }) | Should -Be @('7|i-0aaaaaaaaaaaaaaa1|my app (i-0aaaaaaaaaaaaaaa1)')
+        @($out | Where-Object { $_ -like '8|*' -or $_ -like '9|*' }) | Should -BeNullOrEmpty
+        $out -join "`n" | Should -Not -Match 'old|i-0ccccccccccccccc3' -Because 'stopped instances are no targets'
+    }
+
+    It '-Target reuses a recent answer for the same parameters' {
+        $out = Invoke-Completion @(
+            "Start-SSMShellSession $typed -Target i-01"
+            '<stop emulator>'
+            "Start-SSMShellSession $typed -Target i-01"
+            "Start-SSMShellSession $($typed -replace $TestRegion, 'us-west-2') -Target i-01"
+        )
+        $out | Should -Contain '1|i-0123456789abcdef0|web (i-0123456789abcdef0)'
+        $out | Should -Contain '3|i-0123456789abcdef0|web (i-0123456789abcdef0)'
+        @($out | Where-Object { $_ -like '4|*' }) | Should -BeNullOrEmpty -Because 'other parameters ask EC2 again, which is gone'
     }
 }
 
@@ -197,6 +308,11 @@ Describe 'Examples in the help' -Skip:$IsWindows {
             foreach ($name in 'web.pem', 'key.pem') {
                 Copy-Item $sshd.ClientKey (Join-Path $home_ ".ssh/$name")
             }
+            # The SSH certificate the examples name, signed by a throwaway CA (sshd accepts the key anyway).
+            & ssh-keygen -q -t ed25519 -N '' -f (Join-Path $world 'ca')
+            Copy-Item "$($sshd.ClientKey).pub" (Join-Path $world 'key.pub')
+            & ssh-keygen -q -s (Join-Path $world 'ca') -I examples -n ([Environment]::UserName) (Join-Path $world 'key.pub')
+            Copy-Item (Join-Path $world 'key-cert.pub') (Join-Path $home_ '.ssh/key-cert.pub')
             # Not authorized by sshd until Instance Connect pushes its public half.
             & ssh-keygen -q -t ed25519 -N '' -f (Join-Path $home_ '.ssh/id_ed25519')
             & chmod 600 (Get-ChildItem (Join-Path $home_ '.ssh') -Exclude *.pub).FullName
@@ -216,8 +332,10 @@ Describe 'Examples in the help' -Skip:$IsWindows {
                 @{ instance_id = 'i-0123456789abcdef0'; tags = @{ Name = 'web'; Role = 'web' } }
                 @{ instance_id = 'i-0bbbbbbbbbbbbbbb1'; tags = @{ Name = 'bastion' } }
             )
-            port_map        = $portMap
-            authorized_keys = $icKeys
+            port_map         = $portMap
+            authorized_keys  = $icKeys
+            # The account's own NonInteractiveCommands document with separate output streams.
+            command_document = 'MyCommandDocument'
         }
         $files = New-TestAwsFiles
         $moduleRoot = Split-Path -Parent (Split-Path -Parent (Split-Path -Parent (Get-TestModuleManifest)))
@@ -255,9 +373,9 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             $text = $lines -join "`n"
             $text = $text -replace '\b(ec2-user|ubuntu)\b', $user
             $text = $text -replace 'db\.cluster-abc\.eu-west-1\.rds\.amazonaws\.com', 'localhost'
-            $fixed = [regex]::Matches($text, "(?<=-LocalPort |-p )\d+|(?<=')\d+(?=:intranet:)") | ForEach-Object Value | Select-Object -Unique
+            $fixed = [regex]::Matches($text, "(?<=-LocalPort (\d+,)*|-p )\d+|(?<=')\d+(?=:intranet:)") | ForEach-Object Value | Select-Object -Unique
             foreach ($port in $fixed) {
-                $text = $text -replace "(?<=-LocalPort |-p |')$port\b", (Get-FreePort)
+                $text = $text -replace "(?<=-LocalPort (\d+,)*|-p |')$port\b", (Get-FreePort)
             }
             $text
         }

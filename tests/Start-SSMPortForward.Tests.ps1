@@ -107,6 +107,59 @@ Describe 'Start-SSMPortForward' {
         Get-SSMPortForward | Should -BeNullOrEmpty
     }
 
+    It 'starts one forward per port pair with several ports, in order' {
+        $web = [SSMConnectTests.HttpOkServer]::new()
+        try {
+            $ports = (Get-FreePort), (Get-FreePort)
+            $f = @(Start-SSMPortForward -Target $instance -RemotePort $echo.Port, $web.Port -LocalPort $ports @aws)
+            $f | Should -HaveCount 2
+            $f[0].LocalPort | Should -Be $ports[0]
+            $f[0].RemotePort | Should -Be $echo.Port
+            $f[1].LocalPort | Should -Be $ports[1]
+            $f[1].RemotePort | Should -Be $web.Port
+            $f[0].SessionId | Should -Not -Be $f[1].SessionId
+            $data = [SSMConnectTests.Net]::RandomBytes(4096)
+            [SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip($f[0].LocalPort, $data, 30)) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+            (Invoke-WebRequest -Uri "http://$($f[1].LocalEndpoint)/" -NoProxy).Content | Should -Be 'ok'
+        }
+        finally {
+            $web.Dispose()
+        }
+    }
+
+    It 'picks a free local port for each remote port without -LocalPort' {
+        $f = @(Start-SSMPortForward -Target $instance -RemotePort $echo.Port, $echo.Port @aws)
+        $f | Should -HaveCount 2
+        $f[0].LocalPort | Should -Not -Be $f[1].LocalPort
+        $f | ForEach-Object { Test-PortListening $_.LocalPort | Should -BeTrue }
+    }
+
+    It 'refuses different numbers of local and remote ports with SSMConnect.PortCountMismatch, starting nothing' {
+        $before = @(Get-EmulatorSession $emu).Count
+        $port = Get-FreePort
+        { Start-SSMPortForward -Target $instance -RemotePort $echo.Port, $echo.Port -LocalPort $port @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.PortCountMismatch,*'
+        Test-PortListening $port | Should -BeFalse
+        @(Get-EmulatorSession $emu).Count | Should -Be $before
+    }
+
+    It 'starts the session with -DocumentName' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -DocumentName 'AWS-StartPortForwardingSession' @aws
+        (Get-EmulatorSession $emu | Where-Object session_id -EQ $f.SessionId).document | Should -Be 'AWS-StartPortForwardingSession'
+        $err = $null
+        $null = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -DocumentName 'NoSuchPortDocument' @aws -ErrorVariable err -ErrorAction SilentlyContinue
+        $err | Should -HaveCount 1
+        $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.ApiError,*'
+        "$($err[0])" | Should -Match 'NoSuchPortDocument'
+    }
+
+    It 'gives -Reason to StartSession' {
+        $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port -Reason 'CHG-1234 health check' @aws
+        (Get-EmulatorSession $emu | Where-Object session_id -EQ $f.SessionId).reason | Should -Be 'CHG-1234 health check'
+        $g = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws
+        (Get-EmulatorSession $emu | Where-Object session_id -EQ $g.SessionId).reason | Should -BeNullOrEmpty
+    }
+
     It 'shows progress and native logs only when asked' {
         $f = Start-SSMPortForward -Target $instance -RemotePort $echo.Port @aws -Verbose 4>&1
         $records = @($f | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] })

@@ -71,6 +71,19 @@ Describe 'Start-SSMShellSession' {
         $stdout.Result | Should -Match 'passthru-null=True; exit-code=10'
     }
 
+    It 'gives -Reason to StartSession' -Skip:(-not $unix) {
+        $before = @(Get-EmulatorSession $emu).session_id
+        $child = Invoke-ChildPwsh -InputText "exit`n" -ArgumentList @((Get-TestModuleManifest), $emu.Endpoint, $instance) -ScriptBlock {
+            param($Manifest, $Endpoint, $Instance)
+            Import-Module $Manifest -ErrorAction Stop
+            Start-SSMShellSession -Target $Instance -Reason 'INC-42 disk full' -EndpointUrl $Endpoint -Region us-east-1 -AccessKey AKIDEXAMPLE -SecretKey secret
+        }
+        $child.ExitCode | Should -Be 0 -Because $child.Errors
+        $session = @(Get-EmulatorSession $emu | Where-Object session_id -NotIn $before)
+        $session | Should -HaveCount 1
+        $session[0].reason | Should -Be 'INC-42 disk full'
+    }
+
     It 'returns an exit code the agent reports, in $LASTEXITCODE and with -PassThru' -Skip:(-not $unix) {
         $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', "$(Get-ShellCommand $inventing) -PassThru; 'exit-code=' + `$LASTEXITCODE"
         $p = [System.Diagnostics.Process]::Start($psi)

@@ -83,6 +83,63 @@ Describe 'Start-SSMSshSession' -Skip:(-not $haveSshd) {
             Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
     }
 
+    It 'takes -SshUser for -User, gives -Reason and -DocumentName to the session' {
+        $before = @(Get-EmulatorSession $emu).session_id
+        $code = Start-SSMSshSession -Target $instance -SshUser $user -IdentityFile $sshd.ClientKey -Command 'exit 2' -SshArgument $sshArgs -PassThru -Reason 'CHG-7 patch' -DocumentName AWS-StartSSHSession @aws
+        $code | Should -Be 2
+        $session = @(Get-EmulatorSession $emu | Where-Object session_id -NotIn $before)
+        $session | Should -HaveCount 1
+        $session[0].reason | Should -Be 'CHG-7 patch'
+        $session[0].document | Should -Be 'AWS-StartSSHSession'
+    }
+
+    It 'fails through ssh when -DocumentName names no document' {
+        $code = Start-SSMSshSession -Target $instance -User $user -IdentityFile $sshd.ClientKey -Command 'exit 0' -SshArgument $sshArgs -PassThru -DocumentName NoSuchSshDocument @aws 2>$null
+        $code | Should -Be 255
+    }
+
+    It 'refuses a -CertificateFile that does not exist before starting ssh' {
+        { Start-SSMSshSession -Target $instance -User $user -IdentityFile $sshd.ClientKey -CertificateFile (New-TestTempPath 'no-cert' -Extension '.pub') -Command 'exit 0' @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+    }
+
+    Context 'OpenSSH certificates' {
+        BeforeAll {
+            # sshd trusts a CA and no key on its own: only a certificate the CA signed logs in.
+            $ca = New-TestTempPath 'ssmc-ca'
+            & ssh-keygen -q -t ed25519 -N '' -f $ca
+            $noKeys = New-TestTempPath 'ssmc-no-keys'
+            Set-Content -LiteralPath $noKeys -Value ''
+            $certSshd = Start-TestSshd -AuthorizedKeysFile $noKeys -TrustedUserCAKeys "$ca.pub"
+            $certEmu = Start-Emulator -ArgumentList '--port-map', "22=$($certSshd.Port)" -Config @{ inventory = @(@{ instance_id = $instance }) }
+            $certAws = $certEmu.AwsParameters
+            # The certificate lives away from the key, so ssh finds it only when told.
+            $certDir = New-TestTempPath 'ssmc-cert'
+            New-Item -ItemType Directory -Path $certDir | Out-Null
+            Copy-Item "$($certSshd.ClientKey).pub" (Join-Path $certDir 'user.pub')
+            & ssh-keygen -q -s $ca -I pester -n $user (Join-Path $certDir 'user.pub')
+            $cert = Join-Path $certDir 'user-cert.pub'
+        }
+
+        AfterAll {
+            Stop-Emulator $certEmu
+            Stop-TestDaemon $certSshd
+            Remove-Item -LiteralPath $ca, "$ca.pub", $noKeys, $certDir -Recurse -Force -ErrorAction SilentlyContinue
+        }
+
+        It 'cannot log in with the key alone' {
+            $code = Start-SSMSshSession -Target $instance -User $user -IdentityFile $certSshd.ClientKey -Command 'exit 5' -SshArgument $sshArgs -PassThru @certAws 2>$null
+            $code | Should -Be 255
+        }
+
+        It 'logs in with -CertificateFile, and with its alias -CertPath' {
+            $code = Start-SSMSshSession -Target $instance -User $user -IdentityFile $certSshd.ClientKey -CertificateFile $cert -Command 'exit 5' -SshArgument $sshArgs -PassThru @certAws
+            $code | Should -Be 5
+            $code = Start-SSMSshSession -Target $instance -User $user -IdentityFile $certSshd.ClientKey -CertPath $cert -Command 'exit 6' -SshArgument $sshArgs -PassThru @certAws
+            $code | Should -Be 6
+        }
+    }
+
     Context 'EC2 Instance Connect' {
         BeforeAll {
             # sshd accepts only the keys the emulator's Instance Connect writes.

@@ -451,8 +451,9 @@ function Start-TestSshd {
     A private sshd on 127.0.0.1 accepting a fresh client key; returns Port, ClientKey, Directory,
     Process (stop it with Stop-TestDaemon). -AuthorizedKeysFile replaces the file holding that key
     (e.g. the emulator's EC2 Instance Connect file); -ExtraAuthorizedKeysFile is read besides it.
+    -TrustedUserCAKeys names a CA public key whose user certificates sshd accepts.
     #>
-    param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile)
+    param([string] $AuthorizedKeysFile, [string] $ExtraAuthorizedKeysFile, [string] $TrustedUserCAKeys)
     # sshd refuses to start without its privilege-separation directory.
     if (-not (Test-Path /run/sshd) -and (Test-Path /run)) { New-Item -ItemType Directory -Path /run/sshd -ErrorAction SilentlyContinue | Out-Null }
     $sshd = Start-TestDaemon -Name sshd -FilePath '/usr/sbin/sshd' -ReadyPattern 'Server listening on' -Prepare {
@@ -477,6 +478,7 @@ function Start-TestSshd {
             'PasswordAuthentication no'
             'KbdInteractiveAuthentication no'
             'PermitRootLogin prohibit-password'
+            if ($TrustedUserCAKeys) { "TrustedUserCAKeys $TrustedUserCAKeys" }
         ) | Set-Content -LiteralPath $cfg
         '-D', '-e', '-f', $cfg
     }
@@ -539,7 +541,11 @@ function New-TestKmsKey {
     <# A new symmetric KMS key in a moto of Start-TestMoto (test region); returns its key id. #>
     param([Parameter(Mandatory)] $Moto)
     $answer = Invoke-RestMethod -Method Post -Uri $Moto.Endpoint -ContentType 'application/x-amz-json-1.1' `
-        -Headers @{ 'X-Amz-Target' = 'TrentService.CreateKey' } -Body '{"Description":"SSMConnect test"}'
+        -Headers @{
+        'X-Amz-Target'  = 'TrentService.CreateKey'
+        # moto serves every service on one port and routes by the credential scope.
+        'Authorization' = 'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0'
+    } -Body '{"Description":"SSMConnect test"}'
     if (-not $answer.KeyMetadata.KeyId) { throw "CreateKey returned no key id: $($answer | ConvertTo-Json -Depth 5)" }
     $answer.KeyMetadata.KeyId
 }

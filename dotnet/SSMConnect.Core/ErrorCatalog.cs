@@ -30,6 +30,12 @@ namespace SSMConnect
         /// <summary>The bundled helper executable could not be found.</summary>
         public const string HelperNotFound = "SSMConnect.HelperNotFound";
 
+        /// <summary>A line the remote command wrote to its stderr (Invoke-SSMSessionCommand).</summary>
+        public const string RemoteStderr = "SSMConnect.RemoteStderr";
+
+        /// <summary>-LocalPort and -RemotePort hold different numbers of ports.</summary>
+        public const string PortCountMismatch = "SSMConnect.PortCountMismatch";
+
         private static readonly Dictionary<SsmErrorKind, (string Id, string Category)> Map = new()
         {
             [SsmErrorKind.InvalidArgument] = ("SSMConnect.InvalidArgument", "InvalidArgument"),

@@ -48,6 +48,12 @@ namespace SSMConnect
         /// </summary>
         public int? ExitCode => Read(h => NativeMethods.ssmc_operation_exit_code(h, out var code) != 0 ? code : (int?)null);
 
+        /// <summary>
+        /// The instance (or managed node) id the target resolved to, once the session is being
+        /// started; null before.
+        /// </summary>
+        public string? InstanceId => Read(h => NativeText.Borrowed(NativeMethods.ssmc_operation_instance_id(h)) is { Length: > 0 } id ? id : null);
+
         /// <summary>The native handle, for subclasses.</summary>
         protected OperationHandle Handle => handle;
 
@@ -176,6 +182,69 @@ namespace SSMConnect
             var pf = new PortForward(forward, request);
             ForwardRegistry.Add(pf);
             return pf;
+        }
+    }
+
+    /// <summary>Which stream a piece of command output came on.</summary>
+    public enum ExecStream
+    {
+        /// <summary>Standard output (and the combined output of documents without separate streams).</summary>
+        Stdout = 1,
+
+        /// <summary>Standard error (only from documents with <c>separateOutputStream</c>).</summary>
+        Stderr = 2,
+    }
+
+    /// <summary>A command session (<see cref="SsmClient.BeginExec"/>): its output is taken piece by piece.</summary>
+    public sealed class ExecOperation : Operation
+    {
+        internal ExecOperation(OperationHandle handle, string target)
+            : base(handle, target)
+        {
+        }
+
+        /// <summary>
+        /// Takes the next piece of output, in the order the agent sent it; false when none is
+        /// waiting now. Once <see cref="Operation.State"/> is not Running, false means there is no more.
+        /// </summary>
+        public bool TryTakeOutput(out ExecStream stream, out byte[] data)
+        {
+            lock (Gate)
+            {
+                if (Handle.IsClosed)
+                {
+                    stream = ExecStream.Stdout;
+                    data = Array.Empty<byte>();
+                    return false;
+                }
+                var (kind, bytes) = Handle.Use(h =>
+                {
+                    var p = NativeMethods.ssmc_operation_next_output(h, out var s, out var len);
+                    if (p == IntPtr.Zero)
+                    {
+                        return (0u, (byte[]?)null);
+                    }
+                    // Owned by the operation until the next call: copied under the lock.
+                    var copy = new byte[checked((int)len)];
+                    System.Runtime.InteropServices.Marshal.Copy(p, copy, 0, copy.Length);
+                    return (s, copy);
+                });
+                stream = kind == 2 ? ExecStream.Stderr : ExecStream.Stdout;
+                data = bytes ?? Array.Empty<byte>();
+                return bytes is not null;
+            }
+        }
+
+        /// <summary>
+        /// Passes Ctrl+C to the running command (the agent sends it SIGINT and then reports exit
+        /// code 1). False when no command runs (not started yet, or ended).
+        /// </summary>
+        public bool Interrupt()
+        {
+            lock (Gate)
+            {
+                return !Handle.IsClosed && Handle.Use(NativeMethods.ssmc_operation_interrupt) != 0;
+            }
         }
     }
 }

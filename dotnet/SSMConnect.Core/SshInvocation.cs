@@ -27,6 +27,15 @@ namespace SSMConnect
         /// <summary>Private key (<c>-i</c>).</summary>
         public string? IdentityFile { get; set; }
 
+        /// <summary>OpenSSH certificate for the key (ssh's <c>CertificateFile</c>).</summary>
+        public string? CertificateFile { get; set; }
+
+        /// <summary>Session document of the SSH session; the helper's default (<c>AWS-StartSSHSession</c>) when null.</summary>
+        public string? Document { get; set; }
+
+        /// <summary>StartSession's Reason for the helper's session.</summary>
+        public string? Reason { get; set; }
+
         /// <summary>Push the public half of <see cref="IdentityFile"/> with EC2 Instance Connect first.</summary>
         public bool UseInstanceConnect { get; set; }
 
@@ -133,7 +142,9 @@ namespace SSMConnect
             AddPair(proxy, "--region", options.Region);
             AddPair(proxy, "--profile", options.Profile);
             AddPair(proxy, "--dns-server", options.DnsServer);
+            AddPair(proxy, "--reason", options.Reason);
             proxy.Add("ssh-proxy");
+            AddPair(proxy, "--document", options.Document);
             if (options.UseInstanceConnect)
             {
                 var pub = options.PublicKeyFile;
@@ -174,6 +185,17 @@ namespace SSMConnect
             {
                 args.Add("-i");
                 args.Add(options.IdentityFile!);
+            }
+            if (!string.IsNullOrWhiteSpace(options.CertificateFile))
+            {
+                if (options.CertificateFile!.IndexOf('"') >= 0)
+                {
+                    throw new ArgumentException($"the certificate file name {options.CertificateFile} holds a double quote, which an ssh option value cannot carry", nameof(options));
+                }
+                // ssh parses an -o value as a config line: a path with blanks goes in double quotes.
+                var cert = options.CertificateFile.IndexOfAny(new[] { ' ', '\t' }) >= 0 ? "\"" + options.CertificateFile + "\"" : options.CertificateFile;
+                args.Add("-o");
+                args.Add("CertificateFile=" + cert);
             }
             args.AddRange(options.SshArguments);
             args.Add(options.Target);

@@ -1,4 +1,7 @@
 using System;
+using System.Collections.Generic;
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using System.Threading;
 using System.Threading.Tasks;
 using SSMConnect.Native;
@@ -57,6 +60,31 @@ namespace SSMConnect
         public Operation BeginShell(ShellRequest request) =>
             new Operation(Begin(request ?? throw new ArgumentNullException(nameof(request)), NativeMethods.ssmc_shell_begin, "starting the shell session"), request.Target);
 
+        /// <summary>
+        /// Runs one command in a NonInteractiveCommands session. Nothing goes to the console: take
+        /// the output with <see cref="ExecOperation.TryTakeOutput"/> while and after it runs; the
+        /// exit code, when the agent reported one, is then in <see cref="Operation.ExitCode"/>.
+        /// </summary>
+        /// <exception cref="SsmException">The request was refused at once (malformed).</exception>
+        public ExecOperation BeginExec(ExecRequest request) =>
+            new ExecOperation(Begin(request ?? throw new ArgumentNullException(nameof(request)), NativeMethods.ssmc_exec_begin, "starting the command session"), request.Target);
+
+        /// <summary>
+        /// Running EC2 instances (id and Name tag), at most <paramref name="limit"/>, waiting up
+        /// to <paramref name="timeout"/> for DescribeInstances (for completing targets).
+        /// </summary>
+        /// <exception cref="SsmException">The call failed or timed out.</exception>
+        public IReadOnlyList<InstanceSummary> RunningInstances(int limit, TimeSpan timeout)
+        {
+            var raw = handle.Use(c => NativeMethods.ssmc_client_running_instances(c, (uint)Math.Max(0, limit), NativeWait.Milliseconds(timeout)));
+            if (raw == IntPtr.Zero)
+            {
+                throw NativeText.LastError("listing running instances");
+            }
+            var json = NativeText.Owned(raw) ?? "[]";
+            return JsonSerializer.Deserialize<List<InstanceSummary>>(json) ?? new List<InstanceSummary>();
+        }
+
         /// <summary>Starts a port forward and waits for it to listen; the forward is registered in <see cref="ForwardRegistry"/>.</summary>
         /// <exception cref="SsmException">It failed.</exception>
         /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; nothing is left listening.</exception>
@@ -83,5 +111,17 @@ namespace SSMConnect
 
         /// <summary>Frees the native client.</summary>
         public void Dispose() => handle.Dispose();
+    }
+
+    /// <summary>A running instance as DescribeInstances lists it.</summary>
+    public sealed class InstanceSummary
+    {
+        /// <summary>Instance id.</summary>
+        [JsonPropertyName("instance_id")]
+        public string InstanceId { get; set; } = string.Empty;
+
+        /// <summary>The Name tag, or null.</summary>
+        [JsonPropertyName("name")]
+        public string? Name { get; set; }
     }
 }

@@ -49,6 +49,10 @@ namespace SSMConnect
         [JsonPropertyName("dns_server")]
         public string? DnsServer { get; set; }
 
+        /// <summary>Why the sessions are started: sent as StartSession's <c>Reason</c> (1 to 256 characters, no line breaks), kept in the session's audit trail. Null for none.</summary>
+        [JsonPropertyName("reason")]
+        public string? Reason { get; set; }
+
         /// <summary>
         /// The caller's <c>AWS_*</c> variables, as-is. The native library reads them as the AWS SDK
         /// reads the environment and fills from them what the other options leave unset.
@@ -106,6 +110,10 @@ namespace SSMConnect
         /// <summary>Sessions started ahead with <see cref="SessionPerConnection"/>; null means the native default (1).</summary>
         [JsonPropertyName("warm_sessions")]
         public int? WarmSessions { get; set; }
+
+        /// <summary>Session document of a port session; null for <c>AWS-StartPortForwardingSession</c> (or <c>...ToRemoteHost</c> with <see cref="RemoteHost"/>).</summary>
+        [JsonPropertyName("document")]
+        public string? Document { get; set; }
     }
 
     /// <summary>What <see cref="SsmClient.BeginShell"/> opens.</summary>
@@ -120,6 +128,26 @@ namespace SSMConnect
         public string? Document { get; set; }
 
         /// <summary>Document parameters.</summary>
+        [JsonPropertyName("parameters")]
+        public System.Collections.Generic.Dictionary<string, string[]>? Parameters { get; set; }
+    }
+
+    /// <summary>What <see cref="SsmClient.BeginExec"/> runs.</summary>
+    public sealed class ExecRequest
+    {
+        /// <summary>Instance id, <c>key:value</c> tag, IP address or DNS name.</summary>
+        [JsonPropertyName("target")]
+        public string Target { get; set; } = string.Empty;
+
+        /// <summary>The command line; the agent splits it shell-style and runs it without a shell.</summary>
+        [JsonPropertyName("command")]
+        public string Command { get; set; } = string.Empty;
+
+        /// <summary>Session document of type NonInteractiveCommands; null for <c>AWS-StartNonInteractiveCommand</c>.</summary>
+        [JsonPropertyName("document")]
+        public string? Document { get; set; }
+
+        /// <summary>Document parameters besides <c>command</c>.</summary>
         [JsonPropertyName("parameters")]
         public System.Collections.Generic.Dictionary<string, string[]>? Parameters { get; set; }
     }

@@ -1,5 +1,7 @@
 using System;
+using System.Collections;
 using System.Collections.Generic;
+using System.Linq;
 using System.Management.Automation;
 using System.Threading;
 
@@ -34,6 +36,7 @@ namespace SSMConnect
         /// <summary>Region; else <c>$StoredAWSRegion</c>, else the AWS SDK chain.</summary>
         [Parameter]
         [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(Completers.RegionCompleter))]
         public string? Region { get; set; }
 
         /// <summary>Access key id (with -SecretKey).</summary>
@@ -70,6 +73,11 @@ namespace SSMConnect
         [ValidateNotNullOrEmpty]
         public string? DnsServer { get; set; }
 
+        /// <summary>Why the session is started: StartSession's Reason, kept in the session's audit trail (CloudTrail, Session Manager history).</summary>
+        [Parameter]
+        [ValidateLength(1, 256)]
+        public string? Reason { get; set; }
+
         /// <summary>Cancelled when the pipeline stops.</summary>
         protected CancellationToken StopToken => stopping.Token;
 
@@ -105,25 +113,82 @@ namespace SSMConnect
         /// </summary>
         private SsmClientOptions ResolveClientOptions()
         {
-            var options = new SsmClientOptions { Region = ResolvedRegion(), EndpointUrl = EndpointUrl, DnsServer = DnsServer };
             try
             {
-                AwsToolsCredentials.Apply(options, new AwsToolsCredentials.Sources
-                {
-                    AccessKey = AccessKey,
-                    SecretKey = SecretKey,
-                    SessionToken = SessionToken,
-                    Credential = Unwrap(Credential),
-                    ProfileName = ProfileName,
-                    ProfileLocation = ProfileLocation is null ? null : ResolveFilePath(ProfileLocation),
-                    Stored = Unwrap(SessionState.PSVariable.GetValue(AwsToolsCredentials.StoredCredentialsVariable)),
-                });
+                return BuildClientOptions(
+                    new ClientParameters
+                    {
+                        ProfileName = ProfileName,
+                        ProfileLocation = ProfileLocation,
+                        Region = Region,
+                        AccessKey = AccessKey,
+                        SecretKey = SecretKey,
+                        SessionToken = SessionToken,
+                        Credential = Credential,
+                        EndpointUrl = EndpointUrl,
+                        DnsServer = DnsServer,
+                        Reason = Reason,
+                    },
+                    name => SessionState.PSVariable.GetValue(name),
+                    ResolveFilePath);
             }
             catch (ArgumentException e)
             {
                 ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument), ErrorCategory.InvalidArgument, null));
                 throw;
             }
+        }
+
+        /// <summary>The shared parameters as given, for <see cref="BuildClientOptions"/>.</summary>
+        internal sealed class ClientParameters
+        {
+            public string? ProfileName { get; set; }
+
+            public string? ProfileLocation { get; set; }
+
+            public string? Region { get; set; }
+
+            public string? AccessKey { get; set; }
+
+            public string? SecretKey { get; set; }
+
+            public string? SessionToken { get; set; }
+
+            public object? Credential { get; set; }
+
+            public string? EndpointUrl { get; set; }
+
+            public string? DnsServer { get; set; }
+
+            public string? Reason { get; set; }
+        }
+
+        /// <summary>
+        /// Client settings from the shared parameters: credentials in AWS Tools' order
+        /// (<see cref="AwsToolsCredentials"/>), region (then <c>$StoredAWSRegion</c>), endpoint,
+        /// completed from the session's environment. Used by the cmdlets and by completers
+        /// (with the parameters typed so far).
+        /// </summary>
+        /// <exception cref="ArgumentException">Unusable credentials.</exception>
+        internal static SsmClientOptions BuildClientOptions(ClientParameters given, Func<string, object?> variable, Func<string, string> resolvePath)
+        {
+            var options = new SsmClientOptions
+            {
+                Region = RegionResolver.Resolve(given.Region, variable(RegionResolver.StoredRegionVariable)),
+                EndpointUrl = given.EndpointUrl,
+                DnsServer = given.DnsServer,
+                Reason = given.Reason,
+            };
+            AwsToolsCredentials.Apply(options, new AwsToolsCredentials.Sources
+            {
+                AccessKey = given.AccessKey,
+                SecretKey = given.SecretKey,
+                SessionToken = given.SessionToken,
+                Credential = Unwrap(given.Credential),
+                ProfileName = given.ProfileName,
+                ProfileLocation = given.ProfileLocation is null ? null : resolvePath(given.ProfileLocation),
+                Stored = Unwrap(variable(AwsToolsCredentials.StoredCredentialsVariable)),
+            });
             return options.WithAwsEnvironment();
         }
 
@@ -283,6 +348,33 @@ namespace SSMConnect
                 category = ErrorCategory.NotSpecified;
             }
             return new ErrorRecord(e, e.ErrorId, category, target);
+        }
+
+        /// <summary>Document parameters from a hashtable: names to a value or an array of values; null when empty.</summary>
+        protected static Dictionary<string, string[]>? DocumentParameters(Hashtable? parameter)
+        {
+            if (parameter is null || parameter.Count == 0)
+            {
+                return null;
+            }
+            var result = new Dictionary<string, string[]>(StringComparer.Ordinal);
+            foreach (DictionaryEntry e in parameter)
+            {
+                var name = e.Key?.ToString();
+                if (string.IsNullOrEmpty(name))
+                {
+                    continue;
+                }
+                var value = e.Value is PSObject p ? p.BaseObject : e.Value;
+                result[name!] = value switch
+                {
+                    null => Array.Empty<string>(),
+                    string s => new[] { s },
+                    IEnumerable many => many.Cast<object?>().Select(v => (v is PSObject pv ? pv.BaseObject : v)?.ToString() ?? string.Empty).ToArray(),
+                    _ => new[] { value.ToString() ?? string.Empty },
+                };
+            }
+            return result;
         }
 
         /// <summary>Sets <c>$global:LASTEXITCODE</c>, as a native command would.</summary>

@@ -17,6 +17,7 @@ namespace SSMConnect.Commands
         /// <summary>Forward ids (the Id property).</summary>
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = IdSet, ValueFromPipelineByPropertyName = true)]
         [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(Completers.ForwardIdCompleter))]
         public int[] Id { get; set; } = Array.Empty<int>();
 
         /// <summary>Only forwards whose target matches one of these wildcard patterns.</summary>

@@ -19,17 +19,20 @@ namespace SSMConnect.Commands
         [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
         [Alias("InstanceId")]
         [ValidateNotNull]
+        [ArgumentCompleter(typeof(Completers.TargetCompleter))]
         public object[] Target { get; set; } = Array.Empty<object>();
 
-        /// <summary>Port on the target (or on -RemoteHost).</summary>
+        /// <summary>Port on the target (or on -RemoteHost); several ports start one forward each.</summary>
         [Parameter(Mandatory = true, Position = 1)]
+        [ValidateNotNullOrEmpty]
         [ValidateRange(1, 65535)]
-        public int RemotePort { get; set; }
+        public int[] RemotePort { get; set; } = Array.Empty<int>();
 
-        /// <summary>Local port; 0 (the default) picks a free one.</summary>
+        /// <summary>Local port for each -RemotePort, in the same order; 0 (the default) picks a free one.</summary>
         [Parameter]
+        [ValidateNotNullOrEmpty]
         [ValidateRange(0, 65535)]
-        public int LocalPort { get; set; }
+        public int[]? LocalPort { get; set; }
 
         /// <summary>Local address to listen on.</summary>
         [Parameter]
@@ -40,6 +43,11 @@ namespace SSMConnect.Commands
         [Parameter]
         [ValidateNotNullOrEmpty]
         public string? RemoteHost { get; set; }
+
+        /// <summary>Session document of type Port (default AWS-StartPortForwardingSession, or AWS-StartPortForwardingSessionToRemoteHost with -RemoteHost).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? DocumentName { get; set; }
 
         /// <summary>A session of its own for each local connection (parallel downloads are not limited to one session's pace).</summary>
         [Parameter]
@@ -65,6 +73,14 @@ namespace SSMConnect.Commands
                     ErrorCategory.InvalidArgument,
                     WarmSessions));
             }
+            if (LocalPort is not null && LocalPort.Length != RemotePort.Length)
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new ArgumentException($"-LocalPort has {LocalPort.Length} port(s) and -RemotePort {RemotePort.Length}: give one local port for each remote port, in the same order (or no -LocalPort for free ports)."),
+                    ErrorCatalog.PortCountMismatch,
+                    ErrorCategory.InvalidArgument,
+                    LocalPort));
+            }
             var targets = ExpandTargets(Target);
             if (targets.Count == 0)
             {
@@ -73,36 +89,45 @@ namespace SSMConnect.Commands
             using var client = CreateClient();
             foreach (var target in targets)
             {
-                var local = LocalPort == 0 ? $"{LocalAddress}:<free port>" : $"{LocalAddress}:{LocalPort}";
-                var action = string.Format(CultureInfo.InvariantCulture, "Forward {0} to {1}:{2}", local, RemoteHost ?? "the instance", RemotePort);
-                if (!ShouldProcess(target, action))
+                for (var i = 0; i < RemotePort.Length; i++)
                 {
-                    continue;
+                    Start(client, target, LocalPort is null ? 0 : LocalPort[i], RemotePort[i]);
                 }
-                var request = new ForwardRequest
-                {
-                    Target = target,
-                    RemotePort = (ushort)RemotePort,
-                    RemoteHost = RemoteHost,
-                    LocalAddress = LocalAddress,
-                    LocalPort = (ushort)LocalPort,
-                    SessionPerConnection = SessionPerConnection,
-                    WarmSessions = SessionPerConnection ? WarmSessions : (int?)null,
-                };
-                try
-                {
-                    using var op = client.BeginForward(request);
-                    WaitFor(op, $"Start-SSMPortForward {target}");
-                    var forward = op.TakeForward();
-                    started.Add(forward);
-                    var sessions = SessionPerConnection ? "a session per connection" : $"session {forward.SessionId}";
-                    WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{RemotePort} ({sessions}, forward {forward.Id})");
-                    WriteObject(forward);
-                }
-                catch (SsmException e)
-                {
-                    WriteSsmError(e, target);
-                }
+            }
+        }
+
+        private void Start(SsmClient client, string target, int localPort, int remotePort)
+        {
+            var local = localPort == 0 ? $"{LocalAddress}:<free port>" : $"{LocalAddress}:{localPort}";
+            var action = string.Format(CultureInfo.InvariantCulture, "Forward {0} to {1}:{2}", local, RemoteHost ?? "the instance", remotePort);
+            if (!ShouldProcess(target, action))
+            {
+                return;
+            }
+            var request = new ForwardRequest
+            {
+                Target = target,
+                RemotePort = (ushort)remotePort,
+                RemoteHost = RemoteHost,
+                LocalAddress = LocalAddress,
+                LocalPort = (ushort)localPort,
+                SessionPerConnection = SessionPerConnection,
+                WarmSessions = SessionPerConnection ? WarmSessions : (int?)null,
+                Document = DocumentName,
+            };
+            try
+            {
+                using var op = client.BeginForward(request);
+                WaitFor(op, $"Start-SSMPortForward {target}");
+                var forward = op.TakeForward();
+                started.Add(forward);
+                var sessions = SessionPerConnection ? "a session per connection" : $"session {forward.SessionId}";
+                WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{remotePort} ({sessions}, forward {forward.Id})");
+                WriteObject(forward);
+            }
+            catch (SsmException e)
+            {
+                WriteSsmError(e, target);
             }
         }
 

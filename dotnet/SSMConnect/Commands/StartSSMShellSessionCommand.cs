@@ -1,7 +1,5 @@
 using System;
 using System.Collections;
-using System.Collections.Generic;
-using System.Linq;
 using System.Management.Automation;
 
 namespace SSMConnect.Commands
@@ -20,6 +18,7 @@ namespace SSMConnect.Commands
         [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
         [Alias("InstanceId")]
         [ValidateNotNull]
+        [ArgumentCompleter(typeof(Completers.TargetCompleter))]
         public object[] Target { get; set; } = Array.Empty<object>();
 
         /// <summary>Session document (default: the account's shell preferences).</summary>
@@ -49,7 +48,7 @@ namespace SSMConnect.Commands
             {
                 return;
             }
-            var parameters = DocumentParameters();
+            var parameters = DocumentParameters(Parameter);
             using var client = CreateClient();
             foreach (var target in targets)
             {
@@ -79,32 +78,6 @@ namespace SSMConnect.Commands
                     WriteSsmError(e, target);
                 }
             }
-        }
-
-        private Dictionary<string, string[]>? DocumentParameters()
-        {
-            if (Parameter is null || Parameter.Count == 0)
-            {
-                return null;
-            }
-            var result = new Dictionary<string, string[]>(StringComparer.Ordinal);
-            foreach (DictionaryEntry e in Parameter)
-            {
-                var name = e.Key?.ToString();
-                if (string.IsNullOrEmpty(name))
-                {
-                    continue;
-                }
-                var value = e.Value is PSObject p ? p.BaseObject : e.Value;
-                result[name!] = value switch
-                {
-                    null => Array.Empty<string>(),
-                    string s => new[] { s },
-                    IEnumerable many => many.Cast<object?>().Select(v => (v is PSObject pv ? pv.BaseObject : v)?.ToString() ?? string.Empty).ToArray(),
-                    _ => new[] { value.ToString() ?? string.Empty },
-                };
-            }
-            return result;
         }
     }
 }

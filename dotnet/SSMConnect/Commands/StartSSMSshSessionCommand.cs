@@ -17,11 +17,12 @@ namespace SSMConnect.Commands
         [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
         [Alias("InstanceId")]
         [ValidateNotNull]
+        [ArgumentCompleter(typeof(Completers.TargetCompleter))]
         public object[] Target { get; set; } = Array.Empty<object>();
 
         /// <summary>Remote user (ssh -l).</summary>
         [Parameter]
-        [Alias("UserName")]
+        [Alias("UserName", "SshUser")]
         [ValidateNotNullOrEmpty]
         public string? User { get; set; }
 
@@ -29,6 +30,17 @@ namespace SSMConnect.Commands
         [Parameter]
         [ValidateNotNullOrEmpty]
         public string? IdentityFile { get; set; }
+
+        /// <summary>OpenSSH certificate for the key (ssh's CertificateFile), e.g. one signed by your SSH CA.</summary>
+        [Parameter]
+        [Alias("CertPath")]
+        [ValidateNotNullOrEmpty]
+        public string? CertificateFile { get; set; }
+
+        /// <summary>Session document of type Port for the SSH session (default AWS-StartSSHSession).</summary>
+        [Parameter]
+        [ValidateNotNullOrEmpty]
+        public string? DocumentName { get; set; }
 
         /// <summary>SSH port on the instance (ssh -p; default 22).</summary>
         [Parameter]
@@ -81,6 +93,15 @@ namespace SSMConnect.Commands
                 throw;
             }
             var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
+            var certificate = CertificateFile is null ? null : ResolveFilePath(CertificateFile);
+            if (certificate is not null && !File.Exists(certificate))
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new FileNotFoundException($"the certificate file {certificate} does not exist", certificate),
+                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                    ErrorCategory.ObjectNotFound,
+                    certificate));
+            }
             // The settings are checked as the other cmdlets check them (a malformed -DnsServer,
             // unusable credentials) before ssh starts.
             using (CreateClient())
@@ -105,6 +126,9 @@ namespace SSMConnect.Commands
                     User = User,
                     Port = Port == 0 ? null : Port,
                     IdentityFile = identity,
+                    CertificateFile = certificate,
+                    Document = DocumentName,
+                    Reason = Reason,
                     UseInstanceConnect = UseInstanceConnect,
                     Command = Command,
                     Region = aws.Region,

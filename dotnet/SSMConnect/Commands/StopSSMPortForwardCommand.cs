@@ -20,6 +20,7 @@ namespace SSMConnect.Commands
         /// -InputObject, so that stopping it again is not an unknown id.</summary>
         [Parameter(Mandatory = true, Position = 0, ParameterSetName = IdSet)]
         [ValidateNotNullOrEmpty]
+        [ArgumentCompleter(typeof(Completers.ForwardIdCompleter))]
         public int[] Id { get; set; } = Array.Empty<int>();
 
         /// <summary>Forward objects (from Start- or Get-SSMPortForward).</summary>

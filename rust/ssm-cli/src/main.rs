@@ -105,6 +105,10 @@ struct AwsArgs {
     /// DNS server for DNS-name targets, ADDR or ADDR:PORT (default: the system's resolver).
     #[arg(long, global = true, value_name = "ADDR:PORT", value_parser = |s: &str| ssm_session::parse_dns_server(s).map_err(|e| e.to_string()))]
     dns_server: Option<SocketAddr>,
+    /// Why the session is started: StartSession's Reason, kept in the session's audit trail
+    /// (1 to 256 characters, no line breaks).
+    #[arg(long, global = true, value_name = "TEXT")]
+    reason: Option<String>,
 }
 
 impl Cli {
@@ -121,6 +125,7 @@ impl Cli {
                 ..Endpoints::default()
             },
             dns_server: self.aws.dns_server,
+            reason: self.aws.reason.clone(),
             channel: ChannelOptions {
                 reconnect_for: std::time::Duration::from_secs(self.reconnect_timeout),
                 reorder_buffer_bytes: usize::from(self.reorder_buffer_mib) << 20,
@@ -156,6 +161,10 @@ enum Command {
         /// wait for one to start [default: 1].
         #[arg(long, value_name = "N", requires = "session_per_connection")]
         warm_sessions: Option<usize>,
+        /// Session document of type Port in place of AWS-StartPortForwardingSession (or
+        /// AWS-StartPortForwardingSessionToRemoteHost with --remote-host).
+        #[arg(long)]
+        document: Option<String>,
     },
     /// Open an interactive shell on the target. With stdin not a terminal, stdin is sent to the
     /// remote shell and its end ends the session (`ssmconnect shell i-… < script.sh`).
@@ -199,6 +208,9 @@ enum Command {
         /// The public key to push (the half of the key ssh's -i uses).
         #[arg(long, value_name = "FILE", requires = "ec2ic")]
         public_key: Option<std::path::PathBuf>,
+        /// Session document of type Port taking `portNumber`, in place of AWS-StartSSHSession.
+        #[arg(long)]
+        document: Option<String>,
     },
 }
 
@@ -270,6 +282,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             remote_host,
             session_per_connection,
             warm_sessions,
+            document,
         } => {
             let spec = ForwardSpec {
                 remote_port,
@@ -278,6 +291,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 per_connection: session_per_connection.then(|| PerConnection {
                     warm_sessions: warm_sessions.unwrap_or(ssm_session::DEFAULT_WARM_SESSIONS),
                 }),
+                document,
             };
             let started = exit::unless_signalled(&mut signals, connector.forward(&target, spec, &no_stages)).await;
             let mut forward = match started {
@@ -367,6 +381,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             destination,
             ec2ic,
             public_key,
+            document,
         } => {
             let (user, target, port) = parse_destination(&destination)?;
             let key = match (ec2ic, public_key) {
@@ -386,7 +401,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 (true, None) => return Err(Failure::usage("--ec2ic needs --public-key FILE")),
                 (false, _) => None,
             };
-            let opened = connector.ssh_channel(&target, port, key, &no_stages);
+            let opened = connector.ssh_channel_with(&target, port, key, document.as_deref(), &no_stages);
             let dc = match exit::unless_signalled(&mut signals, opened).await {
                 Ended::Done(dc) => dc?.session,
                 Ended::Signalled(sig) => return Ok(sig.exit_code()),

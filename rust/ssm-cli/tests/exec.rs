@@ -249,7 +249,13 @@ impl KmsWorld {
     }
 
     async fn exec(&self, document: Option<&str>, argv: &[&str]) -> Run {
-        exec_with(&self.emu, &[("AWS_ENDPOINT_URL_KMS", &self.moto.endpoint)], document, argv).await
+        exec_with(
+            &self.emu,
+            &[("AWS_ENDPOINT_URL_KMS", &self.moto.endpoint)],
+            document,
+            argv,
+        )
+        .await
     }
 }
 
@@ -300,10 +306,16 @@ async fn a_tampered_message_ends_the_session_and_none_of_it_is_written() {
         ..Faults::default()
     };
     let kms = KmsWorld::start(Pacing::Agent, faults, None).await;
-    let run = kms.exec(Some(SEPARATE), &["sh", "-c", "echo secret-output; sleep 5"]).await;
+    let run = kms
+        .exec(Some(SEPARATE), &["sh", "-c", "echo secret-output; sleep 5"])
+        .await;
     assert_eq!(run.code, 11, "stderr: {}", run.stderr);
     assert!(run.stderr.contains("failed authentication"), "stderr: {}", run.stderr);
-    assert!(run.stdout.is_empty(), "stdout: {:?}", String::from_utf8_lossy(&run.stdout));
+    assert!(
+        run.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&run.stdout)
+    );
     // The client ended the session at the service.
     assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
     assert!(kms.emu.sessions().iter().all(|s| s.terminate_calls > 0));

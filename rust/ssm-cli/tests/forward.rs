@@ -188,3 +188,55 @@ async fn port_sessions_of_a_kms_encrypting_account_stay_unencrypted() {
     assert_eq!(sessions.len(), 1);
     assert!(!sessions[0].encrypted, "{sessions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_starts_its_session_with_document_and_reason() {
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let echo = echo_server().await;
+
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["--reason", "CHG-1234 check"])
+        .args(["forward", TARGET, &echo.to_string()])
+        .args([
+            "--document",
+            "AWS-StartPortForwardingSession",
+            "--remote-host",
+            "127.0.0.1",
+        ]);
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect forward --document --reason");
+    let mut out = Lines::new(proc.take_stdout());
+    let line = out.until(20, |l| l.starts_with("Port ")).await;
+    let (port, session_id) = opened_port(&line).unwrap_or_else(|| panic!("unexpected line {line:?}"));
+    let data = random_bytes(4096, 7);
+    let back = echo_through(SocketAddr::from(([127, 0, 0, 1], port)), data.clone()).await;
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+    let info = emu
+        .sessions()
+        .into_iter()
+        .find(|s| s.session_id == session_id)
+        .expect("the emulator knows the session");
+    // Not the ...ToRemoteHost document --remote-host would choose: the one given.
+    assert_eq!(info.document, "AWS-StartPortForwardingSession");
+    assert_eq!(info.reason.as_deref(), Some("CHG-1234 check"));
+    proc.signal(libc::SIGINT);
+    assert_eq!(proc.exit_code(10).await, 0);
+
+    // A document the account does not have is the service's error, exit status 4.
+    let mut cmd = ssmconnect(&home);
+    cmd.arg("--endpoint-url").arg(emu.endpoint()).args([
+        "forward",
+        TARGET,
+        &echo.to_string(),
+        "--document",
+        "NoSuchPortDocument",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, "ssmconnect forward --document NoSuchPortDocument");
+    let stderr = proc.take_stderr();
+    let stderr_task = tokio::spawn(read_all(stderr, 20));
+    assert_eq!(proc.exit_code(20).await, 4);
+    let stderr = String::from_utf8_lossy(&within(10, "stderr", stderr_task).await.unwrap()).into_owned();
+    assert!(stderr.contains("NoSuchPortDocument"), "{stderr}");
+}

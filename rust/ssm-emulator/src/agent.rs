@@ -727,7 +727,9 @@ impl Agent {
         };
         kms.challenge = Some(plain);
         let request = EncChallenge { challenge: sealed };
-        let _ = self.channel.send(now, PayloadType::EncChallengeRequest, request.to_json());
+        let _ = self
+            .channel
+            .send(now, PayloadType::EncChallengeRequest, request.to_json());
         self.stage = Stage::Challenge {
             deadline: now + Duration::from_millis(self.shared.config.handshake_timeout_ms),
         };
@@ -745,7 +747,9 @@ impl Agent {
                     None => Err("no encryption key".to_owned()),
                 }
             }
-            (Err(e), _) => Err(format!("Unmarshalling of EncryptionChallengeResponse message failed, {e}")),
+            (Err(e), _) => Err(format!(
+                "Unmarshalling of EncryptionChallengeResponse message failed, {e}"
+            )),
             (_, None) => Ok(()),
         };
         match verdict {

@@ -237,7 +237,7 @@ fn start_session(shared: &Arc<Shared>, req: StartSessionRequest, signer: Signer)
         // `TargetNotConnected`, the service's answer for any target without a connected agent.
         return reply::json_error("TargetNotConnected", &format!("{target} is not connected."));
     }
-    let (session_id, token) = shared.create_session(&target, &document, req.parameters, signer);
+    let (session_id, token) = shared.create_session(&target, &document, req.parameters, req.reason, signer);
     // The agent starts on dispatch, before the client connects (its clocks run from here).
     agent::dispatch(shared, &session_id);
     reply::json(json!({

@@ -26,7 +26,13 @@ pub(crate) async fn decrypt_data_key(
             region.to_owned()
         }))
         // The agent signs with its instance role; a moto server takes any key.
-        .credentials_provider(Credentials::new("emulated-agent", "emulated-agent", None, None, "ssm-emulator"))
+        .credentials_provider(Credentials::new(
+            "emulated-agent",
+            "emulated-agent",
+            None,
+            None,
+            "ssm-emulator",
+        ))
         .endpoint_url(endpoint)
         .http_client(aws_smithy_http_client::Builder::new().build_http())
         .build();

@@ -202,6 +202,7 @@ impl Shared {
         target: &str,
         document: &str,
         parameters: HashMap<String, Vec<String>>,
+        reason: Option<String>,
         signer: Signer,
     ) -> (String, String) {
         let mut suffix = [0u8; 9];
@@ -227,6 +228,7 @@ impl Shared {
             access_key_id: signer.access_key_id,
             signing_region: signer.region,
             encrypted: false,
+            reason,
         };
         lock(&self.sessions).insert(
             session_id.clone(),
@@ -443,6 +445,9 @@ pub struct SessionInfo {
     pub signing_region: String,
     /// Whether the handshake set up KMS encryption (the challenge verified, §5.6).
     pub encrypted: bool,
+    /// StartSession's `Reason`, when the caller gave one.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[cfg(test)]

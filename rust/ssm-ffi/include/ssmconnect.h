@@ -41,6 +41,14 @@ enum SsmcErrorKind
   SSMC_ERROR_KIND_CANCELLED = 10,
   // A bug: panic or unexpected state.
   SSMC_ERROR_KIND_INTERNAL = 11,
+  // KMS refused the session's data key to these credentials (no `kms:GenerateDataKey`).
+  SSMC_ERROR_KIND_KMS_ACCESS_DENIED = 12,
+  // The session's KMS key is missing, disabled or unusable.
+  SSMC_ERROR_KIND_KMS_KEY_UNAVAILABLE = 13,
+  // The agent's encryption challenge did not verify.
+  SSMC_ERROR_KIND_KMS_CHALLENGE_FAILED = 14,
+  // An encrypted message from the agent failed authentication (tampered).
+  SSMC_ERROR_KIND_KMS_TAMPERED = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -101,10 +109,12 @@ const char *ssmc_last_error_message(void);
 void ssmc_string_free(void *s);
 
 // Creates a client from a JSON object with optional `profile`, `region`, `endpoint_url` (SSM),
-// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`, `access_key`,
+// `ec2_endpoint_url` (target resolution), `ec2_instance_connect_endpoint_url`,
+// `kms_endpoint_url` (data keys of KMS-encrypted sessions), `access_key`,
 // `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
 // place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
-// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:
+// system resolver), `reason` (StartSession's `Reason` for every session started from the
+// client, kept in the session's audit trail) and `environment` (an object of `AWS_*` variables as the caller sees them:
 // what they set fills what the other fields leave unset, read as the AWS SDK reads the
 // environment; callers whose environment copy differs from the process's, .NET on Unix, pass
 // theirs here). The process environment is read by the SDK too. Returns null on error (see last
@@ -113,6 +123,16 @@ struct SsmcClient *ssmc_client_new(AsciiPointer config_json);
 
 // Frees a client. Operations and forwards made from it stay valid. Null is ignored.
 void ssmc_client_free(struct SsmcClient *client);
+
+// Lists running EC2 instances, for completing targets as they are typed: a JSON array of
+// objects with `instance_id` and `name` (the `Name` tag, or null), in the order EC2 lists them,
+// at most `limit` of them. Blocks the calling thread until the answer comes or `timeout_ms`
+// milliseconds passed (then null with a TimedOut last error); must not be called from a thread
+// of this library's runtime. Returns the text, which the caller frees with
+// [`ssmc_string_free`], or null with the last error set.
+char *ssmc_client_running_instances(const struct SsmcClient *client,
+                                    uint32_t limit,
+                                    uint32_t timeout_ms);
 
 // Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
 // 4 debug, 5 trace) for [`ssmc_log_next`]. The first call installs the capture.
@@ -125,8 +145,9 @@ char *ssmc_log_next(uint32_t *level);
 // Starts a port forward described by a JSON request: `target`, `remote_port`, optional
 // `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one),
 // `session_per_connection` (a session of its own for each connection; every one is terminated
-// when its connection ends and when the forward is stopped or freed) and `warm_sessions`
-// (sessions started ahead in that mode, default 1). Returns
+// when its connection ends and when the forward is stopped or freed), `warm_sessions`
+// (sessions started ahead in that mode, default 1) and `document` (a session document of type
+// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`). Returns
 // an operation, or null with the last error set when the request is malformed. When the
 // operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
@@ -174,6 +195,11 @@ SsmcState ssmc_operation_state(const struct SsmcOperation *op);
 // What the operation is doing now (for progress display). Owned by the operation; valid until
 // the next call of this function on it.
 const char *ssmc_operation_stage(struct SsmcOperation *op);
+
+// The instance (or managed node) id the operation's target resolved to, once a session is
+// being started with it; empty before. Owned by the operation; valid until the next call of
+// this function on it.
+const char *ssmc_operation_instance_id(struct SsmcOperation *op);
 
 // Kind of the operation's error ([`SsmcErrorKind::None`] while running or after success).
 SsmcErrorKind ssmc_operation_error_kind(const struct SsmcOperation *op);

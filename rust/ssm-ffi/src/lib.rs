@@ -263,6 +263,7 @@ struct ClientRequest {
     ca_bundle: Option<String>,
     dns_server: Option<String>,
     environment: Option<std::collections::HashMap<String, String>>,
+    reason: Option<String>,
 }
 
 impl ClientRequest {
@@ -289,6 +290,7 @@ impl ClientRequest {
                 kms: self.kms_endpoint_url,
             },
             dns_server,
+            reason: self.reason,
             ..ssm_session::Settings::default()
         };
         Ok(match &self.environment {
@@ -303,7 +305,8 @@ impl ClientRequest {
 /// `kms_endpoint_url` (data keys of KMS-encrypted sessions), `access_key`,
 /// `secret_key`, `session_token`, `credentials_file` and `config_file` (the shared AWS files, in
 /// place of the defaults), `dns_server` (`ADDR` or `ADDR:PORT` for DNS-name targets; default the
-/// system resolver) and `environment` (an object of `AWS_*` variables as the caller sees them:
+/// system resolver), `reason` (StartSession's `Reason` for every session started from the
+/// client, kept in the session's audit trail) and `environment` (an object of `AWS_*` variables as the caller sees them:
 /// what they set fills what the other fields leave unset, read as the AWS SDK reads the
 /// environment; callers whose environment copy differs from the process's, .NET on Unix, pass
 /// theirs here). The process environment is read by the SDK too. Returns null on error (see last
@@ -335,6 +338,54 @@ pub extern "C" fn ssmc_client_free(client: *mut SsmcClient) {
             drop(unsafe { Box::from_raw(client) });
         }
     });
+}
+
+/// Lists running EC2 instances, for completing targets as they are typed: a JSON array of
+/// objects with `instance_id` and `name` (the `Name` tag, or null), in the order EC2 lists them,
+/// at most `limit` of them. Blocks the calling thread until the answer comes or `timeout_ms`
+/// milliseconds passed (then null with a TimedOut last error); must not be called from a thread
+/// of this library's runtime. Returns the text, which the caller frees with
+/// [`ssmc_string_free`], or null with the last error set.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_client_running_instances(client: *const SsmcClient, limit: u32, timeout_ms: u32) -> *mut c_char {
+    guard(null_mut(), || {
+        clear_last_error();
+        if client.is_null() {
+            set_last_error(&FfiError::new(
+                SsmcErrorKind::InvalidArgument,
+                "the client handle is null",
+            ));
+            return null_mut();
+        }
+        // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
+        let connector = unsafe { &*client }.connector.clone();
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let deadline = std::time::Duration::from_millis(u64::from(timeout_ms));
+        let listed =
+            runtime().block_on(async move { tokio::time::timeout(deadline, connector.running_instances(limit)).await });
+        let result = match listed {
+            Ok(Ok(list)) => Ok(list),
+            Ok(Err(e)) => Err(FfiError::from(e)),
+            Err(_) => Err(FfiError::new(
+                SsmcErrorKind::TimedOut,
+                format!("DescribeInstances did not answer within {timeout_ms} ms"),
+            )),
+        };
+        match result {
+            Ok(list) => {
+                let items: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|c| serde_json::json!({ "instance_id": c.instance_id, "name": c.name }))
+                    .collect();
+                to_cstring(&serde_json::Value::Array(items).to_string()).into_raw()
+            }
+            Err(e) => {
+                set_last_error(&e);
+                null_mut()
+            }
+        }
+    })
 }
 
 /// Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
@@ -373,6 +424,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_string_free))
         .register(function!(ssmc_client_new))
         .register(function!(ssmc_client_free))
+        .register(function!(ssmc_client_running_instances))
         .register(function!(ssmc_log_enable))
         .register(function!(ssmc_log_next))
         .register(function!(ssmc_forward_begin))
@@ -380,6 +432,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_exec_begin))
         .register(function!(ssmc_operation_state))
         .register(function!(ssmc_operation_stage))
+        .register(function!(ssmc_operation_instance_id))
         .register(function!(ssmc_operation_error_kind))
         .register(function!(ssmc_operation_error_message))
         .register(function!(ssmc_operation_exit_code))

@@ -37,6 +37,8 @@ struct Progress {
     outputs: u64,
     /// Sends into a running exec operation's session (its interrupt).
     sender: Option<DataSender>,
+    /// The instance the target resolved to, once a session is being started with it.
+    instance_id: String,
 }
 
 impl Progress {
@@ -58,6 +60,7 @@ pub struct SsmcOperation {
     task: tokio::task::JoinHandle<()>,
     stage_c: Mutex<CString>,
     error_c: Mutex<CString>,
+    instance_c: Mutex<CString>,
     /// The piece of output lent by [`ssmc_operation_next_output`].
     output_c: Mutex<Vec<u8>>,
     seen: Seen,
@@ -90,6 +93,9 @@ struct ForwardRequest {
     /// [`ssm_session::DEFAULT_WARM_SESSIONS`]); only with `session_per_connection`.
     #[serde(default)]
     warm_sessions: Option<usize>,
+    /// A session document of type Port in place of the AWS-managed one.
+    #[serde(default)]
+    document: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -142,6 +148,7 @@ where
         output: None,
         outputs: 0,
         sender: None,
+        instance_id: String::new(),
     }));
     let work = work(connector, req, progress.clone());
     let shared = progress.clone();
@@ -172,21 +179,29 @@ where
         task,
         stage_c: Mutex::default(),
         error_c: Mutex::default(),
+        instance_c: Mutex::default(),
         output_c: Mutex::default(),
         seen: Seen::now(),
     }))
 }
 
-/// A stage callback that shows each stage as the operation's stage text.
+/// A stage callback that shows each stage as the operation's stage text and keeps the
+/// instance a session is started with.
 fn stages(progress: Arc<Mutex<Progress>>) -> impl Fn(Stage<'_>) + Send + Sync {
-    move |s| stage(&progress, &s.to_string())
+    move |s| {
+        if let Stage::Starting(id) = s {
+            id.clone_into(&mut lock(&progress).instance_id);
+        }
+        stage(&progress, &s.to_string());
+    }
 }
 
 /// Starts a port forward described by a JSON request: `target`, `remote_port`, optional
 /// `remote_host`, `local_address` (default 127.0.0.1), `local_port` (0: a free one),
 /// `session_per_connection` (a session of its own for each connection; every one is terminated
-/// when its connection ends and when the forward is stopped or freed) and `warm_sessions`
-/// (sessions started ahead in that mode, default 1). Returns
+/// when its connection ends and when the forward is stopped or freed), `warm_sessions`
+/// (sessions started ahead in that mode, default 1) and `document` (a session document of type
+/// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`). Returns
 /// an operation, or null with the last error set when the request is malformed. When the
 /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 #[ffi_function]
@@ -207,6 +222,7 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
                     per_connection: req.session_per_connection.then(|| ssm_session::PerConnection {
                         warm_sessions: req.warm_sessions.unwrap_or(ssm_session::DEFAULT_WARM_SESSIONS),
                     }),
+                    document: req.document,
                 };
                 if req.warm_sessions.is_some() && !req.session_per_connection {
                     return Err(ssm_session::Error::Config(
@@ -420,6 +436,18 @@ pub extern "C" fn ssmc_operation_stage(op: *mut SsmcOperation) -> *const c_char 
     with(op, "operation", std::ptr::null(), |o| {
         let text = lock(&o.progress).stage.clone();
         lend(&o.stage_c, &text)
+    })
+}
+
+/// The instance (or managed node) id the operation's target resolved to, once a session is
+/// being started with it; empty before. Owned by the operation; valid until the next call of
+/// this function on it.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_operation_instance_id(op: *mut SsmcOperation) -> *const c_char {
+    with(op, "operation", std::ptr::null(), |o| {
+        let text = lock(&o.progress).instance_id.clone();
+        lend(&o.instance_c, &text)
     })
 }
 

@@ -954,3 +954,60 @@ fn a_caller_that_takes_output_slowly_still_gets_all_of_it() {
     ssmc_client_free(c);
     rt.block_on(emu.stop());
 }
+
+#[test]
+fn running_instances_the_resolved_instance_and_the_reason_are_reported() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let config: Config = serde_json::from_value(serde_json::json!({
+        "inventory": [
+            { "instance_id": "i-0123456789abcdef0", "tags": { "Name": "web" } },
+            { "instance_id": "i-0aaaaaaaaaaaaaaa1" },
+            { "instance_id": "i-0ccccccccccccccc3", "state": "stopped", "tags": { "Name": "old" } }
+        ]
+    }))
+    .unwrap();
+    let emu = rt.block_on(Emulator::start(config)).unwrap();
+    let e = emu.endpoint();
+    let cfg = CString::new(format!(
+        r#"{{"region":"{REGION}","endpoint_url":"{e}","ec2_endpoint_url":"{e}","access_key":"{ACCESS_KEY}","secret_key":"{SECRET_KEY}","reason":"CHG-1 abi"}}"#
+    ))
+    .unwrap();
+    let c = ssmc_client_new(ascii(&cfg));
+    assert!(!c.is_null(), "{}", text(ssmc_last_error_message()));
+
+    let listed = |limit: u32| {
+        let p = ssmc_client_running_instances(c, limit, 10_000);
+        assert!(!p.is_null(), "{}", text(ssmc_last_error_message()));
+        let v: serde_json::Value = serde_json::from_str(&text(p)).unwrap();
+        ssmc_string_free(p.cast());
+        v
+    };
+    assert_eq!(
+        listed(100),
+        serde_json::json!([
+            { "instance_id": "i-0123456789abcdef0", "name": "web" },
+            { "instance_id": "i-0aaaaaaaaaaaaaaa1", "name": null }
+        ]),
+        "running instances only"
+    );
+    assert_eq!(listed(1).as_array().map(Vec::len), Some(1));
+    assert!(ssmc_client_running_instances(std::ptr::null(), 10, 1000).is_null());
+    assert_eq!(ssmc_last_error_kind(), SsmcErrorKind::InvalidArgument);
+
+    let req = CString::new(r#"{"target":"Name:web","remote_port":9}"#).unwrap();
+    let op = ssmc_forward_begin(c, ascii(&req));
+    assert!(!op.is_null());
+    assert_eq!(
+        wait_op(op),
+        SsmcState::Succeeded,
+        "{}",
+        text(ssmc_operation_error_message(op))
+    );
+    assert_eq!(text(ssmc_operation_instance_id(op)), "i-0123456789abcdef0");
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0].reason.as_deref(), Some("CHG-1 abi"));
+    assert!(ssmc_operation_instance_id(std::ptr::null_mut()).is_null());
+    ssmc_operation_free(op);
+    ssmc_client_free(c);
+}

@@ -315,12 +315,10 @@ impl EncChallenge {
         }
         let wire: Wire = serde_json::from_slice(bytes).map_err(|e| PayloadError::json("EncChallenge", &e))?;
         let text = wire.challenge.unwrap_or_default();
-        let challenge = BASE64
-            .decode(text.as_bytes())
-            .map_err(|e| PayloadError {
-                what: "EncChallenge",
-                reason: format!("Challenge is not base64: {e}"),
-            })?;
+        let challenge = BASE64.decode(text.as_bytes()).map_err(|e| PayloadError {
+            what: "EncChallenge",
+            reason: format!("Challenge is not base64: {e}"),
+        })?;
         Ok(Self { challenge })
     }
 
@@ -434,7 +432,11 @@ impl ClientHandshake {
                         "Failed to process action KMSEncryption: no data key".to_owned(),
                     ),
                 },
-                other => (ActionStatus::Unsupported, Value::Null, format!("Unsupported action {other}")),
+                other => (
+                    ActionStatus::Unsupported,
+                    Value::Null,
+                    format!("Unsupported action {other}"),
+                ),
             };
             if !error.is_empty() {
                 errors.push(error.clone());
@@ -468,13 +470,14 @@ pub struct KmsActionResult {
 impl KmsActionResult {
     /// Reads the `ActionResult` of a `KMSEncryption` processed action.
     pub fn parse(result: &Value) -> Result<Self, PayloadError> {
-        let key = result.get("KMSCipherTextKey").and_then(Value::as_str).unwrap_or_default();
-        let ciphertext = BASE64
-            .decode(key.as_bytes())
-            .map_err(|e| PayloadError {
-                what: "KMSEncryption ActionResult",
-                reason: format!("KMSCipherTextKey is not base64: {e}"),
-            })?;
+        let key = result
+            .get("KMSCipherTextKey")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let ciphertext = BASE64.decode(key.as_bytes()).map_err(|e| PayloadError {
+            what: "KMSEncryption ActionResult",
+            reason: format!("KMSCipherTextKey is not base64: {e}"),
+        })?;
         Ok(Self {
             ciphertext,
             challenge_acknowledged: result
@@ -571,7 +574,7 @@ mod tests {
         assert_eq!(c.to_json(), br#"{"Challenge":"/wAH"}"#);
         assert_eq!(EncChallenge::parse(&c.to_json()).unwrap(), c);
         assert!(EncChallenge::parse(br#"{"Challenge":"not base64!"}"#).is_err());
-        assert!(EncChallenge::parse(b"[]").is_err());
+        assert!(EncChallenge::parse(b"7").is_err());
         assert!(KmsActionResult::parse(&serde_json::json!({"KMSCipherTextKey": "%%"})).is_err());
     }
 
@@ -600,7 +603,11 @@ mod tests {
         assert_eq!(hs.error, Some(HandshakeError::UnknownSessionType("Teleport".into())));
         let resp = HandshakeResponse::parse(&response).unwrap();
         assert_eq!(resp.processed_client_actions[0].action_status, 2);
-        assert!(resp.processed_client_actions[0].error.contains("Unknown session type Teleport"));
+        assert!(
+            resp.processed_client_actions[0]
+                .error
+                .contains("Unknown session type Teleport")
+        );
     }
 
     #[test]

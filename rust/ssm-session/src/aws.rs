@@ -230,6 +230,7 @@ pub struct SsmApi {
     client: aws_sdk_ssm::Client,
     trust: Trust,
     kms: Option<KmsApi>,
+    reason: Option<String>,
 }
 
 type StartSessionResult = std::result::Result<
@@ -351,6 +352,7 @@ impl SsmApi {
             client: aws_sdk_ssm::Client::from_conf(b.build()),
             trust: Trust::default(),
             kms: None,
+            reason: None,
         })
     }
 
@@ -368,6 +370,13 @@ impl SsmApi {
         self
     }
 
+    /// The same calls; every StartSession gives `reason` as its `Reason` (kept in the session's
+    /// audit trail; the service takes 1 to 256 characters without line breaks).
+    pub fn with_reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+
     /// `StartSession`.
     pub async fn start_session(
         &self,
@@ -375,7 +384,11 @@ impl SsmApi {
         document: Option<&str>,
         parameters: &HashMap<String, Vec<String>>,
     ) -> Result<StartedSession> {
-        let mut req = self.client.start_session().target(target);
+        let mut req = self
+            .client
+            .start_session()
+            .target(target)
+            .set_reason(self.reason.clone());
         if let Some(d) = document {
             req = req.document_name(d);
         }

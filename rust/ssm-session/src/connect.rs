@@ -51,6 +51,9 @@ pub struct Settings {
     pub dns_server: Option<SocketAddr>,
     /// Data-channel tunables, among them how long to keep reconnecting.
     pub channel: ChannelOptions,
+    /// StartSession's `Reason` for every session started (the session's audit trail); `None`
+    /// for none.
+    pub reason: Option<String>,
 }
 
 impl Settings {
@@ -147,6 +150,9 @@ pub struct ForwardSpec {
     /// A session of its own for each connection, with warm sessions started ahead; `None`: one
     /// session for all connections.
     pub per_connection: Option<PerConnection>,
+    /// Session document of type Port in place of `AWS-StartPortForwardingSession` (or
+    /// `…ToRemoteHost` with `remote_host`), e.g. an account's own with the same parameters.
+    pub document: Option<String>,
 }
 
 /// An EC2 Instance Connect key to push before an SSH session.
@@ -205,6 +211,7 @@ impl Connector {
                 let kms = KmsApi::new(&config, self.settings.endpoints.kms.as_deref())?;
                 let api = SsmApi::new(&config, self.settings.endpoints.ssm.as_deref())?
                     .with_trust(trust)
+                    .with_reason(self.settings.reason.clone())
                     .with_kms(kms);
                 Ok((config, api))
             })
@@ -251,6 +258,13 @@ impl Connector {
         Ok(resolved)
     }
 
+    /// Running instances (id and `Name` tag), as EC2 lists them, at most `limit` (for
+    /// completing targets as they are typed).
+    pub async fn running_instances(&self, limit: usize) -> Result<Vec<crate::Candidate>> {
+        let (config, _) = self.loaded(&no_stages).await?;
+        crate::resolve::running_instances(config, &self.resolve_options(), limit).await
+    }
+
     /// Opens a port forward to `target`: the local port is bound first, then the session
     /// started and its handshake awaited.
     pub async fn forward(&self, target: &str, spec: ForwardSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {
@@ -260,6 +274,7 @@ impl Connector {
         fo.remote_host = spec.remote_host;
         fo.local_addr = spec.local_addr;
         fo.per_connection = spec.per_connection;
+        fo.document = spec.document;
         fo.channel = self.settings.channel.clone();
         let forward = PortForward::start(self.api().await?, fo).await?;
         Ok(Connected {
@@ -332,6 +347,19 @@ impl Connector {
         key: Option<KeyPush>,
         stage: StageFn<'_>,
     ) -> Result<Connected<DataChannel>> {
+        self.ssh_channel_with(target, port, key, None, stage).await
+    }
+
+    /// As [`Connector::ssh_channel`], with a session document of type Port in place of
+    /// `AWS-StartSSHSession` (an account's own with a `portNumber` parameter).
+    pub async fn ssh_channel_with(
+        &self,
+        target: &str,
+        port: u16,
+        key: Option<KeyPush>,
+        document: Option<&str>,
+        stage: StageFn<'_>,
+    ) -> Result<Connected<DataChannel>> {
         let resolved = self.resolve(target, key.is_some(), stage).await?;
         if let Some(k) = key {
             stage(Stage::PushingKey(&resolved.instance_id));
@@ -340,7 +368,14 @@ impl Connector {
         }
         stage(Stage::Starting(&resolved.instance_id));
         let api = self.api().await?;
-        let dc = crate::stdio::open_ssh(api, &resolved.instance_id, port, self.settings.channel.clone()).await?;
+        let dc = crate::stdio::open_ssh_with(
+            api,
+            &resolved.instance_id,
+            port,
+            document,
+            self.settings.channel.clone(),
+        )
+        .await?;
         Ok(Connected {
             target: resolved,
             session: dc,

@@ -652,7 +652,8 @@ impl Driver {
                 Step::Message(msg) => self.on_message(msg)?,
                 Step::DataKey(key) => {
                     self.data_key = None;
-                    let key = key.unwrap_or_else(|e| Err(Error::Connect(format!("making the KMS data key failed: {e}"))));
+                    let key =
+                        key.unwrap_or_else(|e| Err(Error::Connect(format!("making the KMS data key failed: {e}"))));
                     self.on_data_key(key)?;
                 }
                 Step::Command(Some(Command::Send(t, data))) => {
@@ -777,7 +778,10 @@ impl Driver {
                             };
                             let control = self.control.clone();
                             self.cipher = None;
-                            if let Some(old) = self.data_key.replace(tokio::spawn(async move { control.data_key(request).await })) {
+                            if let Some(old) = self
+                                .data_key
+                                .replace(tokio::spawn(async move { control.data_key(request).await }))
+                            {
                                 old.abort();
                             }
                         }
@@ -803,9 +807,7 @@ impl Driver {
                         StartState::Handshaking(tx, hs) => {
                             if hs.kms.is_some() && self.cipher.is_none() {
                                 self.start = StartState::Handshaking(tx, hs);
-                                return Err(self.fail_start(Error::Kms(KmsError::OutOfOrder(
-                                    "HandshakeComplete",
-                                ))));
+                                return Err(self.fail_start(Error::Kms(KmsError::OutOfOrder("HandshakeComplete"))));
                             }
                             let Some(session_type) = hs.session_type else {
                                 self.start = StartState::Handshaking(tx, hs);
@@ -943,7 +945,9 @@ impl Driver {
         let answer = EncChallenge {
             challenge: cipher.seal(rand::random(), &plain),
         };
-        let _ = self.channel.send(now, PayloadType::EncChallengeResponse, answer.to_json());
+        let _ = self
+            .channel
+            .send(now, PayloadType::EncChallengeResponse, answer.to_json());
         Ok(())
     }
 

@@ -39,6 +39,9 @@ pub struct ForwardOptions {
     /// One session per local connection instead of one session for all
     /// ([`crate::per_connection`]); `None`: one session.
     pub per_connection: Option<PerConnection>,
+    /// Session document in place of the AWS-managed one `remote_host` chooses (an account's
+    /// own of type Port, taking the same parameters).
+    pub document: Option<String>,
 }
 
 /// Session-per-connection mode: each accepted local connection gets a session of its own, so
@@ -75,6 +78,7 @@ impl ForwardOptions {
             channel: ChannelOptions::default(),
             mux: MuxOptions::default(),
             per_connection: None,
+            document: None,
         }
     }
 }
@@ -321,7 +325,7 @@ impl Drop for PortForward {
 
 /// The document and parameters of a port session (§1.2): the same for a forward's one session
 /// and for each session of a session-per-connection forward.
-fn port_document(opts: &ForwardOptions, local_port: u16) -> (&'static str, HashMap<String, Vec<String>>) {
+fn port_document(opts: &ForwardOptions, local_port: u16) -> (&str, HashMap<String, Vec<String>>) {
     let mut params = HashMap::new();
     params.insert("portNumber".to_owned(), vec![opts.remote_port.to_string()]);
     params.insert("localPortNumber".to_owned(), vec![local_port.to_string()]);
@@ -332,7 +336,7 @@ fn port_document(opts: &ForwardOptions, local_port: u16) -> (&'static str, HashM
         }
         None => "AWS-StartPortForwardingSession",
     };
-    (document, params)
+    (opts.document.as_deref().unwrap_or(document), params)
 }
 
 /// Opens one port session (StartSession, waiting out throttling; data channel; handshake) and

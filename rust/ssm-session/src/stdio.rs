@@ -31,9 +31,22 @@ where
 /// Starts `AWS-StartSSHSession` to `port` on `target` and opens its data channel, checked to
 /// be a stream session; run it with [`pipe`].
 pub async fn open_ssh(api: &SsmApi, target: &str, port: u16, opts: ChannelOptions) -> Result<DataChannel> {
+    open_ssh_with(api, target, port, None, opts).await
+}
+
+/// As [`open_ssh`], with `document` (of type Port, taking `portNumber`) in place of
+/// `AWS-StartSSHSession` when given.
+pub async fn open_ssh_with(
+    api: &SsmApi,
+    target: &str,
+    port: u16,
+    document: Option<&str>,
+    opts: ChannelOptions,
+) -> Result<DataChannel> {
     let mut params = HashMap::new();
     params.insert("portNumber".to_owned(), vec![port.to_string()]);
-    let started = api.start_session(target, Some("AWS-StartSSHSession"), &params).await?;
+    let document = document.unwrap_or("AWS-StartSSHSession");
+    let started = api.start_session(target, Some(document), &params).await?;
     let control: SharedControl = Arc::new(api.clone());
     open_started(started, control, opts).await
 }

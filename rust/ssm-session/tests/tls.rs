@@ -32,6 +32,7 @@ fn spec(remote_port: u16) -> ForwardSpec {
         remote_host: None,
         local_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         per_connection: None,
+        document: None,
     }
 }
 

@@ -221,9 +221,10 @@ impl Moto {
 
     /// A new symmetric KMS key (in the test region); its key id.
     pub async fn create_kms_key(&self) -> String {
-        let (status, body) = crate::net::json_call(
+        let (status, body) = crate::net::json_call_for(
             self.addr(),
             "TrentService.CreateKey",
+            Some("kms"),
             serde_json::json!({"Description": "SSMConnect session encryption (test)"}),
         )
         .await;

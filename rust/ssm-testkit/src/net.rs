@@ -72,10 +72,29 @@ pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value
 /// One unsigned awsJson1.1 call, `target` as in `X-Amz-Target` (e.g. `TrentService.CreateKey`),
 /// to the service at `addr`: its status and JSON body.
 pub async fn json_call(addr: SocketAddr, target: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    json_call_for(addr, target, None, body).await
+}
+
+/// [`json_call`] with a SigV4-shaped `Authorization` header naming `service` (not a valid
+/// signature): what a server hosting many services (moto) routes by.
+pub async fn json_call_for(
+    addr: SocketAddr,
+    target: &str,
+    service: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
     let operation = target;
     let body = body.to_string();
+    let auth = service
+        .map(|s| {
+            format!(
+                "Authorization: AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/{s}/aws4_request, \
+                 SignedHeaders=host, Signature=0\r\n"
+            )
+        })
+        .unwrap_or_default();
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n\
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n{auth}\
          X-Amz-Target: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );

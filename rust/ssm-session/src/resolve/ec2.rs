@@ -113,6 +113,32 @@ impl Ec2Search {
         Ok(Found { running, more })
     }
 
+    /// Every running instance, page after page, until `limit` are listed.
+    pub(super) async fn running(&self, limit: usize) -> Result<Vec<Instance>> {
+        let mut pages = self
+            .client
+            .describe_instances()
+            .set_filters(Some(vec![filter("instance-state-name", ["running".to_owned()])]))
+            .set_max_results(self.page_size)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| api_error("DescribeInstances", e))?;
+            out.extend(
+                page.reservations
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flat_map(|r| r.instances.unwrap_or_default()),
+            );
+            if out.len() >= limit {
+                out.truncate(limit);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     async fn one(&self, q: &Query, running_only: bool) -> Result<(Vec<Instance>, bool)> {
         let mut filters = q.filters.clone();
         if running_only {

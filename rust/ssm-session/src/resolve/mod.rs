@@ -172,6 +172,16 @@ pub async fn resolve_session_target(config: &SdkConfig, spec: &str, opts: &Resol
     resolve_parsed(config, spec, parsed, opts).await
 }
 
+/// Running EC2 instances (id, `Name` tag, state), in the order EC2 lists them, at most
+/// `limit`: what a shell completing `-Target` offers.
+pub async fn running_instances(config: &SdkConfig, opts: &ResolveOptions, limit: usize) -> Result<Vec<Candidate>> {
+    let search = Ec2Search {
+        client: ec2_client(config, opts.ec2_endpoint_url.as_deref())?,
+        page_size: opts.page_size,
+    };
+    Ok(search.running(limit).await?.iter().map(candidate).collect())
+}
+
 async fn resolve_parsed(
     config: &SdkConfig,
     spec: &str,
