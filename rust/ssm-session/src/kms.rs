@@ -9,11 +9,10 @@
 use std::collections::HashMap;
 
 use aws_config::SdkConfig;
-use aws_sdk_kms::error::ProvideErrorMetadata;
 use aws_sdk_kms::primitives::Blob;
 use zeroize::Zeroizing;
 
-use crate::aws::service_endpoint;
+use crate::aws::{api_error, service_endpoint};
 use crate::error::{Error, Result};
 
 /// Encryption-context key of the session id.
@@ -162,18 +161,9 @@ impl KmsApi {
         for (k, v) in request.context() {
             call = call.encryption_context(k, v);
         }
-        let out = call.send().await.map_err(|e| {
-            let code = e.code().map(str::to_owned);
-            let message = e.message().map(str::to_owned).unwrap_or_else(|| {
-                let mut text = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    text = s.to_string();
-                    src = s.source();
-                }
-                text
-            });
-            classify(&request.key_id, code.as_deref(), message)
+        let out = call.send().await.map_err(|e| match api_error("GenerateDataKey", e) {
+            Error::Api { code, message, .. } => classify(&request.key_id, code.as_deref(), message),
+            other => other,
         })?;
         let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
         let ciphertext = out.ciphertext_blob.map(Blob::into_inner).unwrap_or_default();
