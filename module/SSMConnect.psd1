@@ -19,6 +19,7 @@
         'Start-SSMShellSession'
         'Start-SSMPortForward'
         'Start-SSMSshSession'
+        'Start-SSMRdpSession'
         'Get-SSMPortForward'
         'Stop-SSMPortForward'
         'Invoke-SSMSessionCommand'

@@ -129,11 +129,11 @@ Describe 'Invoke-SSMSessionCommand' -Skip:(-not $unix) {
             $out = @(Invoke-SSMSessionCommand -Target $instances[0], 'i-0dddddddddddddddd' -Command 'echo still-ran' -PassThru @refusingAws -ErrorVariable err -ErrorAction SilentlyContinue)
             "$($out | Where-Object { $_ -is [string] })" | Should -Be 'still-ran'
             $err | Should -HaveCount 1
-            $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.ApiError,*'
+            $err[0].FullyQualifiedErrorId | Should -BeLike 'SSMConnect.TargetNotConnected,*'
             $err[0].TargetObject | Should -Be 'i-0dddddddddddddddd'
             $failed = $out | Where-Object { $_ -is [SSMConnect.CommandResult] -and $_.Status -eq 'Failed' }
             $failed.Target | Should -Be 'i-0dddddddddddddddd'
-            $failed.Error.ErrorId | Should -Be 'SSMConnect.ApiError'
+            $failed.Error.ErrorId | Should -Be 'SSMConnect.TargetNotConnected'
         }
         finally {
             Stop-Emulator $refusing

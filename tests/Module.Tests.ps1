@@ -5,7 +5,7 @@ BeforeAll {
     $manifestPath = Get-TestModuleManifest
     $manifest = Import-PowerShellDataFile $manifestPath
     $moduleBase = Split-Path -Parent $manifestPath
-    $expected = 'Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward'
+    $expected = 'Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMRdpSession', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward'
     Import-TestModule
 }
 
@@ -21,7 +21,7 @@ Describe 'SSMConnect module' {
         @($manifest.CmdletsToExport | Sort-Object) | Should -Be $expected
     }
 
-    It 'exports exactly the seven cmdlets' {
+    It 'exports exactly the eight cmdlets' {
         $commands = Get-Command -Module SSMConnect | Sort-Object Name
         @($commands.Name) | Should -Be $expected
         $commands | ForEach-Object { $_.CommandType | Should -Be 'Cmdlet' }
@@ -80,7 +80,7 @@ Describe 'SSMConnect module' {
     }
 }
 
-Describe 'Help for <_>' -ForEach @('Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward') {
+Describe 'Help for <_>' -ForEach @('Get-SSMConnectHelperPath', 'Get-SSMPortForward', 'Invoke-SSMSessionCommand', 'Start-SSMPortForward', 'Start-SSMRdpSession', 'Start-SSMShellSession', 'Start-SSMSshSession', 'Stop-SSMPortForward') {
     BeforeAll {
         $help = Get-Help $_ -Full
     }
@@ -299,7 +299,12 @@ Describe 'Examples in the help' -Skip:$IsWindows {
 
         $echo = Start-EchoServer
         $web = [SSMConnectTests.HttpOkServer]::new()
-        $portMap = @{ '5432' = $echo.Port; '80' = $web.Port }
+        # 3389 (RDP) goes to the echo server too: the RDP examples' client stand-in checks bytes.
+        $portMap = @{ '5432' = $echo.Port; '80' = $web.Port; '3389' = $echo.Port }
+        # The key pair the Windows instances were launched with, as EC2 gives out its private half.
+        $rdpKey = [System.Security.Cryptography.RSA]::Create(2048)
+        Set-Content -LiteralPath (Join-Path $home_ '.ssh/build.pem') -Value $rdpKey.ExportRSAPrivateKeyPem() -NoNewline
+        $windowsPassword = 'Ex4mple!' + [guid]::NewGuid().ToString('N').Substring(0, 8)
         $icKeys = Join-Path $world 'instance-connect-keys'
         if (Test-SshdAvailable) {
             # sshd takes the suite's client key and the keys EC2 Instance Connect pushes.
@@ -326,11 +331,25 @@ Describe 'Examples in the help' -Skip:$IsWindows {
         $pwshWrapper = Join-Path $bin 'pwsh'
         "#!/bin/sh`nexec $(Get-PwshCommandLine) `"`$@`"" | Set-Content -LiteralPath $pwshWrapper
         & chmod 755 $pwshWrapper
+        # An RDP client stand-in (xfreerdp): connects to /v:HOST:PORT and checks that bytes come back.
+        $rdpClient = Join-Path $world 'xfreerdp.ps1'
+        @"
+Import-Module '$((Join-Path $PSScriptRoot 'TestHelpers.psm1') -replace "'", "''")'
+`$v = @(`$args | Where-Object { `$_ -like '/v:*' })[0].Substring(3)
+`$port = [int](`$v -split ':')[-1]
+`$data = [SSMConnectTests.Net]::RandomBytes(4096)
+if ([SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip(`$port, `$data, 30)) -ne [SSMConnectTests.Net]::Sha256(`$data)) { 'xfreerdp stand-in: the bytes that came back differ'; exit 1 }
+"xfreerdp stand-in: the RDP port `$port answered"
+"@ | Set-Content -LiteralPath $rdpClient
+        "#!/bin/sh`nexec $(Get-PwshCommandLine) -NoProfile -NonInteractive -File '$rdpClient' `"`$@`"" | Set-Content -LiteralPath (Join-Path $bin 'xfreerdp')
+        & chmod 755 (Join-Path $bin 'xfreerdp')
 
         $emu = Start-Emulator -Config @{
             inventory       = @(
-                @{ instance_id = 'i-0123456789abcdef0'; tags = @{ Name = 'web'; Role = 'web' } }
+                # Also a Windows instance for the RDP examples (it has a password to give out).
+                @{ instance_id = 'i-0123456789abcdef0'; tags = @{ Name = 'web'; Role = 'web' }; windows_password = $windowsPassword; key_pair_public_key = $rdpKey.ExportSubjectPublicKeyInfoPem() }
                 @{ instance_id = 'i-0bbbbbbbbbbbbbbb1'; tags = @{ Name = 'bastion' } }
+                @{ instance_id = 'i-0ccccccccccccccc2'; tags = @{ Name = 'build-win' }; windows_password = $windowsPassword; key_pair_public_key = $rdpKey.ExportSubjectPublicKeyInfoPem() }
             )
             port_map         = $portMap
             authorized_keys  = $icKeys
@@ -410,6 +429,8 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             if ($Cmdlet -in 'Get-SSMPortForward', 'Stop-SSMPortForward') { $script = $forwardsFirst + $script }
             if ($script -match '\bpsql\b') { $expect += 'came back intact' }
             if ($script -match 'Invoke-WebRequest') { $expect += 'StatusCode\s*:\s*200' }
+            if ($script -match 'xfreerdp') { $expect += 'the RDP port \d+ answered' }
+            if ($script -match 'GetNetworkCredential') { $expect += [regex]::Escape($windowsPassword) }
         }
         if ($script -match '-Wait\b') {
             # -Wait forwards until Ctrl+C: run it, use the forward, then interrupt it.

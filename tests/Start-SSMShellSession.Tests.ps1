@@ -17,10 +17,10 @@ BeforeAll {
     $manifest = Get-TestModuleManifest
     $pwsh = Get-PwshCommandLine
     # The command line a child pwsh runs to open the shell.
-    function Get-ShellCommand($Emulator) {
+    function Get-ShellCommand($Emulator, $Keys = $aws) {
         "Import-Module '$($manifest -replace "'", "''")'; " +
         "Start-SSMShellSession -Target $instance -EndpointUrl '$($Emulator.Endpoint)' -Region $($aws.Region) " +
-        "-AccessKey $($aws.AccessKey) -SecretKey '$($aws.SecretKey)'"
+        "-AccessKey $($Keys.AccessKey) -SecretKey '$($Keys.SecretKey)'"
     }
     $shellCommand = Get-ShellCommand $emu
     # Sends EXIT_CODE at the end of shells, which the agent never does: for the plumbing.
@@ -46,7 +46,7 @@ Describe 'Start-SSMShellSession' {
         $refusingAws = $refusing.AwsParameters
         try {
             { Start-SSMShellSession -Target i-0bbbbbbbbbbbbbbb2 @refusingAws -ErrorAction Stop } |
-                Should -Throw -ErrorId 'SSMConnect.ApiError,*'
+                Should -Throw -ErrorId 'SSMConnect.TargetNotConnected,*'
         }
         finally {
             Stop-Emulator $refusing
@@ -204,9 +204,9 @@ Describe 'Start-SSMShellSession with KMS encryption' -Skip:(-not $unix) {
         $wrongChallenge = Start-KmsEmulator $key @{ wrong_challenge_key = $true }
         $missingKey = Start-KmsEmulator 'arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000'
         # A child pwsh that opens the shell with stdin redirected, reaching KMS at moto.
-        function Start-KmsShell($Emulator, [string] $After = '') {
-            $command = "`$env:AWS_ENDPOINT_URL_KMS = '$($moto.Endpoint)'; " +
-                "try { $(Get-ShellCommand $Emulator) -ErrorAction Stop; 'exit-code=' + `$LASTEXITCODE } " +
+        function Start-KmsShell($Emulator, [string] $After = '', $Kms = $moto, $Keys = $aws) {
+            $command = "`$env:AWS_ENDPOINT_URL_KMS = '$($Kms.Endpoint)'; " +
+                "try { $(Get-ShellCommand $Emulator $Keys) -ErrorAction Stop; 'exit-code=' + `$LASTEXITCODE } " +
                 "catch { 'error-id=' + `$_.FullyQualifiedErrorId; 'message=' + `$_.Exception.Message }"
             $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
             $p = [System.Diagnostics.Process]::Start($psi)
@@ -250,5 +250,84 @@ Describe 'Start-SSMShellSession with KMS encryption' -Skip:(-not $unix) {
         $run = Start-KmsShell $missingKey
         $run.Stdout | Should -Match 'error-id=SSMConnect\.KmsKeyUnavailable,' -Because $run.Stderr
         $run.Stdout | Should -Match 'NotFoundException'
+    }
+
+    It 'says credentials without kms:GenerateDataKey on the key are refused, with SSMConnect.KmsAccessDenied' {
+        # A moto checking IAM as AWS does; the user may use the key but not make data keys.
+        $enforcing = Start-TestMoto -FreeRequests 4
+        $refusing = $null
+        try {
+            $enforcedKey = New-TestKmsKey $enforcing
+            $operator = New-TestIamUser $enforcing -Name operator -Policy @{
+                Version   = '2012-10-17'
+                Statement = @(@{ Effect = 'Allow'; Action = @('kms:Decrypt', 'kms:DescribeKey'); Resource = '*' })
+            }
+            $refusing = Start-Emulator -Config @{ kms_key_id = $enforcedKey; kms_endpoint = $enforcing.Endpoint }
+            $run = Start-KmsShell $refusing -Kms $enforcing -Keys $operator
+            $run.Stdout | Should -Match 'error-id=SSMConnect\.KmsAccessDenied,' -Because $run.Stderr
+            $run.Stdout | Should -Match ([regex]::Escape($enforcedKey))
+            $run.Stdout | Should -Match 'kms:GenerateDataKey'
+            $run.Stdout | Should -Not -Match ([regex]::Escape($operator.SecretKey))
+        }
+        finally {
+            if ($refusing) { Stop-Emulator $refusing }
+            Stop-TestDaemon $enforcing
+        }
+    }
+}
+
+Describe 'Start-SSMShellSession first-run errors' -Skip:(-not $unix) {
+    BeforeAll {
+        $instance = 'i-0123456789abcdef0'
+        $emu = Start-Emulator
+        $aws = $emu.AwsParameters
+        $manifest = Get-TestModuleManifest
+        # A child pwsh as on a new machine: no AWS variables, a HOME of its own (no ~/.aws), no
+        # instance role (IMDS off). Returns its error id and message.
+        function Invoke-FirstRun([string] $Arguments) {
+            $dir = New-TestTempPath -Prefix 'ssmconnect-firstrun'
+            $null = New-Item -ItemType Directory -Path $dir
+            try {
+                $command = "Import-Module '$($manifest -replace "'", "''")'; " +
+                    "try { Start-SSMShellSession $Arguments -ErrorAction Stop } " +
+                    "catch { 'error-id=' + `$_.FullyQualifiedErrorId; 'message=' + `$_.Exception.Message }"
+                $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
+                foreach ($name in @($psi.Environment.Keys | Where-Object { $_ -like 'AWS_*' })) {
+                    $null = $psi.Environment.Remove($name)
+                }
+                $psi.Environment['HOME'] = $dir
+                $psi.Environment['AWS_EC2_METADATA_DISABLED'] = 'true'
+                $p = [System.Diagnostics.Process]::Start($psi)
+                $stdout = $p.StandardOutput.ReadToEndAsync()
+                $stderr = $p.StandardError.ReadToEndAsync()
+                $p.StandardInput.Close()
+                $exited = $p.WaitForExit(60000)
+                Stop-TestProcess $p
+                $exited | Should -BeTrue
+                [pscustomobject]@{ Stdout = $stdout.Result; Stderr = $stderr.Result }
+            }
+            finally {
+                Remove-Item -Recurse -Force $dir -ErrorAction SilentlyContinue
+            }
+        }
+    }
+
+    AfterAll {
+        Stop-Emulator $emu
+    }
+
+    It 'says where it looked for credentials and how to fix it, with SSMConnect.NoCredentials' {
+        $run = Invoke-FirstRun "-Target $instance -EndpointUrl '$($emu.Endpoint)' -Region $($aws.Region)"
+        $run.Stdout | Should -Match 'error-id=SSMConnect\.NoCredentials,' -Because $run.Stderr
+        $run.Stdout | Should -Match 'no AWS credentials found'
+        $run.Stdout | Should -Match 'AWS_ACCESS_KEY_ID'
+        $run.Stdout | Should -Match 'Set-AWSCredential'
+        @(Get-EmulatorSession $emu).Count | Should -Be 0
+    }
+
+    It 'names an endpoint that refuses connections, with SSMConnect.EndpointUnreachable' {
+        $closed = Get-FreePort
+        { Start-SSMShellSession -Target $instance -EndpointUrl "http://127.0.0.1:$closed" -Region $aws.Region -AccessKey $aws.AccessKey -SecretKey $aws.SecretKey -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.EndpointUnreachable,*' -ExpectedMessage '*cannot reach the AWS endpoint*'
     }
 }

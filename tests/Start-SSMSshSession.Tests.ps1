@@ -34,6 +34,21 @@ Describe 'Start-SSMSshSession' -Skip:(-not $haveSshd) {
         $LASTEXITCODE | Should -Be 7
     }
 
+    It 'captures -Command output with -CaptureOutput: stdout as lines, stderr as errors, the exit code' {
+        $global:LASTEXITCODE = 0
+        $command = 'echo first-$((40+2)); echo "second line"; echo oops >&2; exit 6'
+        $out = @(Start-SSMSshSession -Target $instance -User $user -IdentityFile $sshd.ClientKey -Command $command -CaptureOutput -SshArgument ($sshArgs + '-o', 'LogLevel=ERROR') @aws -ErrorVariable err -ErrorAction SilentlyContinue)
+        @($out | ForEach-Object { "$_" }) | Should -Be @('first-42', 'second line')
+        $out[0].Target | Should -Be $instance
+        $LASTEXITCODE | Should -Be 6
+        @($err | Where-Object FullyQualifiedErrorId -Like 'SSMConnect.RemoteStderr,*' | ForEach-Object { $_.Exception.Message }) | Should -Be @('oops')
+    }
+
+    It 'refuses -CaptureOutput without -Command' {
+        { Start-SSMSshSession -Target $instance -User $user -IdentityFile $sshd.ClientKey -CaptureOutput @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+    }
+
     It 'sets $LASTEXITCODE without output unless -PassThru' {
         $out = Start-SSMSshSession -Target $instance -User $user -IdentityFile $sshd.ClientKey -Command 'exit 3' -SshArgument $sshArgs @aws
         $out | Should -BeNullOrEmpty

@@ -374,6 +374,8 @@ function Start-TestDaemon {
     ... or once this, given the port, returns true.
     .PARAMETER Prepare
     Given the directory: makes what every attempt uses (keys, say), once.
+    .PARAMETER Environment
+    Variables set for the daemon.
     #>
     param(
         [Parameter(Mandatory)] [string] $Name,
@@ -382,6 +384,7 @@ function Start-TestDaemon {
         [string] $ReadyPattern,
         [scriptblock] $ReadyProbe,
         [scriptblock] $Prepare,
+        [hashtable] $Environment = @{},
         [int] $TimeoutSeconds = 20
     )
     if (-not (Test-Path -LiteralPath $FilePath)) { throw "$FilePath is missing: install $Name (.ci/run does)" }
@@ -394,6 +397,7 @@ function Start-TestDaemon {
             $port = Get-FreePort
             $psi = [System.Diagnostics.ProcessStartInfo]::new($FilePath)
             foreach ($a in (& $Configure $port $dir)) { $psi.ArgumentList.Add($a) }
+            foreach ($e in $Environment.GetEnumerator()) { $psi.Environment[$e.Key] = [string]$e.Value }
             $psi.RedirectStandardInput = $true
             $psi.RedirectStandardError = $true
             $psi.UseShellExecute = $false
@@ -524,10 +528,15 @@ function Start-TestMoto {
     .SYNOPSIS
     moto's server (AWS services as moto answers them: here KMS) on a free 127.0.0.1 port. Returns
     Port, Endpoint, Directory, Process; stop it with Stop-TestDaemon.
+    .PARAMETER FreeRequests
+    When given, moto checks every request after this many as AWS does: signed by an access key
+    of one of its IAM users and allowed by that user's policy (its INITIAL_NO_AUTH_ACTION_COUNT).
     #>
+    param([int] $FreeRequests = -1)
     $python = (Get-Command python3 -ErrorAction SilentlyContinue).Source
     if (-not $python) { throw 'python3 with moto[server] is needed (.ci/run has it)' }
-    $moto = Start-TestDaemon -Name moto -FilePath $python -TimeoutSeconds 60 -ReadyProbe {
+    $environment = if ($FreeRequests -ge 0) { @{ INITIAL_NO_AUTH_ACTION_COUNT = $FreeRequests } } else { @{} }
+    $moto = Start-TestDaemon -Name moto -FilePath $python -TimeoutSeconds 60 -Environment $environment -ReadyProbe {
         param($Port)
         Test-PortListening $Port
     } -Configure {
@@ -548,6 +557,26 @@ function New-TestKmsKey {
     } -Body '{"Description":"SSMConnect test"}'
     if (-not $answer.KeyMetadata.KeyId) { throw "CreateKey returned no key id: $($answer | ConvertTo-Json -Depth 5)" }
     $answer.KeyMetadata.KeyId
+}
+
+function New-TestIamUser {
+    <#
+    An IAM user in a moto of Start-TestMoto whose only policy is $Policy (a policy document as a
+    hashtable); returns its AccessKey and SecretKey. Three requests.
+    #>
+    param([Parameter(Mandatory)] $Moto, [Parameter(Mandatory)] [string] $Name, [Parameter(Mandatory)] [hashtable] $Policy)
+    $headers = @{ 'Authorization' = 'AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0' }
+    $call = {
+        param([hashtable] $Form)
+        $Form.Version = '2010-05-08'
+        Invoke-RestMethod -Method Post -Uri $Moto.Endpoint -Headers $headers -Body $Form -ContentType 'application/x-www-form-urlencoded'
+    }
+    $null = & $call @{ Action = 'CreateUser'; UserName = $Name }
+    $null = & $call @{ Action = 'PutUserPolicy'; UserName = $Name; PolicyName = 'only'; PolicyDocument = ($Policy | ConvertTo-Json -Depth 8 -Compress) }
+    $answer = & $call @{ Action = 'CreateAccessKey'; UserName = $Name }
+    $key = $answer.CreateAccessKeyResponse.CreateAccessKeyResult.AccessKey
+    if (-not $key.AccessKeyId) { throw "CreateAccessKey returned no key: $($answer.OuterXml)" }
+    [pscustomobject]@{ AccessKey = $key.AccessKeyId; SecretKey = $key.SecretAccessKey }
 }
 
 function Start-ForwardTestBed {

@@ -31,6 +31,10 @@ namespace SSMConnect.Tests
         [InlineData(SsmErrorKind.Cancelled, "SSMConnect.Cancelled", "OperationStopped")]
         [InlineData(SsmErrorKind.InvalidArgument, "SSMConnect.InvalidArgument", "InvalidArgument")]
         [InlineData(SsmErrorKind.Internal, "SSMConnect.Internal", "NotSpecified")]
+        [InlineData(SsmErrorKind.NoCredentials, "SSMConnect.NoCredentials", "AuthenticationError")]
+        [InlineData(SsmErrorKind.CredentialsExpired, "SSMConnect.CredentialsExpired", "AuthenticationError")]
+        [InlineData(SsmErrorKind.EndpointUnreachable, "SSMConnect.EndpointUnreachable", "ConnectionError")]
+        [InlineData(SsmErrorKind.TargetNotConnected, "SSMConnect.TargetNotConnected", "ResourceUnavailable")]
         public void Kinds_map_to_stable_ids_and_categories(SsmErrorKind kind, string id, string category)
         {
             Assert.Equal(id, ErrorCatalog.ErrorId(kind));

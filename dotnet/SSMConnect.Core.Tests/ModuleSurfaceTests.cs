@@ -47,17 +47,17 @@ namespace SSMConnect.Tests
         public void Dispose() => context.Dispose();
 
         [Fact]
-        public void The_module_has_the_seven_cmdlets_of_the_design()
+        public void The_module_has_the_eight_cmdlets_of_the_design()
         {
             Assert.Equal(
-                new[] { "Get-SSMConnectHelperPath", "Get-SSMPortForward", "Invoke-SSMSessionCommand", "Start-SSMPortForward", "Start-SSMShellSession", "Start-SSMSshSession", "Stop-SSMPortForward" },
+                new[] { "Get-SSMConnectHelperPath", "Get-SSMPortForward", "Invoke-SSMSessionCommand", "Start-SSMPortForward", "Start-SSMRdpSession", "Start-SSMShellSession", "Start-SSMSshSession", "Stop-SSMPortForward" },
                 cmdlets.Select(c => c.Name));
         }
 
         [Fact]
         public void Cmdlets_that_start_sessions_support_ShouldProcess_and_take_the_AWS_parameters()
         {
-            foreach (var name in new[] { "Invoke-SSMSessionCommand", "Start-SSMPortForward", "Start-SSMShellSession", "Start-SSMSshSession" })
+            foreach (var name in new[] { "Invoke-SSMSessionCommand", "Start-SSMPortForward", "Start-SSMRdpSession", "Start-SSMShellSession", "Start-SSMSshSession" })
             {
                 var c = cmdlets.Single(x => x.Name == name);
                 Assert.True(c.SupportsShouldProcess, name);

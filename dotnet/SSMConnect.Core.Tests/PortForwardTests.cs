@@ -121,15 +121,16 @@ namespace SSMConnect.Tests
         }
 
         [Fact]
-        public async Task A_target_the_service_does_not_know_gives_an_api_error()
+        public async Task A_target_the_service_does_not_know_is_not_connected()
         {
             using var emu = Emulator.Start(new { targets = new[] { "i-0aaaaaaaaaaaaaaa1" } });
             using var client = new SsmClient(emu.ClientOptions());
             var e = await Assert.ThrowsAsync<SsmException>(() =>
                 client.StartForwardAsync(new ForwardRequest { Target = "i-0bbbbbbbbbbbbbbb2", RemotePort = 22 }));
-            Assert.Equal(SsmErrorKind.Api, e.Kind);
-            Assert.Equal("SSMConnect.ApiError", e.ErrorId);
+            Assert.Equal(SsmErrorKind.TargetNotConnected, e.Kind);
+            Assert.Equal("SSMConnect.TargetNotConnected", e.ErrorId);
             Assert.Contains("i-0bbbbbbbbbbbbbbb2", e.Message, StringComparison.Ordinal);
+            Assert.Contains("AmazonSSMManagedInstanceCore", e.Message, StringComparison.Ordinal);
         }
 
         [Fact]

@@ -36,6 +36,9 @@ namespace SSMConnect
         /// <summary>-LocalPort and -RemotePort hold different numbers of ports.</summary>
         public const string PortCountMismatch = "SSMConnect.PortCountMismatch";
 
+        /// <summary>The RDP client program could not be started.</summary>
+        public const string RdpClientNotFound = "SSMConnect.RdpClientNotFound";
+
         private static readonly Dictionary<SsmErrorKind, (string Id, string Category)> Map = new()
         {
             [SsmErrorKind.InvalidArgument] = ("SSMConnect.InvalidArgument", "InvalidArgument"),
@@ -53,6 +56,10 @@ namespace SSMConnect
             [SsmErrorKind.KmsKeyUnavailable] = ("SSMConnect.KmsKeyUnavailable", "ResourceUnavailable"),
             [SsmErrorKind.KmsChallengeFailed] = ("SSMConnect.KmsChallengeFailed", "SecurityError"),
             [SsmErrorKind.KmsTampered] = ("SSMConnect.KmsTampered", "SecurityError"),
+            [SsmErrorKind.NoCredentials] = ("SSMConnect.NoCredentials", "AuthenticationError"),
+            [SsmErrorKind.CredentialsExpired] = ("SSMConnect.CredentialsExpired", "AuthenticationError"),
+            [SsmErrorKind.EndpointUnreachable] = ("SSMConnect.EndpointUnreachable", "ConnectionError"),
+            [SsmErrorKind.TargetNotConnected] = ("SSMConnect.TargetNotConnected", "ResourceUnavailable"),
         };
 
         /// <summary>The error id for <paramref name="kind"/>, e.g. <c>SSMConnect.TargetNotFound</c>.</summary>

@@ -85,6 +85,30 @@ namespace SSMConnect
             return JsonSerializer.Deserialize<List<InstanceSummary>>(json) ?? new List<InstanceSummary>();
         }
 
+        /// <summary>
+        /// The Windows Administrator password of <paramref name="target"/>: EC2 GetPasswordData,
+        /// decrypted with the key pair's private key in <paramref name="keyFile"/> (PEM), waiting
+        /// up to <paramref name="timeout"/>.
+        /// </summary>
+        /// <exception cref="SsmException">The file is not the key, EC2 has no password yet, or the call failed.</exception>
+        public NetworkLogin WindowsPassword(string target, string keyFile, TimeSpan timeout)
+        {
+            var json = RequestJson.Serialize(new PasswordRequest { Target = target, KeyFile = keyFile });
+            var raw = handle.Use(c => NativeMethods.ssmc_client_windows_password(c, json, NativeWait.Milliseconds(timeout)));
+            if (raw == IntPtr.Zero)
+            {
+                throw NativeText.LastError("getting the Windows password");
+            }
+            using var answer = JsonDocument.Parse(NativeText.Owned(raw) ?? "{}");
+            var password = new System.Security.SecureString();
+            foreach (var c in answer.RootElement.GetProperty("password").GetString() ?? string.Empty)
+            {
+                password.AppendChar(c);
+            }
+            password.MakeReadOnly();
+            return new NetworkLogin(answer.RootElement.GetProperty("instance_id").GetString() ?? target, password);
+        }
+
         /// <summary>Starts a port forward and waits for it to listen; the forward is registered in <see cref="ForwardRegistry"/>.</summary>
         /// <exception cref="SsmException">It failed.</exception>
         /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled; nothing is left listening.</exception>
@@ -111,6 +135,31 @@ namespace SSMConnect
 
         /// <summary>Frees the native client.</summary>
         public void Dispose() => handle.Dispose();
+    }
+
+    /// <summary>A Windows login for an instance: its id and the Administrator password.</summary>
+    public sealed class NetworkLogin
+    {
+        internal NetworkLogin(string instanceId, System.Security.SecureString password)
+        {
+            InstanceId = instanceId;
+            Password = password;
+        }
+
+        /// <summary>The instance the password belongs to.</summary>
+        public string InstanceId { get; }
+
+        /// <summary>The password (read-only).</summary>
+        public System.Security.SecureString Password { get; }
+    }
+
+    internal sealed class PasswordRequest
+    {
+        [JsonPropertyName("target")]
+        public string Target { get; set; } = string.Empty;
+
+        [JsonPropertyName("key_file")]
+        public string KeyFile { get; set; } = string.Empty;
     }
 
     /// <summary>A running instance as DescribeInstances lists it.</summary>

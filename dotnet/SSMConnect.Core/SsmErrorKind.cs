@@ -54,5 +54,17 @@ namespace SSMConnect
 
         /// <summary>An encrypted message from the agent failed authentication (tampered).</summary>
         KmsTampered = 15,
+
+        /// <summary>No AWS credentials were found anywhere the SDK looks.</summary>
+        NoCredentials = 16,
+
+        /// <summary>The AWS credentials (an SSO login, a session token) have expired.</summary>
+        CredentialsExpired = 17,
+
+        /// <summary>The AWS endpoint could not be reached (refused, no route, unknown name, timed out).</summary>
+        EndpointUnreachable = 18,
+
+        /// <summary>The target has no SSM agent connected to Session Manager (<c>TargetNotConnected</c>).</summary>
+        TargetNotConnected = 19,
     }
 }

@@ -63,6 +63,15 @@ namespace SSMConnect.Native
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_client_running_instances")]
         public static extern IntPtr ssmc_client_running_instances(IntPtr client, uint limit, uint timeout_ms);
 
+        /// The Windows Administrator password of an instance, for an RDP login: `request_json` holds
+        /// `target` and `key_file` (the key pair's private key, PEM, as EC2 gave it out); EC2
+        /// `GetPasswordData` gives the password encrypted to that key pair, and it is decrypted with the
+        /// file. Blocks the calling thread as [`ssmc_client_running_instances`] does. Returns a JSON
+        /// object with `instance_id` and `password`, which the caller frees with [`ssmc_string_free`]
+        /// (and should not keep), or null with the last error set.
+        [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_client_windows_password")]
+        public static extern IntPtr ssmc_client_windows_password(IntPtr client, string request_json, uint timeout_ms);
+
         /// Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
         /// 4 debug, 5 trace) for [`ssmc_log_next`]. The first call installs the capture.
         [DllImport(NativeLib, CallingConvention = CallingConvention.Cdecl, EntryPoint = "ssmc_log_enable")]
@@ -303,6 +312,14 @@ namespace SSMConnect.Native
         KmsChallengeFailed = 14,
         /// An encrypted message from the agent failed authentication (tampered).
         KmsTampered = 15,
+        /// No AWS credentials were found anywhere the SDK looks.
+        NoCredentials = 16,
+        /// The AWS credentials (an SSO login, a session token) have expired.
+        CredentialsExpired = 17,
+        /// The AWS endpoint could not be reached (refused, no route, unknown name, timed out).
+        EndpointUnreachable = 18,
+        /// The target has no SSM agent connected to Session Manager (`TargetNotConnected`).
+        TargetNotConnected = 19,
     }
 
     /// State of an operation or a forward.

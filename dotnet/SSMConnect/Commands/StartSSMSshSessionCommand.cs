@@ -1,4 +1,5 @@
 using System;
+using System.Collections.Concurrent;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.IO;
@@ -10,7 +11,7 @@ namespace SSMConnect.Commands
     /// <para type="synopsis">Runs the system ssh to an instance with the bundled helper as its ProxyCommand.</para>
     /// </summary>
     [Cmdlet(VerbsLifecycle.Start, "SSMSshSession", SupportsShouldProcess = true)]
-    [OutputType(typeof(int))]
+    [OutputType(typeof(int), typeof(string))]
     public sealed class StartSSMSshSessionCommand : SSMConnectCmdletBase
     {
         /// <summary>Instance id, tag (key:value), IP address or DNS name; or objects with InstanceId / Instances.</summary>
@@ -61,6 +62,14 @@ namespace SSMConnect.Commands
         [ValidateNotNull]
         public string[]? SshArgument { get; set; }
 
+        /// <summary>
+        /// With -Command: the remote stdout into the pipeline as lines of text (each tagged with
+        /// its Target), stderr lines to the error stream (SSMConnect.RemoteStderr), as
+        /// Invoke-SSMSessionCommand does; stdin is not read.
+        /// </summary>
+        [Parameter]
+        public SwitchParameter CaptureOutput { get; set; }
+
         /// <summary>Write ssh's exit code (it is always in $LASTEXITCODE).</summary>
         [Parameter]
         public SwitchParameter PassThru { get; set; }
@@ -91,6 +100,14 @@ namespace SSMConnect.Commands
             {
                 ThrowTerminatingError(new ErrorRecord(e, ErrorCatalog.HelperNotFound, ErrorCategory.ObjectNotFound, null));
                 throw;
+            }
+            if (CaptureOutput && Command is null)
+            {
+                ThrowTerminatingError(new ErrorRecord(
+                    new ArgumentException("-CaptureOutput needs -Command: an interactive login has no output to capture"),
+                    ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                    ErrorCategory.InvalidArgument,
+                    null));
             }
             var identity = IdentityFile is null ? null : ResolveFilePath(IdentityFile);
             var certificate = CertificateFile is null ? null : ResolveFilePath(CertificateFile);
@@ -193,7 +210,10 @@ namespace SSMConnect.Commands
             }
         }
 
-        /// <summary>Runs ssh on this console and returns its exit code (null when stopped or not started).</summary>
+        /// <summary>
+        /// Runs ssh on this console (with -CaptureOutput: its output into the pipeline) and
+        /// returns its exit code (null when stopped or not started).
+        /// </summary>
         private int? Run(SshInvocation invocation, string target)
         {
             var psi = invocation.ToStartInfo();
@@ -201,7 +221,17 @@ namespace SSMConnect.Commands
             if (helperVerbosity is not null)
             {
                 // The helper logs to ssh's stderr, the console; -Verbose/-Debug turn it up.
-                psi.Environment["SSMCONNECT_LOG"] = $"warn,ssm_session={helperVerbosity},ssm_proto={helperVerbosity},ssmconnect={helperVerbosity}";
+                psi.Environment["SSMCONNECT_LOG"] = $"warn,aws_config=error,ssm_session={helperVerbosity},ssm_proto={helperVerbosity},ssmconnect={helperVerbosity}";
+            }
+            // Captured: both streams read line by line on their own threads, written from here.
+            using var lines = CaptureOutput ? new BlockingCollection<(bool Error, string Text)>() : null;
+            if (lines is not null)
+            {
+                psi.RedirectStandardInput = true;
+                psi.RedirectStandardOutput = true;
+                psi.RedirectStandardError = true;
+                psi.StandardOutputEncoding = System.Text.Encoding.UTF8;
+                psi.StandardErrorEncoding = System.Text.Encoding.UTF8;
             }
             Process process;
             try
@@ -215,7 +245,29 @@ namespace SSMConnect.Commands
             }
             using (process)
             {
-                while (!process.WaitForExit(100))
+                var readers = 0;
+                if (lines is not null)
+                {
+                    process.StandardInput.Close();
+                    readers = 2;
+                    void Add(bool error, string? line)
+                    {
+                        if (line is not null)
+                        {
+                            lines.Add((error, line));
+                        }
+                        else if (System.Threading.Interlocked.Decrement(ref readers) == 0)
+                        {
+                            lines.CompleteAdding();
+                        }
+                    }
+                    process.OutputDataReceived += (_, e) => Add(false, e.Data);
+                    process.ErrorDataReceived += (_, e) => Add(true, e.Data);
+                    process.BeginOutputReadLine();
+                    process.BeginErrorReadLine();
+                }
+                // Until ssh has exited and, when captured, both of its streams have ended.
+                while (!Ended(process, lines, target))
                 {
                     if (StopToken.IsCancellationRequested)
                     {
@@ -231,6 +283,34 @@ namespace SSMConnect.Commands
                 process.WaitForExit();
                 return process.ExitCode;
             }
+        }
+
+        /// <summary>Waits up to 100 ms for ssh to end, writing the captured lines that arrive meanwhile.</summary>
+        private bool Ended(Process process, BlockingCollection<(bool Error, string Text)>? lines, string target)
+        {
+            if (lines is null || lines.IsCompleted)
+            {
+                return process.WaitForExit(100);
+            }
+            if (lines.TryTake(out var line, 100))
+            {
+                WriteLine(line.Error, line.Text, target);
+                return false;
+            }
+            return false;
+        }
+
+        /// <summary>One captured line: stdout into the pipeline, stderr as an error record.</summary>
+        private void WriteLine(bool error, string text, string target)
+        {
+            if (error)
+            {
+                WriteError(new ErrorRecord(new RemoteStderrException(text), ErrorCatalog.RemoteStderr, ErrorCategory.NotSpecified, target));
+                return;
+            }
+            var o = new PSObject(text);
+            o.Properties.Add(new PSNoteProperty("Target", target));
+            WriteObject(o);
         }
 
         private string? WantedHelperVerbosity()

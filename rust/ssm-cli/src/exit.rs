@@ -6,9 +6,10 @@ use ssm_session::{Error, ErrorKind};
 pub mod code {
     /// Bad arguments.
     pub const USAGE: i32 = 2;
-    /// Configuration problem (no region, bad endpoint, conflicting credentials).
+    /// Configuration problem (no region, bad endpoint, conflicting credentials, no credentials,
+    /// expired credentials).
     pub const CONFIG: i32 = 3;
-    /// An AWS API call failed (unknown target, access denied, …).
+    /// An AWS API call failed (target not connected, access denied, endpoint unreachable, …).
     pub const API: i32 = 4;
     /// The data channel could not be opened or was lost for good.
     pub const CONNECT: i32 = 5;
@@ -55,8 +56,8 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match e.kind() {
-            ErrorKind::Config => code::CONFIG,
-            ErrorKind::Api => code::API,
+            ErrorKind::Config | ErrorKind::NoCredentials | ErrorKind::CredentialsExpired => code::CONFIG,
+            ErrorKind::Api | ErrorKind::EndpointUnreachable | ErrorKind::TargetNotConnected => code::API,
             ErrorKind::Listen => code::LISTEN,
             ErrorKind::Connection => code::CONNECT,
             ErrorKind::Session => code::SESSION,
@@ -335,4 +336,65 @@ pub async fn pipe_stdio_until_signalled(signals: &mut Signals, dc: ssm_session::
         }
         Ended::Signalled(sig) => Ok(sig.exit_code()),
     }
+}
+
+/// Runs a shell session on this terminal (raw mode, resize, as `ssmconnect shell` and the
+/// plugin-compatible mode both do) until it ends; a signal ends the session through its sender.
+/// When this returns the terminal is restored.
+pub async fn shell_until_signalled(
+    signals: &mut Signals,
+    dc: ssm_session::DataChannel,
+) -> Result<Ended<ssm_session::ShellOutcome>, Failure> {
+    let sender = dc.sender();
+    let stop = |_| async move { sender.finish(true).await };
+    Ok(
+        match until_signalled(signals, ssm_session::shell::run_on_terminal(dc), stop).await {
+            Ended::Done(outcome) => Ended::Done(outcome?),
+            Ended::Signalled(sig) => Ended::Signalled(sig),
+        },
+    )
+}
+
+/// How a command session ended by itself.
+pub struct CommandRan {
+    /// What the agent reported.
+    pub outcome: ssm_session::CommandOutcome,
+    /// Whether a Ctrl+C was passed on to the remote command.
+    pub interrupted: bool,
+}
+
+/// Runs a command session to its end, its output to stdout and stderr. The first Ctrl+C goes to
+/// the remote command as 0x03; a second one, or any other terminating signal, ends the session
+/// as in every other mode.
+pub async fn command_until_signalled(
+    signals: &mut Signals,
+    session: ssm_session::CommandSession,
+) -> Result<Ended<CommandRan>, Failure> {
+    use std::io::Write;
+    let sender = session.sender();
+    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
+    let work = ssm_session::command::run(session, move |out| match out {
+        ssm_session::Output::Stdout(data) => stdout.write_all(data).and_then(|()| stdout.flush()),
+        ssm_session::Output::Stderr(data) => stderr.write_all(data).and_then(|()| stderr.flush()),
+    });
+    let mut work = Box::pin(work);
+    let mut interrupted = false;
+    let outcome = loop {
+        let sig = tokio::select! {
+            biased;
+            outcome = &mut work => break outcome?,
+            sig = signals.next() => sig,
+        };
+        if sig.is_interrupt() && !interrupted {
+            interrupted = true;
+            tracing::info!("{} passed on to the remote command; again ends the session", sig.name);
+            if ssm_session::command::interrupt(&sender).await.is_ok() {
+                continue;
+            }
+        }
+        let stop = |_| async move { sender.finish(true).await };
+        let _ = end_after_signal(signals, work, stop, sig).await;
+        return Ok(Ended::Signalled(sig));
+    };
+    Ok(Ended::Done(CommandRan { outcome, interrupted }))
 }

@@ -221,9 +221,10 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
-    // Our crates at the chosen level; the AWS SDK's own chatter only from warnings up.
+    // Our crates at the chosen level; the AWS SDK's own chatter only from warnings up, and its
+    // credential chain's only from errors up: what it failed to find is the error we report.
     exit::init_logging(&format!(
-        "warn,ssm_session={level},ssm_proto={level},ssmconnect={level}"
+        "warn,aws_config=error,ssm_session={level},ssm_proto={level},ssmconnect={level}"
     ));
 }
 
@@ -340,11 +341,8 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 Ended::Done(dc) => dc?.session,
                 Ended::Signalled(sig) => return Ok(sig.exit_code()),
             };
-            let sender = dc.sender();
-            let stop = |_| async move { sender.finish(true).await };
-            let outcome = match exit::until_signalled(&mut signals, ssm_session::shell::run_on_terminal(dc), stop).await
-            {
-                Ended::Done(outcome) => outcome?,
+            let outcome = match exit::shell_until_signalled(&mut signals, dc).await? {
+                Ended::Done(outcome) => outcome,
                 // The terminal is restored by now (the shell's future has ended or was dropped).
                 Ended::Signalled(sig) => return Ok(sig.exit_code()),
             };
@@ -375,7 +373,17 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 Ended::Done(s) => s?.session,
                 Ended::Signalled(sig) => return Ok(sig.exit_code()),
             };
-            exec_until_signalled(&mut signals, session).await
+            match exit::command_until_signalled(&mut signals, session).await? {
+                Ended::Done(ran) => {
+                    if let ssm_session::End::Closed(reason) = &ran.outcome.end
+                        && !reason.is_empty()
+                    {
+                        tracing::warn!("the session was closed: {reason}");
+                    }
+                    Ok(exec_exit_code(ran.interrupted, ran.outcome.exit_code))
+                }
+                Ended::Signalled(sig) => Ok(sig.exit_code()),
+            }
         }
         Command::SshProxy {
             destination,
@@ -409,47 +417,6 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             exit::pipe_stdio_until_signalled(&mut signals, dc).await
         }
     }
-}
-
-/// Runs a command session to its end, its output to stdout and stderr. The first Ctrl+C goes to
-/// the remote command as 0x03; a second one, or any other terminating signal, ends the session
-/// as in every other mode.
-async fn exec_until_signalled(
-    signals: &mut exit::Signals,
-    session: ssm_session::CommandSession,
-) -> Result<i32, Failure> {
-    use std::io::Write;
-    let sender = session.sender();
-    let (mut stdout, mut stderr) = (std::io::stdout(), std::io::stderr());
-    let work = ssm_session::command::run(session, move |out| match out {
-        ssm_session::Output::Stdout(data) => stdout.write_all(data).and_then(|()| stdout.flush()),
-        ssm_session::Output::Stderr(data) => stderr.write_all(data).and_then(|()| stderr.flush()),
-    });
-    let mut work = Box::pin(work);
-    let mut interrupted = false;
-    let outcome = loop {
-        let sig = tokio::select! {
-            biased;
-            outcome = &mut work => break outcome?,
-            sig = signals.next() => sig,
-        };
-        if sig.is_interrupt() && !interrupted {
-            interrupted = true;
-            tracing::info!("{} passed on to the remote command; again ends the session", sig.name);
-            if ssm_session::command::interrupt(&sender).await.is_ok() {
-                continue;
-            }
-        }
-        let stop = |_| async move { sender.finish(true).await };
-        let _ = exit::end_after_signal(signals, work, stop, sig).await;
-        return Ok(sig.exit_code());
-    };
-    if let ssm_session::End::Closed(reason) = &outcome.end
-        && !reason.is_empty()
-    {
-        tracing::warn!("the session was closed: {reason}");
-    }
-    Ok(exec_exit_code(interrupted, outcome.exit_code))
 }
 
 /// The exit status of `exec`: 130 after Ctrl+C was passed on, else the remote exit code when the

@@ -1,6 +1,9 @@
 //! The plugin-compatible mode: the six-argument contract by which the AWS CLI runs
-//! `session-manager-plugin` (§1.3). Port sessions print the texts wrappers look for; stream
-//! (SSH) sessions write nothing but tunnel bytes to stdout.
+//! `session-manager-plugin` (§1.3). Every session type the AWS CLI starts: shells and
+//! interactive commands on the terminal, non-interactive commands with their streams apart,
+//! port forwards printing the texts wrappers look for, and stream (SSH) sessions writing nothing
+//! but tunnel bytes to stdout. KMS-encrypted sessions too (the data key from KMS as
+//! `ssmconnect` makes it).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -168,22 +171,61 @@ async fn run(p: Prepared) -> Result<i32, Failure> {
         Ended::Done(dc) => dc?,
         Ended::Signalled(sig) => return Ok(sig.exit_code()),
     };
-    if !dc.start.customer_message.is_empty() {
-        eprintln!("{}", dc.start.customer_message);
-    }
     match dc.start.port.clone() {
-        Some(port) => match port.mode {
-            PortMode::Stdio => exit::pipe_stdio_until_signalled(&mut signals, dc).await,
-            _ => forward(dc, &port.properties, &p.request, &session_id, &mut signals).await,
-        },
-        None => {
-            let kind = dc.start.session_type.as_str();
-            let _ = dc.end().await;
-            Err(Failure {
-                code: code::SESSION,
-                message: format!("{kind} sessions are not supported in plugin mode yet"),
-            })
+        Some(port) => {
+            // Shells print the agent's message themselves (shell.rs).
+            if !dc.start.customer_message.is_empty() {
+                eprintln!("{}", dc.start.customer_message);
+            }
+            match port.mode {
+                PortMode::Stdio => exit::pipe_stdio_until_signalled(&mut signals, dc).await,
+                _ => forward(dc, &port.properties, &p.request, &session_id, &mut signals).await,
+            }
         }
+        None => stream(dc, &session_id, &mut signals).await,
+    }
+}
+
+/// Shells and commands, as the plugin runs them: `Standard_Stream` and `InteractiveCommands` on
+/// the terminal as `ssmconnect shell` runs them, `NonInteractiveCommands` as `ssmconnect exec`
+/// (stdout and stderr apart, Ctrl+C passed on). Like the plugin (session.go, streaming.go), the
+/// session is announced and its end told on stdout, and the status is 0 when the session ended by
+/// itself: the AWS CLI reports any other status of its plugin as its own failure.
+async fn stream(dc: DataChannel, session_id: &str, signals: &mut exit::Signals) -> Result<i32, Failure> {
+    use ssm_proto::SessionType;
+    let kind = dc.start.session_type.clone();
+    println!("\nStarting session with SessionId: {session_id}");
+    let end = match kind {
+        SessionType::StandardStream | SessionType::InteractiveCommands => {
+            match exit::shell_until_signalled(signals, dc).await? {
+                Ended::Done(outcome) => outcome.end,
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            }
+        }
+        SessionType::NonInteractiveCommands => {
+            match exit::command_until_signalled(signals, ssm_session::CommandSession::new(dc)).await? {
+                Ended::Done(ran) => ran.outcome.end,
+                Ended::Signalled(sig) => return Ok(sig.exit_code()),
+            }
+        }
+        SessionType::Port => {
+            // A port session has port properties and never comes here.
+            let _ = dc.end().await;
+            return Err(Failure {
+                code: code::SESSION,
+                message: "a Port session without port properties".into(),
+            });
+        }
+    };
+    print_end(session_id, &end);
+    Ok(0)
+}
+
+/// The plugin's last line (streaming.go `HandleChannelClosedMessage`).
+fn print_end(session_id: &str, end: &End) {
+    match end {
+        End::Closed(reason) if !reason.is_empty() => println!("\n\nSessionId: {session_id} : {reason}\n"),
+        _ => println!("\n\nExiting session with sessionId: {session_id}.\n"),
     }
 }
 
@@ -230,11 +272,6 @@ async fn forward(
         Ended::Signalled(sig) if sig.is_interrupt() => (End::Finished, 0),
         Ended::Signalled(sig) => return Ok(sig.exit_code()),
     };
-    match end {
-        End::Closed(reason) if !reason.is_empty() => {
-            println!("\n\nSessionId: {session_id} : {reason}\n")
-        }
-        _ => println!("\n\nExiting session with sessionId: {session_id}.\n"),
-    }
+    print_end(session_id, &end);
     Ok(code)
 }

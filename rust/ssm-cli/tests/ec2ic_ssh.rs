@@ -313,6 +313,8 @@ async fn unresolvable_targets_fail_clearly() {
     let (code, err) = ssmconnect_fails(&home, &emu, &["shell", "Name:nope"], &[]).await;
     assert_eq!(code, 9, "{err}");
     assert!(err.contains("no running instance matches \"Name:nope\""), "{err}");
+    // The region it searched, and how to search another.
+    assert!(err.contains(" in us-east-1") && err.contains("--region"), "{err}");
 
     let (code, err) = ssmconnect_fails(&home, &emu, &["ssh-proxy", "--ec2ic", "u@Name:box:22"], &[]).await;
     assert_eq!(code, 2, "{err}");

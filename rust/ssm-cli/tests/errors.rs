@@ -33,6 +33,11 @@ async fn unknown_target_exits_4_naming_target_not_connected() {
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "one line on stderr: {stderr:?}");
     assert!(lines[0].contains("TargetNotConnected"), "{stderr:?}");
+    // What to check: the agent, its role, its network, the region.
+    assert!(
+        lines[0].contains("AmazonSSMManagedInstanceCore") && lines[0].contains("--region"),
+        "{stderr:?}"
+    );
     assert!(stdout.is_empty(), "nothing on stdout: {stdout:?}");
     assert_eq!(emu.stats().sessions_started, 0);
 }
@@ -176,5 +181,100 @@ async fn logs_on_a_pipe_carry_no_colour_codes() {
             .last()
             .is_some_and(|l| l.starts_with("ssmconnect: ") && l.contains("TargetNotConnected")),
         "the failure is the last line: {stderr:?}"
+    );
+}
+
+/// `ssmconnect` with the test's HOME and region but no credentials in the environment, and no
+/// instance role to find (IMDS off, as on a workstation).
+fn without_credentials(home: &Home) -> tokio::process::Command {
+    let mut cmd = ssmconnect(home);
+    cmd.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_credentials_anywhere_says_where_it_looked_and_how_to_fix_it() {
+    let emu = emulator(Config::default()).await;
+    // An instance id (StartSession) and a tag (DescribeInstances first): the same answer.
+    for target in [TARGET, "Name:demo"] {
+        let home = Home::new();
+        let mut cmd = without_credentials(&home);
+        cmd.env("AWS_ENDPOINT_URL_EC2", emu.endpoint())
+            .arg("--endpoint-url")
+            .arg(emu.endpoint())
+            .args(["shell", target]);
+        let (code, stdout, stderr) = run(&mut cmd, "ssmconnect shell (no credentials)").await;
+        assert_eq!(code, 3, "exit code; stderr: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line, no SDK dump: {stderr:?}");
+        for needle in [
+            "no AWS credentials found",
+            "AWS_ACCESS_KEY_ID",
+            "~/.aws/credentials",
+            "aws sso login",
+            "instance role",
+        ] {
+            assert!(lines[0].contains(needle), "{needle:?} missing: {stderr:?}");
+        }
+        assert!(stdout.is_empty(), "{stdout:?}");
+    }
+    assert_eq!(emu.stats().sessions_started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_sso_login_says_to_log_in_again() {
+    let home = Home::new();
+    let aws = home.path().join(".aws");
+    std::fs::create_dir_all(aws.join("sso/cache")).unwrap();
+    std::fs::write(
+        aws.join("config"),
+        "[profile dev]\nsso_session = corp\nsso_account_id = 123456789012\nsso_role_name = Admin\n\
+         region = us-east-1\n\n[sso-session corp]\nsso_start_url = https://corp.awsapps.com/start\n\
+         sso_region = us-east-1\n",
+    )
+    .unwrap();
+    // The token `aws sso login` cached (named by the SHA-1 of the session name), long expired
+    // and without what a refresh needs.
+    let token = "expired-sso-access-token-value";
+    std::fs::write(
+        aws.join("sso/cache/ee0bfd2552fbd840c02cc48b6e823320543c450f.json"),
+        format!(r#"{{"accessToken":"{token}","expiresAt":"2020-01-01T00:00:00Z","region":"us-east-1","startUrl":"https://corp.awsapps.com/start"}}"#),
+    )
+    .unwrap();
+    let emu = emulator(Config::default()).await;
+    let mut cmd = without_credentials(&home);
+    cmd.env("AWS_PROFILE", "dev")
+        .arg("--endpoint-url")
+        .arg(emu.endpoint())
+        .args(["shell", TARGET]);
+    let (code, _, stderr) = run(&mut cmd, "ssmconnect shell (expired SSO)").await;
+    assert_eq!(code, 3, "exit code; stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("SSO") && stderr.contains("expired") && stderr.contains("aws sso login --profile"),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains(token), "the token was printed: {stderr:?}");
+    assert_eq!(emu.stats().sessions_started, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_refuses_connections_is_named_as_unreachable() {
+    let home = Home::new();
+    // A port nothing listens on.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = ssmconnect(&home);
+    cmd.args(["--endpoint-url", &endpoint, "shell", TARGET]);
+    let (code, _, stderr) = run(&mut cmd, "ssmconnect shell (refused endpoint)").await;
+    assert_eq!(code, 4, "exit code; stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(
+        stderr.contains("StartSession failed: cannot reach the AWS endpoint")
+            && stderr.to_ascii_lowercase().contains("refused")
+            && stderr.contains("--endpoint-url"),
+        "{stderr:?}"
     );
 }

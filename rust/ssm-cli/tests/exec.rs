@@ -227,6 +227,8 @@ async fn a_document_of_another_type_is_refused() {
 struct KmsWorld {
     moto: Moto,
     emu: Emulator,
+    /// The client's credentials, when not the default ones.
+    credentials: Option<(String, String)>,
 }
 
 impl KmsWorld {
@@ -236,6 +238,10 @@ impl KmsWorld {
             Some(k) => k.to_owned(),
             None => moto.create_kms_key().await,
         };
+        Self::on(moto, key, pacing, faults).await
+    }
+
+    async fn on(moto: Moto, key: String, pacing: Pacing, faults: Faults) -> Self {
         let emu = emulator(Config {
             command_document: Some(SEPARATE.into()),
             pacing,
@@ -245,17 +251,22 @@ impl KmsWorld {
             ..Config::default()
         })
         .await;
-        Self { moto, emu }
+        Self {
+            moto,
+            emu,
+            credentials: None,
+        }
     }
 
     async fn exec(&self, document: Option<&str>, argv: &[&str]) -> Run {
-        exec_with(
-            &self.emu,
-            &[("AWS_ENDPOINT_URL_KMS", &self.moto.endpoint)],
-            document,
-            argv,
-        )
-        .await
+        let mut env = vec![("AWS_ENDPOINT_URL_KMS", self.moto.endpoint.as_str())];
+        if let Some((id, secret)) = &self.credentials {
+            env.extend([
+                ("AWS_ACCESS_KEY_ID", id.as_str()),
+                ("AWS_SECRET_ACCESS_KEY", secret.as_str()),
+            ]);
+        }
+        exec_with(&self.emu, &env, document, argv).await
     }
 }
 
@@ -350,4 +361,32 @@ async fn a_key_that_kms_does_not_have_is_named_in_the_error() {
     // The refusing HandshakeResponse ended the session at the agent, and the client ended it
     // at the service.
     assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_without_generate_data_key_permission_are_told_so() {
+    // moto checks these credentials against their IAM policy as AWS does: they may use the key
+    // (Decrypt, DescribeKey) but not make data keys with it.
+    let moto = Moto::start_enforcing_iam(4).await;
+    let key = moto.create_kms_key().await;
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": ["kms:Decrypt", "kms:DescribeKey"], "Resource": "*"}]
+    });
+    let credentials = moto.iam_user("operator", policy).await;
+    let mut kms = KmsWorld::on(moto, key.clone(), Pacing::Agent, Faults::default()).await;
+    kms.credentials = Some(credentials.clone());
+    let run = kms.exec(Some(SEPARATE), &["echo", "never"]).await;
+    assert_eq!(run.code, 11, "stderr: {}", run.stderr);
+    assert!(
+        run.stderr.contains("KMS refused GenerateDataKey")
+            && run.stderr.contains("need kms:GenerateDataKey")
+            && run.stderr.contains(&key),
+        "stderr: {}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains(&credentials.1), "the secret key was printed");
+    assert!(run.stdout.is_empty());
+    assert!(sessions_end(&kms.emu, 10).await, "{:?}", kms.emu.sessions());
+    assert!(kms.emu.sessions().iter().all(|s| !s.encrypted));
 }

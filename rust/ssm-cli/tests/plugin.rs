@@ -223,3 +223,70 @@ async fn ssh_proxy_terminates_the_session_when_ssh_hangs_up() {
     );
     assert_eq!(emu.sessions()[0].terminate_calls, 1, "{:?}", emu.sessions());
 }
+
+/// `aws ssm start-session --document-name DOC --parameters command=…` with ssmconnect as the
+/// plugin and stdin not a terminal, to its end: (status, stdout, stderr).
+async fn aws_cli_command(emu: &ssm_emulator::Emulator, document: &str, command_text: &str) -> (i32, String, String) {
+    let aws = aws_cli();
+    let home = Home::new();
+    let parameters = serde_json::json!({ "command": [command_text] }).to_string();
+    let mut cmd = command(&aws, &home, false);
+    cmd.env("PATH", home.path_with_plugin()).args([
+        "ssm",
+        "start-session",
+        "--target",
+        TARGET,
+        "--document-name",
+        document,
+        "--parameters",
+        &parameters,
+        "--endpoint-url",
+        &emu.endpoint(),
+        "--region",
+        "us-east-1",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session");
+    let stdout = tokio::spawn(read_all(proc.take_stdout(), 120));
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
+    let code = proc.exit_code(120).await;
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    let stdout = text(within(10, "aws stdout", stdout).await.unwrap());
+    let stderr = text(within(10, "aws stderr", stderr).await.unwrap());
+    (code, stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_commands_of_every_session_type_with_ssm_connect_as_its_plugin() {
+    let emu = emulator(Config {
+        command_document: Some("SSMConnect-RunCommand".into()),
+        ..Config::default()
+    })
+    .await;
+    // The agent splits the command shell-style and runs it without a shell (§6.5).
+    let script = "sh -c 'echo out-$((40+2)); echo err-7 >&2; exit 3'";
+
+    // NonInteractiveCommands with separate streams: stderr apart, and the CLI's status 0 (it
+    // reports any other status of its plugin as its own failure).
+    let (code, stdout, stderr) = aws_cli_command(&emu, "SSMConnect-RunCommand", script).await;
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.contains("Starting session with SessionId: "), "{stdout}");
+    assert!(stdout.contains("out-42\n"), "{stdout}");
+    assert!(!stdout.contains("err-7"), "stderr reached stdout: {stdout}");
+    assert!(stderr.contains("err-7"), "{stderr}");
+
+    // AWS-StartNonInteractiveCommand: combined output, after the command.
+    let (code, stdout, stderr) = aws_cli_command(&emu, "AWS-StartNonInteractiveCommand", script).await;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("out-42\nerr-7\n"), "{stdout}");
+
+    // InteractiveCommands: a pty on the instance; its output on stdout.
+    let (code, stdout, stderr) =
+        aws_cli_command(&emu, "AWS-StartInteractiveCommand", "sh -c 'echo pty-$((6*7))'").await;
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("pty-42"), "{stdout}");
+    assert!(stdout.contains("Exiting session with sessionId: "), "{stdout}");
+
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+}

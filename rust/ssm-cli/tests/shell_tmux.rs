@@ -467,3 +467,77 @@ async fn a_kms_encrypted_shell_runs_a_command_and_exits() {
     );
     assert_terminal_restored(&dir);
 }
+
+/// Runs `aws ssm start-session` (the AWS CLI itself) in the pane with ssmconnect on PATH as its
+/// `session-manager-plugin`; afterwards the exit code and the terminal settings land in files.
+fn run_aws_cli_shell_in(t: &Tmux, dir: &Path, endpoint: &str) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(BIN, bin.join("session-manager-plugin")).unwrap();
+    let aws = ssm_testkit::which("aws").expect("the AWS CLI (`aws`) on PATH; CI has it preinstalled");
+    t.send(&format!(
+        "stty -g > {d}/before; PATH={bin}:$PATH {aws} ssm start-session --target i-0123456789abcdef0 \
+         --endpoint-url {endpoint} --region {REGION}; echo $? > {d}/rc; stty -g > {d}/after\n",
+        d = dir.display(),
+        bin = bin.display(),
+        aws = aws.display(),
+    ));
+}
+
+/// A shell through the AWS CLI with ssmconnect as its plugin: announced, typed into, resized,
+/// exited; the CLI's status 0 and the plugin's last line, as with AWS's plugin. With `kms`, in
+/// an account whose preferences encrypt sessions with a key in that moto.
+async fn aws_cli_shell(kms: Option<&ssm_testkit::Moto>) {
+    let key = match kms {
+        Some(moto) => Some(moto.create_kms_key().await),
+        None => None,
+    };
+    let emu = ssm_testkit::emulator(Config {
+        shell_start_delay_ms: 200,
+        kms_endpoint: kms.map(|m| m.endpoint.clone()),
+        kms_key_id: key,
+        ..Config::default()
+    })
+    .await;
+    let name = if kms.is_some() { "plugin-kms" } else { "plugin" };
+    let dir = scratch(name);
+    let t = Tmux::start(name, &dir, &emu.endpoint());
+    if let Some(moto) = kms {
+        t.send(&format!("export AWS_ENDPOINT_URL_KMS={}\n", moto.endpoint));
+    }
+    run_aws_cli_shell_in(&t, &dir, &emu.endpoint());
+    // The AWS CLI (Python) is slow to start.
+    t.wait_for("Starting session with SessionId: ", Duration::from_secs(60));
+    if kms.is_some() {
+        t.wait_for("This session is encrypted using AWS KMS.", Duration::from_secs(20));
+    }
+    t.wait_prompt(Duration::from_secs(20));
+    t.send("echo plugin-$((6*7))\r");
+    t.wait_for("plugin-42", Duration::from_secs(10));
+    t.resize(120, 40);
+    t.send("stty size\r");
+    t.wait_for("40 120", Duration::from_secs(10));
+    let info = emu.sessions().pop().unwrap();
+    assert_eq!(info.encrypted, kms.is_some(), "{info:?}");
+    t.send("exit\r");
+    assert_eq!(wait_file(&dir.join("rc"), Duration::from_secs(20)).trim(), "0");
+    let screen = t.wait_for("Exiting session with sessionId: ", Duration::from_secs(5));
+    assert!(screen.contains(&info.session_id), "{screen}");
+    assert_terminal_restored(&dir);
+    assert!(
+        ssm_testkit::wait_until(Duration::from_secs(10), || emu.sessions().iter().all(|s| s.ended)).await,
+        "{:?}",
+        emu.sessions()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_cli_opens_a_shell_with_ssmconnect_as_its_plugin() {
+    aws_cli_shell(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_aws_cli_opens_a_kms_encrypted_shell_with_ssmconnect_as_its_plugin() {
+    let moto = ssm_testkit::Moto::start().await;
+    aws_cli_shell(Some(&moto)).await;
+}

@@ -1,4 +1,5 @@
-//! EC2 `DescribeInstances` over the EC2 query protocol, answered from the configured inventory.
+//! EC2 `DescribeInstances` and `GetPasswordData` over the EC2 query protocol, answered from the
+//! configured inventory.
 //!
 //! The wire format follows what aws-sdk-ec2 reads: a form-encoded POST (`Action`, `Version`,
 //! `Filter.N.Name`, `Filter.N.Value.M`, `InstanceId.N`, `MaxResults`, `NextToken`), answered by
@@ -102,6 +103,15 @@ pub struct Instance {
     /// `kms_key_id`.
     #[serde(default)]
     pub kms_key_id: Option<String>,
+    /// A Windows instance: the Administrator password EC2Launch set, given out by
+    /// `GetPasswordData` encrypted to [`Instance::key_pair_public_key`]. Such an instance has
+    /// `platform` `windows` in DescribeInstances.
+    #[serde(default)]
+    pub windows_password: Option<String>,
+    /// The public half of the key pair the instance was launched with, PEM (`BEGIN PUBLIC KEY`
+    /// or `BEGIN RSA PUBLIC KEY`).
+    #[serde(default)]
+    pub key_pair_public_key: Option<String>,
 }
 
 impl Instance {
@@ -118,7 +128,17 @@ impl Instance {
             host: None,
             port_map: BTreeMap::new(),
             kms_key_id: None,
+            windows_password: None,
+            key_pair_public_key: None,
         }
+    }
+
+    /// A Windows instance whose Administrator password is `password`, launched with the key
+    /// pair whose public key is `public_key_pem`.
+    pub fn windows(mut self, password: impl Into<String>, public_key_pem: impl Into<String>) -> Self {
+        self.windows_password = Some(password.into());
+        self.key_pair_public_key = Some(public_key_pem.into());
+        self
     }
 
     /// With a tag.
@@ -188,6 +208,7 @@ pub(crate) fn query(inventory: &[Instance], body: &[u8]) -> Response {
     let action = params.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.as_str());
     let result = match action {
         Some("DescribeInstances") => describe_instances(inventory, &params),
+        Some("GetPasswordData") => get_password_data(inventory, &params),
         Some(other) => Err(err(
             "InvalidAction",
             format!("The action {other} is not valid for this web service."),
@@ -408,6 +429,57 @@ fn describe_instances(inventory: &[Instance], params: &[(String, String)]) -> Re
     Ok(out)
 }
 
+/// `GetPasswordData` as EC2 answers it: the Windows Administrator password, encrypted by the
+/// instance (EC2Launch) to its key pair's public key with RSA PKCS#1 v1.5 and base64-encoded;
+/// empty (not an error) for an instance without one (not Windows, or no password yet). An id
+/// EC2 does not know is `InvalidInstanceID.NotFound`.
+fn get_password_data(inventory: &[Instance], params: &[(String, String)]) -> Result<String, QueryError> {
+    use base64::Engine as _;
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    use rsa::pkcs8::DecodePublicKey as _;
+    let mut id = None;
+    for (k, v) in params {
+        match k.as_str() {
+            "Action" | "Version" => {}
+            "InstanceId" => id = Some(v.clone()),
+            "DryRun" if v == "false" => {}
+            _ => return Err(err("UnknownParameter", format!("The parameter {k} is not recognized"))),
+        }
+    }
+    let id = id.ok_or_else(|| err("MissingParameter", "The request must contain the parameter instanceId"))?;
+    let instance = inventory.iter().find(|i| i.instance_id == id).ok_or_else(|| {
+        err(
+            "InvalidInstanceID.NotFound",
+            format!("The instance ID '{id}' does not exist"),
+        )
+    })?;
+    let data = match (&instance.windows_password, &instance.key_pair_public_key) {
+        (Some(password), Some(pem)) => {
+            let key = rsa::RsaPublicKey::from_public_key_pem(pem)
+                .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem))
+                .map_err(|e| {
+                    err(
+                        "InternalError",
+                        format!("the inventory's key pair is not an RSA public key: {e}"),
+                    )
+                })?;
+            let sealed = key
+                .encrypt(&mut rsa::rand_core::OsRng, rsa::Pkcs1v15Encrypt, password.as_bytes())
+                .map_err(|e| err("InternalError", format!("encrypting the password: {e}")))?;
+            base64::engine::general_purpose::STANDARD.encode(sealed)
+        }
+        _ => String::new(),
+    };
+    Ok(format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetPasswordDataResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+         <requestId>{}</requestId><instanceId>{}</instanceId>\
+         <timestamp>2026-01-01T00:00:00.000Z</timestamp><passwordData>{data}</passwordData>\
+         </GetPasswordDataResponse>",
+        reply::request_id(),
+        reply::escape(&instance.instance_id)
+    ))
+}
+
 const OWNER_ID: &str = "123456789012";
 
 fn write_reservation(out: &mut String, i: &Instance) {
@@ -426,6 +498,9 @@ fn write_reservation(out: &mut String, i: &Instance) {
         i.state.name(),
         e(&i.availability_zone)
     ));
+    if i.windows_password.is_some() {
+        out.push_str("<platform>windows</platform>");
+    }
     if let Some(ip) = i.private_ip {
         let dns = format!("ip-{}.ec2.internal", ip.to_string().replace('.', "-"));
         out.push_str(&format!(

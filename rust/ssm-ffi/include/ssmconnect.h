@@ -49,6 +49,14 @@ enum SsmcErrorKind
   SSMC_ERROR_KIND_KMS_CHALLENGE_FAILED = 14,
   // An encrypted message from the agent failed authentication (tampered).
   SSMC_ERROR_KIND_KMS_TAMPERED = 15,
+  // No AWS credentials were found anywhere the SDK looks.
+  SSMC_ERROR_KIND_NO_CREDENTIALS = 16,
+  // The AWS credentials (an SSO login, a session token) have expired.
+  SSMC_ERROR_KIND_CREDENTIALS_EXPIRED = 17,
+  // The AWS endpoint could not be reached (refused, no route, unknown name, timed out).
+  SSMC_ERROR_KIND_ENDPOINT_UNREACHABLE = 18,
+  // The target has no SSM agent connected to Session Manager (`TargetNotConnected`).
+  SSMC_ERROR_KIND_TARGET_NOT_CONNECTED = 19,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -133,6 +141,16 @@ void ssmc_client_free(struct SsmcClient *client);
 char *ssmc_client_running_instances(const struct SsmcClient *client,
                                     uint32_t limit,
                                     uint32_t timeout_ms);
+
+// The Windows Administrator password of an instance, for an RDP login: `request_json` holds
+// `target` and `key_file` (the key pair's private key, PEM, as EC2 gave it out); EC2
+// `GetPasswordData` gives the password encrypted to that key pair, and it is decrypted with the
+// file. Blocks the calling thread as [`ssmc_client_running_instances`] does. Returns a JSON
+// object with `instance_id` and `password`, which the caller frees with [`ssmc_string_free`]
+// (and should not keep), or null with the last error set.
+char *ssmc_client_windows_password(const struct SsmcClient *client,
+                                   AsciiPointer request_json,
+                                   uint32_t timeout_ms);
 
 // Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
 // 4 debug, 5 trace) for [`ssmc_log_next`]. The first call installs the capture.

@@ -83,6 +83,14 @@ pub enum SsmcErrorKind {
     KmsChallengeFailed = 14,
     /// An encrypted message from the agent failed authentication (tampered).
     KmsTampered = 15,
+    /// No AWS credentials were found anywhere the SDK looks.
+    NoCredentials = 16,
+    /// The AWS credentials (an SSO login, a session token) have expired.
+    CredentialsExpired = 17,
+    /// The AWS endpoint could not be reached (refused, no route, unknown name, timed out).
+    EndpointUnreachable = 18,
+    /// The target has no SSM agent connected to Session Manager (`TargetNotConnected`).
+    TargetNotConnected = 19,
 }
 
 /// State of an operation or a forward.
@@ -132,6 +140,10 @@ impl From<ssm_session::Error> for FfiError {
             K::KmsKeyUnavailable => SsmcErrorKind::KmsKeyUnavailable,
             K::KmsChallengeFailed => SsmcErrorKind::KmsChallengeFailed,
             K::KmsTampered => SsmcErrorKind::KmsTampered,
+            K::NoCredentials => SsmcErrorKind::NoCredentials,
+            K::CredentialsExpired => SsmcErrorKind::CredentialsExpired,
+            K::EndpointUnreachable => SsmcErrorKind::EndpointUnreachable,
+            K::TargetNotConnected => SsmcErrorKind::TargetNotConnected,
             K::TimedOut => SsmcErrorKind::TimedOut,
             K::Cancelled => SsmcErrorKind::Cancelled,
             K::Io => SsmcErrorKind::Internal,
@@ -388,6 +400,87 @@ pub extern "C" fn ssmc_client_running_instances(client: *const SsmcClient, limit
     })
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PasswordRequest {
+    target: String,
+    /// The key pair's private key file (PEM).
+    key_file: std::path::PathBuf,
+}
+
+/// The Windows Administrator password of an instance, for an RDP login: `request_json` holds
+/// `target` and `key_file` (the key pair's private key, PEM, as EC2 gave it out); EC2
+/// `GetPasswordData` gives the password encrypted to that key pair, and it is decrypted with the
+/// file. Blocks the calling thread as [`ssmc_client_running_instances`] does. Returns a JSON
+/// object with `instance_id` and `password`, which the caller frees with [`ssmc_string_free`]
+/// (and should not keep), or null with the last error set.
+#[ffi_function]
+#[no_mangle]
+pub extern "C" fn ssmc_client_windows_password(
+    client: *const SsmcClient,
+    request_json: AsciiPointer,
+    timeout_ms: u32,
+) -> *mut c_char {
+    guard(null_mut(), || {
+        clear_last_error();
+        if client.is_null() {
+            set_last_error(&FfiError::new(
+                SsmcErrorKind::InvalidArgument,
+                "the client handle is null",
+            ));
+            return null_mut();
+        }
+        // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
+        let connector = unsafe { &*client }.connector.clone();
+        let result = parse_request::<PasswordRequest>(&request_json).and_then(|req| {
+            let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&req.key_file).map_err(|e| {
+                FfiError::new(
+                    SsmcErrorKind::InvalidArgument,
+                    format!("cannot read the key pair file {}: {e}", req.key_file.display()),
+                )
+            })?);
+            let deadline = std::time::Duration::from_millis(u64::from(timeout_ms));
+            let asked = runtime().block_on(async move {
+                tokio::time::timeout(
+                    deadline,
+                    connector.windows_password(&req.target, &pem, &ssm_session::no_stages),
+                )
+                .await
+            });
+            match asked {
+                Ok(Ok(found)) => Ok(found),
+                Ok(Err(e)) => Err(FfiError::from(e)),
+                Err(_) => Err(FfiError::new(
+                    SsmcErrorKind::TimedOut,
+                    format!("GetPasswordData did not answer within {timeout_ms} ms"),
+                )),
+            }
+        });
+        match result {
+            Ok((target, password)) => {
+                #[derive(serde::Serialize)]
+                struct Answer<'a> {
+                    instance_id: &'a str,
+                    password: &'a str,
+                }
+                let answer = Answer {
+                    instance_id: &target.instance_id,
+                    password: &password,
+                };
+                // One copy of the password besides the caller's, wiped when dropped.
+                match serde_json::to_string(&answer) {
+                    Ok(json) => to_cstring(&zeroize::Zeroizing::new(json)).into_raw(),
+                    Err(_) => null_mut(),
+                }
+            }
+            Err(e) => {
+                set_last_error(&e);
+                null_mut()
+            }
+        }
+    })
+}
+
 /// Starts capturing the library's log lines at `max_level` (0 off, 1 error, 2 warn, 3 info,
 /// 4 debug, 5 trace) for [`ssmc_log_next`]. The first call installs the capture.
 #[ffi_function]
@@ -425,6 +518,7 @@ pub fn ffi_inventory() -> Inventory {
         .register(function!(ssmc_client_new))
         .register(function!(ssmc_client_free))
         .register(function!(ssmc_client_running_instances))
+        .register(function!(ssmc_client_windows_password))
         .register(function!(ssmc_log_enable))
         .register(function!(ssmc_log_next))
         .register(function!(ssmc_forward_begin))

@@ -34,8 +34,10 @@ pub(crate) fn enable(max_level: u32) {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
         use tracing_subscriber::{filter, fmt, Layer};
-        // Our crates at any level; the AWS SDK's own events only from warnings up.
-        let targets = filter::EnvFilter::new("warn,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
+        // Our crates at any level; the AWS SDK's own events only from warnings up, its credential
+        // chain's only from errors up (what it failed to find is the error reported).
+        let targets =
+            filter::EnvFilter::new("warn,aws_config=error,ssm_session=trace,ssm_proto=trace,ssmconnect_native=trace");
         // Only events at the level asked for now are formatted at all: capturing warnings (which
         // the cmdlets always do) must not make every per-frame trace event pay for a line.
         let wanted = filter::filter_fn(|meta| level_number(meta.level()) <= MAX_LEVEL.load(Ordering::Relaxed));

@@ -301,7 +301,7 @@ fn port_in_use_and_unknown_targets_have_their_kinds() {
     let req = CString::new(r#"{"target":"i-0bbbbbbbbbbbbbbbb","remote_port":80}"#).unwrap();
     let op = ssmc_forward_begin(c, ascii(&req));
     assert_eq!(wait_op(op), SsmcState::Failed);
-    assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::Api);
+    assert_eq!(ssmc_operation_error_kind(op), SsmcErrorKind::TargetNotConnected);
     assert!(text(ssmc_operation_error_message(op)).contains("TargetNotConnected"));
     ssmc_operation_free(op);
     ssmc_client_free(c);

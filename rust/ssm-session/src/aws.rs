@@ -17,7 +17,7 @@ use aws_credential_types::Credentials;
 use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_ssm::error::ProvideErrorMetadata;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TARGET_NOT_CONNECTED};
 use crate::kms::{DataKey, DataKeyRequest, KmsApi};
 use crate::tls::{Trust, tls_failure};
 
@@ -311,32 +311,97 @@ pub async fn detached_calls_done(limit: Duration) -> bool {
     }
 }
 
+/// The one reader of SDK errors: a failure a user can act on. Missing or expired credentials
+/// and an endpoint that cannot be reached are told apart from the service's own refusals, which
+/// keep their code (`TargetNotConnected` with what to check).
 pub(crate) fn api_error<E, R>(operation: &'static str, e: aws_sdk_ssm::error::SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: fmt::Debug,
+    R: fmt::Debug + 'static,
 {
+    use aws_sdk_ssm::error::SdkError;
+    let source = std::error::Error::source(&e);
+    if let Some(failure) = source.and_then(credentials_failure) {
+        return failure;
+    }
     let code = e.code().map(str::to_owned);
     let message = match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
         (Some(c), None) => c.to_owned(),
         // A certificate problem, said so; else the most specific text of the source chain
         // (connection refused, DNS…).
-        _ => std::error::Error::source(&e).and_then(tls_failure).unwrap_or_else(|| {
-            let mut text = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                text = s.to_string();
-                src = s.source();
+        _ => match source.and_then(tls_failure) {
+            Some(tls) => tls,
+            None => {
+                let unreachable = match &e {
+                    SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout(),
+                    SdkError::TimeoutError(_) => true,
+                    _ => false,
+                };
+                let detail = deepest_text(&e);
+                if unreachable {
+                    return Error::Unreachable { operation, detail };
+                }
+                detail
             }
-            text
-        }),
+        },
     };
-    Error::Api {
-        operation,
-        code,
-        message,
+    match code.as_deref() {
+        Some("ExpiredToken" | "ExpiredTokenException") => Error::CredentialsExpired {
+            detail: message,
+            sso: false,
+        },
+        Some(TARGET_NOT_CONNECTED) => Error::Api {
+            operation,
+            code,
+            message: format!(
+                "{message} The instance's SSM agent is not connected to Session Manager: it is \
+                 stopped, not running the agent, lacks an instance profile allowing Systems \
+                 Manager (AmazonSSMManagedInstanceCore), cannot reach the ssm and ssmmessages \
+                 endpoints, or is in another region than the one used (--region or -Region)"
+            ),
+        },
+        _ => Error::Api {
+            operation,
+            code,
+            message,
+        },
     }
+}
+
+/// The most specific text of an error's source chain, on one line.
+fn deepest_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        text = s.to_string();
+        next = s.source();
+    }
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    text.trim_end_matches('.').to_owned()
+}
+
+/// The credential chain's failure, when that is why a call was not sent: none found anywhere,
+/// or an SSO login or session that has expired.
+fn credentials_failure(error: &(dyn std::error::Error + 'static)) -> Option<Error> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.downcast_ref::<CredentialsError>().is_some() {
+            let detail = deepest_text(e);
+            let lower = detail.to_ascii_lowercase();
+            return Some(if lower.contains("expired") {
+                Error::CredentialsExpired {
+                    sso: lower.contains("sso"),
+                    detail,
+                }
+            } else {
+                Error::NoCredentials { detail }
+            });
+        }
+        next = e.source();
+    }
+    None
 }
 
 impl SsmApi {

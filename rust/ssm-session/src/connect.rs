@@ -265,6 +265,21 @@ impl Connector {
         crate::resolve::running_instances(config, &self.resolve_options(), limit).await
     }
 
+    /// The Windows Administrator password of `target` (an RDP login), from EC2
+    /// `GetPasswordData`, decrypted with the key pair's private key `private_key_pem`.
+    pub async fn windows_password(
+        &self,
+        target: &str,
+        private_key_pem: &str,
+        stage: StageFn<'_>,
+    ) -> Result<(ResolvedTarget, zeroize::Zeroizing<String>)> {
+        let resolved = self.resolve(target, false, stage).await?;
+        let (config, _) = self.loaded(stage).await?;
+        let client = crate::resolve::ec2_client(config, self.settings.endpoints.ec2.as_deref())?;
+        let password = crate::windows::password(&client, &resolved.instance_id, private_key_pem).await?;
+        Ok((resolved, password))
+    }
+
     /// Opens a port forward to `target`: the local port is bound first, then the session
     /// started and its handshake awaited.
     pub async fn forward(&self, target: &str, spec: ForwardSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {

@@ -21,6 +21,43 @@ pub enum Error {
         /// Human-readable message.
         message: String,
     },
+    /// No credentials were found anywhere the SDK looks (a first run, usually).
+    #[error(
+        "no AWS credentials found ({detail}). Looked in: the environment (AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY), the profile (--profile or -ProfileName, else AWS_PROFILE, else \
+         default) in ~/.aws/credentials and ~/.aws/config (keys, SSO, credential_process, role), \
+         web identity (AWS_WEB_IDENTITY_TOKEN_FILE), the container (ECS) and the instance role \
+         (IMDS). Fix: set those variables, run `aws configure` or `aws sso login --profile NAME`, \
+         name a profile that has credentials, or in PowerShell Set-AWSCredential"
+    )]
+    NoCredentials {
+        /// The credential chain's own reason, one line.
+        detail: String,
+    },
+    /// The credentials found have expired: an SSO login, or a session token.
+    #[error("{}", if *.sso {
+        format!("the AWS SSO (IAM Identity Center) login has expired ({detail}): run `aws sso login --profile NAME` for the profile in use, then try again")
+    } else {
+        format!("the AWS credentials have expired ({detail}): get new ones (a new session token, or `aws sso login` / `aws configure export-credentials`) and try again")
+    })]
+    CredentialsExpired {
+        /// Why, one line.
+        detail: String,
+        /// Whether it was an SSO login that expired.
+        sso: bool,
+    },
+    /// The AWS endpoint could not be reached (refused, no route, name not found, timed out).
+    #[error(
+        "{operation} failed: cannot reach the AWS endpoint ({detail}). Check the region \
+         (--region or -Region), any endpoint override (--endpoint-url, AWS_ENDPOINT_URL_*, \
+         endpoint_url in the profile) and proxy settings (HTTPS_PROXY)"
+    )]
+    Unreachable {
+        /// Operation name, e.g. `StartSession`.
+        operation: &'static str,
+        /// The connection's failure, one line.
+        detail: String,
+    },
     /// The local port could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -68,7 +105,10 @@ pub enum Error {
         reason: String,
     },
     /// No running instance matched the target.
-    #[error("no running instance matches {target:?}; searched {searched}")]
+    #[error(
+        "no running instance matches {target:?}; searched {searched}. If it is in another region, \
+         pass --region (or -Region)"
+    )]
     TargetNotFound {
         /// The target as given.
         target: String,
@@ -138,6 +178,14 @@ pub enum ErrorKind {
     TargetLookup,
     /// An AWS API call failed.
     Api,
+    /// No AWS credentials were found.
+    NoCredentials,
+    /// The AWS credentials (an SSO login, a session token) have expired.
+    CredentialsExpired,
+    /// The AWS endpoint could not be reached.
+    EndpointUnreachable,
+    /// The target has no agent connected to Session Manager (`TargetNotConnected`).
+    TargetNotConnected,
     /// The local port could not be bound.
     Listen,
     /// The data channel could not be opened, was lost for good, or was closed by the service.
@@ -169,7 +217,11 @@ impl Error {
             Error::TargetNotFound { .. } => ErrorKind::TargetNotFound,
             Error::AmbiguousTarget { .. } => ErrorKind::AmbiguousTarget,
             Error::Dns { .. } => ErrorKind::TargetLookup,
+            Error::Api { code: Some(c), .. } if c == TARGET_NOT_CONNECTED => ErrorKind::TargetNotConnected,
             Error::Api { .. } => ErrorKind::Api,
+            Error::NoCredentials { .. } => ErrorKind::NoCredentials,
+            Error::CredentialsExpired { .. } => ErrorKind::CredentialsExpired,
+            Error::Unreachable { .. } => ErrorKind::EndpointUnreachable,
             Error::Listen { .. } => ErrorKind::Listen,
             Error::Connect(_) | Error::Closed { .. } => ErrorKind::Connection,
             Error::Handshake(_) => ErrorKind::Session,
@@ -195,6 +247,9 @@ impl Error {
         }
     }
 }
+
+/// The service's error code for a target without a connected agent.
+pub(crate) const TARGET_NOT_CONNECTED: &str = "TargetNotConnected";
 
 /// Result alias.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -106,12 +106,18 @@ pub enum KmsError {
     OutOfOrder(&'static str),
 }
 
-/// The classification of a KMS service error code.
-pub(crate) fn classify(key_id: &str, code: Option<&str>, message: String) -> Error {
+/// The classification of a KMS service error code. An HTTP 403 without a code the KMS client
+/// can read (an IAM check in front of the service answering in another protocol, as moto's
+/// does) is a refusal too.
+pub(crate) fn classify(key_id: &str, code: Option<&str>, status: Option<u16>, message: String) -> Error {
     match code {
-        Some("AccessDeniedException") => Error::Kms(KmsError::AccessDenied {
+        Some("AccessDeniedException" | "AccessDenied") => Error::Kms(KmsError::AccessDenied {
             key_id: key_id.to_owned(),
             message,
+        }),
+        None if status == Some(403) => Error::Kms(KmsError::AccessDenied {
+            key_id: key_id.to_owned(),
+            message: "HTTP 403 Forbidden".to_owned(),
         }),
         Some(
             c @ ("NotFoundException"
@@ -161,9 +167,12 @@ impl KmsApi {
         for (k, v) in request.context() {
             call = call.encryption_context(k, v);
         }
-        let out = call.send().await.map_err(|e| match api_error("GenerateDataKey", e) {
-            Error::Api { code, message, .. } => classify(&request.key_id, code.as_deref(), message),
-            other => other,
+        let out = call.send().await.map_err(|e| {
+            let status = e.raw_response().map(|r| r.status().as_u16());
+            match api_error("GenerateDataKey", e) {
+                Error::Api { code, message, .. } => classify(&request.key_id, code.as_deref(), status, message),
+                other => other,
+            }
         })?;
         let plaintext = Zeroizing::new(out.plaintext.map(Blob::into_inner).unwrap_or_default());
         let ciphertext = out.ciphertext_blob.map(Blob::into_inner).unwrap_or_default();
@@ -208,14 +217,25 @@ mod tests {
 
     #[test]
     fn service_errors_are_told_apart() {
-        let kind = |code: &str| classify("k", Some(code), "m".into()).kind();
+        let kind = |code: &str| classify("k", Some(code), Some(400), "m".into()).kind();
         assert_eq!(kind("AccessDeniedException"), ErrorKind::KmsAccessDenied);
+        assert_eq!(
+            classify("k", None, Some(403), "m".into()).kind(),
+            ErrorKind::KmsAccessDenied
+        );
+        assert_eq!(classify("k", None, Some(500), "m".into()).kind(), ErrorKind::Api);
         for code in ["NotFoundException", "DisabledException", "KMSInvalidStateException"] {
             assert_eq!(kind(code), ErrorKind::KmsKeyUnavailable, "{code}");
         }
         assert_eq!(kind("ThrottlingException"), ErrorKind::Api);
-        assert_eq!(classify("k", None, "m".into()).kind(), ErrorKind::Api);
-        let text = classify("alias/ssm", Some("DisabledException"), "key is disabled".into()).to_string();
+        assert_eq!(classify("k", None, None, "m".into()).kind(), ErrorKind::Api);
+        let text = classify(
+            "alias/ssm",
+            Some("DisabledException"),
+            Some(400),
+            "key is disabled".into(),
+        )
+        .to_string();
         assert!(
             text.contains("alias/ssm") && text.contains("DisabledException") && text.contains("enabled"),
             "{text}"

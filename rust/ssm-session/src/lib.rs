@@ -11,8 +11,8 @@
 //! with their stdout, stderr and exit code ([`command`], §6.5), any of them KMS-encrypted when
 //! the agent asks ([`kms`], §5.6). Also target
 //! resolution (instance ids, tags, IP addresses and DNS names to one running instance, through
-//! EC2 `DescribeInstances` and hickory DNS, in [`resolve`]) and EC2 Instance Connect key pushes
-//! ([`ec2ic`]).
+//! EC2 `DescribeInstances` and hickory DNS, in [`resolve`]), EC2 Instance Connect key pushes
+//! ([`ec2ic`]) and Windows passwords for RDP ([`windows`]).
 //!
 //! What it is not: a terminal UI or a command line; the `ssmconnect` helper and the C ABI wrap
 //! it. Tokens never appear in its logs, errors or `Debug` output.
@@ -30,6 +30,7 @@ pub mod resolve;
 pub mod shell;
 pub mod stdio;
 pub mod tls;
+pub mod windows;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
 pub use command::{CommandOptions, CommandOutcome, CommandSession, Output};

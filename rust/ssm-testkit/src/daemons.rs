@@ -179,8 +179,20 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Starts moto and waits (up to 60 s) until it accepts connections.
+    /// Starts moto and waits (up to 60 s) until it accepts connections. It checks no
+    /// credentials.
     pub async fn start() -> Moto {
+        Self::spawn(None).await
+    }
+
+    /// Starts moto checking every request after the first `free_requests` as AWS does: signed
+    /// by an access key of one of its IAM users, and allowed by that user's policies (moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`). The free requests set the world up (a key, a user).
+    pub async fn start_enforcing_iam(free_requests: u32) -> Moto {
+        Self::spawn(Some(free_requests)).await
+    }
+
+    async fn spawn(free_requests: Option<u32>) -> Moto {
         require(
             "python3",
             &["-c", "import moto.server"],
@@ -193,6 +205,9 @@ impl Moto {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
+            if let Some(n) = free_requests {
+                cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+            }
             let mut proc = Proc::spawn(&mut cmd, "moto");
             let deadline = Instant::now() + Duration::from_secs(60);
             while Instant::now() < deadline {
@@ -233,6 +248,48 @@ impl Moto {
             .as_str()
             .unwrap_or_else(|| panic!("CreateKey returned no KeyId: {body}"))
             .to_owned()
+    }
+
+    /// An IAM user `name` whose only policy is `policy` (a policy document); its access key id
+    /// and secret. Three requests.
+    pub async fn iam_user(&self, name: &str, policy: serde_json::Value) -> (String, String) {
+        let call = |params: Vec<(&'static str, String)>| async move {
+            let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let (status, body) = crate::net::query_call_for(self.addr(), "iam", &pairs).await;
+            assert_eq!(status, 200, "{}: {body}", params[0].1);
+            body
+        };
+        let v = |s: &str| s.to_owned();
+        call(vec![
+            ("Action", v("CreateUser")),
+            ("Version", v("2010-05-08")),
+            ("UserName", v(name)),
+        ])
+        .await;
+        call(vec![
+            ("Action", v("PutUserPolicy")),
+            ("Version", v("2010-05-08")),
+            ("UserName", v(name)),
+            ("PolicyName", v("only")),
+            ("PolicyDocument", policy.to_string()),
+        ])
+        .await;
+        let body = call(vec![
+            ("Action", v("CreateAccessKey")),
+            ("Version", v("2010-05-08")),
+            ("UserName", v(name)),
+        ])
+        .await;
+        let element = |tag: &str| {
+            let open = format!("<{tag}>");
+            let start = body.find(&open).map(|i| i + open.len());
+            let end = body.find(&format!("</{tag}>"));
+            match (start, end) {
+                (Some(s), Some(e)) if s <= e => body[s..e].to_owned(),
+                _ => panic!("CreateAccessKey returned no {tag}: {body}"),
+            }
+        };
+        (element("AccessKeyId"), element("SecretAccessKey"))
     }
 }
 

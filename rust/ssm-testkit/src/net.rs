@@ -83,8 +83,34 @@ pub async fn json_call_for(
     service: Option<&str>,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let operation = target;
-    let body = body.to_string();
+    let headers = format!("Content-Type: application/x-amz-json-1.1\r\nX-Amz-Target: {target}\r\n");
+    let (status, body) = post(addr, target, service, &headers, &body.to_string()).await;
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// One query-protocol call (IAM, STS: a form of `Action`, `Version` and parameters) to the
+/// `service` at `addr`, signed as [`json_call_for`] signs: its status and body (XML).
+pub async fn query_call_for(addr: SocketAddr, service: &str, params: &[(&str, &str)]) -> (u16, String) {
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(params)
+        .finish();
+    let action = params
+        .iter()
+        .find(|(k, _)| *k == "Action")
+        .map_or("query call", |(_, v)| *v);
+    post(
+        addr,
+        action,
+        Some(service),
+        "Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n",
+        &form,
+    )
+    .await
+}
+
+/// A POST of `body` with `headers` (each ending in CRLF) over raw HTTP, bounded by 10 s; with
+/// a SigV4-shaped `Authorization` header naming `service` when given. Its status and body.
+async fn post(addr: SocketAddr, operation: &str, service: Option<&str>, headers: &str, body: &str) -> (u16, String) {
     let auth = service
         .map(|s| {
             format!(
@@ -94,8 +120,7 @@ pub async fn json_call_for(
         })
         .unwrap_or_default();
     let req = format!(
-        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-amz-json-1.1\r\n{auth}\
-         X-Amz-Target: {target}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST / HTTP/1.1\r\nHost: {addr}\r\n{headers}{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     let mut s = TcpStream::connect(addr).await.expect("connect to the API");
@@ -110,5 +135,5 @@ pub async fn json_call_for(
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("{operation}: no status in {head:?}"));
-    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+    (status, body.to_owned())
 }

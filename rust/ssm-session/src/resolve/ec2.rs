@@ -181,6 +181,11 @@ impl Ec2Search {
             [one] => Ok(ResolvedTarget::from_instance(one, via(one))),
             [] => {
                 let others = self.find(queries, false).await.map(|f| f.running).unwrap_or_default();
+                // Where it looked: the instance may be in another region.
+                let searched = match self.client.config().region() {
+                    Some(r) => format!("{searched} in {r}"),
+                    None => searched,
+                };
                 Err(not_found(target, searched, &others))
             }
             many => Err(Error::AmbiguousTarget {
