@@ -410,6 +410,8 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             if ($Cmdlet -in 'Get-SSMPortForward', 'Stop-SSMPortForward') { $script = $forwardsFirst + $script }
             if ($script -match '\bpsql\b') { $expect += 'came back intact' }
             if ($script -match 'Invoke-WebRequest') { $expect += 'StatusCode\s*:\s*200' }
+            # The web server behind port 80 answers "ok", through the SOCKS proxy too.
+            if ($script -match '--socks5') { $expect += '(?m)^ok$' }
         }
         if ($script -match '-Wait\b') {
             # -Wait forwards until Ctrl+C: run it, use the forward, then interrupt it.
