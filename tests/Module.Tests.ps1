@@ -431,6 +431,8 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             if ($script -match 'Invoke-WebRequest') { $expect += 'StatusCode\s*:\s*200' }
             if ($script -match 'xfreerdp') { $expect += 'the RDP port \d+ answered' }
             if ($script -match 'GetNetworkCredential') { $expect += [regex]::Escape($windowsPassword) }
+            # The web server behind port 80 answers "ok", through the SOCKS proxy too.
+            if ($script -match '--socks5') { $expect += '(?m)^ok$' }
         }
         if ($script -match '-Wait\b') {
             # -Wait forwards until Ctrl+C: run it, use the forward, then interrupt it.

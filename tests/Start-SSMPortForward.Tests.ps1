@@ -107,6 +107,55 @@ Describe 'Start-SSMPortForward' {
         Get-SSMPortForward | Should -BeNullOrEmpty
     }
 
+    Context '-Socks' {
+        BeforeAll {
+            $curl = @(Get-Command curl -CommandType Application -ErrorAction Stop)[0].Source
+            $alpha = [SSMConnectTests.HttpOkServer]::new('alpha', [System.Net.IPAddress]::Loopback)
+            # A second loopback address where the system has one (Linux: all of 127/8).
+            $bravoAddress = if ($IsLinux) { '127.0.0.2' } else { '127.0.0.1' }
+            $bravo = [SSMConnectTests.HttpOkServer]::new('bravo', [System.Net.IPAddress]::Parse($bravoAddress))
+        }
+
+        AfterAll {
+            $alpha.Dispose()
+            $bravo.Dispose()
+        }
+
+        It 'is a SOCKS5 proxy: curl reaches two servers, each connection through a session of its own, until stopped' {
+            $f = Start-SSMPortForward -Target $instance -Socks @aws
+            $f | Should -BeOfType ([SSMConnect.PortForward])
+            $f.Mode | Should -Be 'Socks'
+            $f.RemotePort | Should -Be 0
+            $f.SessionId | Should -BeNullOrEmpty
+            $f.LocalPort | Should -BeGreaterThan 0
+            (Get-SSMPortForward -Id $f.Id).Id | Should -Be $f.Id
+            $proxy = $f.LocalEndpoint
+            # A domain name, resolved by the agent on the far side, and an IPv4 address.
+            & $curl -sS --max-time 30 --socks5-hostname $proxy "http://localhost:$($alpha.Port)/" | Should -Be 'alpha'
+            $LASTEXITCODE | Should -Be 0
+            & $curl -sS --max-time 30 --socks5 $proxy "http://${bravoAddress}:$($bravo.Port)/" | Should -Be 'bravo'
+            $LASTEXITCODE | Should -Be 0
+            $f.Connections | Should -Be 2
+            $mine = @(Get-EmulatorSession $emu | Where-Object { $_.parameters.portNumber -contains "$($alpha.Port)" -or $_.parameters.portNumber -contains "$($bravo.Port)" })
+            $mine | Should -HaveCount 2
+            $mine.document | Sort-Object -Unique | Should -Be 'AWS-StartPortForwardingSessionToRemoteHost'
+            @($mine | ForEach-Object { '{0}:{1}' -f $_.parameters.host[0], $_.parameters.portNumber[0] } | Sort-Object) |
+                Should -Be (@("localhost:$($alpha.Port)", "${bravoAddress}:$($bravo.Port)") | Sort-Object)
+            $f | Stop-SSMPortForward
+            Wait-PortClosed $f.LocalPort | Should -BeTrue
+            $f.State | Should -Not -Be 'Running'
+            Get-SSMPortForward | Should -BeNullOrEmpty
+            Wait-Until { @(Get-EmulatorSession $emu | Where-Object { $mine.session_id -contains $_.session_id -and -not $_.ended }).Count -eq 0 } |
+                Should -BeTrue
+        }
+
+        It 'takes no -RemotePort' {
+            { Start-SSMPortForward -Target $instance -Socks -RemotePort 80 @aws -ErrorAction Stop } |
+                Should -Throw -ErrorId 'AmbiguousParameterSet,SSMConnect.Commands.StartSSMPortForwardCommand'
+            Get-SSMPortForward | Should -BeNullOrEmpty
+        }
+    }
+
     It 'starts one forward per port pair with several ports, in order' {
         $web = [SSMConnectTests.HttpOkServer]::new()
         try {

@@ -32,9 +32,13 @@ namespace SSMConnectTests
         private readonly TcpListener listener;
         private readonly List<TcpClient> clients = new List<TcpClient>();
 
-        protected LoopbackServer()
+        protected LoopbackServer() : this(IPAddress.Loopback)
         {
-            listener = new TcpListener(IPAddress.Loopback, 0);
+        }
+
+        protected LoopbackServer(IPAddress address)
+        {
+            listener = new TcpListener(address, 0);
             listener.Start();
             Port = ((IPEndPoint)listener.LocalEndpoint).Port;
             Task.Run(AcceptLoop);
@@ -86,9 +90,21 @@ namespace SSMConnectTests
         public string Name { get; set; }
     }
 
-    // Answers every HTTP request on one connection with 200 and "ok" (a stand-in web server).
+    // Answers every HTTP request on one connection with 200 and "ok", or the body it is given,
+    // on 127.0.0.1 or the loopback address it is given (a stand-in web server).
     public sealed class HttpOkServer : LoopbackServer
     {
+        private readonly string body;
+
+        public HttpOkServer() : this("ok", IPAddress.Loopback)
+        {
+        }
+
+        public HttpOkServer(string body, IPAddress address) : base(address)
+        {
+            this.body = body;
+        }
+
         protected override async Task Serve(TcpClient c)
         {
             var s = c.GetStream();
@@ -96,7 +112,7 @@ namespace SSMConnectTests
             string line;
             while (!string.IsNullOrEmpty(line = await reader.ReadLineAsync())) { }
             var reply = System.Text.Encoding.ASCII.GetBytes(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " + body.Length + "\r\nConnection: close\r\n\r\n" + body);
             await s.WriteAsync(reply, 0, reply.Length);
             c.Client.Shutdown(SocketShutdown.Send);
         }

@@ -25,7 +25,7 @@ namespace SSMConnect
             this.handle = handle;
             Id = Interlocked.Increment(ref lastId);
             RemoteHost = request.RemoteHost;
-            RemotePort = request.RemotePort;
+            RemotePort = request.RemotePort ?? 0;
             StartTime = DateTime.Now;
             last = handle.Use(h => new Snapshot
             {
@@ -61,13 +61,13 @@ namespace SSMConnect
         /// <summary>Host reached through the target, or null for the target itself.</summary>
         public string? RemoteHost { get; }
 
-        /// <summary>Port on the target (or on <see cref="RemoteHost"/>).</summary>
+        /// <summary>Port on the target (or on <see cref="RemoteHost"/>); 0 for a SOCKS5 proxy, whose connections each name their own.</summary>
         public int RemotePort { get; }
 
         /// <summary>Session Manager session id.</summary>
         public string SessionId => last.SessionId;
 
-        /// <summary><c>Basic</c> or <c>Multiplexed</c>.</summary>
+        /// <summary><c>Basic</c> or <c>Multiplexed</c>; <c>SessionPerConnection</c>; or <c>Socks</c> (a SOCKS5 proxy, a session for each connection to the destination it asks for).</summary>
         public string Mode => last.Mode;
 
         /// <summary>When the forward started listening (local time).</summary>
@@ -176,7 +176,9 @@ namespace SSMConnect
         public void Dispose() => Stop(TimeSpan.Zero);
 
         /// <inheritdoc />
-        public override string ToString() => $"{InstanceId} {LocalEndpoint} -> {RemoteHost ?? InstanceId}:{RemotePort}";
+        public override string ToString() => Mode == "Socks"
+            ? $"{InstanceId} {LocalEndpoint} -> SOCKS5"
+            : $"{InstanceId} {LocalEndpoint} -> {RemoteHost ?? InstanceId}:{RemotePort}";
 
         private Snapshot Refresh()
         {

@@ -87,9 +87,9 @@ namespace SSMConnect
         [JsonPropertyName("target")]
         public string Target { get; set; } = string.Empty;
 
-        /// <summary>Port on the target (or on <see cref="RemoteHost"/>).</summary>
+        /// <summary>Port on the target (or on <see cref="RemoteHost"/>); required unless <see cref="Socks"/>.</summary>
         [JsonPropertyName("remote_port")]
-        public ushort RemotePort { get; set; }
+        public ushort? RemotePort { get; set; }
 
         /// <summary>A host reached through the target instead of the target itself.</summary>
         [JsonPropertyName("remote_host")]
@@ -114,6 +114,10 @@ namespace SSMConnect
         /// <summary>Session document of a port session; null for <c>AWS-StartPortForwardingSession</c> (or <c>...ToRemoteHost</c> with <see cref="RemoteHost"/>).</summary>
         [JsonPropertyName("document")]
         public string? Document { get; set; }
+
+        /// <summary>A SOCKS5 proxy (dynamic forwarding): each connection gets a session of its own to the host and port it asks for; no <see cref="RemotePort"/>, <see cref="RemoteHost"/> or session-per-connection settings.</summary>
+        [JsonPropertyName("socks")]
+        public bool Socks { get; set; }
     }
 
     /// <summary>What <see cref="SsmClient.BeginShell"/> opens.</summary>

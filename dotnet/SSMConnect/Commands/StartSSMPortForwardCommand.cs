@@ -7,12 +7,15 @@ using System.Management.Automation;
 namespace SSMConnect.Commands
 {
     /// <summary>
-    /// <para type="synopsis">Forwards a local port to a port on an instance, or to a host reached through it.</para>
+    /// <para type="synopsis">Forwards a local port to a port on an instance, or to a host reached through it; or, with -Socks, runs a local SOCKS5 proxy through the instance.</para>
     /// </summary>
-    [Cmdlet(VerbsLifecycle.Start, "SSMPortForward", SupportsShouldProcess = true)]
+    [Cmdlet(VerbsLifecycle.Start, "SSMPortForward", SupportsShouldProcess = true, DefaultParameterSetName = PortSet)]
     [OutputType(typeof(PortForward))]
     public sealed class StartSSMPortForwardCommand : SSMConnectCmdletBase
     {
+        private const string PortSet = "Port";
+        private const string SocksSet = "Socks";
+
         private readonly List<PortForward> started = new List<PortForward>();
 
         /// <summary>Instance id, tag (key:value), IP address or DNS name; or objects with InstanceId / Instances.</summary>
@@ -23,10 +26,14 @@ namespace SSMConnect.Commands
         public object[] Target { get; set; } = Array.Empty<object>();
 
         /// <summary>Port on the target (or on -RemoteHost); several ports start one forward each.</summary>
-        [Parameter(Mandatory = true, Position = 1)]
+        [Parameter(Mandatory = true, Position = 1, ParameterSetName = PortSet)]
         [ValidateNotNullOrEmpty]
         [ValidateRange(1, 65535)]
         public int[] RemotePort { get; set; } = Array.Empty<int>();
+
+        /// <summary>A SOCKS5 proxy (dynamic forwarding) instead of one destination: each connection gets a session of its own to the host and port it asks for.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = SocksSet)]
+        public SwitchParameter Socks { get; set; }
 
         /// <summary>Local port for each -RemotePort, in the same order; 0 (the default) picks a free one.</summary>
         [Parameter]
@@ -40,7 +47,7 @@ namespace SSMConnect.Commands
         public string LocalAddress { get; set; } = "127.0.0.1";
 
         /// <summary>A host reached through the target (a database, an internal service).</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = PortSet)]
         [ValidateNotNullOrEmpty]
         public string? RemoteHost { get; set; }
 
@@ -50,11 +57,11 @@ namespace SSMConnect.Commands
         public string? DocumentName { get; set; }
 
         /// <summary>A session of its own for each local connection (parallel downloads are not limited to one session's pace).</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = PortSet)]
         public SwitchParameter SessionPerConnection { get; set; }
 
         /// <summary>Sessions started ahead with -SessionPerConnection, so a new connection does not wait for one to start.</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = PortSet)]
         [ValidateRange(0, 64)]
         public int WarmSessions { get; set; } = 1;
 
@@ -72,6 +79,11 @@ namespace SSMConnect.Commands
                     "SSMConnect.InvalidArgument",
                     ErrorCategory.InvalidArgument,
                     WarmSessions));
+            }
+            if (Socks)
+            {
+                StartSocksProxies();
+                return;
             }
             if (LocalPort is not null && LocalPort.Length != RemotePort.Length)
             {
@@ -96,6 +108,37 @@ namespace SSMConnect.Commands
             }
         }
 
+        /// <summary>-Socks: one proxy for each target and local port (a free one without -LocalPort).</summary>
+        private void StartSocksProxies()
+        {
+            var targets = ExpandTargets(Target);
+            if (targets.Count == 0)
+            {
+                return;
+            }
+            using var client = CreateClient();
+            foreach (var target in targets)
+            {
+                foreach (var localPort in LocalPort ?? new[] { 0 })
+                {
+                    var local = localPort == 0 ? $"{LocalAddress}:<free port>" : $"{LocalAddress}:{localPort}";
+                    if (!ShouldProcess(target, $"Run a SOCKS5 proxy on {local}, a session through the instance for each connection"))
+                    {
+                        continue;
+                    }
+                    var request = new ForwardRequest
+                    {
+                        Target = target,
+                        LocalAddress = LocalAddress,
+                        LocalPort = (ushort)localPort,
+                        Socks = true,
+                        Document = DocumentName,
+                    };
+                    Begin(client, target, request, "a SOCKS5 proxy, a session for each connection");
+                }
+            }
+        }
+
         private void Start(SsmClient client, string target, int localPort, int remotePort)
         {
             var local = localPort == 0 ? $"{LocalAddress}:<free port>" : $"{LocalAddress}:{localPort}";
@@ -115,14 +158,21 @@ namespace SSMConnect.Commands
                 WarmSessions = SessionPerConnection ? WarmSessions : (int?)null,
                 Document = DocumentName,
             };
+            var destination = $"{RemoteHost ?? "the instance"}:{remotePort}";
+            Begin(client, target, request, SessionPerConnection ? $"{destination}, a session per connection" : destination);
+        }
+
+        /// <summary>Starts one forward (or proxy) and writes it to the pipeline; <paramref name="what"/> says what it reaches, for -Verbose.</summary>
+        private void Begin(SsmClient client, string target, ForwardRequest request, string what)
+        {
             try
             {
                 using var op = client.BeginForward(request);
                 WaitFor(op, $"Start-SSMPortForward {target}");
                 var forward = op.TakeForward();
                 started.Add(forward);
-                var sessions = SessionPerConnection ? "a session per connection" : $"session {forward.SessionId}";
-                WriteVerbose($"Forwarding {forward.LocalEndpoint} to {RemoteHost ?? forward.InstanceId}:{remotePort} ({sessions}, forward {forward.Id})");
+                var session = string.IsNullOrEmpty(forward.SessionId) ? string.Empty : $", session {forward.SessionId}";
+                WriteVerbose($"Forwarding {forward.LocalEndpoint} to {what} via {forward.InstanceId} (forward {forward.Id}{session})");
                 WriteObject(forward);
             }
             catch (SsmException e)

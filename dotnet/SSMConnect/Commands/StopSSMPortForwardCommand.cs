@@ -47,7 +47,9 @@ namespace SSMConnect.Commands
             };
             foreach (var f in chosen)
             {
-                var what = string.Format(CultureInfo.InvariantCulture, "forward {0}: {1} -> {2}:{3}", f.Id, f.LocalEndpoint, f.RemoteHost ?? f.Target, f.RemotePort);
+                var what = f.Mode == "Socks"
+                    ? string.Format(CultureInfo.InvariantCulture, "forward {0}: SOCKS5 proxy {1} via {2}", f.Id, f.LocalEndpoint, f.Target)
+                    : string.Format(CultureInfo.InvariantCulture, "forward {0}: {1} -> {2}:{3}", f.Id, f.LocalEndpoint, f.RemoteHost ?? f.Target, f.RemotePort);
                 if (!ShouldProcess(what, "Stop"))
                 {
                     continue;

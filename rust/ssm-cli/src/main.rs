@@ -11,7 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use clap::{Args, Parser, Subcommand};
 use ssm_session::{
-    AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, PerConnection, Settings, no_stages,
+    AwsOptions, ChannelOptions, Connector, Endpoints, ForwardSpec, KeyPush, PerConnection, Settings, SocksSpec,
+    no_stages,
 };
 
 use crate::exit::{Ended, Failure};
@@ -23,6 +24,8 @@ Examples:
   ssmconnect forward i-0123456789abcdef0 5432 --local-port 15432
   ssmconnect forward i-0123456789abcdef0 443 --remote-host db.internal --local-port 8443
   ssmconnect forward i-0123456789abcdef0 80 --local-port 8080 --session-per-connection
+  ssmconnect socks i-0123456789abcdef0 --local-port 1080
+      then: curl --socks5-hostname 127.0.0.1:1080 http://internal.example/
   ssmconnect --region eu-west-1 ssh-proxy ec2-user@i-0123456789abcdef0:22
   ssmconnect forward Name:db 5432                    (a tag; exactly one running instance)
   ssmconnect shell web.internal --dns-server 10.0.0.2:53
@@ -41,6 +44,11 @@ ssh configuration (~/.ssh/config):
       ProxyCommand ssmconnect ssh-proxy --ec2ic --public-key ~/.ssh/id_ed25519.pub %r@%h:%p
 
 As the AWS CLI's plugin: put ssmconnect on PATH as session-manager-plugin.
+
+socks is dynamic forwarding: a SOCKS5 proxy (CONNECT, no authentication; IPv4, IPv6 and
+domain names, which the target resolves) where each connection gets a session of its own
+(AWS-StartPortForwardingSessionToRemoteHost) to the host and port it asks for. A session that
+cannot start gets a SOCKS failure reply and a warning; BIND and UDP ASSOCIATE are refused.
 
 exec runs one command (no remote shell: each argument after -- reaches the program as it
 is; use sh -c '...' for shell syntax). Only a document of session type NonInteractiveCommands
@@ -163,6 +171,28 @@ enum Command {
         warm_sessions: Option<usize>,
         /// Session document of type Port in place of AWS-StartPortForwardingSession (or
         /// AWS-StartPortForwardingSessionToRemoteHost with --remote-host).
+        #[arg(long)]
+        document: Option<String>,
+    },
+    /// A SOCKS5 proxy through the target (dynamic forwarding): each connection gets a session of
+    /// its own to the host and port it asks for (AWS-StartPortForwardingSessionToRemoteHost),
+    /// terminated when the connection ends.
+    Socks {
+        /// Instance or managed node id, key:value tag, IP address or DNS name.
+        target: String,
+        /// Local port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        local_port: u16,
+        /// Local address to listen on.
+        #[arg(
+            long,
+            visible_alias = "local-address",
+            value_name = "ADDR",
+            default_value = "127.0.0.1"
+        )]
+        bind: IpAddr,
+        /// Session document of type Port taking `host` and `portNumber`, in place of
+        /// AWS-StartPortForwardingSessionToRemoteHost.
         #[arg(long)]
         document: Option<String>,
     },
@@ -295,7 +325,7 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 document,
             };
             let started = exit::unless_signalled(&mut signals, connector.forward(&target, spec, &no_stages)).await;
-            let mut forward = match started {
+            let forward = match started {
                 Ended::Done(f) => f?.session,
                 Ended::Signalled(sig) => return Ok(forward_exit_code(sig)),
             };
@@ -312,18 +342,29 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
                 );
             }
             println!("Waiting for connections...");
-            let stopper = forward.stopper();
-            let stop = |_| async move {
-                eprintln!("Terminate signal received, exiting.");
-                let _ = stopper.send(true);
+            run_forward(&mut signals, forward).await
+        }
+        Command::Socks {
+            target,
+            local_port,
+            bind,
+            document,
+        } => {
+            let spec = SocksSpec {
+                local_addr: SocketAddr::new(bind, local_port),
+                document,
             };
-            match exit::until_signalled(&mut signals, forward.wait(), stop).await {
-                Ended::Done(end) => {
-                    end?;
-                    Ok(0)
-                }
-                Ended::Signalled(sig) => Ok(forward_exit_code(sig)),
-            }
+            let started = exit::unless_signalled(&mut signals, connector.socks(&target, spec, &no_stages)).await;
+            let forward = match started {
+                Ended::Done(f) => f?.session,
+                Ended::Signalled(sig) => return Ok(forward_exit_code(sig)),
+            };
+            println!(
+                "SOCKS5 proxy on {}, a session for each connection.",
+                forward.local_addr()
+            );
+            println!("Waiting for connections...");
+            run_forward(&mut signals, forward).await
         }
         Command::Shell {
             target,
@@ -416,6 +457,22 @@ async fn run(cli: Cli) -> Result<i32, Failure> {
             };
             exit::pipe_stdio_until_signalled(&mut signals, dc).await
         }
+    }
+}
+
+/// Runs a started forward until it ends or a signal stops it.
+async fn run_forward(signals: &mut exit::Signals, mut forward: ssm_session::PortForward) -> Result<i32, Failure> {
+    let stopper = forward.stopper();
+    let stop = |_| async move {
+        eprintln!("Terminate signal received, exiting.");
+        let _ = stopper.send(true);
+    };
+    match exit::until_signalled(signals, forward.wait(), stop).await {
+        Ended::Done(end) => {
+            end?;
+            Ok(0)
+        }
+        Ended::Signalled(sig) => Ok(forward_exit_code(sig)),
     }
 }
 

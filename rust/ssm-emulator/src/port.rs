@@ -226,17 +226,43 @@ impl PortPlugin {
             Some(h) if !h.is_empty() => h.to_owned(),
             _ => instance_host,
         };
-        // The agent refuses instance metadata as a remote host (§1.2).
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            let denied: [IpAddr; 2] = [
-                [169, 254, 169, 254].into(),
-                [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254].into(),
-            ];
-            if denied.contains(&ip) {
-                return Err(format!("host {host} is not allowed"));
-            }
-        }
         Ok((host, port))
+    }
+
+    /// The agent's refusal of a remote host it must not forward to (port.go
+    /// validateParameters, run when the plugin starts, after the handshake): `host` is looked
+    /// up (`net.LookupHost`; a name that does not resolve is not refused here, its dial fails
+    /// later) and any of its addresses in the agent's default deny list
+    /// (agent/appconfig/constants.go `DefaultDeniedPortForwardingRemoteIPs`: instance metadata,
+    /// the Amazon DNS server, time sync and the other link-local services) refuses the session.
+    /// The agent also refuses its VPC's DNS addresses, which a loopback emulator has none of.
+    fn forbidden(&self) -> Option<String> {
+        const DENIED: [&str; 9] = [
+            "169.254.169.254",
+            "fd00:ec2::254",
+            "169.254.169.253",
+            "fd00:ec2::253",
+            "169.254.169.123",
+            "fd00:ec2::123",
+            "169.254.169.250",
+            "169.254.169.251",
+            "fd00:ec2::240",
+        ];
+        let host = self.props.host.as_deref().filter(|h| !h.is_empty())?;
+        let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            // Blocking, as the agent's lookup is; it runs once per session start.
+            Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(host, 0))
+                .map(|it| it.map(|a| a.ip()).collect())
+                .unwrap_or_default(),
+        };
+        let denied = addresses.iter().any(|ip| {
+            DENIED
+                .iter()
+                .any(|d| d.parse::<IpAddr>().is_ok_and(|d| d == ip.to_canonical()))
+        });
+        // port.go: "Forwarding to IP address %s is forbidden." with the host as given.
+        denied.then(|| format!("Forwarding to IP address {host} is forbidden."))
     }
 
     fn dial_failed(&self, e: &std::io::Error) -> String {
@@ -280,9 +306,13 @@ impl PortPlugin {
     }
 
     /// Starts the plugin after HandshakeComplete has gone out (sessionplugin.go runs the
-    /// plugin after the handshake): basic and stdio dial in the background (port.go
+    /// plugin after the handshake): a forbidden remote host ends the session first (see
+    /// `forbidden`); basic and stdio dial in the background (port.go
     /// InitializeSession; a failure ends the session), smux starts its one-at-a-time dialer.
     pub(crate) fn start(&mut self) -> Result<(), String> {
+        if let Some(refusal) = self.forbidden() {
+            return Err(refusal);
+        }
         if self.mux.is_some() {
             self.destination()?;
             let (tx, mut rx) = mpsc::unbounded_channel::<u32>();

@@ -229,6 +229,7 @@ impl Shared {
             signing_region: signer.region,
             encrypted: false,
             reason,
+            parameters: spec.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         };
         lock(&self.sessions).insert(
             session_id.clone(),
@@ -448,6 +449,9 @@ pub struct SessionInfo {
     /// StartSession's `Reason`, when the caller gave one.
     #[serde(default)]
     pub reason: Option<String>,
+    /// StartSession's document `Parameters`, as sent.
+    #[serde(default)]
+    pub parameters: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[cfg(test)]

@@ -165,7 +165,9 @@ char *ssmc_log_next(uint32_t *level);
 // `session_per_connection` (a session of its own for each connection; every one is terminated
 // when its connection ends and when the forward is stopped or freed), `warm_sessions`
 // (sessions started ahead in that mode, default 1) and `document` (a session document of type
-// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`). Returns
+// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`); or, with `socks`
+// true and no remote port, a SOCKS5 proxy whose connections each get a session of their own to
+// the destination they ask for (mode `Socks`). Returns
 // an operation, or null with the last error set when the request is malformed. When the
 // operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 struct SsmcOperation *ssmc_forward_begin(const struct SsmcClient *client,
@@ -281,8 +283,9 @@ const char *ssmc_forward_target(struct SsmcForward *f);
 // Instance id the target resolved to. Owned by the forward.
 const char *ssmc_forward_instance_id(struct SsmcForward *f);
 
-// `Basic` or `Multiplexed` (§7.1), or `SessionPerConnection` (each connection has a session of
-// its own, whose mode the agent chooses). Owned by the forward.
+// `Basic` or `Multiplexed` (§7.1), `SessionPerConnection` (each connection has a session of
+// its own, whose mode the agent chooses), or `Socks` (a SOCKS5 proxy: each connection has a
+// session of its own to the destination it asked for). Owned by the forward.
 const char *ssmc_forward_mode(struct SsmcForward *f);
 
 // Bytes sent to the target so far.

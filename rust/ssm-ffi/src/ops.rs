@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use interoptopus::patterns::string::AsciiPointer;
 use interoptopus::{ffi_function, ffi_type};
 use ssm_session::{
-    CommandOptions, Connector, DataSender, ForwardSpec, ForwardStats, Output, PortForward, ShellOptions, Stage,
+    CommandOptions, Connector, DataSender, ForwardSpec, ForwardStats, Output, PortForward, ShellOptions, SocksSpec,
+    Stage,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -79,7 +80,9 @@ fn stage(progress: &Mutex<Progress>, text: &str) {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 struct ForwardRequest {
     target: String,
-    remote_port: u16,
+    /// Required, except with `socks` (which takes none).
+    #[serde(default)]
+    remote_port: Option<u16>,
     #[serde(default)]
     remote_host: Option<String>,
     #[serde(default)]
@@ -96,6 +99,11 @@ struct ForwardRequest {
     /// A session document of type Port in place of the AWS-managed one.
     #[serde(default)]
     document: Option<String>,
+    /// A SOCKS5 proxy (dynamic forwarding): each connection gets a session of its own to the
+    /// destination it asks for. Takes no `remote_port`, `remote_host`, `session_per_connection`
+    /// or `warm_sessions`.
+    #[serde(default)]
+    socks: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -201,7 +209,9 @@ fn stages(progress: Arc<Mutex<Progress>>) -> impl Fn(Stage<'_>) + Send + Sync {
 /// `session_per_connection` (a session of its own for each connection; every one is terminated
 /// when its connection ends and when the forward is stopped or freed), `warm_sessions`
 /// (sessions started ahead in that mode, default 1) and `document` (a session document of type
-/// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`). Returns
+/// Port in place of `AWS-StartPortForwardingSession` or `…ToRemoteHost`); or, with `socks`
+/// true and no remote port, a SOCKS5 proxy whose connections each get a session of their own to
+/// the destination they ask for (mode `Socks`). Returns
 /// an operation, or null with the last error set when the request is malformed. When the
 /// operation succeeds, [`ssmc_operation_take_forward`] hands over the forward.
 #[ffi_function]
@@ -212,13 +222,34 @@ pub extern "C" fn ssmc_forward_begin(client: *const SsmcClient, request_json: As
             client,
             &request_json,
             |connector, req: ForwardRequest, progress| async move {
+                let local_addr = SocketAddr::new(
+                    req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                    req.local_port,
+                );
+                if req.socks {
+                    if req.remote_port.is_some()
+                        || req.remote_host.is_some()
+                        || req.session_per_connection
+                        || req.warm_sessions.is_some()
+                    {
+                        return Err(ssm_session::Error::Config(
+                            "socks takes no remote_port, remote_host, session_per_connection or warm_sessions".into(),
+                        ));
+                    }
+                    let spec = SocksSpec {
+                        local_addr,
+                        document: req.document,
+                    };
+                    let c = connector.socks(&req.target, spec, &stages(progress)).await?;
+                    return Ok(SsmcForward::new(c.session, &req.target, &c.target.instance_id));
+                }
+                let Some(remote_port) = req.remote_port else {
+                    return Err(ssm_session::Error::Config("remote_port is required".into()));
+                };
                 let spec = ForwardSpec {
-                    remote_port: req.remote_port,
+                    remote_port,
                     remote_host: req.remote_host,
-                    local_addr: SocketAddr::new(
-                        req.local_address.unwrap_or(IpAddr::from([127, 0, 0, 1])),
-                        req.local_port,
-                    ),
+                    local_addr,
                     per_connection: req.session_per_connection.then(|| ssm_session::PerConnection {
                         warm_sessions: req.warm_sessions.unwrap_or(ssm_session::DEFAULT_WARM_SESSIONS),
                     }),
@@ -613,6 +644,7 @@ impl SsmcForward {
             target_c: to_cstring(target),
             instance_id_c: to_cstring(instance_id),
             mode_c: to_cstring(match forward.mode() {
+                _ if forward.socks() => "Socks",
                 _ if forward.per_connection() => "SessionPerConnection",
                 ssm_proto::PortMode::Basic => "Basic",
                 ssm_proto::PortMode::Mux { .. } => "Multiplexed",
@@ -677,8 +709,9 @@ pub extern "C" fn ssmc_forward_instance_id(f: *mut SsmcForward) -> *const c_char
     with(f, "forward", std::ptr::null(), |f| f.instance_id_c.as_ptr())
 }
 
-/// `Basic` or `Multiplexed` (§7.1), or `SessionPerConnection` (each connection has a session of
-/// its own, whose mode the agent chooses). Owned by the forward.
+/// `Basic` or `Multiplexed` (§7.1), `SessionPerConnection` (each connection has a session of
+/// its own, whose mode the agent chooses), or `Socks` (a SOCKS5 proxy: each connection has a
+/// session of its own to the destination it asked for). Owned by the forward.
 #[ffi_function]
 #[no_mangle]
 pub extern "C" fn ssmc_forward_mode(f: *mut SsmcForward) -> *const c_char {

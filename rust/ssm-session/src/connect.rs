@@ -155,6 +155,16 @@ pub struct ForwardSpec {
     pub document: Option<String>,
 }
 
+/// Where a SOCKS5 proxy listens (dynamic forwarding: each connection names its destination).
+#[derive(Debug, Clone)]
+pub struct SocksSpec {
+    /// Local address and port (port 0 picks a free one).
+    pub local_addr: SocketAddr,
+    /// Session document of type Port in place of `AWS-StartPortForwardingSessionToRemoteHost`
+    /// (an account's own, taking `host` and `portNumber`).
+    pub document: Option<String>,
+}
+
 /// An EC2 Instance Connect key to push before an SSH session.
 #[derive(Debug, Clone)]
 pub struct KeyPush {
@@ -289,6 +299,25 @@ impl Connector {
         fo.remote_host = spec.remote_host;
         fo.local_addr = spec.local_addr;
         fo.per_connection = spec.per_connection;
+        fo.document = spec.document;
+        fo.channel = self.settings.channel.clone();
+        let forward = PortForward::start(self.api().await?, fo).await?;
+        Ok(Connected {
+            target: resolved,
+            session: forward,
+        })
+    }
+
+    /// Opens a SOCKS5 proxy through `target` (dynamic forwarding): the local port is bound and
+    /// the target resolved; no session is started until a client asks for a destination, and
+    /// then each connection gets a session of its own to the host and port it named
+    /// (`AWS-StartPortForwardingSessionToRemoteHost`), terminated when it ends.
+    pub async fn socks(&self, target: &str, spec: SocksSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {
+        let resolved = self.resolve(target, false, stage).await?;
+        stage(Stage::Starting(&resolved.instance_id));
+        let mut fo = ForwardOptions::new(resolved.instance_id.clone(), 0);
+        fo.socks = true;
+        fo.local_addr = spec.local_addr;
         fo.document = spec.document;
         fo.channel = self.settings.channel.clone();
         let forward = PortForward::start(self.api().await?, fo).await?;

@@ -1,7 +1,8 @@
 //! The SSMConnect client runtime: everything between a target id and bytes flowing.
 //!
 //! The way in is [`Connector`]: built once from [`Settings`], it resolves a target and starts a
-//! forward, a shell or an ssh stream session with it.
+//! forward, a SOCKS5 proxy (dynamic forwarding, [`socks`]), a shell or an ssh stream session
+//! with it.
 //!
 //! What it is: AWS configuration and the SSM calls (`StartSession`, `ResumeSession`,
 //! `TerminateSession`, §1.1 of `ssm-protocol.md`), the data-channel driver that runs
@@ -28,13 +29,16 @@ pub mod per_connection;
 pub mod port;
 pub mod resolve;
 pub mod shell;
+pub mod socks;
 pub mod stdio;
 pub mod tls;
 pub mod windows;
 
 pub use aws::{AwsOptions, SsmApi, StartedSession, Token};
 pub use command::{CommandOptions, CommandOutcome, CommandSession, Output};
-pub use connect::{Connected, Connector, Endpoints, ForwardSpec, KeyPush, Settings, Stage, StageFn, no_stages};
+pub use connect::{
+    Connected, Connector, Endpoints, ForwardSpec, KeyPush, Settings, SocksSpec, Stage, StageFn, no_stages,
+};
 pub use driver::{ChannelOptions, DataChannel, DataSender, End, PortStart, SessionStart};
 pub use error::{Candidate, Error, ErrorKind, Result};
 pub use port::{DEFAULT_WARM_SESSIONS, ForwardOptions, ForwardStats, PerConnection, PortForward};

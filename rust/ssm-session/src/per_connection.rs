@@ -22,6 +22,12 @@
 //!
 //! Stopping the forward closes the listener and terminates every session: serving, warm and
 //! starting (a start in flight is terminated when its answer comes).
+//!
+//! SOCKS forwards ([`ForwardOptions::socks`]) are sessions per connection too, with no warm
+//! sessions (each session's destination is known only once its connection asked for one): each
+//! accepted connection is read as a SOCKS5 request ([`crate::socks`]), and its session is
+//! opened by the same [`crate::port::open_session`] with the requested host and port, then run
+//! and ended as any other here.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,6 +88,7 @@ pub(crate) async fn start(
     let (sessions_stop, sessions_stop_rx) = watch::channel(false);
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let (back_tx, back) = mpsc::unbounded_channel();
+    let ctx_socks = opts.socks;
     let ctx = Arc::new(Ctx {
         api,
         opts,
@@ -125,9 +132,13 @@ pub(crate) async fn start(
             }
         }
     }
-    tracing::info!(%local_addr, warm = pc.warm_sessions, "port forward ready, one session per connection");
+    if ctx_socks {
+        tracing::info!(%local_addr, "SOCKS5 proxy ready, one session per connection");
+    } else {
+        tracing::info!(%local_addr, warm = pc.warm_sessions, "port forward ready, one session per connection");
+    }
     let task = tokio::spawn(pool.run(Acceptor::new(Source::Listener(listener)), stop_rx, events, back));
-    Ok(PortForward::managed(local_addr, mode, stats, stop_tx, task))
+    Ok(PortForward::managed(local_addr, mode, stats, stop_tx, task, ctx_socks))
 }
 
 /// The sessions of a session-per-connection forward.
@@ -160,13 +171,20 @@ impl Pool {
             tokio::select! {
                 accepted = listener.accept() => if let Some((stream, peer)) = accepted {
                     tracing::debug!(%peer, "connection accepted");
-                    self.dispatch(stream);
+                    if self.ctx.opts.socks {
+                        self.next_id += 1;
+                        self.tasks.spawn(socks_session(self.ctx.clone(), self.next_id, stream));
+                    } else {
+                        self.dispatch(stream);
+                    }
                 },
                 Some(stream) = back.recv() => {
                     tracing::debug!("a warm session ended before taking its connection; passing it on");
                     self.dispatch(stream);
                 }
                 Some(ev) = events.recv() => self.handle(ev),
+                // Finished session tasks are reaped as they end, not kept until the forward stops.
+                Some(_) = self.tasks.join_next() => {}
                 () = sleep_until_opt(refill_at) => {
                     self.refill_at = None;
                     self.refill();
@@ -292,16 +310,81 @@ async fn session(ctx: Arc<Ctx>, id: u64, handoff: Handoff) {
             return;
         }
     };
-    let mut forward = match opened {
+    let forward = match opened {
         Ok(f) => f,
         Err(e) => {
             let _ = ctx.events.send(Event::Failed(id, e));
             return;
         }
     };
+    let _ = ctx.events.send(Event::Ready(id, forward.mode()));
+    serve(&ctx, forward, None).await;
+    let _ = ctx.events.send(Event::Ended(id));
+}
+
+/// One SOCKS connection: its request read, a session opened to the destination it names, the
+/// reply sent, and the session run as [`session`] runs one. A session that cannot start gets a
+/// failure reply and a warning; the forward carries on.
+async fn socks_session(ctx: Arc<Ctx>, id: u64, stream: TcpStream) {
+    let mut stop = ctx.stop.clone();
+    let request = tokio::select! {
+        request = crate::socks::accept(stream) => request,
+        _ = stop.wait_for(|s| *s) => None,
+    };
+    let Some(request) = request else { return };
+    let destination = request.destination();
+    tracing::debug!(session_task = id, %destination, "SOCKS CONNECT");
+    let mut opts = ctx.opts.clone();
+    opts.remote_host = Some(request.host.clone());
+    opts.remote_port = request.port;
+    // The connection goes to the session only after the reply, so nothing of the destination's
+    // reaches the client before it.
+    let (tx, rx) = oneshot::channel();
+    let handoff = Handoff {
+        rx,
+        back: None,
+        local_addr: ctx.local_addr,
+    };
+    let port = ctx.local_addr.port();
+    let opened = tokio::select! {
+        opened = open_session(&ctx.api, &opts, port, Source::Handoff(handoff), ctx.stats.clone()) => opened,
+        // Dropping the start terminates a session the service starts anyway.
+        _ = stop.wait_for(|s| *s) => Err(Error::Cancelled),
+    };
+    let forward = match opened {
+        Ok(f) => f,
+        Err(Error::Cancelled) => {
+            request.fail(&Error::Cancelled).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("SOCKS connection to {destination} refused: its session could not start: {e}");
+            request.fail(&e).await;
+            return;
+        }
+    };
+    match request.succeed().await {
+        Ok(stream) => {
+            let _ = tx.send(stream);
+        }
+        Err(e) => {
+            tracing::debug!(%destination, "SOCKS client gone before its reply: {e}");
+            let _ = forward.stop().await;
+            return;
+        }
+    }
+    tracing::info!(session = %forward.session_id(), %destination, "SOCKS connection open");
+    serve(&ctx, forward, Some(&destination)).await;
+}
+
+/// Runs an open session until its connection ends, it ends by itself, or the forward stops
+/// (then it is terminated). `socks`: the destination a SOCKS client asked for, named in a
+/// warning when the agent ends the session with a reason (it refused the destination, or could
+/// not reach it).
+async fn serve(ctx: &Ctx, mut forward: PortForward, socks: Option<&str>) {
+    let mut stop = ctx.stop.clone();
     let session_id = forward.session_id().to_owned();
     tracing::debug!(session = %session_id, "session open");
-    let _ = ctx.events.send(Event::Ready(id, forward.mode()));
     let ended = tokio::select! {
         end = forward.wait() => Some(end),
         _ = stop.wait_for(|s| *s) => None,
@@ -311,11 +394,15 @@ async fn session(ctx: Arc<Ctx>, id: u64, handoff: Handoff) {
         None => forward.stop().await,
     };
     match end {
-        Ok(End::Closed(reason)) => tracing::info!(session = %session_id, "session closed by the service: {reason}"),
+        Ok(End::Closed(reason)) => match socks {
+            Some(destination) if !reason.is_empty() => {
+                tracing::warn!(session = %session_id, "SOCKS connection to {destination} closed by the agent: {reason}");
+            }
+            _ => tracing::info!(session = %session_id, "session closed by the service: {reason}"),
+        },
         Ok(End::Finished) => tracing::debug!(session = %session_id, "session ended"),
         Err(e) => tracing::warn!(session = %session_id, "session failed: {e}"),
     }
-    let _ = ctx.events.send(Event::Ended(id));
 }
 
 async fn sleep_until_opt(t: Option<tokio::time::Instant>) {

@@ -42,6 +42,10 @@ pub struct ForwardOptions {
     /// Session document in place of the AWS-managed one `remote_host` chooses (an account's
     /// own of type Port, taking the same parameters).
     pub document: Option<String>,
+    /// Dynamic forwarding: the listener is a SOCKS5 proxy ([`crate::socks`]) and each
+    /// connection gets a session of its own to the host and port it asks for, as `remote_host`
+    /// and `remote_port` (which are not used otherwise). Sessions are never started ahead.
+    pub socks: bool,
 }
 
 /// Session-per-connection mode: each accepted local connection gets a session of its own, so
@@ -79,6 +83,7 @@ impl ForwardOptions {
             mux: MuxOptions::default(),
             per_connection: None,
             document: None,
+            socks: false,
         }
     }
 }
@@ -131,6 +136,7 @@ pub struct PortForward {
     session_id: String,
     mode: PortMode,
     per_connection: bool,
+    socks: bool,
     stats: Arc<ForwardStats>,
     stop_tx: watch::Sender<bool>,
     task: Option<JoinHandle<Result<End>>>,
@@ -143,8 +149,15 @@ impl PortForward {
     /// With [`ForwardOptions::per_connection`], each connection gets a session of its own
     /// instead ([`crate::per_connection`]); the warm sessions asked for are started here, and
     /// the first one must start for the forward to.
+    ///
+    /// With [`ForwardOptions::socks`], the listener is a SOCKS5 proxy: no session is started
+    /// here, each connection's is started for the destination it asks for.
     pub async fn start(api: &SsmApi, opts: ForwardOptions) -> Result<Self> {
         let listener = bind(opts.local_addr).await?;
+        if opts.socks {
+            let pc = PerConnection { warm_sessions: 0 };
+            return crate::per_connection::start(api.clone(), opts, pc, listener).await;
+        }
         if let Some(pc) = opts.per_connection {
             return crate::per_connection::start(api.clone(), opts, pc, listener).await;
         }
@@ -154,19 +167,21 @@ impl PortForward {
     }
 
     /// A forward whose task `task` runs something other than one session (session per
-    /// connection).
+    /// connection, SOCKS when `socks`).
     pub(crate) fn managed(
         local_addr: SocketAddr,
         mode: PortMode,
         stats: Arc<ForwardStats>,
         stop_tx: watch::Sender<bool>,
         task: JoinHandle<Result<End>>,
+        socks: bool,
     ) -> Self {
         Self {
             local_addr,
             session_id: String::new(),
             mode,
             per_connection: true,
+            socks,
             stats,
             stop_tx,
             task: Some(task),
@@ -256,6 +271,7 @@ impl PortForward {
             session_id,
             mode,
             per_connection: false,
+            socks: false,
             stats,
             stop_tx,
             task: Some(task),
@@ -281,6 +297,12 @@ impl PortForward {
     /// Whether each connection gets a session of its own ([`ForwardOptions::per_connection`]).
     pub fn per_connection(&self) -> bool {
         self.per_connection
+    }
+
+    /// Whether this is a SOCKS5 proxy whose connections each name their destination
+    /// ([`ForwardOptions::socks`]); such a forward is also [`PortForward::per_connection`].
+    pub fn socks(&self) -> bool {
+        self.socks
     }
 
     /// Live counters.

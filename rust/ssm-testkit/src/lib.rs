@@ -14,7 +14,7 @@ mod time;
 
 pub use daemons::{Dnsmasq, Moto, Sshd, ssh_keygen};
 pub use data::{Pattern, random_bytes, sha256_hex};
-pub use net::{aws_call, echo_server, free_port, free_port_on, greeting_echo_server, loopbacks};
+pub use net::{aws_call, echo_server, free_port, free_port_on, greeting_echo_server, http_server, loopbacks};
 pub use proc::{Proc, current_user, read_all, require, run_ok, which};
 pub use time::{wait_until, within};
 

@@ -63,6 +63,37 @@ pub async fn greeting_echo_server(greeting: &'static [u8]) -> u16 {
     port
 }
 
+/// A loopback HTTP server on `ip` (a port the OS picks) answering every request with `body`
+/// (status 200, `Connection: close`); returns its address, or `None` when `ip` cannot be bound
+/// here (127.0.0.2 on systems where only 127.0.0.1 is loopback). It runs as long as the test's
+/// runtime.
+pub async fn http_server(ip: IpAddr, body: &'static str) -> Option<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.ok()?;
+    let addr = listener.local_addr().ok()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The request head only: what a GET sends (curl sends no body).
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(buf.get(..n).unwrap_or_default()),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    Some(addr)
+}
+
 /// One awsJson1.1 call (`X-Amz-Target: AmazonSSM.<operation>`) over raw HTTP, as the AWS CLI
 /// sends it, bounded by 10 s; returns the status and the body (`Null` when it is not JSON).
 pub async fn aws_call(addr: SocketAddr, operation: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
