@@ -396,6 +396,10 @@ function psql { param([string] `$h, [int] `$p, [string] `$U)
             foreach ($port in $fixed) {
                 $text = $text -replace "(?<=-LocalPort (\d+,)*|-p |')$port\b", (Get-FreePort)
             }
+            # -PortMap's local ports (its keys) too.
+            foreach ($port in [regex]::Matches($text, '(?<=[{;] )\d+(?= = \d+)') | ForEach-Object Value | Select-Object -Unique) {
+                $text = $text -replace "(?<=[{;] )$port(?= = \d+)", (Get-FreePort)
+            }
             $text
         }
     }

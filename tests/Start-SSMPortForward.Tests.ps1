@@ -176,6 +176,43 @@ Describe 'Start-SSMPortForward' {
         }
     }
 
+    It 'takes the ports as a hashtable of local = remote with -PortMap, in its order' {
+        $web = [SSMConnectTests.HttpOkServer]::new()
+        try {
+            $ports = (Get-FreePort), (Get-FreePort)
+            # (An int indexes an ordered dictionary by position: Add takes it as a key.)
+            $map = [ordered]@{}
+            $map.Add($ports[0], $web.Port)
+            $map.Add($ports[1], $echo.Port)
+            $f = @(Start-SSMPortForward -Target $instance -PortMap $map @aws)
+            $f | Should -HaveCount 2
+            $f[0].LocalPort | Should -Be $ports[0]
+            $f[0].RemotePort | Should -Be $web.Port
+            $f[1].LocalPort | Should -Be $ports[1]
+            $f[1].RemotePort | Should -Be $echo.Port
+            (Invoke-WebRequest -Uri "http://$($f[0].LocalEndpoint)/" -NoProxy).Content | Should -Be 'ok'
+            $data = [SSMConnectTests.Net]::RandomBytes(4096)
+            [SSMConnectTests.Net]::Sha256([SSMConnectTests.Net]::RoundTrip($f[1].LocalPort, $data, 30)) | Should -Be ([SSMConnectTests.Net]::Sha256($data))
+            # A local port of 0 picks a free one.
+            $free = @(Start-SSMPortForward -Target $instance -PortMap @{ 0 = $echo.Port } @aws)
+            $free | Should -HaveCount 1
+            $free[0].LocalPort | Should -BeGreaterThan 0
+            Test-PortListening $free[0].LocalPort | Should -BeTrue
+        }
+        finally {
+            $web.Dispose()
+        }
+    }
+
+    It 'refuses a -PortMap entry that is not a port with SSMConnect.InvalidArgument, starting nothing' {
+        $before = @(Get-EmulatorSession $emu).Count
+        { Start-SSMPortForward -Target $instance -PortMap @{ 15432 = 'postgres' } @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*' -ExpectedMessage '*-PortMap entry*'
+        { Start-SSMPortForward -Target $instance -PortMap @{ 70000 = 22 } @aws -ErrorAction Stop } |
+            Should -Throw -ErrorId 'SSMConnect.InvalidArgument,*'
+        @(Get-EmulatorSession $emu).Count | Should -Be $before
+    }
+
     It 'picks a free local port for each remote port without -LocalPort' {
         $f = @(Start-SSMPortForward -Target $instance -RemotePort $echo.Port, $echo.Port @aws)
         $f | Should -HaveCount 2

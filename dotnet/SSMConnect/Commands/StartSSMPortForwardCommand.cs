@@ -15,6 +15,7 @@ namespace SSMConnect.Commands
     {
         private const string PortSet = "Port";
         private const string SocksSet = "Socks";
+        private const string MapSet = "Map";
 
         private readonly List<PortForward> started = new List<PortForward>();
 
@@ -31,12 +32,18 @@ namespace SSMConnect.Commands
         [ValidateRange(1, 65535)]
         public int[] RemotePort { get; set; } = Array.Empty<int>();
 
+        /// <summary>Local port to remote port, one forward each (e.g. @{ 15432 = 5432; 18443 = 443 }; [ordered] keeps the order); a local port of 0 picks a free one.</summary>
+        [Parameter(Mandatory = true, ParameterSetName = MapSet)]
+        [ValidateNotNullOrEmpty]
+        public System.Collections.IDictionary? PortMap { get; set; }
+
         /// <summary>A SOCKS5 proxy (dynamic forwarding) instead of one destination: each connection gets a session of its own to the host and port it asks for.</summary>
         [Parameter(Mandatory = true, ParameterSetName = SocksSet)]
         public SwitchParameter Socks { get; set; }
 
         /// <summary>Local port for each -RemotePort, in the same order; 0 (the default) picks a free one.</summary>
-        [Parameter]
+        [Parameter(ParameterSetName = PortSet)]
+        [Parameter(ParameterSetName = SocksSet)]
         [ValidateNotNullOrEmpty]
         [ValidateRange(0, 65535)]
         public int[]? LocalPort { get; set; }
@@ -48,6 +55,7 @@ namespace SSMConnect.Commands
 
         /// <summary>A host reached through the target (a database, an internal service).</summary>
         [Parameter(ParameterSetName = PortSet)]
+        [Parameter(ParameterSetName = MapSet)]
         [ValidateNotNullOrEmpty]
         public string? RemoteHost { get; set; }
 
@@ -58,10 +66,12 @@ namespace SSMConnect.Commands
 
         /// <summary>A session of its own for each local connection (parallel downloads are not limited to one session's pace).</summary>
         [Parameter(ParameterSetName = PortSet)]
+        [Parameter(ParameterSetName = MapSet)]
         public SwitchParameter SessionPerConnection { get; set; }
 
         /// <summary>Sessions started ahead with -SessionPerConnection, so a new connection does not wait for one to start.</summary>
         [Parameter(ParameterSetName = PortSet)]
+        [Parameter(ParameterSetName = MapSet)]
         [ValidateRange(0, 64)]
         public int WarmSessions { get; set; } = 1;
 
@@ -85,7 +95,8 @@ namespace SSMConnect.Commands
                 StartSocksProxies();
                 return;
             }
-            if (LocalPort is not null && LocalPort.Length != RemotePort.Length)
+            var pairs = PortMap is null ? null : PortPairs(PortMap);
+            if (pairs is null && LocalPort is not null && LocalPort.Length != RemotePort.Length)
             {
                 ThrowTerminatingError(new ErrorRecord(
                     new ArgumentException($"-LocalPort has {LocalPort.Length} port(s) and -RemotePort {RemotePort.Length}: give one local port for each remote port, in the same order (or no -LocalPort for free ports)."),
@@ -98,14 +109,50 @@ namespace SSMConnect.Commands
             {
                 return;
             }
+            pairs ??= RemotePort.Select((remote, i) => (LocalPort is null ? 0 : LocalPort[i], remote)).ToList();
             using var client = CreateClient();
             foreach (var target in targets)
             {
-                for (var i = 0; i < RemotePort.Length; i++)
+                foreach (var (local, remote) in pairs)
                 {
-                    Start(client, target, LocalPort is null ? 0 : LocalPort[i], RemotePort[i]);
+                    Start(client, target, local, remote);
                 }
             }
+        }
+
+        /// <summary>-PortMap as (local, remote) pairs in its order; a key or value that is no port is a terminating error.</summary>
+        private List<(int Local, int Remote)> PortPairs(System.Collections.IDictionary map)
+        {
+            var pairs = new List<(int Local, int Remote)>();
+            foreach (System.Collections.DictionaryEntry e in map)
+            {
+                var isLocal = TryPort(e.Key, 0, out var local);
+                var isRemote = TryPort(e.Value, 1, out var remote);
+                if (!isLocal || !isRemote)
+                {
+                    ThrowTerminatingError(new ErrorRecord(
+                        new ArgumentException($"-PortMap entry {e.Key} = {e.Value}: give local port = remote port, e.g. @{{ 15432 = 5432 }} (local 0 to 65535, 0 for a free one; remote 1 to 65535)."),
+                        ErrorCatalog.ErrorId(SsmErrorKind.InvalidArgument),
+                        ErrorCategory.InvalidArgument,
+                        map));
+                }
+                pairs.Add((local, remote));
+            }
+            return pairs;
+        }
+
+        private static bool TryPort(object? value, int min, out int port)
+        {
+            port = 0;
+            try
+            {
+                port = LanguagePrimitives.ConvertTo<int>(value);
+            }
+            catch (PSInvalidCastException)
+            {
+                return false;
+            }
+            return port >= min && port <= 65535;
         }
 
         /// <summary>-Socks: one proxy for each target and local port (a free one without -LocalPort).</summary>
