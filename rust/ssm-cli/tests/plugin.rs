@@ -94,6 +94,56 @@ async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
     assert_eq!(sessions[0].client_version, "1.2.650.0");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_port_forwarding_to_a_remote_host_with_ssm_connect_as_its_plugin() {
+    let aws = aws_cli();
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let echo = echo_server().await;
+    let local = free_port();
+
+    let mut cmd = command(&aws, &home, false);
+    cmd.env("PATH", home.path_with_plugin()).args([
+        "ssm",
+        "start-session",
+        "--target",
+        TARGET,
+        "--document-name",
+        "AWS-StartPortForwardingSessionToRemoteHost",
+        "--parameters",
+        &format!("host=127.0.0.1,portNumber={echo},localPortNumber={local}"),
+        "--endpoint-url",
+        &emu.endpoint(),
+        "--region",
+        "us-east-1",
+    ]);
+    let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session (remote host)");
+    let mut out = Lines::new(proc.take_stdout());
+    let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
+    out.until(60, |l| l == "Waiting for connections...").await;
+
+    let addr = SocketAddr::from(([127, 0, 0, 1], local));
+    let data = random_bytes(64 << 10, 11);
+    let back = within(
+        60,
+        "64 KiB echo through the remote host",
+        echo_through(addr, data.clone()),
+    )
+    .await;
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+
+    proc.signal_group(libc::SIGINT);
+    let code = proc.exit_code(15).await;
+    let stderr = String::from_utf8_lossy(&within(10, "aws stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "aws exit code; stderr: {stderr}");
+    assert_closed(addr, 5).await;
+    assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert_eq!(sessions[0].document, "AWS-StartPortForwardingSessionToRemoteHost");
+    assert_eq!(sessions[0].parameters.get("host"), Some(&vec!["127.0.0.1".to_owned()]));
+}
+
 /// Runs ssmconnect with the six-argument contract for an `AWS-StartSSHSession` the test started
 /// itself, with the response in argv[1] or (`via_env`) in AWS_SSM_START_SESSION_RESPONSE.
 async fn plugin_stream_session(via_env: bool) {
