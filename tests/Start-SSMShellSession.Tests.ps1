@@ -208,17 +208,8 @@ Describe 'Start-SSMShellSession with KMS encryption' -Skip:(-not $unix) {
             $command = "`$env:AWS_ENDPOINT_URL_KMS = '$($Kms.Endpoint)'; " +
                 "try { $(Get-ShellCommand $Emulator $Keys) -ErrorAction Stop; 'exit-code=' + `$LASTEXITCODE } " +
                 "catch { 'error-id=' + `$_.FullyQualifiedErrorId; 'message=' + `$_.Exception.Message }"
-            $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
-            $p = [System.Diagnostics.Process]::Start($psi)
-            $stderr = $p.StandardError.ReadToEndAsync()
-            $stdout = $p.StandardOutput.ReadToEndAsync()
-            if ($After) { $p.StandardInput.WriteLine($After) }
-            $p.StandardInput.WriteLine('exit')
-            $p.StandardInput.Close()
-            $exited = $p.WaitForExit(90000)
-            Stop-TestProcess $p
-            $exited | Should -BeTrue
-            [pscustomobject]@{ Stdout = $stdout.Result; Stderr = $stderr.Result }
+            $child = Invoke-ChildPwsh -ScriptBlock ([scriptblock]::Create($command)) -InputText "$After`nexit`n" -TimeoutSeconds 90
+            [pscustomobject]@{ Stdout = $child.Output -join "`n"; Stderr = $child.Errors }
         }
     }
 
@@ -291,20 +282,11 @@ Describe 'Start-SSMShellSession first-run errors' -Skip:(-not $unix) {
                 $command = "Import-Module '$($manifest -replace "'", "''")'; " +
                     "try { Start-SSMShellSession $Arguments -ErrorAction Stop } " +
                     "catch { 'error-id=' + `$_.FullyQualifiedErrorId; 'message=' + `$_.Exception.Message }"
-                $psi = New-PwshStartInfo -Redirect -ArgumentList '-NoProfile', '-NonInteractive', '-Command', $command
-                foreach ($name in @($psi.Environment.Keys | Where-Object { $_ -like 'AWS_*' })) {
-                    $null = $psi.Environment.Remove($name)
+                $child = Invoke-ChildPwsh -ScriptBlock ([scriptblock]::Create($command)) -RemoveEnvironment 'AWS_*' -TimeoutSeconds 60 -Environment @{
+                    HOME                      = $dir
+                    AWS_EC2_METADATA_DISABLED = 'true'
                 }
-                $psi.Environment['HOME'] = $dir
-                $psi.Environment['AWS_EC2_METADATA_DISABLED'] = 'true'
-                $p = [System.Diagnostics.Process]::Start($psi)
-                $stdout = $p.StandardOutput.ReadToEndAsync()
-                $stderr = $p.StandardError.ReadToEndAsync()
-                $p.StandardInput.Close()
-                $exited = $p.WaitForExit(60000)
-                Stop-TestProcess $p
-                $exited | Should -BeTrue
-                [pscustomobject]@{ Stdout = $stdout.Result; Stderr = $stderr.Result }
+                [pscustomobject]@{ Stdout = $child.Output -join "`n"; Stderr = $child.Errors }
             }
             finally {
                 Remove-Item -Recurse -Force $dir -ErrorAction SilentlyContinue

@@ -650,9 +650,9 @@ function Wait-Until {
 function Invoke-ChildPwsh {
     <#
     .SYNOPSIS
-    Runs $ScriptBlock in a child pwsh with string arguments and extra environment variables, its
-    stdin holding $InputText (else empty); returns ExitCode, Output (stdout lines) and Errors
-    (stderr text).
+    Runs $ScriptBlock in a child pwsh with string arguments and extra environment variables
+    (without those whose names match $RemoveEnvironment, wildcards allowed), its stdin holding
+    $InputText (else empty); returns ExitCode, Output (stdout lines) and Errors (stderr text).
     .DESCRIPTION
     On Linux and macOS a variable set in this session ($env:X = ...) is invisible to the native
     library loaded in this process (.NET keeps its own copy of the environment), while a child
@@ -662,6 +662,7 @@ function Invoke-ChildPwsh {
         [Parameter(Mandatory)] [scriptblock] $ScriptBlock,
         [string[]] $ArgumentList = @(),
         [hashtable] $Environment = @{},
+        [string[]] $RemoveEnvironment = @(),
         [string] $InputText,
         [int] $TimeoutSeconds = 120
     )
@@ -669,6 +670,9 @@ function Invoke-ChildPwsh {
     Set-Content -LiteralPath $file -Value $ScriptBlock.ToString() -Encoding utf8NoBOM
     try {
         $psi = New-PwshStartInfo -Redirect -ArgumentList (@('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList)
+        foreach ($pattern in $RemoveEnvironment) {
+            foreach ($name in @($psi.Environment.Keys | Where-Object { $_ -like $pattern })) { $null = $psi.Environment.Remove($name) }
+        }
         foreach ($name in $Environment.Keys) { $psi.Environment[$name] = [string]$Environment[$name] }
         $p = [System.Diagnostics.Process]::Start($psi)
         if ($InputText) { $p.StandardInput.Write($InputText) }

@@ -20,29 +20,45 @@ fn aws_cli() -> PathBuf {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
-    let aws = aws_cli();
-    let home = Home::new();
-    let emu = emulator(Config::default()).await;
-    let echo = echo_server().await;
-    let local = free_port();
-
-    let mut cmd = command(&aws, &home, false);
+/// `aws ssm start-session` (the AWS CLI itself) to [`TARGET`] at the emulator with `document`
+/// and `parameters` (the CLI's shorthand or JSON), ssmconnect first on PATH as its plugin.
+fn aws_start_session(
+    home: &Home,
+    emu: &ssm_emulator::Emulator,
+    document: &str,
+    parameters: &str,
+) -> tokio::process::Command {
+    let mut cmd = command(aws_cli(), home, false);
     cmd.env("PATH", home.path_with_plugin()).args([
         "ssm",
         "start-session",
         "--target",
         TARGET,
         "--document-name",
-        "AWS-StartPortForwardingSession",
+        document,
         "--parameters",
-        &format!("portNumber={echo},localPortNumber={local}"),
+        parameters,
         "--endpoint-url",
         &emu.endpoint(),
         "--region",
         "us-east-1",
     ]);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
+    let home = Home::new();
+    let emu = emulator(Config::default()).await;
+    let echo = echo_server().await;
+    let local = free_port();
+
+    let mut cmd = aws_start_session(
+        &home,
+        &emu,
+        "AWS-StartPortForwardingSession",
+        &format!("portNumber={echo},localPortNumber={local}"),
+    );
     let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session");
     let mut out = Lines::new(proc.take_stdout());
     let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
@@ -96,27 +112,17 @@ async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_port_forwarding_to_a_remote_host_with_ssm_connect_as_its_plugin() {
-    let aws = aws_cli();
     let home = Home::new();
     let emu = emulator(Config::default()).await;
     let echo = echo_server().await;
     let local = free_port();
 
-    let mut cmd = command(&aws, &home, false);
-    cmd.env("PATH", home.path_with_plugin()).args([
-        "ssm",
-        "start-session",
-        "--target",
-        TARGET,
-        "--document-name",
+    let mut cmd = aws_start_session(
+        &home,
+        &emu,
         "AWS-StartPortForwardingSessionToRemoteHost",
-        "--parameters",
         &format!("host=127.0.0.1,portNumber={echo},localPortNumber={local}"),
-        "--endpoint-url",
-        &emu.endpoint(),
-        "--region",
-        "us-east-1",
-    ]);
+    );
     let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session (remote host)");
     let mut out = Lines::new(proc.take_stdout());
     let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));
@@ -277,24 +283,9 @@ async fn ssh_proxy_terminates_the_session_when_ssh_hangs_up() {
 /// `aws ssm start-session --document-name DOC --parameters command=…` with ssmconnect as the
 /// plugin and stdin not a terminal, to its end: (status, stdout, stderr).
 async fn aws_cli_command(emu: &ssm_emulator::Emulator, document: &str, command_text: &str) -> (i32, String, String) {
-    let aws = aws_cli();
     let home = Home::new();
     let parameters = serde_json::json!({ "command": [command_text] }).to_string();
-    let mut cmd = command(&aws, &home, false);
-    cmd.env("PATH", home.path_with_plugin()).args([
-        "ssm",
-        "start-session",
-        "--target",
-        TARGET,
-        "--document-name",
-        document,
-        "--parameters",
-        &parameters,
-        "--endpoint-url",
-        &emu.endpoint(),
-        "--region",
-        "us-east-1",
-    ]);
+    let mut cmd = aws_start_session(&home, emu, document, &parameters);
     let mut proc = Proc::spawn(&mut cmd, "aws ssm start-session");
     let stdout = tokio::spawn(read_all(proc.take_stdout(), 120));
     let stderr = tokio::spawn(read_all(proc.take_stderr(), 120));

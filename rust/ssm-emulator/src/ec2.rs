@@ -432,7 +432,8 @@ fn describe_instances(inventory: &[Instance], params: &[(String, String)]) -> Re
 /// `GetPasswordData` as EC2 answers it: the Windows Administrator password, encrypted by the
 /// instance (EC2Launch) to its key pair's public key with RSA PKCS#1 v1.5 and base64-encoded;
 /// empty (not an error) for an instance without one (not Windows, or no password yet). An id
-/// EC2 does not know is `InvalidInstanceID.NotFound`.
+/// EC2 does not know is `InvalidInstanceID.NotFound`. (The EC2 API reference, GetPasswordData:
+/// "If the password is not available, the parameter returns an empty string".)
 fn get_password_data(inventory: &[Instance], params: &[(String, String)]) -> Result<String, QueryError> {
     use base64::Engine as _;
     use rsa::pkcs1::DecodeRsaPublicKey as _;

@@ -363,28 +363,11 @@ pub extern "C" fn ssmc_client_free(client: *mut SsmcClient) {
 pub extern "C" fn ssmc_client_running_instances(client: *const SsmcClient, limit: u32, timeout_ms: u32) -> *mut c_char {
     guard(null_mut(), || {
         clear_last_error();
-        if client.is_null() {
-            set_last_error(&FfiError::new(
-                SsmcErrorKind::InvalidArgument,
-                "the client handle is null",
-            ));
-            return null_mut();
-        }
-        // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
-        let connector = unsafe { &*client }.connector.clone();
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let deadline = std::time::Duration::from_millis(u64::from(timeout_ms));
-        let listed =
-            runtime().block_on(async move { tokio::time::timeout(deadline, connector.running_instances(limit)).await });
-        let result = match listed {
-            Ok(Ok(list)) => Ok(list),
-            Ok(Err(e)) => Err(FfiError::from(e)),
-            Err(_) => Err(FfiError::new(
-                SsmcErrorKind::TimedOut,
-                format!("DescribeInstances did not answer within {timeout_ms} ms"),
-            )),
-        };
-        match result {
+        let listed = block_on_client(client, timeout_ms, "DescribeInstances", |connector| async move {
+            connector.running_instances(limit).await
+        });
+        match listed {
             Ok(list) => {
                 let items: Vec<serde_json::Value> = list
                     .iter()
@@ -398,6 +381,39 @@ pub extern "C" fn ssmc_client_running_instances(client: *const SsmcClient, limit
             }
         }
     })
+}
+
+/// Runs `work` on the connector of `client` on this library's runtime, blocking the calling
+/// thread until it ends or `timeout_ms` milliseconds passed (then a TimedOut error saying that
+/// `operation` did not answer). A null client is an InvalidArgument error.
+fn block_on_client<T, F, Fut>(
+    client: *const SsmcClient,
+    timeout_ms: u32,
+    operation: &str,
+    work: F,
+) -> Result<T, FfiError>
+where
+    F: FnOnce(std::sync::Arc<ssm_session::Connector>) -> Fut,
+    Fut: std::future::Future<Output = ssm_session::Result<T>>,
+{
+    if client.is_null() {
+        return Err(FfiError::new(
+            SsmcErrorKind::InvalidArgument,
+            "the client handle is null",
+        ));
+    }
+    // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
+    let connector = unsafe { &*client }.connector.clone();
+    let deadline = std::time::Duration::from_millis(u64::from(timeout_ms));
+    // The timer is made inside the runtime: it needs its reactor.
+    match runtime().block_on(async move { tokio::time::timeout(deadline, work(connector)).await }) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(FfiError::from(e)),
+        Err(_) => Err(FfiError::new(
+            SsmcErrorKind::TimedOut,
+            format!("{operation} did not answer within {timeout_ms} ms"),
+        )),
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -423,15 +439,6 @@ pub extern "C" fn ssmc_client_windows_password(
 ) -> *mut c_char {
     guard(null_mut(), || {
         clear_last_error();
-        if client.is_null() {
-            set_last_error(&FfiError::new(
-                SsmcErrorKind::InvalidArgument,
-                "the client handle is null",
-            ));
-            return null_mut();
-        }
-        // SAFETY: non-null and, by contract, a live client from `ssmc_client_new`.
-        let connector = unsafe { &*client }.connector.clone();
         let result = parse_request::<PasswordRequest>(&request_json).and_then(|req| {
             let pem = zeroize::Zeroizing::new(std::fs::read_to_string(&req.key_file).map_err(|e| {
                 FfiError::new(
@@ -439,22 +446,11 @@ pub extern "C" fn ssmc_client_windows_password(
                     format!("cannot read the key pair file {}: {e}", req.key_file.display()),
                 )
             })?);
-            let deadline = std::time::Duration::from_millis(u64::from(timeout_ms));
-            let asked = runtime().block_on(async move {
-                tokio::time::timeout(
-                    deadline,
-                    connector.windows_password(&req.target, &pem, &ssm_session::no_stages),
-                )
-                .await
-            });
-            match asked {
-                Ok(Ok(found)) => Ok(found),
-                Ok(Err(e)) => Err(FfiError::from(e)),
-                Err(_) => Err(FfiError::new(
-                    SsmcErrorKind::TimedOut,
-                    format!("GetPasswordData did not answer within {timeout_ms} ms"),
-                )),
-            }
+            block_on_client(client, timeout_ms, "GetPasswordData", |connector| async move {
+                connector
+                    .windows_password(&req.target, &pem, &ssm_session::no_stages)
+                    .await
+            })
         });
         match result {
             Ok((target, password)) => {

@@ -293,19 +293,13 @@ impl Connector {
     /// Opens a port forward to `target`: the local port is bound first, then the session
     /// started and its handshake awaited.
     pub async fn forward(&self, target: &str, spec: ForwardSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {
-        let resolved = self.resolve(target, false, stage).await?;
-        stage(Stage::Starting(&resolved.instance_id));
-        let mut fo = ForwardOptions::new(resolved.instance_id.clone(), spec.remote_port);
-        fo.remote_host = spec.remote_host;
-        fo.local_addr = spec.local_addr;
-        fo.per_connection = spec.per_connection;
-        fo.document = spec.document;
-        fo.channel = self.settings.channel.clone();
-        let forward = PortForward::start(self.api().await?, fo).await?;
-        Ok(Connected {
-            target: resolved,
-            session: forward,
+        self.open_forward(target, spec.remote_port, stage, |fo| {
+            fo.remote_host = spec.remote_host;
+            fo.local_addr = spec.local_addr;
+            fo.per_connection = spec.per_connection;
+            fo.document = spec.document;
         })
+        .await
     }
 
     /// Opens a SOCKS5 proxy through `target` (dynamic forwarding): the local port is bound and
@@ -313,13 +307,28 @@ impl Connector {
     /// then each connection gets a session of its own to the host and port it named
     /// (`AWS-StartPortForwardingSessionToRemoteHost`), terminated when it ends.
     pub async fn socks(&self, target: &str, spec: SocksSpec, stage: StageFn<'_>) -> Result<Connected<PortForward>> {
+        self.open_forward(target, 0, stage, |fo| {
+            fo.socks = true;
+            fo.local_addr = spec.local_addr;
+            fo.document = spec.document;
+        })
+        .await
+    }
+
+    /// Resolves `target`, then starts a forward to `remote_port` with the options `configure`
+    /// sets: what [`Connector::forward`] and [`Connector::socks`] share.
+    async fn open_forward(
+        &self,
+        target: &str,
+        remote_port: u16,
+        stage: StageFn<'_>,
+        configure: impl FnOnce(&mut ForwardOptions),
+    ) -> Result<Connected<PortForward>> {
         let resolved = self.resolve(target, false, stage).await?;
         stage(Stage::Starting(&resolved.instance_id));
-        let mut fo = ForwardOptions::new(resolved.instance_id.clone(), 0);
-        fo.socks = true;
-        fo.local_addr = spec.local_addr;
-        fo.document = spec.document;
+        let mut fo = ForwardOptions::new(resolved.instance_id.clone(), remote_port);
         fo.channel = self.settings.channel.clone();
+        configure(&mut fo);
         let forward = PortForward::start(self.api().await?, fo).await?;
         Ok(Connected {
             target: resolved,
