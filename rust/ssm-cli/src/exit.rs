@@ -92,8 +92,13 @@ pub fn init_logging(filter: &str) {
 
 /// Runs `work` on a new runtime and turns its outcome into the exit code, with one line on
 /// stderr for a failure.
+///
+/// The runtime has one thread: a session's driver and its local copies hand every message to
+/// each other, and on one thread that is a function call instead of a thread wake-up (the
+/// multi-threaded runtime spent a fifth of the helper's CPU switching threads in an unpaced
+/// download). Blocking work (stdin, files) still runs on tokio's blocking pool.
 pub fn run(work: impl std::future::Future<Output = Result<i32, Failure>>) -> i32 {
-    let outcome = tokio::runtime::Builder::new_multi_thread()
+    let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure {

@@ -14,7 +14,6 @@ use ssm_proto::handshake::{
 };
 use ssm_proto::{Channel, ChannelClosed, Event, MessageType, PayloadType, SessionType};
 use tokio::sync::mpsc;
-use tokio::time::sleep_until;
 
 use crate::command::{CommandPlugin, CommandProperties, Input, STDERR_STREAM};
 use crate::config::{AgentRetransmit, Config};
@@ -244,6 +243,8 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
     };
     agent.start(now);
     let grace = Duration::from_millis(shared.config.reconnect_grace_ms);
+    // The pump's 1 ms pauses must end on time (see PreciseTimer).
+    let timer = crate::timer::PreciseTimer::new();
     while !agent.finished {
         let wake = agent.next_wake(grace);
         // No send window (Config::agent: untracked past its buffer); what stops the agent
@@ -269,7 +270,7 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
             },
             Some(ev) = done_rx.recv() => agent.on_done(ev).await,
             Some(ev) = data_rx.recv(), if can_take_dest => agent.on_dest(ev),
-            _ = sleep_until(tokio::time::Instant::from_std(wake.unwrap_or_else(Instant::now))), if wake.is_some() => {
+            () = timer.sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
                 agent.on_timer(grace);
             }
         }

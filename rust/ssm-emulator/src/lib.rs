@@ -27,6 +27,7 @@ mod port;
 mod reply;
 mod shell;
 mod state;
+mod timer;
 mod tls;
 
 use std::net::SocketAddr;

@@ -29,6 +29,8 @@ pub(crate) enum Inbound {
 /// wsChannel.SendMessage under a write lock), so a client that stops reading blocks the agent's
 /// writer once TCP and this small queue are full.
 const WRITE_QUEUE: usize = 64;
+/// Most frames taken from that queue for one socket write.
+const WRITE_BATCH: usize = 16;
 
 /// What MGS does to the socket, ahead of queued frames.
 enum LinkCtl {
@@ -282,15 +284,31 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                 },
                 Some(bytes) = out_rx.recv() => {
                     let f = shared.faults().to_client;
-                    shaper.push(&shared, &f, bytes)
+                    let mut frames = shaper.push(&shared, &f, bytes);
+                    // Frames the agent has queued already go out in one socket write: the
+                    // frames and their order are the same, only TCP carries them in fewer
+                    // segments (the emulator's cost per message, not the client's, otherwise
+                    // limits an unpaced transfer).
+                    for _ in 1..WRITE_BATCH {
+                        match out_rx.try_recv() {
+                            Ok(bytes) => frames.extend(shaper.push(&shared, &f, bytes)),
+                            Err(_) => break,
+                        }
+                    }
+                    frames
                 }
                 _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => shaper.pop_due(Instant::now()),
             };
+            let mut written = Ok(());
             for frame in frames {
-                if sink.send(Message::Binary(frame.into())).await.is_err() {
-                    reader.abort();
-                    return;
+                written = sink.feed(Message::Binary(frame.into())).await;
+                if written.is_err() {
+                    break;
                 }
+            }
+            if written.is_err() || sink.flush().await.is_err() {
+                reader.abort();
+                return;
             }
         }
     });

@@ -83,7 +83,10 @@ fn parse_port_map(s: &str) -> Result<(u16, u16), String> {
     ))
 }
 
-#[tokio::main]
+// One thread: the agent, its socket's reader and writer hand each other every message, and on
+// one thread that costs no thread wake-ups (the pty and command readers have threads of their
+// own). The tests that run the emulator in their own process use their own runtime.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -102,6 +102,7 @@ impl DestConn {
         let events = queues.data;
         let reader = tokio::spawn(async move {
             let mut buf = vec![0u8; chunk];
+            let timer = pause.map(|_| crate::timer::PreciseTimer::new());
             loop {
                 match rd.read(&mut buf).await {
                     Ok(0) | Err(_) => {
@@ -115,8 +116,8 @@ impl DestConn {
                         }
                     }
                 }
-                if let Some(p) = pause {
-                    tokio::time::sleep(p).await;
+                if let (Some(p), Some(timer)) = (pause, &timer) {
+                    timer.sleep_until(std::time::Instant::now() + p).await;
                 }
             }
         });

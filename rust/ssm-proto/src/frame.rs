@@ -211,13 +211,19 @@ impl MessageId {
 
 impl std::fmt::Display for MessageId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
-            }
-            write!(f, "{b:02x}")?;
+        // Every ack carries one: written into a buffer and out in one piece, not 20 calls.
+        fn digit(n: u8) -> u8 {
+            if n < 10 { b'0' + n } else { b'a' + n - 10 }
         }
-        Ok(())
+        let mut chars = self.0.iter().enumerate().flat_map(|(i, &b)| {
+            let dash = matches!(i, 4 | 6 | 8 | 10).then_some(b'-');
+            dash.into_iter().chain([digit(b >> 4), digit(b & 0x0f)])
+        });
+        let mut text = [0u8; 36];
+        for slot in &mut text {
+            *slot = chars.next().unwrap_or(b'0');
+        }
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
     }
 }
 

@@ -72,7 +72,7 @@ impl Default for ChannelOptions {
             ping_interval: Duration::from_secs(30),
             dead_after: Duration::from_secs(90),
             reconnect_for: Duration::from_secs(120),
-            inbound_high_water: 16 << 20,
+            inbound_high_water: 1 << 20,
             drain_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             unacked_limit: Duration::from_secs(600),
@@ -429,6 +429,9 @@ pub(crate) fn saturating_add(t: Instant, d: Duration) -> Instant {
         .unwrap_or(t)
 }
 
+/// Messages handled in one go when more have already arrived (see [`Driver::read_ready`]).
+const READ_BATCH: usize = 64;
+
 enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     DataKey(std::result::Result<Result<DataKey>, tokio::task::JoinError>),
@@ -649,7 +652,11 @@ impl Driver {
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Step::Timer,
             };
             match step {
-                Step::Message(msg) => self.on_message(msg)?,
+                Step::Message(msg) => {
+                    self.on_message(msg)?;
+                    self.read_ready()?;
+                    self.deliver_ready();
+                }
                 Step::DataKey(key) => {
                     self.data_key = None;
                     let key =
@@ -672,6 +679,42 @@ impl Driver {
                 }
                 Step::Delivered => {}
                 Step::Timer => self.on_timer()?,
+            }
+        }
+    }
+
+    /// Handles the messages that have already arrived (up to [`READ_BATCH`]) without waiting,
+    /// so that the next flush writes all their acks at once instead of one write per message.
+    fn read_ready(&mut self) -> Result<()> {
+        for _ in 1..READ_BATCH {
+            if !self.reading() {
+                break;
+            }
+            let Some(ws) = self.ws.as_mut() else { break };
+            match futures_util::FutureExt::now_or_never(ws.next()) {
+                Some(msg) => self.on_message(msg)?,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands the session kind what it has room for now, without a trip round the loop each.
+    fn deliver_ready(&mut self) {
+        while !self.inbound.is_empty() {
+            match self.in_tx.try_reserve() {
+                Ok(permit) => {
+                    if let Some((t, data)) = self.inbound.pop_front() {
+                        self.inbound_bytes -= data.len();
+                        permit.send((t, data));
+                    }
+                }
+                Err(mpsc::error::TrySendError::Full(())) => break,
+                // The session kind stopped listening; drop what it will never read.
+                Err(mpsc::error::TrySendError::Closed(())) => {
+                    self.inbound.clear();
+                    self.inbound_bytes = 0;
+                }
             }
         }
     }

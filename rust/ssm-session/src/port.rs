@@ -431,11 +431,18 @@ async fn start_session_patiently(
 }
 
 /// Bytes queued towards the local connection in basic mode before the session stops reading
-/// the channel (one connection: stalling the channel stalls nobody else).
-const LOCAL_QUEUE_LIMIT: usize = 32 << 20;
+/// the channel (one connection: stalling the channel stalls nobody else). Beyond what keeps the
+/// local write busy it is only memory: TCP then holds the agent, which is the point.
+const LOCAL_QUEUE_LIMIT: usize = 1 << 20;
+/// In smux mode with a single local connection: bytes queued for it before the session stops
+/// reading the channel, as in basic mode. With one connection nobody else is stalled, so the
+/// agent is held back instead of the queue growing to [`MuxOptions::stream_buffer`].
+const SOLE_STREAM_PAUSE: usize = 1 << 20;
 /// smux output waiting for the channel before local reads pause.
 const MUX_OUTPUT_LIMIT: usize = 1 << 20;
 const LOCAL_READ_SIZE: usize = 32 << 10;
+/// Bytes gathered from a connection's queue into one local write.
+const LOCAL_WRITE_BATCH: usize = 64 << 10;
 /// Local reads (of up to [`LOCAL_READ_SIZE`]) queued for the session loop, all connections
 /// together. Read-ahead beyond what the channel's send window takes is memory, not speed: at
 /// 256 an upload held 8 MiB here and the helper's peak RSS doubled (16 to 34 MiB).
@@ -488,8 +495,15 @@ impl LocalConn {
     }
 
     fn write(&self, data: Vec<u8>) {
-        self.queued.fetch_add(data.len(), Ordering::Relaxed);
-        let _ = self.tx.send(data);
+        let len = data.len();
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        if self.tx.send(data).is_err() {
+            // The writer has ended (see `write_local`): nothing is queued. Saturating: the
+            // writer may have cleared the count between the add and the send.
+            let _ = self
+                .queued
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(len)));
+        }
     }
 
     /// Bytes written here that the local reader has not taken yet.
@@ -547,7 +561,17 @@ async fn write_local(
             biased;
             () = reset_requested(&mut reset) => break true,
             buf = rx.recv() => match buf {
-                Some(b) => b,
+                Some(mut b) => {
+                    // What else is queued already goes out in the same write: one system call
+                    // for many of the agent's 1 KiB messages.
+                    while b.len() < LOCAL_WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(more) => b.extend_from_slice(&more),
+                            Err(_) => break,
+                        }
+                    }
+                    b
+                }
                 None => break false,
             },
         };
@@ -565,11 +589,17 @@ async fn write_local(
         }
         stats.bytes_from_target.fetch_add(buf.len() as u64, Ordering::Relaxed);
     };
+    // Nothing more is taken: what is still queued is gone, and counts as nothing (a sole
+    // connection's queue must not hold its session for data that will never be written).
+    drop(rx);
+    queued.store(0, Ordering::Relaxed);
+    if let Some(d) = &drained {
+        d.notify_one();
+    }
     if reset_now {
         // RST: no linger on close, and no FIN from this half first (`forget` leaves the close to
         // the read half, dropped when its task is aborted).
         let _ = wr.as_ref().set_zero_linger();
-        queued.store(0, Ordering::Relaxed);
         wr.forget();
     } else {
         let _ = wr.shutdown().await;
@@ -621,6 +651,10 @@ fn reset_stream(mux: &mut Mux, conns: &mut HashMap<u32, LocalConn>, id: u32, sta
 /// either unbounded memory or stopping every other stream, and a reset never hands a byte to the
 /// wrong place or passes a truncated stream off as complete. The other streams and the session
 /// carry on; the keepalive still hears the agent because the session is always read.
+///
+/// A single local connection has nobody to stall: once it is [`SOLE_STREAM_PAUSE`] behind, the
+/// session is not read until it catches up, and TCP holds the agent back as in basic mode (the
+/// keepalive counts the waiting input as the agent's sign of life).
 async fn run_mux(
     mut listener: Acceptor,
     dc: DataChannel,
@@ -635,6 +669,7 @@ async fn run_mux(
     let (local_tx, mut local_rx) = mpsc::channel::<LocalEvent>(LOCAL_EVENTS);
     let mut conns: HashMap<u32, LocalConn> = HashMap::new();
     let mut outcome: Result<()> = Ok(());
+    let drained = Drained::default();
     loop {
         if listener.served(conns.len()) {
             // Session per connection: its connection is gone, and so goes the session. What the
@@ -649,6 +684,11 @@ async fn run_mux(
         }
         let mux_full = mux.pending_output() >= MUX_OUTPUT_LIMIT;
         let timer = mux.poll_timeout();
+        // A sole connection that is behind holds the session (see SOLE_STREAM_PAUSE); with
+        // several, the session is always read and the one behind is reset past its bound.
+        // Below the stream buffer, or the connection would be reset before the pause.
+        let pause_at = SOLE_STREAM_PAUSE.min(opts.stream_buffer / 2);
+        let sole_behind = conns.len() == 1 && conns.values().all(|c| c.queued() >= pause_at);
         tokio::select! {
             permit = sender.reserve(), if mux.pending_output() > 0 => {
                 let Ok(permit) = permit else { break };
@@ -662,7 +702,7 @@ async fn run_mux(
                     Err(e) => { outcome = Err(Error::Connect(format!("smux: {e}"))); break; }
                 };
                 tracing::debug!(%peer, stream = id, "connection accepted");
-                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), None, stats.clone()));
+                conns.insert(id, LocalConn::spawn(stream, id, local_tx.clone(), Some(drained.clone()), stats.clone()));
             },
             ev = local_rx.recv(), if !mux_full => match ev {
                 Some(LocalEvent::Data(id, data)) => { let _ = mux.write(id, &data); }
@@ -673,7 +713,8 @@ async fn run_mux(
                 }
                 None => {}
             },
-            msg = rx.recv() => match msg {
+            () = drained.notified(), if sole_behind => {}
+            msg = rx.recv(), if !sole_behind => match msg {
                 Some((PayloadType::Output, bytes)) => {
                     if let Err(e) = mux.handle_input(Instant::now(), &bytes) {
                         outcome = Err(Error::Connect(format!("smux: {e}")));

@@ -22,27 +22,23 @@ fn unpaced(faults: Faults) -> Config {
     }
 }
 
-/// A local reader that reads nothing while 80 MiB are pushed at it. The forward's queues fill
-/// (the connection's, then the data channel's 16 MiB); from then on the client must stop reading
-/// the WebSocket so that TCP holds the agent's writes. Reading on and refusing what does not fit
-/// made the agent, which keeps no window and resends only its oldest message once per 100 ms,
-/// deliver the surplus at one message per tick: about 6 000 ticks, ten minutes, here.
-///
-/// Basic mode (agent up to 3.0.196.0, client below 1.1.70, §7.1): there the connection is the
-/// whole session, so its full queue stops the session loop reading the channel. In smux mode a
-/// connection that far behind is reset instead (one stream must not stall the others; tests in
-/// isolation.rs), which would not exercise the data channel's own back-pressure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_local_reader_holds_the_agent_back_instead_of_losing_its_messages() {
+/// A local reader that reads nothing for 6 s while 80 MiB are pushed at it, through a forward
+/// whose mode is `mode`; `adjust` sets the client up for it. Every byte must arrive, in order,
+/// over the one WebSocket (no reconnect), and the connection must not be reset.
+async fn stalled_reader_gets_everything(
+    agent_version: &str,
+    mode: PortMode,
+    adjust: impl FnOnce(&mut ssm_session::ForwardOptions),
+) {
     let emu = emulator(Config {
-        agent_version: "3.0.196.0".into(),
+        agent_version: agent_version.into(),
         ..unpaced(Faults::default())
     })
     .await;
     let api = api(&emu.endpoint()).await;
     let mut dest = destination().await;
-    let fwd = forward(&api, dest.port, |o| o.channel.client_version = "1.1.0".into()).await;
-    assert_eq!(fwd.mode(), PortMode::Basic);
+    let fwd = forward(&api, dest.port, adjust).await;
+    assert_eq!(fwd.mode(), mode);
     let down = 80 * MIB;
     let started = Instant::now();
     let client = exchange_reading_after(
@@ -63,11 +59,46 @@ async fn a_stalled_local_reader_holds_the_agent_back_instead_of_losing_its_messa
         started.elapsed()
     );
     assert_eq!(stats.connections, 1, "no reconnect: {stats:?}");
+    assert_eq!(
+        fwd.stats().connections_reset.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "the connection was reset"
+    );
     tokio::time::timeout(Duration::from_secs(30), fwd.stop())
         .await
         .expect("stop within 30 s")
         .expect("stop");
     emu.stop().await;
+}
+
+/// The forward's queues fill (the connection's 1 MiB, then the data channel's 1 MiB); from then
+/// on the client must stop reading the WebSocket so that TCP holds the agent's writes. Reading
+/// on and refusing what does not fit made the agent, which keeps no window and resends only its
+/// oldest message once per 100 ms, deliver the surplus at one message per tick: about 6 000
+/// ticks, ten minutes, here.
+///
+/// Basic mode (agent up to 3.0.196.0, client below 1.1.70, §7.1): there the connection is the
+/// whole session, so its full queue stops the session loop reading the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_local_reader_holds_the_agent_back_instead_of_losing_its_messages() {
+    stalled_reader_gets_everything("3.0.196.0", PortMode::Basic, |o| {
+        o.channel.client_version = "1.1.0".into()
+    })
+    .await;
+}
+
+/// smux mode with a single local connection: nobody else shares the session, so a connection
+/// that falls behind holds the agent back as in basic mode, instead of being queued for up to
+/// its stream buffer and then reset (the rule while several connections share the session,
+/// isolation.rs). Its stream buffer here is far below what the reader falls behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sole_stalled_mux_connection_holds_the_agent_back_instead_of_being_reset() {
+    stalled_reader_gets_everything(
+        &Config::default().agent_version,
+        PortMode::Mux { keepalive: false },
+        |o| o.mux.stream_buffer = 256 << 10,
+    )
+    .await;
 }
 
 /// The emulator freezes the socket mid-upload: it stays open and nothing more is read from it

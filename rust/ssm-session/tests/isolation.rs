@@ -94,9 +94,12 @@ async fn a_stalled_mux_connection_stalls_only_itself_and_the_session_outlives_ke
     let addr = fwd.local_addr();
 
     // One local program asks for far more than any buffer holds and never reads; another
-    // moves 512 KiB each way at the same time.
+    // moves 512 KiB each way at the same time. A third stays open and idle throughout: while
+    // the session is shared, the one behind is reset (alone, it would hold the agent back
+    // instead: backpressure.rs).
     const EACH: u64 = 512 << 10;
     let mut stalled = stalled_connection(addr, 100, 1 << 30).await;
+    let bystander = TcpStream::connect(addr).await.expect("connect to the forward");
     let healthy = exchange(addr, 1, EACH, EACH, Duration::from_secs(120)).await;
     check_exchange(&healthy, &report_for(&mut dest, 1, &mut Vec::new()).await, EACH, EACH);
 
@@ -128,6 +131,7 @@ async fn a_stalled_mux_connection_stalls_only_itself_and_the_session_outlives_ke
         "a truncated connection ends in a reset, not a clean end ({got} bytes read)"
     );
 
+    drop(bystander);
     // Silence from here on is longer than the keepalive timeout; the session must not mind.
     outlive_keepalive(&fwd, &emu).await;
     let after = exchange(addr, 2, EACH, EACH, Duration::from_secs(60)).await;
