@@ -687,7 +687,10 @@ impl Driver {
     /// so that the next flush writes all their acks at once instead of one write per message.
     fn read_ready(&mut self) -> Result<()> {
         for _ in 1..READ_BATCH {
-            if !self.reading() {
+            // Finishing, one message at a time: the loop must see the last ack before whatever
+            // follows it (the agent's `channel_closed` would otherwise spare the
+            // `TerminateSession` the finish asked for).
+            if !self.reading() || self.finishing.is_some() || self.closed.is_some() {
                 break;
             }
             let Some(ws) = self.ws.as_mut() else { break };
