@@ -2,7 +2,7 @@
 //!
 //! The agent pauses its reader with Go's `time.Sleep(time.Millisecond)` after each message it
 //! sends from a destination (agent/session/plugins/port/port_mux.go `transferDataToMgs`,
-//! port_basic.go `ReadStream`), and that sleep ends barely over a millisecond later. tokio's
+//! port_basic.go `WritePump`), and that sleep ends barely over a millisecond later. tokio's
 //! timer counts whole milliseconds and rounds every deadline up to the next one, so the same
 //! pause lasted 1 to 2 ms here: a paced session moved about half of what the agent moves, and
 //! an echo that came back within the pause waited up to a millisecond longer than behind the

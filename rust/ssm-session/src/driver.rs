@@ -638,15 +638,9 @@ impl Driver {
                     }
                 }, if making_key => Step::DataKey(key),
                 cmd = self.cmd_rx.recv(), if can_send => Step::Command(cmd),
+                // Room (or a closed queue) for what is held: `deliver_ready` hands it over.
                 permit = self.in_tx.reserve(), if !self.inbound.is_empty() => {
-                    if let (Ok(permit), Some((t, data))) = (permit, self.inbound.pop_front()) {
-                        self.inbound_bytes -= data.len();
-                        permit.send((t, data));
-                    } else {
-                        // The session kind stopped listening; drop what it will never read.
-                        self.inbound.clear();
-                        self.inbound_bytes = 0;
-                    }
+                    drop(permit);
                     Step::Delivered
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Step::Timer,
@@ -677,7 +671,7 @@ impl Driver {
                 Step::Command(None) => {
                     self.finishing = Some((saturating_add(Instant::now(), self.opts.drain_timeout), true))
                 }
-                Step::Delivered => {}
+                Step::Delivered => self.deliver_ready(),
                 Step::Timer => self.on_timer()?,
             }
         }
