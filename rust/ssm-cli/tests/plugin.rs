@@ -46,6 +46,18 @@ fn aws_start_session(
     cmd
 }
 
+/// Ctrl+C as a terminal sends it: to the whole foreground group. The CLI ignores it while its
+/// plugin runs; the plugin must handle it (an inherited "ignore" must not stick). The AWS CLI
+/// exits 0 and the local port at `addr` is closed; returns the CLI's stderr.
+async fn interrupt_forward(proc: &mut Proc, stderr: tokio::task::JoinHandle<Vec<u8>>, addr: SocketAddr) -> String {
+    proc.signal_group(libc::SIGINT);
+    let code = proc.exit_code(15).await;
+    let stderr = String::from_utf8_lossy(&within(10, "aws stderr", stderr).await.unwrap()).into_owned();
+    assert_eq!(code, 0, "aws exit code; stderr: {stderr}");
+    assert_closed(addr, 5).await;
+    stderr
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
     let home = Home::new();
@@ -84,13 +96,7 @@ async fn aws_cli_port_forwarding_with_ssm_connect_as_its_plugin() {
     let back = within(60, "1 MiB echo through the plugin", echo_through(addr, data)).await;
     assert_eq!(sha256_hex(&back), want);
 
-    // Ctrl+C as a terminal sends it: to the whole foreground group. The CLI ignores it while
-    // its plugin runs; the plugin must handle it (an inherited "ignore" must not stick).
-    proc.signal_group(libc::SIGINT);
-    let code = proc.exit_code(15).await;
-    let stderr = String::from_utf8_lossy(&within(10, "aws stderr", stderr).await.unwrap()).into_owned();
-    assert_eq!(code, 0, "aws exit code; stderr: {stderr}");
-    assert_closed(addr, 5).await;
+    let stderr = interrupt_forward(&mut proc, stderr, addr).await;
     let rest = out.rest(5).await;
     assert!(
         rest.iter().any(|l| l.starts_with("Exiting session with sessionId")),
@@ -138,11 +144,7 @@ async fn aws_cli_port_forwarding_to_a_remote_host_with_ssm_connect_as_its_plugin
     .await;
     assert_eq!(sha256_hex(&back), sha256_hex(&data));
 
-    proc.signal_group(libc::SIGINT);
-    let code = proc.exit_code(15).await;
-    let stderr = String::from_utf8_lossy(&within(10, "aws stderr", stderr).await.unwrap()).into_owned();
-    assert_eq!(code, 0, "aws exit code; stderr: {stderr}");
-    assert_closed(addr, 5).await;
+    interrupt_forward(&mut proc, stderr, addr).await;
     assert!(sessions_end(&emu, 10).await, "{:?}", emu.sessions());
     let sessions = emu.sessions();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
