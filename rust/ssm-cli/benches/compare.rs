@@ -141,6 +141,11 @@ const FIGURES: &[(&str, &str, Better)] = &[
         Better::Lower,
     ),
     (
+        "echo_nagle_off_b2b",
+        "… back to back, each byte sent when the last came back (ms)",
+        Better::Lower,
+    ),
+    (
         "port_ready",
         "process start to first echo through the local port (s)",
         Better::Lower,
@@ -356,12 +361,19 @@ fn side(runs: Option<&Vec<Figures>>, key: &str, absent: &str) -> Side {
 fn notes(ctx: &Ctx, elapsed: f64) -> String {
     let a = &ctx.args;
     format!(
-        "Medians over {} runs per client (n = runs measured); echo: median of {} round trips per run; \
+        "Medians over {} runs per client (n = runs measured); echo: median of {} round trips per run, {} ms apart (back to back: none); \
          keystroke: median of {} per run. Paced download: {} MiB per run, split evenly among its connections; \
          unpaced download {} MiB; upload {} MiB. MB/s = 10^6 bytes/s. CPU: the forwarding process's \
          utime+stime during the transfer (for the plugin the session-manager-plugin process, not the AWS CLI), \
          per 100 MiB moved. Port ready includes the AWS CLI's own start for the plugin. Wall time {:.0} s.",
-        a.runs, a.echoes, a.keystrokes, a.paced_mib, a.unpaced_mib, a.upload_mib, elapsed
+        a.runs,
+        a.echoes,
+        KEYSTROKE_GAP.as_millis(),
+        a.keystrokes,
+        a.paced_mib,
+        a.unpaced_mib,
+        a.upload_mib,
+        elapsed
     )
 }
 
@@ -577,8 +589,13 @@ async fn first_echo(addr: SocketAddr) -> Result<TcpStream> {
     Ok(s)
 }
 
-/// Median 1-byte round trip in ms over `n` (after 10 not counted).
-async fn echo_ms(port: u16, n: usize) -> Result<f64> {
+/// Time between keystrokes: the echo figures and the shell's keystrokes are typed this far apart.
+/// Back to back, a round trip measures the agent's own 1 ms pause after every message it sends
+/// (port_mux.go `transferDataToMgs`), not the clients: the echoed byte waits for it to end.
+const KEYSTROKE_GAP: Duration = Duration::from_millis(20);
+
+/// Median 1-byte round trip in ms over `n` (after 10 not counted), `gap` apart.
+async fn echo_ms(port: u16, n: usize, gap: Duration) -> Result<f64> {
     let mut s = first_echo(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     let mut times = Vec::with_capacity(n);
     for i in 0..n + 10 {
@@ -594,6 +611,9 @@ async fn echo_ms(port: u16, n: usize) -> Result<f64> {
         }
         if i >= 10 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
         }
     }
     common::figures::median(&times).context("no echoes")
@@ -755,7 +775,7 @@ async fn client_run_inner(ctx: &Ctx, client: Client, f: &mut Figures) -> Result<
     match fwd {
         Ok(fwd) => {
             f.insert("port_ready", Outcome::Value(fwd.ready_s));
-            put(f, "echo_nagle_on", echo_ms(fwd.port, a.echoes).await);
+            put(f, "echo_nagle_on", echo_ms(fwd.port, a.echoes, KEYSTROKE_GAP).await);
             put_transfer(
                 f,
                 "dl_paced_1",
@@ -831,15 +851,28 @@ async fn client_run_inner(ctx: &Ctx, client: Client, f: &mut Figures) -> Result<
         let r = async {
             let emu = EmulatorProc::start(&ctx.emulator, &["--mgs-nodelay"]).await?;
             let fwd = start_forward(ctx, client, &emu, &[]).await?;
-            let r = echo_ms(fwd.port, a.echoes).await;
+            let spaced = echo_ms(fwd.port, a.echoes, KEYSTROKE_GAP).await;
+            let b2b = echo_ms(fwd.port, a.echoes, Duration::ZERO).await;
             drop(fwd);
             emu.stop().await;
-            r
+            Ok::<_, anyhow::Error>((spaced, b2b))
         }
         .await;
-        put(f, "echo_nagle_off", r);
+        match r {
+            Ok((spaced, b2b)) => {
+                put(f, "echo_nagle_off", spaced);
+                put(f, "echo_nagle_off_b2b", b2b);
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                put_transfer_or(f, "echo_nagle_off", &why);
+                put_transfer_or(f, "echo_nagle_off_b2b", &why);
+            }
+        }
     } else {
-        not_run(f, "echo_nagle_off", "this emulator has no --mgs-nodelay");
+        for k in ["echo_nagle_off", "echo_nagle_off_b2b"] {
+            not_run(f, k, "this emulator has no --mgs-nodelay");
+        }
     }
 
     // The unpaced agent.
@@ -1000,7 +1033,7 @@ fn keystrokes(cmd: portable_pty::CommandBuilder, n: usize) -> Result<f64> {
         if i >= 5 {
             times.push(t.elapsed().as_secs_f64() * 1000.0);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(KEYSTROKE_GAP);
     }
     // Clear the line and leave.
     let _ = writer.write_all(b"\x15exit\r");

@@ -356,7 +356,7 @@ async fn set_faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response 
 }
 
 async fn get_faults(State(shared): State<Arc<Shared>>) -> Response {
-    axum::Json(shared.faults()).into_response()
+    axum::Json(&*shared.faults()).into_response()
 }
 
 async fn sessions(State(shared): State<Arc<Shared>>) -> Response {

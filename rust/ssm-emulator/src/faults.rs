@@ -24,7 +24,7 @@ pub struct DirectionFaults {
 }
 
 impl DirectionFaults {
-    fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         self.drop > 0.0 || self.duplicate > 0.0 || self.reorder > 0.0 || self.delay_ms > 0
     }
 }

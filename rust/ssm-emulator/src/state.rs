@@ -100,7 +100,8 @@ impl Counters {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) addr: SocketAddr,
-    faults: Mutex<Faults>,
+    /// Shared, not copied: the agent and the links read them for every frame.
+    faults: Mutex<Arc<Faults>>,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     tokens: Mutex<HashMap<String, TokenEntry>>,
     pub(crate) counters: Counters,
@@ -122,7 +123,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub(crate) fn new(config: Config, addr: SocketAddr) -> Self {
         Self {
-            faults: Mutex::new(config.faults.clone()),
+            faults: Mutex::new(Arc::new(config.faults.clone())),
             config,
             addr,
             sessions: Mutex::new(HashMap::new()),
@@ -132,12 +133,12 @@ impl Shared {
         }
     }
 
-    pub(crate) fn faults(&self) -> Faults {
+    pub(crate) fn faults(&self) -> Arc<Faults> {
         lock(&self.faults).clone()
     }
 
     pub(crate) fn set_faults(&self, faults: Faults) {
-        *lock(&self.faults) = faults;
+        *lock(&self.faults) = Arc::new(faults);
     }
 
     /// Whether this `StartSession` call is throttled ([`Faults::throttle_start_sessions`]);
@@ -147,7 +148,7 @@ impl Shared {
         if f.throttle_start_sessions == 0 {
             return false;
         }
-        f.throttle_start_sessions -= 1;
+        Arc::make_mut(&mut f).throttle_start_sessions -= 1;
         Counters::add(&self.counters.start_sessions_throttled, 1);
         true
     }

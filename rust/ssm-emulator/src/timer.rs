@@ -30,6 +30,7 @@ impl PreciseTimer {
     pub(crate) async fn sleep_until(&self, deadline: Instant) {
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd
+            && deadline.saturating_duration_since(Instant::now()) <= PRECISE_WITHIN
             && linux::wait(fd, deadline).await.is_ok()
         {
             return;
@@ -37,6 +38,12 @@ impl PreciseTimer {
         tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
     }
 }
+
+/// Deadlines further off are left to tokio's timer: its rounding up to the next millisecond
+/// matters for the agent's 1 ms pauses, not for a timeout seconds away, and arming the timerfd
+/// costs a system call on every turn of the agent's loop (most turns wait for the idle timeout).
+#[cfg(target_os = "linux")]
+const PRECISE_WITHIN: std::time::Duration = std::time::Duration::from_millis(20);
 
 #[cfg(target_os = "linux")]
 mod linux {

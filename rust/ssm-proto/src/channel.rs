@@ -93,6 +93,10 @@ pub struct Config {
     /// pty or socket, then acks; a failed write is not acked and the peer retransmits it).
     /// Out-of-order messages are still acked on arrival, as the agent does.
     pub ack_after_processing: bool,
+    /// Refuse a frame whose payload does not match its `PayloadDigest` (§3.6): the plugin
+    /// does. The agent does not: its `Validate` checks only the header length, the message
+    /// type and the created date (agent/session/contracts/agentmessage.go).
+    pub verify_digest: bool,
 }
 
 impl Config {
@@ -118,6 +122,7 @@ impl Config {
             retransmit: RetransmitPolicy::PerMessage,
             syn_on_first: false,
             ack_after_processing: false,
+            verify_digest: true,
         }
     }
 
@@ -138,6 +143,7 @@ impl Config {
             // agent/session/datachannel/datachannel.go handleStreamDataMessage: process, then
             // SendAcknowledgeMessage; an error returns before the ack.
             ack_after_processing: true,
+            verify_digest: false,
             ..Self::client()
         }
     }
@@ -208,8 +214,9 @@ struct RttEstimator {
 impl RttEstimator {
     fn sample(&mut self, r: Duration) {
         let diff = self.srtt.abs_diff(r);
-        self.rttvar = self.rttvar.mul_f64(0.75) + diff.mul_f64(0.25);
-        self.srtt = self.srtt.mul_f64(0.875) + r.mul_f64(0.125);
+        // RFC 6298 weights, in integer nanoseconds (one sample per ack; no float conversions).
+        self.rttvar = (self.rttvar.saturating_mul(3) / 4).saturating_add(diff / 4);
+        self.srtt = (self.srtt.saturating_mul(7) / 8).saturating_add(r / 8);
         self.rto = (self.srtt + self.granularity.max(self.rttvar * 4)).min(self.max);
     }
 }
@@ -483,13 +490,7 @@ impl Channel {
 
     /// Sends an acknowledgement of message `seq` of `message_type` with id `message_id` (§4.2).
     fn ack(&mut self, now: Instant, message_type: &MessageType, message_id: MessageId, seq: i64) {
-        let payload = Acknowledge {
-            message_type: message_type.as_str().to_owned(),
-            message_id: message_id.to_string(),
-            sequence_number: seq,
-            is_sequential: true,
-        }
-        .to_json();
+        let payload = Acknowledge::json_for(message_type.as_str(), &message_id, seq);
         let ack = self.unnumbered(now, MessageType::Acknowledge, FLAGS_ACK, payload);
         self.transmit.push_back(ack.encode());
     }
@@ -499,7 +500,7 @@ impl Channel {
     /// A frame that fails validation is dropped without an ack and its error returned for
     /// logging; nothing in it can panic this code.
     pub fn handle_frame(&mut self, now: Instant, bytes: &[u8]) -> Result<(), DecodeError> {
-        let frame = match Frame::decode(bytes) {
+        let frame = match Frame::decode_with(bytes, self.config.verify_digest) {
             Ok(f) => f,
             Err(e) => {
                 self.stats.frames_rejected += 1;
@@ -783,6 +784,22 @@ mod tests {
             n += 1;
         }
         n
+    }
+
+    #[test]
+    fn the_agent_takes_a_wrong_digest_and_the_client_refuses_it() {
+        let (mut c, mut a, now) = pair();
+        c.send(now, PayloadType::Output, b"hi".to_vec()).unwrap();
+        let mut wire = c.poll_transmit().unwrap();
+        wire[80] ^= 0x80;
+        // agentmessage.go Validate: no digest check.
+        a.handle_frame(now, &wire).unwrap();
+        assert!(matches!(a.poll_event(), Some(Event::Stream { sequence_number: 0, .. })));
+        // The plugin's Validate checks it (§3.6), and so do we.
+        let mut c2 = Channel::new(Config::client(), now, 1_700_000_000_000, 3);
+        assert_eq!(c2.handle_frame(now, &wire), Err(DecodeError::DigestMismatch));
+        assert_eq!(c2.stats().frames_rejected, 1);
+        assert_eq!(c2.poll_event(), None);
     }
 
     #[test]

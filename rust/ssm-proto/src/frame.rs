@@ -209,21 +209,32 @@ impl MessageId {
     }
 }
 
-impl std::fmt::Display for MessageId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Every ack carries one: written into a buffer and out in one piece, not 20 calls.
+impl MessageId {
+    /// The hyphenated lower-case text, as [`std::fmt::Display`] writes it.
+    pub fn hyphenated(&self) -> [u8; 36] {
         fn digit(n: u8) -> u8 {
             if n < 10 { b'0' + n } else { b'a' + n - 10 }
         }
-        let mut chars = self.0.iter().enumerate().flat_map(|(i, &b)| {
-            let dash = matches!(i, 4 | 6 | 8 | 10).then_some(b'-');
-            dash.into_iter().chain([digit(b >> 4), digit(b & 0x0f)])
-        });
-        let mut text = [0u8; 36];
-        for slot in &mut text {
-            *slot = chars.next().unwrap_or(b'0');
+        let mut text = [b'-'; 36];
+        let mut slots = text.iter_mut();
+        for (i, &b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                slots.next();
+            }
+            for n in [b >> 4, b & 0x0f] {
+                if let Some(slot) = slots.next() {
+                    *slot = digit(n);
+                }
+            }
         }
-        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+        text
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every ack carries one: written into a buffer and out in one piece.
+        f.write_str(std::str::from_utf8(&self.hyphenated()).unwrap_or_default())
     }
 }
 
@@ -297,6 +308,12 @@ impl Frame {
     ///
     /// Never panics, whatever the input.
     pub fn decode(bytes: &[u8]) -> Result<Frame, DecodeError> {
+        Self::decode_with(bytes, true)
+    }
+
+    /// [`Frame::decode`], checking the payload digest only if `verify_digest` (the agent does
+    /// not check it; [`crate::Config::verify_digest`]).
+    pub fn decode_with(bytes: &[u8], verify_digest: bool) -> Result<Frame, DecodeError> {
         let hl = read_u32(bytes, 0).ok_or(DecodeError::Truncated { len: bytes.len() })?;
         if hl < MIN_HEADER_LENGTH {
             return Err(DecodeError::HeaderLength(hl));
@@ -344,7 +361,7 @@ impl Frame {
             // The plugin checks the digest whenever `PayloadLength != 0` (§3.6), so a frame cut
             // right after its header (declared length > 0, no payload bytes) is refused rather
             // than accepted with an empty payload.
-            let must_check = declared != 0 || !payload.is_empty();
+            let must_check = verify_digest && (declared != 0 || !payload.is_empty());
             if must_check && Sha256::digest(&payload).as_slice() != digest {
                 // A payload shorter than declared whose digest fails is a truncated frame.
                 if declared > rest.len() {

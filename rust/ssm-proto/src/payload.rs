@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
+use crate::frame::MessageId;
 
 /// `acknowledge` payload (§4.2). Field order is the one Go emits (vector B in §3.7).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +36,24 @@ impl Acknowledge {
     /// Parses the JSON payload.
     pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
         serde_json::from_slice(bytes).map_err(|e| PayloadError::json("acknowledge", &e))
+    }
+
+    /// The bytes [`Acknowledge::to_json`] gives for an ack of this message, written straight
+    /// into one buffer: every message received is acked, and building the struct (two strings)
+    /// and serializing it took about a twentieth of the client's time in a fast download.
+    pub fn json_for(message_type: &str, message_id: &MessageId, sequence_number: i64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(br#"{"AcknowledgedMessageType":"#);
+        // The type comes from the peer's frame: escaped as serde_json escapes it.
+        if serde_json::to_writer(&mut out, message_type).is_err() {
+            out.extend_from_slice(b"\"\"");
+        }
+        out.extend_from_slice(br#","AcknowledgedMessageId":""#);
+        out.extend_from_slice(&message_id.hyphenated());
+        out.extend_from_slice(br#"","AcknowledgedMessageSequenceNumber":"#);
+        out.extend_from_slice(sequence_number.to_string().as_bytes());
+        out.extend_from_slice(br#","IsSequentialMessage":true}"#);
+        out
     }
 }
 
@@ -184,5 +203,33 @@ impl OpenDataChannel {
     /// Parses the JSON text.
     pub fn parse(text: &str) -> Result<Self, PayloadError> {
         serde_json::from_str(text).map_err(|e| PayloadError::json("open data channel", &e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ack_written_directly_is_the_serialized_struct() {
+        let id = MessageId::parse("dd01e56b-ff48-483e-a508-b5f073f31b16").unwrap();
+        for (message_type, seq) in [
+            ("input_stream_data", 0),
+            ("output_stream_data", i64::MAX),
+            ("odd \"type\"\\ \u{1}é", -1),
+            ("", 42),
+        ] {
+            let slow = Acknowledge {
+                message_type: message_type.to_owned(),
+                message_id: id.to_string(),
+                sequence_number: seq,
+                is_sequential: true,
+            }
+            .to_json();
+            assert_eq!(
+                String::from_utf8(Acknowledge::json_for(message_type, &id, seq)).unwrap(),
+                String::from_utf8(slow).unwrap()
+            );
+        }
     }
 }

@@ -282,6 +282,7 @@ proptest! {
     ) {
         let start = Instant::now();
         let config = if agent { Config::agent() } else { Config::client() };
+        let verify = config.verify_digest;
         let mut ch = Channel::new(config, start, 1_700_000_000_000, 7);
         // Something of ours in flight so acks have something to match.
         for _ in 0..4 {
@@ -295,7 +296,7 @@ proptest! {
             ch.set_receive_ready(ready_flips & (1 << (i % 32)) == 0);
             let expected_before = ch.expected_sequence_number();
             let r = ch.handle_frame(now, bytes);
-            prop_assert_eq!(r.is_ok(), Frame::decode(bytes).is_ok());
+            prop_assert_eq!(r.is_ok(), Frame::decode_with(bytes, verify).is_ok());
             if r.is_err() {
                 rejected += 1;
             }
