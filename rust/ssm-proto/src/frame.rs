@@ -207,9 +207,7 @@ impl MessageId {
         }
         Some(Self(out))
     }
-}
 
-impl MessageId {
     /// The hyphenated lower-case text, as [`std::fmt::Display`] writes it.
     pub fn hyphenated(&self) -> [u8; 36] {
         fn digit(n: u8) -> u8 {

@@ -566,7 +566,12 @@ async fn write_local(
                     // for many of the agent's 1 KiB messages.
                     while b.len() < LOCAL_WRITE_BATCH {
                         match rx.try_recv() {
-                            Ok(more) => b.extend_from_slice(&more),
+                            Ok(more) => {
+                                // Room for the whole batch at once (a no-op once there is),
+                                // not a regrowth and copy every few chunks.
+                                b.reserve(LOCAL_WRITE_BATCH.saturating_sub(b.len()).max(more.len()));
+                                b.extend_from_slice(&more);
+                            }
                             Err(_) => break,
                         }
                     }
