@@ -19,4 +19,4 @@ exe=$(cargo build --release --locked -p ssm-cli -p ssm-emulator --bins --benches
         --message-format json-render-diagnostics |
       sed -n 's/.*"name":"compare".*"executable":"\([^"]*\)".*/\1/p' | tail -n 1)
 [ -n "$exe" ] || { echo "compare.sh: cargo built no compare bench program" >&2; exit 1; }
-exec "$exe" --bench --out-dir "$PWD/bench/results" "$@"
+exec "$exe" --bench "$@"

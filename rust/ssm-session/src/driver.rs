@@ -72,7 +72,7 @@ impl Default for ChannelOptions {
             ping_interval: Duration::from_secs(30),
             dead_after: Duration::from_secs(90),
             reconnect_for: Duration::from_secs(120),
-            inbound_high_water: 1 << 20,
+            inbound_high_water: 256 << 10,
             drain_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
             unacked_limit: Duration::from_secs(600),

@@ -1,0 +1,58 @@
+//! The helper is linked with `startup-path.ld` on Linux (build.rs; bench/startup-path.sh writes
+//! it): the functions a port forward runs come first in its code, side by side, so that the
+//! kernel's 64 KiB fault-around maps them and not the rest of the binary.
+#![cfg(target_os = "linux")]
+
+use object::{Object, ObjectSection, ObjectSymbol};
+
+/// Functions every port forward runs (legacy-mangled path, up to the hash): decoding and
+/// encoding frames, the channel's receive path, the port session's loop.
+const FORWARD_PATH: &[&str] = &[
+    "_ZN9ssm_proto5frame5Frame11decode_with17h",
+    "_ZN9ssm_proto5frame5Frame11encode_into17h",
+    "_ZN9ssm_proto7channel7Channel14handle_decoded17h",
+    "_ZN9ssm_proto7payload11Acknowledge8json_for17h",
+];
+
+#[test]
+fn the_functions_a_forward_runs_are_linked_first_and_together() {
+    let data = std::fs::read(env!("CARGO_BIN_EXE_ssmconnect")).expect("the helper binary");
+    let file = object::File::parse(&*data).expect("an ELF file");
+    let section = |name: &str| {
+        let s = file
+            .section_by_name(name)
+            .unwrap_or_else(|| panic!("the helper has no {name} section: was it linked with startup-path.ld?"));
+        (s.address(), s.address() + s.size())
+    };
+    let exact = section(".text.startup_path");
+    let more = section(".text.startup_path_more");
+    let text = section(".text");
+    assert!(exact.0 < exact.1, "nothing was placed by exact name");
+    assert!(
+        exact.1 <= more.0 && more.1 <= text.0,
+        "{exact:x?} {more:x?} {text:x?}: not before .text"
+    );
+    let grouped = more.1 - exact.0;
+    let code = text.1 - exact.0;
+    assert!(
+        grouped * 2 < code,
+        "{grouped} of {code} bytes of code grouped: that is no selection"
+    );
+
+    for path in FORWARD_PATH {
+        let found: Vec<u64> = file
+            .symbols()
+            .filter(|s| s.name().is_ok_and(|n| n.starts_with(path)))
+            .map(|s| s.address())
+            .collect();
+        assert!(!found.is_empty(), "no symbol {path}… in the helper");
+        for a in found {
+            assert!(
+                (exact.0..more.1).contains(&a),
+                "{path}… at {a:#x}, outside {:#x}..{:#x}",
+                exact.0,
+                more.1
+            );
+        }
+    }
+}
