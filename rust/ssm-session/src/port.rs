@@ -442,8 +442,10 @@ const LOCAL_QUEUE_LIMIT: usize = 256 << 10;
 /// reading the channel, as in basic mode. With one connection nobody else is stalled, so the
 /// agent is held back instead of the queue growing to [`MuxOptions::stream_buffer`].
 const SOLE_STREAM_PAUSE: usize = LOCAL_QUEUE_LIMIT;
-/// smux output waiting for the channel before local reads pause.
-const MUX_OUTPUT_LIMIT: usize = 1 << 20;
+/// smux output waiting for the channel before local reads pause. The channel's send window
+/// (2048 messages) is the buffer that keeps the link busy; at 1 MiB this one added as much to the
+/// helper's peak RSS in an upload, whenever the agent was slower than the local program.
+const MUX_OUTPUT_LIMIT: usize = LOCAL_QUEUE_LIMIT;
 const LOCAL_READ_SIZE: usize = 32 << 10;
 /// Bytes gathered from a connection's queue into one local write.
 const LOCAL_WRITE_BATCH: usize = 64 << 10;
