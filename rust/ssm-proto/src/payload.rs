@@ -1,6 +1,8 @@
 //! Payloads carried inside frames: acknowledgements (§4.2), channel_closed (§4.8), terminal size
 //! (§3.4, §6.4) and port flags (§7.2).
 
+use std::io::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::PayloadError;
@@ -51,7 +53,8 @@ impl Acknowledge {
         out.extend_from_slice(br#","AcknowledgedMessageId":""#);
         out.extend_from_slice(&message_id.hyphenated());
         out.extend_from_slice(br#"","AcknowledgedMessageSequenceNumber":"#);
-        out.extend_from_slice(sequence_number.to_string().as_bytes());
+        // Into the buffer, not through a String of its own (writing to a Vec cannot fail).
+        let _ = write!(out, "{sequence_number}");
         out.extend_from_slice(br#","IsSequentialMessage":true}"#);
         out
     }
