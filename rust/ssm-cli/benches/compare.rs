@@ -80,6 +80,13 @@ struct Args {
 }
 
 fn main() -> Result<()> {
+    // The floor's relays are this program too (see `relay`).
+    let argv: Vec<String> = std::env::args().collect();
+    if let [_, flag, port] = argv.as_slice()
+        && flag == RELAY_FLAG
+    {
+        return relay(port.parse().context("relay: the port to relay to")?);
+    }
     // `cargo test` runs this target too, with its own arguments (filters, --nocapture).
     common::bench_main::<Args, _>("compare: a wall-time benchmark; run it with bench/compare.sh", run)
 }
@@ -143,6 +150,16 @@ const FIGURES: &[(&str, &str, Better)] = &[
     (
         "echo_nagle_off_b2b",
         "… back to back, each byte sent when the last came back (ms)",
+        Better::Lower,
+    ),
+    (
+        "echo_floor_direct",
+        "… floor: the same echo straight to the loopback server (ms)",
+        Better::Lower,
+    ),
+    (
+        "echo_floor_relays",
+        "… floor: through two plain TCP relays in place of client and agent (ms)",
         Better::Lower,
     ),
     (
@@ -488,6 +505,54 @@ async fn serve(mut s: TcpStream, block: &[u8]) -> Result<()> {
         _ => bail!("unknown op {op}"),
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The echo's floor: relays that copy bytes and do nothing else, each a process of its own like a
+// client and an agent, with blocking sockets (a thread per direction: the least work a wake-up
+// can cost).
+
+/// `compare --relay-to PORT` relays every connection to 127.0.0.1:PORT and prints its own port.
+const RELAY_FLAG: &str = "--relay-to";
+
+fn relay(to: u16) -> Result<()> {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    println!("{}", listener.local_addr()?.port());
+    std::io::stdout().flush()?;
+    // Ends with the bench: its stdin is the bench's pipe.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    for near in listener.incoming() {
+        let near = near?;
+        let far = std::net::TcpStream::connect(("127.0.0.1", to))?;
+        for s in [&near, &far] {
+            s.set_nodelay(true)?;
+        }
+        for (mut from, mut to) in [(near.try_clone()?, far.try_clone()?), (far, near)] {
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut from, &mut to);
+                let _ = to.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Starts a relay to `to`; returns it and the port it listens on.
+async fn start_relay(to: u16) -> Result<(Child, u16)> {
+    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+    cmd.args([RELAY_FLAG, &to.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut proc = Child::spawn(&mut cmd, "a relay")?;
+    let out = proc.child.stdout.take().context("relay stdout")?;
+    let mut line = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(out), &mut line).await?;
+    let port = line.trim().parse().with_context(|| format!("relay said {line:?}"))?;
+    Ok((proc, port))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -874,6 +939,21 @@ async fn client_run_inner(ctx: &Ctx, client: Client, f: &mut Figures) -> Result<
             not_run(f, k, "this emulator has no --mgs-nodelay");
         }
     }
+
+    // The floor under the Nagle-off echo: the same echo with no client and no agent, straight to
+    // the server, and through two relay processes that only copy bytes.
+    put(
+        f,
+        "echo_floor_direct",
+        echo_ms(ctx.server, a.echoes, KEYSTROKE_GAP).await,
+    );
+    let floor = async {
+        // Both relays live until the echo is measured (dropping one kills it).
+        let (_far, far_port) = start_relay(ctx.server).await?;
+        let (_near, near_port) = start_relay(far_port).await?;
+        echo_ms(near_port, a.echoes, KEYSTROKE_GAP).await
+    };
+    put(f, "echo_floor_relays", floor.await);
 
     // The unpaced agent.
     let r = async {

@@ -270,6 +270,9 @@ fn terminate_session(shared: &Shared, req: SessionIdRequest) -> Response {
     reply::json(json!({ "SessionId": req.session_id }))
 }
 
+/// Bytes asked of the data channel's socket per read (a dozen of the agent's 1 KiB messages).
+const READ_BUFFER: usize = 16 << 10;
+
 async fn data_channel(
     State(shared): State<Arc<Shared>>,
     Path(session_id): Path<String>,
@@ -279,7 +282,10 @@ async fn data_channel(
         Counters::add(&shared.counters.connections_refused, 1);
         return (StatusCode::FORBIDDEN, "the data channel is refused (fault injection)").into_response();
     }
-    ws.on_upgrade(move |socket| open_data_channel(shared, session_id, socket))
+    // tungstenite zeroes its read size of buffer before every read, also the one that finds the
+    // socket empty; at its default (128 KiB) that was most of the cost of a lone paced message.
+    ws.read_buffer_size(READ_BUFFER)
+        .on_upgrade(move |socket| open_data_channel(shared, session_id, socket))
 }
 
 /// §11.2 step 1: the first message must be the open text frame with a valid token.

@@ -523,8 +523,8 @@ impl Channel {
             }
             MessageType::Acknowledge => {
                 self.resume_if_paused(now);
-                match Acknowledge::parse(&frame.payload) {
-                    Ok(ack) => self.handle_ack(now, ack.sequence_number),
+                match Acknowledge::parse_sequence_number(&frame.payload) {
+                    Ok(seq) => self.handle_ack(now, seq),
                     Err(_) => self.stats.frames_rejected += 1,
                 }
             }

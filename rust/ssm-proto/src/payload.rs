@@ -1,6 +1,7 @@
 //! Payloads carried inside frames: acknowledgements (§4.2), channel_closed (§4.8), terminal size
 //! (§3.4, §6.4) and port flags (§7.2).
 
+use std::borrow::Cow;
 use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,19 @@ fn yes() -> bool {
     true
 }
 
+/// [`Acknowledge`] with its strings borrowed from the payload where they have no escapes.
+#[derive(Deserialize)]
+struct AckNumber<'a> {
+    #[serde(rename = "AcknowledgedMessageType", borrow)]
+    _message_type: Cow<'a, str>,
+    #[serde(rename = "AcknowledgedMessageId", borrow)]
+    _message_id: Cow<'a, str>,
+    #[serde(rename = "AcknowledgedMessageSequenceNumber")]
+    sequence_number: i64,
+    #[serde(rename = "IsSequentialMessage", default)]
+    _is_sequential: bool,
+}
+
 impl Acknowledge {
     /// Compact JSON bytes.
     pub fn to_json(&self) -> Vec<u8> {
@@ -38,6 +52,16 @@ impl Acknowledge {
     /// Parses the JSON payload.
     pub fn parse(bytes: &[u8]) -> Result<Self, PayloadError> {
         serde_json::from_slice(bytes).map_err(|e| PayloadError::json("acknowledge", &e))
+    }
+
+    /// The sequence number of an ack payload, accepted and refused exactly as [`Acknowledge::parse`]
+    /// accepts and refuses it, without copying its strings: the channel uses only the number, and
+    /// with two owned strings per ack, parsing took a tenth of the emulator's time in a fast
+    /// download.
+    pub fn parse_sequence_number(bytes: &[u8]) -> Result<i64, PayloadError> {
+        serde_json::from_slice::<AckNumber<'_>>(bytes)
+            .map(|a| a.sequence_number)
+            .map_err(|e| PayloadError::json("acknowledge", &e))
     }
 
     /// The bytes [`Acknowledge::to_json`] gives for an ack of this message, written straight
@@ -234,5 +258,40 @@ mod tests {
                 String::from_utf8(slow).unwrap()
             );
         }
+    }
+
+    #[test]
+    fn the_sequence_number_is_read_as_the_full_parse_reads_it() {
+        let cases: &[&str] = &[
+            r#"{"AcknowledgedMessageType":"output_stream_data","AcknowledgedMessageId":"dd01e56b-ff48-483e-a508-b5f073f31b16","AcknowledgedMessageSequenceNumber":7,"IsSequentialMessage":true}"#,
+            r#"{"AcknowledgedMessageType":"a\"b\u00e9","AcknowledgedMessageId":"x","AcknowledgedMessageSequenceNumber":-3}"#,
+            r#"{"AcknowledgedMessageSequenceNumber":9223372036854775807,"AcknowledgedMessageId":"","AcknowledgedMessageType":"","Extra":[1,{"a":null}]}"#,
+            // Refused by both: a field missing, a field of the wrong type, not JSON, not an object.
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageSequenceNumber":1}"#,
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageId":"i"}"#,
+            r#"{"AcknowledgedMessageType":1,"AcknowledgedMessageId":"i","AcknowledgedMessageSequenceNumber":1}"#,
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageId":"i","AcknowledgedMessageSequenceNumber":"1"}"#,
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageId":"i","AcknowledgedMessageSequenceNumber":1.5}"#,
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageId":"i","AcknowledgedMessageSequenceNumber":1,"IsSequentialMessage":"yes"}"#,
+            r#"{"AcknowledgedMessageType":"t","AcknowledgedMessageId":"i","AcknowledgedMessageSequenceNumber":1"#,
+            "[1,2]",
+            "",
+        ];
+        let mut refused = 0;
+        for case in cases {
+            let full = Acknowledge::parse(case.as_bytes()).map(|a| a.sequence_number);
+            let number = Acknowledge::parse_sequence_number(case.as_bytes());
+            assert_eq!(full.is_ok(), number.is_ok(), "{case}");
+            if let (Ok(a), Ok(b)) = (&full, &number) {
+                assert_eq!(a, b, "{case}");
+            } else {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 9);
+        // Not valid UTF-8 inside a string: refused by both.
+        let bad = b"{\"AcknowledgedMessageType\":\"\xff\",\"AcknowledgedMessageId\":\"i\",\"AcknowledgedMessageSequenceNumber\":1}";
+        assert!(Acknowledge::parse(bad).is_err());
+        assert!(Acknowledge::parse_sequence_number(bad).is_err());
     }
 }
