@@ -283,7 +283,8 @@ async fn data_channel(
         return (StatusCode::FORBIDDEN, "the data channel is refused (fault injection)").into_response();
     }
     // tungstenite zeroes its read size of buffer before every read, also the one that finds the
-    // socket empty; at its default (128 KiB) that was most of the cost of a lone paced message.
+    // socket empty: at its default (128 KiB), twice 128 KiB for every ack that comes alone (the
+    // client's dial asks for the same 16 KiB, ssm-session's driver.rs).
     ws.read_buffer_size(READ_BUFFER)
         .on_upgrade(move |socket| open_data_channel(shared, session_id, socket))
 }
