@@ -1,6 +1,7 @@
 //! The helper is linked with `startup-path.ld` on Linux (build.rs; bench/startup-path.sh writes
 //! it): the functions a port forward runs come first in its code, side by side, so that the
 //! kernel's 64 KiB fault-around maps them and not the rest of the binary.
+//! Its relative relocations are packed (DT_RELR) where the toolchain can.
 #![cfg(target_os = "linux")]
 
 use object::{Object, ObjectSection, ObjectSymbol};
@@ -55,4 +56,24 @@ fn the_functions_a_forward_runs_are_linked_first_and_together() {
             );
         }
     }
+}
+
+/// build.rs links the helper with `-z pack-relative-relocs` when the linker and the C library
+/// here take it: the relative relocations the loader reads at start are then a few KiB of
+/// DT_RELR bitmaps instead of 1.1 MiB of RELA entries.
+#[test]
+fn the_relative_relocations_are_packed_where_the_toolchain_packs_them() {
+    if option_env!("SSMCONNECT_PACKED_RELOCS").is_none() {
+        eprintln!("skipped: build.rs found no DT_RELR support in this toolchain");
+        return;
+    }
+    let data = std::fs::read(env!("CARGO_BIN_EXE_ssmconnect")).expect("the helper binary");
+    let file = object::File::parse(&*data).expect("an ELF file");
+    let size = |name: &str| file.section_by_name(name).map_or(0, |s| s.size());
+    let (relr, rela) = (size(".relr.dyn"), size(".rela.dyn"));
+    assert!(relr > 0, "the helper has no .relr.dyn section");
+    assert!(
+        rela < 64 << 10 && relr < 64 << 10,
+        ".rela.dyn {rela} bytes, .relr.dyn {relr} bytes: the relative relocations are not packed"
+    );
 }

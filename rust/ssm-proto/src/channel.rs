@@ -104,10 +104,11 @@ impl Config {
     pub fn client() -> Self {
         Self {
             role: Role::Client,
-            // 2 MiB of 1 KiB messages in flight: 20 MB/s at a 100 ms round trip. Each kept copy
-            // is memory: at 4096 an upload added 3 MiB to the helper's peak RSS, and went no
-            // faster against the emulator (110 MB/s at 2048).
-            send_window: 2048,
+            // 1 MiB of 1 KiB messages in flight: 10 MB/s at a 100 ms round trip, over ten times
+            // the plugin's upload. Each kept copy is memory, and an upload to an agent that acks
+            // slower than it is fed fills the window: at 2048 that was 3.3 MiB on the helper's
+            // peak RSS, at 4096 more still, and neither went faster against the emulator.
+            send_window: 1024,
             // The byte bound decides; the count only bounds the per-message overhead of tiny
             // payloads. It matches the agent's OutgoingMessageBufferCapacity
             // (agent/session/config/config.go): the agent tracks no more than that, so keeping

@@ -443,16 +443,19 @@ const LOCAL_QUEUE_LIMIT: usize = 256 << 10;
 /// agent is held back instead of the queue growing to [`MuxOptions::stream_buffer`].
 const SOLE_STREAM_PAUSE: usize = LOCAL_QUEUE_LIMIT;
 /// smux output waiting for the channel before local reads pause. The channel's send window
-/// (2048 messages) is the buffer that keeps the link busy; at 1 MiB this one added as much to the
-/// helper's peak RSS in an upload, whenever the agent was slower than the local program.
-const MUX_OUTPUT_LIMIT: usize = LOCAL_QUEUE_LIMIT;
+/// (1024 messages) is the buffer that keeps the link busy; at 1 MiB this one added as much to the
+/// helper's peak RSS in an upload, whenever the agent was slower than the local program. At
+/// 256 KiB, one more read took its queue past 256 KiB and its capacity doubled to 512 KiB; at
+/// 64 KiB it stays below 128 KiB.
+const MUX_OUTPUT_LIMIT: usize = 64 << 10;
 const LOCAL_READ_SIZE: usize = 32 << 10;
 /// Bytes gathered from a connection's queue into one local write.
 const LOCAL_WRITE_BATCH: usize = 64 << 10;
 /// Local reads (of up to [`LOCAL_READ_SIZE`]) queued for the session loop, all connections
 /// together. Read-ahead beyond what the channel's send window takes is memory, not speed: at
-/// 256 an upload held 8 MiB here and the helper's peak RSS doubled (16 to 34 MiB).
-const LOCAL_EVENTS: usize = 16;
+/// 256 an upload held 8 MiB here and the helper's peak RSS doubled (16 to 34 MiB); at 16, up
+/// to 512 KiB.
+const LOCAL_EVENTS: usize = 4;
 
 enum LocalEvent {
     Data(u32, Vec<u8>),
