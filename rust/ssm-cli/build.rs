@@ -45,20 +45,13 @@ fn links_packed(out: &Path) -> bool {
         return false;
     }
     let exe = out.join("relr_probe");
-    let linked = Command::new(linker)
-        .arg("-fPIE")
-        .arg("-pie")
-        .arg("-Wl,-z,pack-relative-relocs")
-        .arg("-o")
+    Command::new(linker)
+        .args(["-fPIE", "-pie", "-Wl,-z,pack-relative-relocs", "-o"])
         .arg(&exe)
         .arg(&src)
         .stdin(Stdio::null())
-        .output();
-    let linked = match linked {
-        Ok(o) => o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("pack-relative-relocs"),
-        Err(_) => false,
-    };
-    linked
+        .output()
+        .is_ok_and(|o| o.status.success() && !String::from_utf8_lossy(&o.stderr).contains("pack-relative-relocs"))
         && Command::new(&exe)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
