@@ -171,6 +171,11 @@ const FIGURES: &[(&str, &str, Better)] = &[
     ("dl_paced_1_cpu", "… client CPU s per 100 MiB", Better::Lower),
     ("dl_paced_1_emu", "… emulator CPU share (% of a core)", Better::Lower),
     (
+        "dl_paced_floor_cpu",
+        "… floor: CPU s per 100 MiB of a relay that only copies 1 KiB each ms",
+        Better::Lower,
+    ),
+    (
         "dl_paced_4",
         "download paced, 4 connections at once (MB/s)",
         Better::Higher,
@@ -382,7 +387,8 @@ fn notes(ctx: &Ctx, elapsed: f64) -> String {
          keystroke: median of {} per run. Paced download: {} MiB per run, split evenly among its connections; \
          unpaced download {} MiB; upload {} MiB. MB/s = 10^6 bytes/s. CPU: the forwarding process's \
          utime+stime during the transfer (for the plugin the session-manager-plugin process, not the AWS CLI), \
-         per 100 MiB moved. Port ready includes the AWS CLI's own start for the plugin. Wall time {:.0} s.",
+         per 100 MiB moved; its floor is a relay process's CPU carrying half the paced download's bytes, \
+         1 KiB each millisecond. Port ready includes the AWS CLI's own start for the plugin. Wall time {:.0} s.",
         a.runs,
         a.echoes,
         KEYSTROKE_GAP.as_millis(),
@@ -554,6 +560,53 @@ async fn start_relay(to: u16) -> Result<(Child, u16)> {
     let port = line.trim().parse().with_context(|| format!("relay said {line:?}"))?;
     Ok((proc, port))
 }
+
+/// The floor under a paced download's CPU: what a relay process (see `relay`) spends per
+/// 100 MiB carrying `len` bytes that arrive as the paced agent sends them, 1 KiB and then a
+/// millisecond's pause. Like a client, it wakes for every piece, reads it and writes it on; it
+/// does nothing else (no frames, no digests, no acks).
+async fn paced_floor_cpu(ctx: &Ctx, len: u64) -> Result<f64> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let source_port = listener.local_addr()?.port();
+    let block = ctx.block.clone();
+    // A thread of its own: std's sleep ends within tens of microseconds of a millisecond, where
+    // tokio's timer rounds up to the next whole millisecond.
+    let source = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut op = [0u8; 9];
+        s.read_exact(&mut op)?;
+        let [b'D', n @ ..] = op else {
+            return Err(std::io::Error::other("the paced source takes downloads only"));
+        };
+        let mut left = u64::from_be_bytes(n) as usize;
+        let mut at = 0;
+        while left > 0 {
+            let n = left.min(PACED_PIECE).min(block.len() - at);
+            s.write_all(&block[at..at + n])?;
+            at = (at + n) % block.len();
+            left -= n;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The reader closes first (as with `serve`).
+        let _ = s.read(&mut op);
+        Ok(())
+    });
+    let (relay, port) = start_relay(source_port).await?;
+    let cpu0 = cpu_seconds(relay.pid).context("the relay is gone")?;
+    let moved = transfer(port, false, expected_of(&ctx.block, len), ctx.block.clone()).await;
+    let cpu = cpu_seconds(relay.pid).context("the relay is gone")? - cpu0;
+    drop(relay);
+    tokio::task::spawn_blocking(move || source.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the paced source panicked"))??;
+    moved?;
+    Ok(cpu / (len as f64 / (100.0 * MIB as f64)))
+}
+
+/// What the paced agent reads from its destination and sends at a time, a millisecond apart
+/// (as the emulator does; see its crate documentation).
+const PACED_PIECE: usize = 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Forwards.
@@ -954,6 +1007,12 @@ async fn client_run_inner(ctx: &Ctx, client: Client, f: &mut Figures) -> Result<
         echo_ms(near_port, a.echoes, KEYSTROKE_GAP).await
     };
     put(f, "echo_floor_relays", floor.await);
+    // The floor under a paced download's CPU.
+    put(
+        f,
+        "dl_paced_floor_cpu",
+        paced_floor_cpu(ctx, a.paced_mib * MIB / 2).await,
+    );
 
     // The unpaced agent.
     let r = async {

@@ -243,10 +243,16 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
     };
     agent.start(now);
     let grace = Duration::from_millis(shared.config.reconnect_grace_ms);
-    // The pump's 1 ms pauses must end on time (see PreciseTimer).
+    // The pump's 1 ms pauses must end on time (see PreciseTimer). Other deadlines
+    // (retransmission, keepalive, idle) are left to tokio's timer, which may end a wait up to a
+    // millisecond late: arming the precise one is a system call, which an unpaced session
+    // would make on nearly every turn. So it is armed only when the pump's deadline is the
+    // next one, or within the millisecond after it.
     let timer = crate::timer::PreciseTimer::new();
     while !agent.finished {
         let wake = agent.next_wake(grace);
+        let pump = agent.port.as_ref().and_then(PortPlugin::pump_deadline);
+        let precise = matches!((wake, pump), (Some(w), Some(p)) if p <= w + Duration::from_millis(1));
         // No send window (Config::agent: untracked past its buffer); what stops the agent
         // reading the destination is a write blocked on the socket.
         let can_take_dest = agent.channel.can_send()
@@ -270,7 +276,7 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
             },
             Some(ev) = done_rx.recv() => agent.on_done(ev).await,
             Some(ev) = data_rx.recv(), if can_take_dest => agent.on_dest(ev),
-            () = timer.sleep_until(wake.unwrap_or_else(Instant::now)), if wake.is_some() => {
+            () = timer.sleep_until(wake.unwrap_or_else(Instant::now), precise), if wake.is_some() => {
                 agent.on_timer(grace);
             }
         }

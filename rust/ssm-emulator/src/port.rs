@@ -117,7 +117,7 @@ impl DestConn {
                     }
                 }
                 if let (Some(p), Some(timer)) = (pause, &timer) {
-                    timer.sleep_until(std::time::Instant::now() + p).await;
+                    timer.sleep_until(std::time::Instant::now() + p, true).await;
                 }
             }
         });
@@ -544,11 +544,16 @@ impl PortPlugin {
 
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         let mux = self.mux.as_ref()?;
-        let pump = if mux.pending_output() > 0 { self.pump_at } else { None };
-        match (mux.poll_timeout(), pump) {
+        match (mux.poll_timeout(), self.pump_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// When the paced pump may send its next chunk, while it has output waiting: the one
+    /// deadline here that must end on time (see `PreciseTimer`).
+    pub(crate) fn pump_deadline(&self) -> Option<Instant> {
+        self.mux.as_ref().filter(|m| m.pending_output() > 0).and(self.pump_at)
     }
 
     pub(crate) fn on_timeout(&mut self, now: Instant) -> Option<String> {
