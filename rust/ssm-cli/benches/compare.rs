@@ -597,10 +597,12 @@ async fn paced_floor_cpu(ctx: &Ctx, len: u64) -> Result<f64> {
     let moved = transfer(port, false, expected_of(&ctx.block, len), ctx.block.clone()).await;
     let cpu = cpu_seconds(relay.pid).context("the relay is gone")? - cpu0;
     drop(relay);
+    // Not joined after a failure: the source may still wait for a connection that never came
+    // (it ends with the bench). After a success it has sent everything and sees the close.
+    moved?;
     tokio::task::spawn_blocking(move || source.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the paced source panicked"))??;
-    moved?;
     Ok(cpu / (len as f64 / (100.0 * MIB as f64)))
 }
 
