@@ -276,14 +276,7 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
             },
             Some(ev) = done_rx.recv() => agent.on_done(ev).await,
             Some(ev) = data_rx.recv(), if can_take_dest => agent.on_dest(ev),
-            () = async {
-                let wake = wake.unwrap_or_else(Instant::now);
-                if precise {
-                    timer.sleep_until(wake).await;
-                } else {
-                    tokio::time::sleep_until(wake.into()).await;
-                }
-            }, if wake.is_some() => {
+            () = timer.sleep_until(wake.unwrap_or_else(Instant::now), precise), if wake.is_some() => {
                 agent.on_timer(grace);
             }
         }

@@ -117,7 +117,7 @@ impl DestConn {
                     }
                 }
                 if let (Some(p), Some(timer)) = (pause, &timer) {
-                    timer.sleep_until(std::time::Instant::now() + p).await;
+                    timer.sleep_until(std::time::Instant::now() + p, true).await;
                 }
             }
         });

@@ -26,10 +26,12 @@ impl PreciseTimer {
         }
     }
 
-    /// Completes at `deadline` (at once if it has passed).
-    pub(crate) async fn sleep_until(&self, deadline: Instant) {
+    /// Completes at `deadline` (at once if it has passed); with `precise`, on time rather than
+    /// at tokio's next whole millisecond.
+    pub(crate) async fn sleep_until(&self, deadline: Instant, precise: bool) {
         #[cfg(target_os = "linux")]
         if let Some(fd) = &self.fd
+            && precise
             && deadline.saturating_duration_since(Instant::now()) <= PRECISE_WITHIN
             && linux::wait(fd, deadline).await.is_ok()
         {
@@ -125,11 +127,11 @@ mod tests {
         );
         // A wait given up early (the agent's loop drops its timer whenever another event wins)
         // must not end a later, shorter or longer, wait early.
-        let abandoned = timer.sleep_until(Instant::now() + Duration::from_millis(30));
+        let abandoned = timer.sleep_until(Instant::now() + Duration::from_millis(30), true);
         assert!(tokio::time::timeout(Duration::from_millis(2), abandoned).await.is_err());
         for micros in [0, 300, 1_000, 2_500, 40_000] {
             let deadline = Instant::now() + Duration::from_micros(micros);
-            timer.sleep_until(deadline).await;
+            timer.sleep_until(deadline, true).await;
             let now = Instant::now();
             assert!(now >= deadline, "a {micros} µs wait ended {:?} early", deadline - now);
         }
