@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
@@ -62,6 +62,16 @@ pub struct ChannelOptions {
     /// message, once per 100 ms (§4.5), so every message dropped here costs a tick: on a lossy
     /// link the store must hold what the agent sends while a hole waits for its resend.
     pub reorder_buffer_bytes: usize,
+    /// How long the socket is left unread after a wake, while what arrives is a slow trickle of
+    /// full messages (the agent paces a session at 1 KiB each millisecond): the next wake then
+    /// takes that many messages at once, with one write of their acks and one local write,
+    /// instead of waking for each. Only a stream of full messages below
+    /// [`TRICKLE_MAX_RATE`] bytes/s that has lasted [`TRICKLE_AFTER`] is held, so keystrokes,
+    /// short replies and fast transfers are never delayed; zero turns it off. The acks of a
+    /// held message go out up to this much later, which the agent's RTT estimate takes in
+    /// (§4.5: its RTO stays at least 10 ms, or four mean deviations, above the smoothed RTT),
+    /// so it does not resend them.
+    pub read_coalesce: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -77,6 +87,7 @@ impl Default for ChannelOptions {
             write_timeout: Duration::from_secs(30),
             unacked_limit: Duration::from_secs(600),
             reorder_buffer_bytes: ssm_proto::Config::client().receive_buffer_bytes,
+            read_coalesce: Duration::from_millis(8),
         }
     }
 }
@@ -185,6 +196,7 @@ pub struct DataChannel {
     sender: DataSender,
     rx: mpsc::Receiver<(PayloadType, Vec<u8>)>,
     task: JoinHandle<Result<End>>,
+    counters: Arc<ReadCounters>,
 }
 
 impl DataChannel {
@@ -197,6 +209,7 @@ impl DataChannel {
         let (cmd_tx, cmd_rx) = mpsc::channel(256);
         let (in_tx, in_rx) = mpsc::channel(1024);
         let (start_tx, start_rx) = oneshot::channel();
+        let counters = Arc::new(ReadCounters::default());
         let now = Instant::now();
         let unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -239,6 +252,11 @@ impl DataChannel {
             finishing: None,
             closed: None,
             lost_since: None,
+            read_held_until: None,
+            lowat_raised: false,
+            trickle: Trickle::default(),
+            this_wake: (0, 0, true),
+            counters: counters.clone(),
             opts,
         };
         // The session exists from here on: abandoning this future (a cancel) terminates it. The
@@ -276,7 +294,13 @@ impl DataChannel {
             sender: DataSender { tx: cmd_tx },
             rx: in_rx,
             task,
+            counters,
         })
+    }
+
+    /// What the driver has read so far (live counts).
+    pub fn read_counters(&self) -> Arc<ReadCounters> {
+        self.counters.clone()
     }
 
     /// A sender for this session.
@@ -438,6 +462,97 @@ pub(crate) fn saturating_add(t: Instant, d: Duration) -> Instant {
 /// Messages handled in one go when more have already arrived (see [`Driver::read_ready`]).
 const READ_BATCH: usize = 64;
 
+/// A frame at least this long is a full message: the agent reads its destination (or shell)
+/// 1 KiB at a time (agent/session/config: `StreamDataPayloadSize`), and the frame adds its
+/// header (§3.1).
+const FULL_FRAME: usize = 1024;
+
+/// Fastest inbound stream held by [`ChannelOptions::read_coalesce`], in bytes/s. A faster one
+/// fills the socket between wakes by itself; holding it would only back it up.
+pub const TRICKLE_MAX_RATE: f64 = 4e6;
+
+/// How long a trickle of full messages must have lasted before reading is held: a short reply
+/// is never held.
+pub const TRICKLE_AFTER: Duration = Duration::from_millis(50);
+
+/// The socket's receive low-water mark while reading is held: more than a hold's worth of the
+/// agent's messages, so the kernel does not wake the runtime for each one that arrives.
+const HELD_LOWAT: usize = 256 << 10;
+
+/// Sets the WebSocket's `SO_RCVLOWAT`. epoll reports a TCP socket readable only once this many
+/// bytes wait, so while reading is held nothing wakes the runtime for each message that arrives
+/// (its readiness is edge-triggered: every arrival would). A non-blocking read still returns
+/// whatever is there, so a read never waits for the mark. Best effort: where it cannot be set,
+/// the hold saves the work of each wake-up but not the wake-up.
+#[cfg(unix)]
+fn set_rcvlowat(ws: &Ws, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let fd = match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
+        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.as_raw_fd(),
+        _ => return,
+    };
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is the open socket `ws` owns; SO_RCVLOWAT reads one `c_int` through the
+    // valid pointer, of the length given.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(unix))]
+fn set_rcvlowat(_: &Ws, _: usize) {}
+
+/// What the driver has read, for diagnostics and tests.
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    /// Data channel frames read from the socket.
+    pub frames: AtomicU64,
+    /// Times the driver woke to read the socket and found frames.
+    pub wakes: AtomicU64,
+}
+
+/// Decides when reading is held for [`ChannelOptions::read_coalesce`].
+#[derive(Debug, Default)]
+struct Trickle {
+    /// When the current run of slow wakes that read only full frames began.
+    since: Option<Instant>,
+    /// The previous wake that read frames.
+    last: Option<Instant>,
+}
+
+impl Trickle {
+    /// After a wake at `now` that read `frames` frames of `bytes` bytes in all (`all_full`: each
+    /// at least [`FULL_FRAME`]): until when the socket is left unread, if at all.
+    fn after_wake(
+        &mut self,
+        now: Instant,
+        frames: usize,
+        bytes: usize,
+        all_full: bool,
+        hold: Duration,
+    ) -> Option<Instant> {
+        if frames == 0 {
+            return None;
+        }
+        let last = self.last.replace(now);
+        let slow =
+            last.is_none_or(|l| bytes as f64 <= TRICKLE_MAX_RATE * now.saturating_duration_since(l).as_secs_f64());
+        if hold.is_zero() || !all_full || !slow {
+            self.since = None;
+            return None;
+        }
+        let since = *self.since.get_or_insert(now);
+        (now.saturating_duration_since(since) >= TRICKLE_AFTER).then(|| saturating_add(now, hold))
+    }
+}
+
 enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     DataKey(std::result::Result<Result<DataKey>, tokio::task::JoinError>),
@@ -485,6 +600,14 @@ struct Driver {
     /// When the connection was first lost, until a frame arrives on a new one: a reopened
     /// socket that the service closes again at once does not restart the clock.
     lost_since: Option<Instant>,
+    /// The socket is not read before this ([`ChannelOptions::read_coalesce`]).
+    read_held_until: Option<Instant>,
+    /// The current socket's low-water mark is [`HELD_LOWAT`] (see [`set_rcvlowat`]).
+    lowat_raised: bool,
+    trickle: Trickle,
+    /// Frames, bytes and whether all were full, read since the current wake began.
+    this_wake: (usize, usize, bool),
+    counters: Arc<ReadCounters>,
 }
 
 impl Driver {
@@ -534,6 +657,7 @@ impl Driver {
             Ok(ws) => {
                 let now = Instant::now();
                 self.ws = Some(ws);
+                self.lowat_raised = false;
                 self.last_rx = now;
                 self.next_ping = now;
                 self.start_deadline = saturating_add(now, self.opts.start_timeout);
@@ -631,12 +755,23 @@ impl Driver {
             if oldest != self.ack_wait.0 {
                 self.ack_wait = (oldest, now);
             }
-            let wake = self.next_wake();
+            let mut wake = self.next_wake();
+            let held = match self.read_held_until {
+                Some(t) if now < t && self.finishing.is_none() => {
+                    wake = wake.min(t);
+                    true
+                }
+                _ => false,
+            };
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
             let Some(ws) = self.ws.as_mut() else { continue };
+            if held != self.lowat_raised {
+                set_rcvlowat(ws, if held { HELD_LOWAT } else { 1 });
+                self.lowat_raised = held;
+            }
             let making_key = self.data_key.is_some();
             let step = tokio::select! {
-                msg = ws.next(), if reading => Step::Message(msg),
+                msg = ws.next(), if reading && !held => Step::Message(msg),
                 key = async {
                     match self.data_key.as_mut() {
                         Some(task) => task.await,
@@ -653,9 +788,18 @@ impl Driver {
             };
             match step {
                 Step::Message(msg) => {
+                    self.this_wake = (0, 0, true);
                     self.on_message(msg)?;
                     self.read_ready()?;
                     self.deliver_ready();
+                    let (frames, bytes, all_full) = self.this_wake;
+                    if frames > 0 {
+                        self.counters.wakes.fetch_add(1, Ordering::Relaxed);
+                        self.counters.frames.fetch_add(frames as u64, Ordering::Relaxed);
+                    }
+                    self.read_held_until =
+                        self.trickle
+                            .after_wake(Instant::now(), frames, bytes, all_full, self.opts.read_coalesce);
                 }
                 Step::DataKey(key) => {
                     self.data_key = None;
@@ -782,6 +926,8 @@ impl Driver {
         };
         let now = Instant::now();
         self.last_rx = now;
+        let (frames, total, all_full) = self.this_wake;
+        self.this_wake = (frames + 1, total + bytes.len(), all_full && bytes.len() >= FULL_FRAME);
         match self.channel.handle_frame(now, &bytes) {
             Ok(()) => self.lost_since = None,
             Err(e) => tracing::debug!(session = %self.session_id, "dropped frame: {e}"),
@@ -1078,6 +1224,7 @@ impl Driver {
                         Ok(ws) => {
                             tracing::info!(session = %self.session_id, "reconnected after {attempt} attempt(s)");
                             self.ws = Some(ws);
+                            self.lowat_raised = false;
                             let now = Instant::now();
                             self.last_rx = now;
                             self.ack_wait.1 = now;
@@ -1118,6 +1265,66 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HOLD: Duration = Duration::from_millis(8);
+    const FULL: usize = 1144;
+
+    /// Feeds `trickle` one wake per `gap` of `frames` full frames each, for `wakes` wakes from
+    /// `t`; returns the time after them and what the last wake decided.
+    fn feed(trickle: &mut Trickle, t: &mut Instant, gap: Duration, wakes: usize, frames: usize) -> Option<Instant> {
+        let mut held = None;
+        for _ in 0..wakes {
+            *t += gap;
+            held = trickle.after_wake(*t, frames, frames * FULL, true, HOLD);
+        }
+        held
+    }
+
+    /// The paced agent's trickle (one full message each millisecond) is held once it has lasted
+    /// [`TRICKLE_AFTER`], and not before: a reply shorter than that is never delayed.
+    #[test]
+    fn a_lasting_trickle_of_full_messages_is_held() {
+        let mut trickle = Trickle::default();
+        let mut t = Instant::now();
+        let first = feed(&mut trickle, &mut t, Duration::from_millis(1), 1, 1);
+        assert_eq!(first, None, "the first message is not held");
+        let early = feed(&mut trickle, &mut t, Duration::from_millis(1), 40, 1);
+        assert_eq!(early, None, "held after 41 ms of trickle");
+        let later = feed(&mut trickle, &mut t, Duration::from_millis(1), 10, 1);
+        assert_eq!(later, Some(t + HOLD));
+        // Held, the next wake finds the messages of the hold at once: still a trickle.
+        let next = feed(&mut trickle, &mut t, HOLD, 1, 8);
+        assert_eq!(next, Some(t + HOLD));
+    }
+
+    /// Anything but full frames (a keystroke, an ack, the last part of a reply) ends the
+    /// trickle and is never held, nor is what follows it until a new trickle has lasted.
+    #[test]
+    fn a_short_frame_ends_the_trickle() {
+        let mut trickle = Trickle::default();
+        let mut t = Instant::now();
+        assert!(feed(&mut trickle, &mut t, Duration::from_millis(1), 60, 1).is_some());
+        t += Duration::from_millis(1);
+        assert_eq!(trickle.after_wake(t, 2, FULL + 120, false, HOLD), None);
+        assert_eq!(feed(&mut trickle, &mut t, Duration::from_millis(1), 10, 1), None);
+    }
+
+    /// A stream faster than [`TRICKLE_MAX_RATE`] is never held (the socket batches it anyway),
+    /// and a zero `read_coalesce` holds nothing.
+    #[test]
+    fn fast_streams_and_a_zero_hold_are_not_held() {
+        let mut trickle = Trickle::default();
+        let mut t = Instant::now();
+        // 64 full frames each 2 ms: 37 MB/s.
+        assert_eq!(feed(&mut trickle, &mut t, Duration::from_millis(2), 100, 64), None);
+        let mut off = Trickle::default();
+        for _ in 0..100 {
+            t += Duration::from_millis(1);
+            assert_eq!(off.after_wake(t, 1, FULL, true, Duration::ZERO), None);
+        }
+        // A wake that read nothing (a pong) decides nothing.
+        assert_eq!(trickle.after_wake(t, 0, 0, true, HOLD), None);
+    }
 
     /// The data channel's socket has `TCP_NODELAY`, as Go sets on every TCP connection: a small
     /// frame (a keystroke, an ack) must not wait behind Nagle for the peer's delayed ACK.

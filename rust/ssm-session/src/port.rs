@@ -125,8 +125,8 @@ pub struct ForwardStats {
     pub connections_active: AtomicU64,
     /// Connections reset because their local reader fell too far behind (smux mode).
     pub connections_reset: AtomicU64,
-    /// Bytes from the target dropped because they belonged to a local connection that had
-    /// already closed (basic mode).
+    /// Bytes from the target dropped because the local connection they belonged to had closed
+    /// or was reset before they were written to it.
     pub bytes_discarded: AtomicU64,
 }
 
@@ -470,6 +470,7 @@ struct LocalConn {
     queued: Arc<AtomicUsize>,
     reset: watch::Sender<bool>,
     reader: JoinHandle<()>,
+    stats: Arc<ForwardStats>,
 }
 
 /// Wakes a session loop that stopped reading the channel because a local connection was
@@ -500,6 +501,7 @@ impl LocalConn {
             queued,
             reset: reset_tx,
             reader,
+            stats,
         }
     }
 
@@ -507,8 +509,10 @@ impl LocalConn {
         let len = data.len();
         self.queued.fetch_add(len, Ordering::Relaxed);
         if self.tx.send(data).is_err() {
-            // The writer has ended (see `write_local`): nothing is queued. Saturating: the
-            // writer may have cleared the count between the add and the send.
+            // The writer has ended (see `write_local`): the bytes are dropped, and nothing is
+            // queued. Saturating: the writer may have cleared the count between the add and the
+            // send.
+            self.stats.bytes_discarded.fetch_add(len as u64, Ordering::Relaxed);
             let _ = self
                 .queued
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(len)));
@@ -591,7 +595,10 @@ async fn write_local(
         };
         let res = tokio::select! {
             biased;
-            () = reset_requested(&mut reset) => break true,
+            () = reset_requested(&mut reset) => {
+                stats.bytes_discarded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                break true;
+            }
             res = wr.write_all(&buf) => res,
         };
         queued.fetch_sub(buf.len(), Ordering::Relaxed);
@@ -599,12 +606,20 @@ async fn write_local(
             d.notify_one();
         }
         if res.is_err() {
+            // Not known to have reached the local reader.
+            stats.bytes_discarded.fetch_add(buf.len() as u64, Ordering::Relaxed);
             break false;
         }
         stats.bytes_from_target.fetch_add(buf.len() as u64, Ordering::Relaxed);
     };
-    // Nothing more is taken: what is still queued is gone, and counts as nothing (a sole
-    // connection's queue must not hold its session for data that will never be written).
+    // Nothing more is taken: what is still queued is discarded, and no longer counts as queued
+    // (a sole connection's queue must not hold its session for data that will never be written).
+    rx.close();
+    let mut dropped = 0;
+    while let Ok(b) = rx.try_recv() {
+        dropped += b.len();
+    }
+    stats.bytes_discarded.fetch_add(dropped as u64, Ordering::Relaxed);
     drop(rx);
     queued.store(0, Ordering::Relaxed);
     if let Some(d) = &drained {

@@ -6,85 +6,15 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use ssm_emulator::{Config, Emulator, Pacing};
 use ssm_session::aws::SharedControl;
-use ssm_session::driver::Inbox;
-use ssm_session::{ChannelOptions, DataChannel, End, SsmApi};
+use ssm_session::{ChannelOptions, End};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-
-/// Starts an `AWS-StartSSHSession` (stdio mode) to `port`.
-async fn start_stdio(api: &SsmApi, port: u16) -> ssm_session::StartedSession {
-    let mut params = HashMap::new();
-    params.insert("portNumber".to_owned(), vec![port.to_string()]);
-    within(
-        20,
-        "StartSession",
-        api.start_session(TARGET, Some("AWS-StartSSHSession"), &params),
-    )
-    .await
-    .expect("StartSession")
-}
-
-/// Opens the data channel of a stdio session to `port`.
-async fn open_stdio(api: &SsmApi, port: u16, opts: ChannelOptions) -> DataChannel {
-    let started = start_stdio(api, port).await;
-    let control: SharedControl = Arc::new(api.clone());
-    within(30, "the data channel", DataChannel::open(started, control, opts))
-        .await
-        .expect("open")
-}
-
-/// A destination that sends `Pattern::new(seed)` to every connection: `len` bytes and then
-/// closes, or without end when `len` is `None`.
-async fn pattern_destination(seed: u64, len: Option<usize>) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pattern = Pattern::new(seed);
-                let mut buf = vec![0u8; 64 << 10];
-                let mut left = len.unwrap_or(usize::MAX);
-                while left > 0 {
-                    pattern.fill(&mut buf);
-                    let n = left.min(buf.len());
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                    left -= n;
-                }
-            });
-        }
-    });
-    port
-}
-
-/// Everything left in `rx` until the session ends, and in how many messages.
-async fn drain(rx: &mut Inbox) -> (Vec<u8>, usize) {
-    let mut got = Vec::new();
-    let mut messages = 0;
-    within(60, "the end of the inbox", async {
-        while let Some((_, data)) = rx.recv().await {
-            got.extend_from_slice(&data);
-            messages += 1;
-        }
-    })
-    .await;
-    (got, messages)
-}
-
-/// Whether `got` is the start of `Pattern::new(seed)`.
-fn is_pattern_prefix(got: &[u8], seed: u64) -> bool {
-    let mut want = vec![0u8; got.len().next_multiple_of(8)];
-    Pattern::new(seed).fill(&mut want);
-    got == &want[..got.len()]
-}
 
 fn unpaced() -> Config {
     Config {

@@ -130,6 +130,11 @@ async fn a_stalled_mux_connection_stalls_only_itself_and_the_session_outlives_ke
         Some(std::io::ErrorKind::ConnectionReset),
         "a truncated connection ends in a reset, not a clean end ({got} bytes read)"
     );
+    // What was queued for it when it was reset was dropped, and is counted so.
+    assert!(
+        stats.bytes_discarded.load(Ordering::Relaxed) > 0,
+        "the reset connection's queued bytes were not counted as discarded"
+    );
 
     drop(bystander);
     // Silence from here on is longer than the keepalive timeout; the session must not mind.

@@ -1,6 +1,7 @@
 //! Shared pieces of the session tests. Here: an SSM client for the emulator, a destination
 //! server that checks what it receives and sends a stream of its own, a client that drives one
-//! connection through a forward, and a recorder of the SSM API calls the client makes; in
+//! connection through a forward, a stdio session's data channel opened directly, and a
+//! recorder of the SSM API calls the client makes; in
 //! [`resolve`], what the target-resolution tests share. What other crates' tests use too (the
 //! emulator, bounded waits, moto, dnsmasq, ports) is `ssm_testkit`'s, re-exported here.
 //!
@@ -9,13 +10,18 @@
 
 pub mod resolve;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use ssm_emulator::{Emulator, SessionInfo};
-use ssm_session::{AwsOptions, Connector, Endpoints, ForwardOptions, PortForward, Settings, SsmApi};
+use ssm_session::aws::SharedControl;
+use ssm_session::driver::Inbox;
+use ssm_session::{
+    AwsOptions, ChannelOptions, Connector, DataChannel, Endpoints, ForwardOptions, PortForward, Settings, SsmApi,
+};
 pub use ssm_testkit::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -418,4 +424,72 @@ fn scan_operations(seen: &mut Vec<u8>, record: &Mutex<Vec<String>>) {
         }
         seen.drain(..start + len);
     }
+}
+
+/// Starts an `AWS-StartSSHSession` (stdio mode) to `port`.
+pub async fn start_stdio(api: &SsmApi, port: u16) -> ssm_session::StartedSession {
+    let mut params = HashMap::new();
+    params.insert("portNumber".to_owned(), vec![port.to_string()]);
+    within(
+        20,
+        "StartSession",
+        api.start_session(TARGET, Some("AWS-StartSSHSession"), &params),
+    )
+    .await
+    .expect("StartSession")
+}
+
+/// Opens the data channel of a stdio session to `port`.
+pub async fn open_stdio(api: &SsmApi, port: u16, opts: ChannelOptions) -> DataChannel {
+    let started = start_stdio(api, port).await;
+    let control: SharedControl = Arc::new(api.clone());
+    within(30, "the data channel", DataChannel::open(started, control, opts))
+        .await
+        .expect("open")
+}
+
+/// A destination that sends `Pattern::new(seed)` to every connection: `len` bytes and then
+/// closes, or without end when `len` is `None`.
+pub async fn pattern_destination(seed: u64, len: Option<usize>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pattern = Pattern::new(seed);
+                let mut buf = vec![0u8; 64 << 10];
+                let mut left = len.unwrap_or(usize::MAX);
+                while left > 0 {
+                    pattern.fill(&mut buf);
+                    let n = left.min(buf.len());
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Everything left in `rx` until the session ends, and in how many messages.
+pub async fn drain(rx: &mut Inbox) -> (Vec<u8>, usize) {
+    let mut got = Vec::new();
+    let mut messages = 0;
+    within(60, "the end of the inbox", async {
+        while let Some((_, data)) = rx.recv().await {
+            got.extend_from_slice(&data);
+            messages += 1;
+        }
+    })
+    .await;
+    (got, messages)
+}
+
+/// Whether `got` is the start of `Pattern::new(seed)`.
+pub fn is_pattern_prefix(got: &[u8], seed: u64) -> bool {
+    let mut want = vec![0u8; got.len().next_multiple_of(8)];
+    Pattern::new(seed).fill(&mut want);
+    got == &want[..got.len()]
 }
