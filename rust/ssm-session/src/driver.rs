@@ -482,9 +482,11 @@ const HELD_LOWAT: usize = 256 << 10;
 /// Sets the WebSocket's `SO_RCVLOWAT`. epoll reports a TCP socket readable only once this many
 /// bytes wait, so while reading is held nothing wakes the runtime for each message that arrives
 /// (its readiness is edge-triggered: every arrival would). A non-blocking read still returns
-/// whatever is there, so a read never waits for the mark. Best effort: where it cannot be set,
-/// the hold saves the work of each wake-up but not the wake-up.
-#[cfg(unix)]
+/// whatever is there, so a read never waits for the mark. Linux only: its TCP signals readiness
+/// at once when the mark is lowered under bytes already waiting (`tcp_set_rcvlowat`), so the
+/// end of a hold never waits for the next arrival; where that is not known to hold (BSD kqueue,
+/// Windows), the hold saves the work of each wake-up but not the wake-up.
+#[cfg(target_os = "linux")]
 fn set_rcvlowat(ws: &Ws, bytes: usize) {
     use std::os::fd::AsRawFd;
     let fd = match ws.get_ref() {
@@ -506,7 +508,7 @@ fn set_rcvlowat(ws: &Ws, bytes: usize) {
     }
 }
 
-#[cfg(not(unix))]
+#[cfg(not(target_os = "linux"))]
 fn set_rcvlowat(_: &Ws, _: usize) {}
 
 /// What the driver has read, for diagnostics and tests.
