@@ -19,8 +19,6 @@ use ssm_proto::PayloadType;
 use ssm_session::aws::SharedControl;
 use ssm_session::shell::ShellOptions;
 use ssm_session::{ChannelOptions, DataChannel, Error, ForwardOptions, PortForward, SsmApi};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 
 /// Waits until the emulator has seen `TerminateSession` for the only session it knows, then
 /// checks that it saw it once.
@@ -44,27 +42,6 @@ async fn open_stdio(api: &SsmApi, port: u16, opts: ChannelOptions) -> ssm_sessio
     let started = api.start_session(TARGET, Some("AWS-StartSSHSession"), &params).await?;
     let control: SharedControl = Arc::new(api.clone());
     DataChannel::open(started, control, opts).await
-}
-
-/// A destination that sends `Pattern::new(seed)` to every connection until it goes away.
-async fn streaming_destination(seed: u64) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pattern = Pattern::new(seed);
-                let mut buf = vec![0u8; 64 << 10];
-                loop {
-                    pattern.fill(&mut buf);
-                    if s.write_all(&buf).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +156,7 @@ async fn losing_the_socket_while_finishing_terminates() {
     })
     .await;
     let api = api(&emu.endpoint()).await;
-    let port = streaming_destination(7).await;
+    let port = pattern_destination(7, None).await;
     let opts = ChannelOptions {
         inbound_high_water: 64 << 10,
         drain_timeout: Duration::from_secs(30),
