@@ -156,10 +156,14 @@ Describe 'Start-SSMShellSession' {
         }
 
         BeforeEach {
-            # A clean screen, so that each test waits for its own output.
+            # A clean screen, so that each test waits for its own output: once Clear-Host has run
+            # the pane shows nothing but the prompt (the old screen would match a prompt at once),
+            # and only then is the scrollback dropped, so that the next keys go to a waiting prompt.
             Send-Line 'Clear-Host'
+            if (-not (Wait-Until { ((& tmux capture-pane -p -t $session) -join "`n") -match '\A\s*PS [^\n]*>\s*\z' } -TimeoutSeconds 30)) {
+                throw "Clear-Host left more than the prompt within 30 s:`n$(Get-Screen)"
+            }
             & tmux clear-history -t $session
-            Wait-Screen '(?m)^PS .*>' | Should -BeTrue
         }
 
         It 'runs a command in the remote shell, ends with $LASTEXITCODE 10 (no exit code) and gives the terminal back' {
@@ -178,7 +182,7 @@ Describe 'Start-SSMShellSession' {
 
         It 'sees the terminal size on the remote side' {
             Send-Line $shellCommand
-            Wait-Screen '(?m)^\s*[$#]\s*$' | Should -BeTrue
+            Assert-Screen '(?m)^\s*[$#]\s*$'
             Send-Line 'echo size-$(stty size | tr " " x)'
             # 160 columns; the rows are the window's less tmux's status line.
             Assert-Screen 'size-\d+x160'

@@ -88,8 +88,11 @@ struct Cli {
     reorder_buffer_mib: u16,
     /// Milliseconds the session's socket is left unread after each read while a slow stream of
     /// full 1 KiB messages arrives (the agent's pace): fewer wake-ups, less CPU. Keystrokes,
-    /// short replies and fast streams are never held; 0 turns it off.
-    #[arg(long, global = true, default_value_t = ChannelOptions::default().read_coalesce.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=50))]
+    /// short replies and fast streams are never held; 0 turns it off. At most 20: a held
+    /// message's ack waits up to a hold (two when the service's Nagle holds its messages), and
+    /// the agent's retransmission timeout stays only 10 ms or more above its smoothed round trip
+    /// (protocol notes §4.5), so longer holds could make it resend what we have.
+    #[arg(long, global = true, default_value_t = ChannelOptions::default().read_coalesce.as_millis() as u64, value_name = "MS", value_parser = clap::value_parser!(u64).range(0..=20))]
     read_coalesce_ms: u64,
     /// More log output on stderr (-v info, -vv debug, -vvv trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -558,6 +561,17 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["ssmconnect", "exec", "i-1"]).is_err());
         assert!(Cli::try_parse_from(["ssmconnect", "exec", "i-1", "ls"]).is_err());
+    }
+
+    #[test]
+    fn read_holds_are_bounded_by_the_agents_retransmission_margin() {
+        use clap::Parser;
+        let hold = |ms: &str| Cli::try_parse_from(["ssmconnect", "--read-coalesce-ms", ms, "exec", "i-1", "--", "ls"]);
+        assert_eq!(hold("20").unwrap().read_coalesce_ms, 20);
+        assert_eq!(hold("0").unwrap().read_coalesce_ms, 0);
+        assert!(hold("21").is_err());
+        let default = Cli::try_parse_from(["ssmconnect", "exec", "i-1", "--", "ls"]).unwrap();
+        assert_eq!(default.read_coalesce_ms, 16);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! (item 13).
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,9 +28,19 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::aws::{SharedControl, StartedSession, Token, check_endpoint};
 use crate::error::{Error, Result};
 use crate::kms::{DataKey, DataKeyRequest, KmsError};
+use crate::socket::Socket;
 use crate::tls::{self, Trust};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<MaybeTlsStream<Socket>>;
+
+/// The TCP socket under the WebSocket (and its TLS).
+fn socket(ws: &mut Ws) -> Option<&mut Socket> {
+    match ws.get_mut() {
+        MaybeTlsStream::Plain(s) => Some(s),
+        MaybeTlsStream::Rustls(tls) => Some(tls.get_mut().0),
+        _ => None,
+    }
+}
 
 /// Tunables of a data channel.
 #[derive(Debug, Clone)]
@@ -62,15 +73,19 @@ pub struct ChannelOptions {
     /// message, once per 100 ms (§4.5), so every message dropped here costs a tick: on a lossy
     /// link the store must hold what the agent sends while a hole waits for its resend.
     pub reorder_buffer_bytes: usize,
-    /// How long the socket is left unread after a wake, while what arrives is a slow trickle of
-    /// full messages (the agent paces a session at 1 KiB each millisecond): the next wake then
+    /// How long the socket is left unread between reads, while what arrives is a slow trickle
+    /// of full messages (the agent paces a session at 1 KiB each millisecond): each read then
     /// takes that many messages at once, with one write of their acks and one local write,
-    /// instead of waking for each. Only a stream of full messages below
-    /// [`TRICKLE_MAX_RATE`] bytes/s that has lasted [`TRICKLE_AFTER`] is held, so keystrokes,
-    /// short replies and fast transfers are never delayed; zero turns it off. The acks of a
-    /// held message go out up to this much later, which the agent's RTT estimate takes in
-    /// (§4.5: its RTO stays at least 10 ms, or four mean deviations, above the smoothed RTT),
-    /// so it does not resend them.
+    /// instead of waking for each. The reads keep a steady beat; on Linux the
+    /// socket's receive low-water mark stays raised while the trickle lasts, so the kernel does
+    /// not wake the runtime for each message either, and each read asks the socket directly.
+    /// Only a stream of full messages below [`TRICKLE_MAX_RATE`] bytes/s that has lasted
+    /// [`TRICKLE_AFTER`] is held, so keystrokes, short replies and fast transfers are never
+    /// delayed; zero turns it off. The acks of a held message go out up to this much later
+    /// (up to twice, when the service's Nagle holds its messages until our acks carry TCP's
+    /// ACK), which the agent's RTT estimate takes in: its RTO stays at least 10 ms, or four mean
+    /// deviations, above the smoothed RTT (§4.5), and so above the longest ack delay for holds
+    /// under 20 ms, so it does not resend them.
     pub read_coalesce: Duration,
 }
 
@@ -87,7 +102,7 @@ impl Default for ChannelOptions {
             write_timeout: Duration::from_secs(30),
             unacked_limit: Duration::from_secs(600),
             reorder_buffer_bytes: ssm_proto::Config::client().receive_buffer_bytes,
-            read_coalesce: Duration::from_millis(8),
+            read_coalesce: Duration::from_millis(16),
         }
     }
 }
@@ -252,8 +267,8 @@ impl DataChannel {
             finishing: None,
             closed: None,
             lost_since: None,
-            read_held_until: None,
-            lowat_raised: false,
+            cadence: Cadence::default(),
+            tick_read: false,
             trickle: Trickle::default(),
             this_wake: (0, 0, true),
             counters: counters.clone(),
@@ -406,10 +421,22 @@ async fn dial(url: &str, trust: &Trust, token: &Token, client_id: &str, client_v
         .max_message_size(Some(MAX_MESSAGE))
         .max_frame_size(Some(MAX_MESSAGE))
         .read_buffer_size(READ_BUFFER);
-    // TCP_NODELAY (`disable_nagle`): Go, which the plugin and the agent are written in, sets it on
-    // every TCP connection; with Nagle on, a small frame (a keystroke, an ack) waits behind the
-    // peer's delayed ACK (§4, issue 13).
-    let connect = tokio_tungstenite::connect_async_tls_with_config(url, Some(config), true, Some(connector));
+    let connect = async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let request = url.into_client_request()?;
+        let uri = request.uri();
+        let host = uri.host().unwrap_or_default();
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = uri
+            .port_u16()
+            .unwrap_or(if uri.scheme_str() == Some("wss") { 443 } else { 80 });
+        let tcp = TcpStream::connect((host, port)).await?;
+        // TCP_NODELAY: Go, which the plugin and the agent are written in, sets it on every TCP
+        // connection; with Nagle on, a small frame (a keystroke, an ack) waits behind the
+        // peer's delayed ACK (§4, issue 13).
+        tcp.set_nodelay(true)?;
+        tokio_tungstenite::client_async_tls_with_config(request, Socket::new(tcp), Some(config), Some(connector)).await
+    };
     let (mut ws, _) = match tokio::time::timeout(Duration::from_secs(30), connect).await {
         Ok(Ok(ok)) => ok,
         Ok(Err(tokio_tungstenite::tungstenite::Error::Tls(
@@ -475,42 +502,6 @@ pub const TRICKLE_MAX_RATE: f64 = 4e6;
 /// is never held.
 pub const TRICKLE_AFTER: Duration = Duration::from_millis(50);
 
-/// The socket's receive low-water mark while reading is held: more than a hold's worth of the
-/// agent's messages, so the kernel does not wake the runtime for each one that arrives.
-const HELD_LOWAT: usize = 256 << 10;
-
-/// Sets the WebSocket's `SO_RCVLOWAT`. epoll reports a TCP socket readable only once this many
-/// bytes wait, so while reading is held nothing wakes the runtime for each message that arrives
-/// (its readiness is edge-triggered: every arrival would). A non-blocking read still returns
-/// whatever is there, so a read never waits for the mark. Linux only: its TCP signals readiness
-/// at once when the mark is lowered under bytes already waiting (`tcp_set_rcvlowat`), so the
-/// end of a hold never waits for the next arrival; where that is not known to hold (BSD kqueue,
-/// Windows), the hold saves the work of each wake-up but not the wake-up.
-#[cfg(target_os = "linux")]
-fn set_rcvlowat(ws: &Ws, bytes: usize) {
-    use std::os::fd::AsRawFd;
-    let fd = match ws.get_ref() {
-        MaybeTlsStream::Plain(tcp) => tcp.as_raw_fd(),
-        MaybeTlsStream::Rustls(tls) => tls.get_ref().0.as_raw_fd(),
-        _ => return,
-    };
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is the open socket `ws` owns; SO_RCVLOWAT reads one `c_int` through the
-    // valid pointer, of the length given.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_rcvlowat(_: &Ws, _: usize) {}
-
 /// What the driver has read, for diagnostics and tests.
 #[derive(Debug, Default)]
 pub struct ReadCounters {
@@ -531,7 +522,8 @@ struct Trickle {
 
 impl Trickle {
     /// After a wake at `now` that read `frames` frames of `bytes` bytes in all (`all_full`: each
-    /// at least [`FULL_FRAME`]): until when the socket is left unread, if at all.
+    /// at least [`FULL_FRAME`]): whether reads are held from here, and until when the first
+    /// hold would last (the driver then keeps a steady beat, [`Cadence`]).
     fn after_wake(
         &mut self,
         now: Instant,
@@ -555,12 +547,60 @@ impl Trickle {
     }
 }
 
+/// The ends of holds while a trickle lasts (see [`ChannelOptions::read_coalesce`]): a tick each
+/// period, from two timers that take turns, each set two periods ahead when it fires. The
+/// runtime wakes its event loop afresh whenever a timer is set sooner than every other one it
+/// holds (tokio's `reregister`: a write to its wake-up descriptor, and one more turn of the loop
+/// before it sleeps); with the other timer always due a period sooner, setting one never is. A
+/// single timer set anew after each read paid that twice per hold.
+#[derive(Default)]
+struct Cadence {
+    timers: Option<[Pin<Box<tokio::time::Sleep>>; 2]>,
+    period: Duration,
+}
+
+impl Cadence {
+    fn running(&self) -> bool {
+        self.timers.is_some()
+    }
+
+    /// Ticks from `now`, each `period`, unless already ticking.
+    fn start(&mut self, now: Instant, period: Duration) {
+        if self.timers.is_none() {
+            let now = tokio::time::Instant::from_std(now);
+            self.period = period;
+            self.timers = Some([
+                Box::pin(tokio::time::sleep_until(now + period)),
+                Box::pin(tokio::time::sleep_until(now + 2 * period)),
+            ]);
+        }
+    }
+
+    fn stop(&mut self) {
+        self.timers = None;
+    }
+
+    /// The next tick (never, when not ticking).
+    async fn tick(&mut self) {
+        let Some([a, b]) = self.timers.as_mut() else {
+            return std::future::pending().await;
+        };
+        let next = if a.deadline() <= b.deadline() { a } else { b };
+        next.as_mut().await;
+        let now = tokio::time::Instant::now();
+        let due = (next.deadline() + 2 * self.period).max(now + self.period / 2);
+        next.as_mut().reset(due);
+    }
+}
+
 enum Step {
     Message(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
     DataKey(std::result::Result<Result<DataKey>, tokio::task::JoinError>),
     Command(Option<Command>),
     Delivered,
     Timer,
+    /// A hold is over ([`Cadence`]).
+    Tick,
 }
 
 enum StartState {
@@ -602,10 +642,11 @@ struct Driver {
     /// When the connection was first lost, until a frame arrives on a new one: a reopened
     /// socket that the service closes again at once does not restart the clock.
     lost_since: Option<Instant>,
-    /// The socket is not read before this ([`ChannelOptions::read_coalesce`]).
-    read_held_until: Option<Instant>,
-    /// The current socket's low-water mark is [`HELD_LOWAT`] (see [`set_rcvlowat`]).
-    lowat_raised: bool,
+    /// While a trickle lasts, the socket is read once per tick ([`ChannelOptions::read_coalesce`]).
+    cadence: Cadence,
+    /// The last tick's read has not yet ended a message: then the next tick ends the hold
+    /// ([`Step::Tick`]).
+    tick_read: bool,
     trickle: Trickle,
     /// Frames, bytes and whether all were full, read since the current wake began.
     this_wake: (usize, usize, bool),
@@ -659,7 +700,6 @@ impl Driver {
             Ok(ws) => {
                 let now = Instant::now();
                 self.ws = Some(ws);
-                self.lowat_raised = false;
                 self.last_rx = now;
                 self.next_ping = now;
                 self.start_deadline = saturating_add(now, self.opts.start_timeout);
@@ -757,20 +797,17 @@ impl Driver {
             if oldest != self.ack_wait.0 {
                 self.ack_wait = (oldest, now);
             }
-            let mut wake = self.next_wake();
-            let held = match self.read_held_until {
-                Some(t) if now < t && self.finishing.is_none() => {
-                    wake = wake.min(t);
-                    true
-                }
-                _ => false,
-            };
+            let wake = self.next_wake();
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
             let Some(ws) = self.ws.as_mut() else { continue };
-            if held != self.lowat_raised {
-                set_rcvlowat(ws, if held { HELD_LOWAT } else { 1 });
-                self.lowat_raised = held;
+            if self.finishing.is_some() && self.cadence.running() {
+                // Finishing reads at once: lowering the mark makes what waits readable.
+                self.cadence.stop();
+                if let Some(sock) = socket(ws) {
+                    sock.hold(false);
+                }
             }
+            let held = self.cadence.running() && !self.tick_read;
             let making_key = self.data_key.is_some();
             let step = tokio::select! {
                 msg = ws.next(), if reading && !held => Step::Message(msg),
@@ -787,6 +824,8 @@ impl Driver {
                     Step::Delivered
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Step::Timer,
+                // Also after a read that ended no message: the next tick ends the hold.
+                () = self.cadence.tick(), if self.cadence.running() => Step::Tick,
             };
             match step {
                 Step::Message(msg) => {
@@ -799,9 +838,25 @@ impl Driver {
                         self.counters.wakes.fetch_add(1, Ordering::Relaxed);
                         self.counters.frames.fetch_add(frames as u64, Ordering::Relaxed);
                     }
-                    self.read_held_until =
-                        self.trickle
-                            .after_wake(Instant::now(), frames, bytes, all_full, self.opts.read_coalesce);
+                    let now = Instant::now();
+                    let trickle = self
+                        .trickle
+                        .after_wake(now, frames, bytes, all_full, self.opts.read_coalesce)
+                        .is_some()
+                        && self.finishing.is_none();
+                    if frames > 0 {
+                        self.tick_read = false;
+                    }
+                    if trickle {
+                        self.cadence.start(now, self.opts.read_coalesce);
+                    } else {
+                        self.cadence.stop();
+                    }
+                    // The mark stays up while the trickle lasts; the end of each hold reads
+                    // below it (`Step::Tick`).
+                    if let Some(sock) = self.ws.as_mut().and_then(socket) {
+                        sock.hold(trickle);
+                    }
                 }
                 Step::DataKey(key) => {
                     self.data_key = None;
@@ -825,6 +880,25 @@ impl Driver {
                 }
                 Step::Delivered => self.deliver_ready(),
                 Step::Timer => self.on_timer()?,
+                Step::Tick => {
+                    let sock = self.ws.as_mut().and_then(socket);
+                    if self.tick_read {
+                        // A whole period since the last tick's read and still no message: the
+                        // trickle has paused, or that read took only the start of a message,
+                        // whose rest arrives below the mark and would wake nothing. The hold
+                        // ends; lowering the mark makes what waits readable at once (Linux),
+                        // and the next message starts a new one.
+                        self.cadence.stop();
+                        if let Some(sock) = sock {
+                            sock.hold(false);
+                        }
+                    } else {
+                        self.tick_read = true;
+                        if let Some(sock) = sock {
+                            sock.read_now();
+                        }
+                    }
+                }
             }
         }
     }
@@ -1226,7 +1300,8 @@ impl Driver {
                         Ok(ws) => {
                             tracing::info!(session = %self.session_id, "reconnected after {attempt} attempt(s)");
                             self.ws = Some(ws);
-                            self.lowat_raised = false;
+                            // A new socket starts unheld: its first messages are read at once.
+                            self.cadence.stop();
                             let now = Instant::now();
                             self.last_rx = now;
                             self.ack_wait.1 = now;
@@ -1350,7 +1425,7 @@ mod tests {
         .expect("dialled in time")
         .expect("dialled");
         let tcp = match ws.get_ref() {
-            MaybeTlsStream::Plain(tcp) => tcp,
+            MaybeTlsStream::Plain(sock) => sock.tcp(),
             _ => panic!("a ws:// URL gives a plain stream"),
         };
         assert!(tcp.nodelay().unwrap(), "the WebSocket's socket has Nagle on");

@@ -29,6 +29,7 @@ pub mod per_connection;
 pub mod port;
 pub mod resolve;
 pub mod shell;
+mod socket;
 pub mod socks;
 pub mod stdio;
 pub mod tls;
