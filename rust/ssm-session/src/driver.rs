@@ -799,14 +799,11 @@ impl Driver {
             }
             let wake = self.next_wake();
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
-            let Some(ws) = self.ws.as_mut() else { continue };
             if self.finishing.is_some() && self.cadence.running() {
                 // Finishing reads at once: lowering the mark makes what waits readable.
-                self.cadence.stop();
-                if let Some(sock) = socket(ws) {
-                    sock.hold(false);
-                }
+                self.hold_reads(now, false);
             }
+            let Some(ws) = self.ws.as_mut() else { continue };
             let held = self.cadence.running() && !self.tick_read;
             let making_key = self.data_key.is_some();
             let step = tokio::select! {
@@ -847,16 +844,9 @@ impl Driver {
                     if frames > 0 {
                         self.tick_read = false;
                     }
-                    if trickle {
-                        self.cadence.start(now, self.opts.read_coalesce);
-                    } else {
-                        self.cadence.stop();
-                    }
                     // The mark stays up while the trickle lasts; the end of each hold reads
                     // below it (`Step::Tick`).
-                    if let Some(sock) = self.ws.as_mut().and_then(socket) {
-                        sock.hold(trickle);
-                    }
+                    self.hold_reads(now, trickle);
                 }
                 Step::DataKey(key) => {
                     self.data_key = None;
@@ -881,20 +871,16 @@ impl Driver {
                 Step::Delivered => self.deliver_ready(),
                 Step::Timer => self.on_timer()?,
                 Step::Tick => {
-                    let sock = self.ws.as_mut().and_then(socket);
                     if self.tick_read {
                         // A whole period since the last tick's read and still no message: the
                         // trickle has paused, or that read took only the start of a message,
                         // whose rest arrives below the mark and would wake nothing. The hold
                         // ends; lowering the mark makes what waits readable at once (Linux),
                         // and the next message starts a new one.
-                        self.cadence.stop();
-                        if let Some(sock) = sock {
-                            sock.hold(false);
-                        }
+                        self.hold_reads(Instant::now(), false);
                     } else {
                         self.tick_read = true;
-                        if let Some(sock) = sock {
+                        if let Some(sock) = self.ws.as_mut().and_then(socket) {
                             sock.read_now();
                         }
                     }
@@ -939,6 +925,19 @@ impl Driver {
                     self.inbound_bytes = 0;
                 }
             }
+        }
+    }
+
+    /// Starts holding reads (a tick each `read_coalesce`, the socket's mark up) or ends the
+    /// holds (no ticks, the mark down, so that what waits is readable at once).
+    fn hold_reads(&mut self, now: Instant, held: bool) {
+        if held {
+            self.cadence.start(now, self.opts.read_coalesce);
+        } else {
+            self.cadence.stop();
+        }
+        if let Some(sock) = self.ws.as_mut().and_then(socket) {
+            sock.hold(held);
         }
     }
 
