@@ -151,6 +151,31 @@ impl Process {
     }
 }
 
+/// The agent runs as a service (packaging/linux/amazon-ssm-agent.service), so the commands it
+/// starts begin with every signal at its default action. The emulator may itself have been
+/// started with SIGINT and SIGQUIT ignored (a shell starts background jobs so), and exec keeps
+/// an ignored signal ignored: a command would then never see the 0x03 or 0x1C it is sent, and a
+/// shell's `trap ... INT` would silently do nothing.
+#[cfg(unix)]
+fn default_signals(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the child between fork and exec; signal(2) is async-signal-safe and
+    // touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT] {
+                if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(unix))]
+fn default_signals(_cmd: &mut Command) {}
+
 #[cfg(unix)]
 fn send_signal(pid: u32, sig: i32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -228,6 +253,7 @@ impl CommandPlugin {
             cmd.current_dir(dir);
         }
         cmd.stdin(Stdio::null());
+        default_signals(&mut cmd);
         let chunk = shared.config.pacing.chunk();
         let output_file = if separate {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

@@ -141,6 +141,27 @@ async fn other_input_is_dropped_and_ctrl_c_is_acked_only_once_the_command_exits(
     assert_eq!(stream(&c, PayloadType::ExitCode), "EXIT_CODE: 1");
 }
 
+/// The agent runs as a service, so its commands start with SIGINT at its default action. An
+/// emulator started with SIGINT ignored (as a shell starts background jobs) must not pass that
+/// on: the command would never see the 0x03.
+#[cfg(unix)]
+#[tokio::test]
+async fn ctrl_c_reaches_a_command_even_when_the_emulator_ignores_sigint() {
+    // SAFETY: sets this test process's disposition of SIGINT; nothing here handles it.
+    let previous = unsafe { libc::signal(libc::SIGINT, libc::SIG_IGN) };
+    assert_ne!(previous, libc::SIG_ERR);
+    let emu = command_emulator().await;
+    let mut c = start(&emu, SEPARATE, "sh -c \"echo ready; while :; do sleep 0.1; done\"").await;
+    c.run_until(Duration::from_secs(10), |c| {
+        stream(c, PayloadType::Output).contains("ready")
+    })
+    .await;
+    c.send(PayloadType::Output, vec![0x03]);
+    c.run_until(Duration::from_secs(10), |c| c.closed.is_some()).await;
+    assert!(c.closed.is_some(), "the interrupted command did not end the session");
+    assert_eq!(stream(&c, PayloadType::ExitCode), "EXIT_CODE: 1");
+}
+
 #[tokio::test]
 async fn a_program_that_cannot_start_reports_1_then_the_error() {
     let emu = command_emulator().await;
