@@ -76,6 +76,13 @@ struct Agent {
     /// as a data frame: until it is written the agent takes nothing from the destination.
     blocked: Option<(Vec<u8>, bool)>,
     reported_retransmissions: u64,
+    /// The next round of the agent's resend scheduler and its interval, with the head-only
+    /// policy: a goroutine that sleeps `ResendSleepInterval` (100 ms) and looks at the oldest
+    /// unacked message, round after round whether or not there is one (datachannel.go
+    /// `ResendStreamDataMessageScheduler`). Waking on those rounds even when nothing is
+    /// unacked keeps the loop's timer from moving sooner when output is sent (which makes
+    /// tokio's timer write its wake-up descriptor before the output is written).
+    resend_round: Option<(Instant, Duration)>,
     finished: bool,
     /// KMS encryption of this session (§5.6), when the preferences ask for it.
     kms: Option<Encryption>,
@@ -237,6 +244,10 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         control: VecDeque::new(),
         blocked: None,
         reported_retransmissions: 0,
+        resend_round: match agent_channel_config(&shared.config).retransmit {
+            ssm_proto::RetransmitPolicy::HeadOnly { tick } => Some((now + tick, tick)),
+            ssm_proto::RetransmitPolicy::PerMessage => None,
+        },
         finished: false,
         kms: None,
         client_version: String::new(),
@@ -310,6 +321,7 @@ impl Agent {
             }
         };
         consider(self.pause_until);
+        consider(self.resend_round.map(|(at, _)| at));
         consider(self.link_lost_at.map(|t| t + grace));
         consider(Some(self.idle_deadline()));
         consider(self.max_deadline());
@@ -890,6 +902,12 @@ impl Agent {
     fn on_timer(&mut self, grace: Duration) {
         let now = Instant::now();
         self.channel.handle_timeout(now);
+        if let Some((at, tick)) = self.resend_round.as_mut()
+            && now >= *at
+        {
+            // As the channel's head-only check just set its own next round.
+            *at = now + *tick;
+        }
         if let Some(until) = self.pause_until
             && now >= until
         {

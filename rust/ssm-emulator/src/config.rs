@@ -13,11 +13,12 @@ use crate::faults::Faults;
 pub enum Pacing {
     /// The real agent: reads of at most 1024 bytes with a 1 ms pause after each.
     Agent,
-    /// No pause; reads of up to `chunk` bytes, each one message (shell output: plus up to 3
-    /// bytes of a UTF-8 sequence held back from the read before, as with the agent's 1024).
-    /// For measuring clients.
+    /// No pause; messages of up to `chunk` bytes (shell output: plus up to 3 bytes of a UTF-8
+    /// sequence held back from the read before, as with the agent's 1024). A port session's
+    /// destination is read ahead, 64 KiB at a time, and cut into such messages. For measuring
+    /// clients.
     Unpaced {
-        /// Largest read per message.
+        /// Largest message.
         chunk: usize,
     },
 }

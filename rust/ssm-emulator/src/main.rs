@@ -28,11 +28,11 @@ struct Args {
     /// Agent version announced in the handshake.
     #[arg(long)]
     agent_version: Option<String>,
-    /// No 1 ms pause between destination reads; reads of up to --chunk bytes.
+    /// No 1 ms pause between destination reads; messages of up to --chunk bytes.
     #[arg(long)]
     unpaced: bool,
-    /// Largest read per message in unpaced mode (shell output: plus up to 3 bytes of a UTF-8
-    /// sequence held back from the read before).
+    /// Largest message in unpaced mode (shell output: plus up to 3 bytes of a UTF-8 sequence
+    /// held back from the read before).
     #[arg(long, default_value_t = 1024)]
     chunk: usize,
     /// TCP_NODELAY on the listener's sockets (the API and the data channel's WebSocket), for

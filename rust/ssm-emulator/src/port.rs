@@ -28,6 +28,12 @@ const MUX_OUTPUT_LIMIT: usize = 256 << 10;
 /// buffer (port_mux.go handleDataTransfer), so PSH frames of up to 32 KiB span many messages.
 const MUX_COPY_BUFFER: usize = 32 << 10;
 
+/// Unpaced (an emulator option, not the agent), a basic connection's reader takes up to this
+/// much from the socket at once and cuts it into messages of the agent's size: the messages
+/// are those the agent's reads of 1024 would make of the bytes waiting, for one system call
+/// instead of one per message, so that the emulator is not what limits a client it measures.
+const UNPACED_READ_AHEAD: usize = 64 << 10;
+
 /// What destination tasks report to the agent. `Data` and `Eof` arrive on the paced queue
 /// (held while the data channel cannot take more); the rest on the completion queue.
 pub(crate) enum DestEvent {
@@ -76,7 +82,15 @@ struct DestConn {
 }
 
 impl DestConn {
-    fn spawn(stream: TcpStream, id: u32, queues: DestQueues, chunk: usize, pause: Option<Duration>) -> Self {
+    /// Reads of up to `read_size` bytes (at least `chunk`), each sent on as messages of up to
+    /// `chunk` bytes; `pause` after each read.
+    fn spawn(
+        stream: TcpStream,
+        id: u32,
+        queues: DestQueues,
+        (chunk, read_size): (usize, usize),
+        pause: Option<Duration>,
+    ) -> Self {
         // The agent dials destinations with Go's `net.Dial` (agent/session/plugins/port/port.go
         // DialCall), and Go sets TCP_NODELAY on every TCP connection it makes: Nagle is off.
         let _ = stream.set_nodelay(true);
@@ -101,7 +115,8 @@ impl DestConn {
         });
         let events = queues.data;
         let reader = tokio::spawn(async move {
-            let mut buf = vec![0u8; chunk];
+            let chunk = chunk.max(1);
+            let mut buf = vec![0u8; read_size.max(chunk)];
             let timer = pause.map(|_| crate::timer::PreciseTimer::new());
             loop {
                 match rd.read(&mut buf).await {
@@ -110,9 +125,10 @@ impl DestConn {
                         return;
                     }
                     Ok(n) => {
-                        let data = buf.get(..n).unwrap_or_default().to_vec();
-                        if events.send(DestEvent::Data(id, data)).await.is_err() {
-                            return;
+                        for piece in buf.get(..n).unwrap_or_default().chunks(chunk) {
+                            if events.send(DestEvent::Data(id, piece.to_vec())).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }
@@ -284,11 +300,18 @@ impl PortPlugin {
     /// for a re-dial) is written to it first.
     fn open_basic(&mut self, stream: TcpStream, pending: Option<(i64, Vec<u8>)>) {
         self.generation += 1;
+        let chunk = self.pacing.chunk();
+        // Paced, one read per message as the agent's (port_basic.go reads StreamDataPayloadSize
+        // at a time, then sleeps); unpaced, read ahead (see UNPACED_READ_AHEAD).
+        let read_size = match self.pacing {
+            Pacing::Unpaced { .. } => UNPACED_READ_AHEAD,
+            Pacing::Agent => chunk,
+        };
         let conn = DestConn::spawn(
             stream,
             self.generation,
             self.queues.clone(),
-            self.pacing.chunk(),
+            (chunk, read_size),
             self.reader_pause(),
         );
         if let Some((seq, payload)) = pending {
@@ -477,7 +500,7 @@ impl PortPlugin {
                 let slot = self.slots.get_mut(&id)?;
                 match res {
                     Ok(stream) => {
-                        let conn = DestConn::spawn(stream, id, queues, chunk, None);
+                        let conn = DestConn::spawn(stream, id, queues, (chunk, chunk), None);
                         for p in slot.pending.drain(..) {
                             conn.write(p, None);
                         }

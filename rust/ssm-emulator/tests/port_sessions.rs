@@ -41,6 +41,37 @@ async fn basic_mode_echoes_through_a_real_destination() {
     assert_eq!(c.closed.as_ref().unwrap().session_id, sid);
 }
 
+/// Unpaced, a basic session's destination is read ahead and cut into messages of `chunk`
+/// bytes at most: everything arrives, in order, and no message is larger.
+#[tokio::test]
+async fn unpaced_output_is_cut_into_messages_of_at_most_the_chunk() {
+    let emu = emulator(Config {
+        pacing: Pacing::Unpaced { chunk: 1000 },
+        ..Config::default()
+    })
+    .await;
+    let EchoSession { client: mut c, .. } = echo_session(&emu, "1.0.0.0").await;
+    let data = random_bytes(200_000, 2);
+    for chunk in data.chunks(1024) {
+        c.send(PayloadType::Output, chunk.to_vec());
+    }
+    c.run_until(Duration::from_secs(20), |c| c.output_len() >= data.len())
+        .await;
+    let sizes: Vec<usize> = c
+        .received
+        .iter()
+        .filter(|(t, _)| *t == PayloadType::Output)
+        .map(|(_, p)| p.len())
+        .collect();
+    assert_eq!(c.take_output(), data);
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(largest <= 1000, "a message of {largest} bytes (chunk 1000)");
+    assert!(
+        sizes.iter().filter(|&&n| n == 1000).count() * 2 >= sizes.len(),
+        "mostly short messages for bytes that came in 1024-byte writes: {sizes:?}"
+    );
+}
+
 #[tokio::test]
 async fn smux_mode_carries_concurrent_streams() {
     let emu = emulator(Config {

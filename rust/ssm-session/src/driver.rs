@@ -156,7 +156,12 @@ pub enum End {
 
 enum Command {
     Send(PayloadType, Vec<u8>),
-    Finish { terminate: bool },
+    /// `last` goes out first, in the same step: whatever the agent answers to it (an ack, then
+    /// `channel_closed` for a TerminateSession flag) finds the driver already finishing.
+    Finish {
+        terminate: bool,
+        last: Option<(PayloadType, Vec<u8>)>,
+    },
 }
 
 /// Sends payloads into a session. Cheap to clone.
@@ -187,7 +192,16 @@ impl DataSender {
     /// Asks the driver to drain what is unacked (bounded) and end; with `terminate` it also calls
     /// `TerminateSession` (§9 item 22).
     pub async fn finish(&self, terminate: bool) {
-        let _ = self.tx.send(Command::Finish { terminate }).await;
+        let _ = self.tx.send(Command::Finish { terminate, last: None }).await;
+    }
+
+    /// [`DataSender::finish`], sending one last message first. Not the same as `send` and then
+    /// `finish`: between those two the agent's answer to the message can arrive, and a
+    /// `channel_closed` read before the driver is finishing ends the session as the service's
+    /// doing (no TerminateSession call).
+    pub async fn finish_with(&self, payload_type: PayloadType, data: Vec<u8>, terminate: bool) {
+        let last = Some((payload_type, data));
+        let _ = self.tx.send(Command::Finish { terminate, last }).await;
     }
 }
 
@@ -271,6 +285,8 @@ impl DataChannel {
             tick_read: false,
             trickle: Trickle::default(),
             this_wake: (0, 0, true),
+            handed_over: false,
+            wake: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(now))),
             counters: counters.clone(),
             opts,
         };
@@ -658,6 +674,13 @@ struct Driver {
     trickle: Trickle,
     /// Frames, bytes and whether all were full, read since the current wake began.
     this_wake: (usize, usize, bool),
+    /// Messages went to the session kind since the last flush: it writes them out before the
+    /// acks for them are written, so that a reply's bytes never wait behind our ack's write.
+    handed_over: bool,
+    /// The loop's one timer, due at [`Driver::next_wake`]. It lives across turns and is set
+    /// only when that changes: a timer made afresh each turn was one the runtime no longer
+    /// held, and so was "sooner than every other" (see [`Cadence`]) after each of its sleeps.
+    wake: Pin<Box<tokio::time::Sleep>>,
     counters: Arc<ReadCounters>,
 }
 
@@ -775,6 +798,11 @@ impl Driver {
 
     async fn run_inner(&mut self) -> Result<End> {
         loop {
+            if std::mem::take(&mut self.handed_over) {
+                // The session kind's turn first (its write is the latency a user sees); the
+                // acks follow in the same wake.
+                tokio::task::yield_now().await;
+            }
             self.flush().await;
             if self.ws.is_none() {
                 if let Some(end) = self.reconnect().await? {
@@ -805,7 +833,10 @@ impl Driver {
             if oldest != self.ack_wait.0 {
                 self.ack_wait = (oldest, now);
             }
-            let wake = self.next_wake();
+            let wake = tokio::time::Instant::from_std(self.next_wake());
+            if self.wake.deadline() != wake {
+                self.wake.as_mut().reset(wake);
+            }
             let can_send = self.started() && self.channel.can_send() && self.finishing.is_none();
             if self.finishing.is_some() && self.cadence.running() {
                 // Finishing reads at once: lowering the mark makes what waits readable.
@@ -828,7 +859,7 @@ impl Driver {
                     drop(permit);
                     Step::Delivered
                 }
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => Step::Timer,
+                () = self.wake.as_mut() => Step::Timer,
                 // Also after a read that ended no message: the next tick ends the hold.
                 () = self.cadence.tick(), if self.cadence.running() => Step::Tick,
             };
@@ -862,14 +893,11 @@ impl Driver {
                         key.unwrap_or_else(|e| Err(Error::Connect(format!("making the KMS data key failed: {e}"))));
                     self.on_data_key(key)?;
                 }
-                Step::Command(Some(Command::Send(t, data))) => {
-                    let data = match &self.cipher {
-                        Some(cipher) if is_encrypted(Side::Client, t) => cipher.seal(rand::random(), &data),
-                        _ => data,
-                    };
-                    let _ = self.channel.send(Instant::now(), t, data);
-                }
-                Step::Command(Some(Command::Finish { terminate })) => {
+                Step::Command(Some(Command::Send(t, data))) => self.send(t, data),
+                Step::Command(Some(Command::Finish { terminate, last })) => {
+                    if let Some((t, data)) = last {
+                        self.send(t, data);
+                    }
                     self.finishing = Some((saturating_add(Instant::now(), self.opts.drain_timeout), terminate));
                 }
                 // Every sender is gone: nobody will send or finish; end the session.
@@ -895,6 +923,15 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// One message of the session kind's into the channel, sealed when KMS encryption is on.
+    fn send(&mut self, t: PayloadType, data: Vec<u8>) {
+        let data = match &self.cipher {
+            Some(cipher) if is_encrypted(Side::Client, t) => cipher.seal(rand::random(), &data),
+            _ => data,
+        };
+        let _ = self.channel.send(Instant::now(), t, data);
     }
 
     /// Handles the messages that have already arrived (up to [`READ_BATCH`]) without waiting,
@@ -924,6 +961,7 @@ impl Driver {
                     if let Some((t, data)) = self.inbound.pop_front() {
                         self.inbound_bytes -= data.len();
                         permit.send((t, data));
+                        self.handed_over = true;
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(())) => break,

@@ -647,11 +647,11 @@ async fn reset_requested(reset: &mut watch::Receiver<bool>) {
 /// Sends `TerminateSession` as a flag (§7.2) and asks the driver to drain and terminate.
 async fn terminate(sender: &DataSender, flag: bool) {
     if flag {
-        let _ = sender
-            .send(PayloadType::Flag, PortFlag::TerminateSession.to_bytes().to_vec())
-            .await;
+        let flag = PortFlag::TerminateSession.to_bytes().to_vec();
+        sender.finish_with(PayloadType::Flag, flag, true).await;
+    } else {
+        sender.finish(true).await;
     }
-    sender.finish(true).await;
 }
 
 /// Resets stream `id`: FIN to the agent (smux v1 has no other way to end a stream; the agent

@@ -182,3 +182,163 @@ async fn a_message_split_across_a_hold_is_read_when_its_rest_arrives() {
     reader.abort();
     emu.stop().await;
 }
+
+/// The first bytes of the client's masked WebSocket frame at the start of `buf`, unmasked
+/// (RFC 6455 §5.3): enough for a message's type (§3.1, bytes 4..36).
+fn unmasked_start(buf: &[u8]) -> Option<Vec<u8>> {
+    let (header, len) = match *buf.get(1)? & 0x7f {
+        126 => (4, usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?))),
+        127 => return None,
+        n => (2, usize::from(n)),
+    };
+    let key = buf.get(header..header + 4)?;
+    let body = buf.get(header + 4..)?;
+    Some(body.iter().take(len).enumerate().map(|(i, b)| b ^ key[i % 4]).collect())
+}
+
+/// A reply's bytes go to the session kind before the ack for them is written: on the
+/// runtime's one thread the session kind writes them out (what the user waits for) and the
+/// driver writes the ack after it, never the other way round.
+#[tokio::test(flavor = "current_thread")]
+async fn a_message_reaches_the_session_kind_before_its_ack_is_written() {
+    use std::io::{ErrorKind, Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::time::{Duration, Instant};
+
+    let emu = emulator(Config::default()).await;
+    let api = api(&emu.endpoint()).await;
+
+    // The destination: says "hello" when told, then holds the connection until told again.
+    let dest = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dest_port = dest.local_addr().unwrap().port();
+    let (say, said) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut c, _) = dest.accept().unwrap();
+        c.set_nodelay(true).unwrap();
+        if said.recv().is_ok() {
+            let _ = c.write_all(b"hello");
+        }
+        let _ = said.recv();
+    });
+
+    // A proxy on the data channel (plain threads, off the runtime): the agent's bytes go
+    // through as they come; the client's only while the gate is open, so that with it shut
+    // what the driver writes stays in the proxy's socket, where a peek sees it.
+    let mut started = start_stdio(&api, dest_port).await;
+    let authority = started
+        .stream_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the stream URL's host and port")
+        .to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    started.stream_url = started
+        .stream_url
+        .replacen(&authority, &listener.local_addr().unwrap().to_string(), 1);
+    let gate = Arc::new(AtomicBool::new(true));
+    let (side_tx, side_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
+    let open = gate.clone();
+    std::thread::spawn(move || {
+        let (client, _) = listener.accept().unwrap();
+        let upstream = std::net::TcpStream::connect(&authority).unwrap();
+        client.set_nodelay(true).unwrap();
+        upstream.set_nodelay(true).unwrap();
+        // Reads of the client's side give up after 5 ms, so that a shut gate is seen soon;
+        // the peeks below share the setting.
+        client.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+        side_tx.send(client.try_clone().unwrap()).unwrap();
+        let (mut ur, mut cw) = (upstream.try_clone().unwrap(), client.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut ur, &mut cw);
+        });
+        let (mut cr, mut uw) = (client, upstream);
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            if !open.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            match cr.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if uw.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(_) => return,
+            }
+        }
+    });
+
+    let control: ssm_session::aws::SharedControl = std::sync::Arc::new(api.clone());
+    let dc = within(
+        30,
+        "the data channel",
+        ssm_session::DataChannel::open(started, control, ChannelOptions::default()),
+    )
+    .await
+    .expect("open");
+    let (sender, mut rx, driver) = dc.into_parts();
+    let side = side_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the proxy's client side");
+    // What the client writes: the bytes waiting in the proxy's socket (a peek waits up to the
+    // 5 ms read timeout, the runtime's thread with it, so nothing is written meanwhile).
+    let waiting = |side: &std::net::TcpStream| -> Vec<u8> {
+        let mut buf = vec![0u8; 4096];
+        match side.peek(&mut buf) {
+            Ok(n) => buf[..n].to_vec(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Vec::new(),
+            Err(e) => panic!("peek: {e}"),
+        }
+    };
+
+    // Quiet after the start; then the gate shuts, and once the proxy's last read is over,
+    // nothing of the client's is waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(
+        waiting(&side).is_empty(),
+        "the client wrote something after a quiet start"
+    );
+
+    say.send(()).unwrap();
+    let (_, data) = within(10, "the destination's bytes", rx.recv())
+        .await
+        .expect("a message");
+    assert_eq!(data, b"hello");
+    let early = waiting(&side);
+    assert!(
+        early.is_empty(),
+        "the ack ({} bytes) was written before the session kind had the message",
+        early.len()
+    );
+
+    // The ack follows in the same turn of the driver.
+    let until = Instant::now() + Duration::from_secs(5);
+    let ack = loop {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        let got = waiting(&side);
+        if !got.is_empty() {
+            break got;
+        }
+        assert!(Instant::now() < until, "no ack was written within 5 s");
+    };
+    let start = unmasked_start(&ack).expect("a whole WebSocket frame header");
+    let message_type = start.get(4..36).map(|t| String::from_utf8_lossy(t).trim().to_owned());
+    assert_eq!(
+        message_type.as_deref(),
+        Some("acknowledge"),
+        "the frame written after the message"
+    );
+
+    gate.store(true, Ordering::SeqCst);
+    let _ = say.send(());
+    drop(sender);
+    let _ = within(30, "the driver's end", driver).await;
+    emu.stop().await;
+}
