@@ -57,12 +57,7 @@ async fn unpaced_output_is_cut_into_messages_of_at_most_the_chunk() {
     }
     c.run_until(Duration::from_secs(20), |c| c.output_len() >= data.len())
         .await;
-    let sizes: Vec<usize> = c
-        .received
-        .iter()
-        .filter(|(t, _)| *t == PayloadType::Output)
-        .map(|(_, p)| p.len())
-        .collect();
+    let sizes: Vec<usize> = c.outputs().map(<[u8]>::len).collect();
     assert_eq!(c.take_output(), data);
     let largest = sizes.iter().copied().max().unwrap_or(0);
     assert!(largest <= 1000, "a message of {largest} bytes (chunk 1000)");

@@ -10,12 +10,7 @@ use ssm_emulator::{Config, Emulator};
 use ssm_proto::{PayloadType, TerminalSize};
 
 fn text(c: &TestClient) -> String {
-    let bytes: Vec<u8> = c
-        .received
-        .iter()
-        .filter(|(t, _)| *t == PayloadType::Output)
-        .flat_map(|(_, p)| p.clone())
-        .collect();
+    let bytes: Vec<u8> = c.outputs().flatten().copied().collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 

@@ -77,17 +77,8 @@ async fn a_message_split_across_a_hold_is_read_when_its_rest_arrives() {
     let api = api(&emu.endpoint()).await;
     let port = pattern_destination(22, None).await;
     let mut started = start_stdio(&api, port).await;
-    let authority = started
-        .stream_url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the stream URL's host and port")
-        .to_owned();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    started.stream_url = started
-        .stream_url
-        .replacen(&authority, &listener.local_addr().unwrap().to_string(), 1);
+    let authority = redirect_stream(&mut started, listener.local_addr().unwrap());
 
     // The proxy: the client's bytes go through as they come, each read of them reported (after
     // a held read the driver writes its acks at once); the agent's are cut into WebSocket
@@ -160,14 +151,7 @@ async fn a_message_split_across_a_hold_is_read_when_its_rest_arrives() {
         let acked = tokio::time::timeout(Duration::from_secs(2), acks.recv()).await;
         (acked.is_ok().then(|| rest.elapsed()), cw, frames)
     });
-    let control: ssm_session::aws::SharedControl = std::sync::Arc::new(api.clone());
-    let dc = within(
-        30,
-        "the data channel",
-        ssm_session::DataChannel::open(started, control, ChannelOptions::default()),
-    )
-    .await
-    .expect("open");
+    let dc = open_started(&api, started, ChannelOptions::default()).await;
     let (sender, mut rx, driver) = dc.into_parts();
     let reader = tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let (acked, _cw, _frames) = within(30, "the split message", scenario).await.unwrap();
@@ -226,17 +210,8 @@ async fn a_message_reaches_the_session_kind_before_its_ack_is_written() {
     // through as they come; the client's only while the gate is open, so that with it shut
     // what the driver writes stays in the proxy's socket, where a peek sees it.
     let mut started = start_stdio(&api, dest_port).await;
-    let authority = started
-        .stream_url
-        .split("://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("the stream URL's host and port")
-        .to_owned();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    started.stream_url = started
-        .stream_url
-        .replacen(&authority, &listener.local_addr().unwrap().to_string(), 1);
+    let authority = redirect_stream(&mut started, listener.local_addr().unwrap());
     let gate = Arc::new(AtomicBool::new(true));
     let (side_tx, side_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
     let open = gate.clone();
@@ -273,14 +248,7 @@ async fn a_message_reaches_the_session_kind_before_its_ack_is_written() {
         }
     });
 
-    let control: ssm_session::aws::SharedControl = std::sync::Arc::new(api.clone());
-    let dc = within(
-        30,
-        "the data channel",
-        ssm_session::DataChannel::open(started, control, ChannelOptions::default()),
-    )
-    .await
-    .expect("open");
+    let dc = open_started(&api, started, ChannelOptions::default()).await;
     let (sender, mut rx, driver) = dc.into_parts();
     let side = side_rx
         .recv_timeout(Duration::from_secs(5))

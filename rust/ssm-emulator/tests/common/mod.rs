@@ -158,12 +158,16 @@ impl TestClient {
         out
     }
 
-    pub fn output_len(&self) -> usize {
+    /// The type-1 payloads received so far, each as it came.
+    pub fn outputs(&self) -> impl Iterator<Item = &[u8]> {
         self.received
             .iter()
             .filter(|(t, _)| *t == PayloadType::Output)
-            .map(|(_, p)| p.len())
-            .sum()
+            .map(|(_, p)| p.as_slice())
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.outputs().map(<[u8]>::len).sum()
     }
 }
 

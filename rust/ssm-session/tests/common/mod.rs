@@ -441,11 +441,28 @@ pub async fn start_stdio(api: &SsmApi, port: u16) -> ssm_session::StartedSession
 
 /// Opens the data channel of a stdio session to `port`.
 pub async fn open_stdio(api: &SsmApi, port: u16, opts: ChannelOptions) -> DataChannel {
-    let started = start_stdio(api, port).await;
+    open_started(api, start_stdio(api, port).await, opts).await
+}
+
+/// Opens the data channel of a session StartSession has returned.
+pub async fn open_started(api: &SsmApi, started: ssm_session::StartedSession, opts: ChannelOptions) -> DataChannel {
     let control: SharedControl = Arc::new(api.clone());
     within(30, "the data channel", DataChannel::open(started, control, opts))
         .await
         .expect("open")
+}
+
+/// Points the session's stream URL at `to` (a proxy); returns the host and port it named.
+pub fn redirect_stream(started: &mut ssm_session::StartedSession, to: SocketAddr) -> String {
+    let authority = started
+        .stream_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("the stream URL's host and port")
+        .to_owned();
+    started.stream_url = started.stream_url.replacen(&authority, &to.to_string(), 1);
+    authority
 }
 
 /// A destination that sends `Pattern::new(seed)` to every connection: `len` bytes and then
