@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use ssm_proto::crypto::{AgentNonces, CHALLENGE_BYTES, SessionCipher, Side, is_encrypted};
 use ssm_proto::handshake::{
     EncChallenge, HandshakeComplete, HandshakeRequest, HandshakeResponse, KmsActionResult, RequestedAction,
@@ -71,18 +72,11 @@ struct Agent {
     /// listener before reading the next).
     processing: Option<i64>,
     /// Unnumbered frames for the client (publication control, session state, `channel_closed`).
-    control: VecDeque<Vec<u8>>,
+    control: VecDeque<Bytes>,
     /// The frame whose write is blocked because the socket is backed up, and whether it counts
     /// as a data frame: until it is written the agent takes nothing from the destination.
-    blocked: Option<(Vec<u8>, bool)>,
+    blocked: Option<(Bytes, bool)>,
     reported_retransmissions: u64,
-    /// The next round of the agent's resend scheduler and its interval, with the head-only
-    /// policy: a goroutine that sleeps `ResendSleepInterval` (100 ms) and looks at the oldest
-    /// unacked message, round after round whether or not there is one (datachannel.go
-    /// `ResendStreamDataMessageScheduler`). Waking on those rounds even when nothing is
-    /// unacked keeps the loop's timer from moving sooner when output is sent (which makes
-    /// tokio's timer write its wake-up descriptor before the output is written).
-    resend_round: Option<(Instant, Duration)>,
     finished: bool,
     /// KMS encryption of this session (§5.6), when the preferences ask for it.
     kms: Option<Encryption>,
@@ -244,10 +238,6 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
         control: VecDeque::new(),
         blocked: None,
         reported_retransmissions: 0,
-        resend_round: match agent_channel_config(&shared.config).retransmit {
-            ssm_proto::RetransmitPolicy::HeadOnly { tick } => Some((now + tick, tick)),
-            ssm_proto::RetransmitPolicy::PerMessage => None,
-        },
         finished: false,
         kms: None,
         client_version: String::new(),
@@ -321,7 +311,10 @@ impl Agent {
             }
         };
         consider(self.pause_until);
-        consider(self.resend_round.map(|(at, _)| at));
+        // The agent's resend rounds, also while nothing is unacked, as its scheduler wakes:
+        // otherwise the loop's timer would move sooner whenever output is sent (and tokio's
+        // timer then writes its wake-up descriptor before the output is written).
+        consider(self.channel.next_round());
         consider(self.link_lost_at.map(|t| t + grace));
         consider(Some(self.idle_deadline()));
         consider(self.max_deadline());
@@ -453,7 +446,7 @@ impl Agent {
 
     /// Sends a payload of the plugin's, encrypted when the session is (datachannel.go
     /// SendStreamDataMessage: output, stderr and the exit code).
-    fn send_output(&mut self, now: Instant, payload_type: PayloadType, data: Vec<u8>) {
+    fn send_output(&mut self, now: Instant, payload_type: PayloadType, data: Bytes) {
         let data = match self.kms.as_mut() {
             Some(Encryption {
                 cipher: Some(cipher),
@@ -469,7 +462,7 @@ impl Agent {
                     // Fault injection: altered before framing, so the digest still matches.
                     *b ^= 0x01;
                 }
-                out
+                out.into()
             }
             _ => data,
         };
@@ -524,7 +517,7 @@ impl Agent {
             ssm_proto::frame::FLAGS_ACK,
             payload.to_string().into_bytes(),
         );
-        self.control.push_back(frame.encode());
+        self.control.push_back(frame.encode().into());
     }
 
     async fn on_frame(&mut self, link_id: u64, bytes: &[u8]) {
@@ -871,7 +864,7 @@ impl Agent {
                 DestEvent::Data(_, data) => self.send_output(now, PayloadType::Output, data),
                 // sendExitCode
                 DestEvent::CommandExitCode(code) => {
-                    self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes())
+                    self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into())
                 }
                 // PrepareToCloseChannel, then Terminating.
                 DestEvent::CommandEnded => self.begin_close(String::new()),
@@ -884,7 +877,7 @@ impl Agent {
                 DestEvent::Data(_, data) => self.send_output(now, PayloadType::Output, data),
                 DestEvent::Exited(code) => {
                     if self.shared.config.invent_shell_exit_code {
-                        self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into_bytes());
+                        self.send_output(now, PayloadType::ExitCode, format!("EXIT_CODE: {code}").into());
                     }
                     self.begin_close(String::new());
                 }
@@ -902,12 +895,6 @@ impl Agent {
     fn on_timer(&mut self, grace: Duration) {
         let now = Instant::now();
         self.channel.handle_timeout(now);
-        if let Some((at, tick)) = self.resend_round.as_mut()
-            && now >= *at
-        {
-            // As the channel's head-only check just set its own next round.
-            *at = now + *tick;
-        }
         if let Some(until) = self.pause_until
             && now >= until
         {
@@ -1006,7 +993,7 @@ impl Agent {
             .channel
             .unnumbered(now, MessageType::ChannelClosed, 0, closed.to_json());
         // MGS-generated: HeaderLength 112, no PayloadType field (§3.6).
-        self.control.push_back(frame.encode_short_header());
+        self.control.push_back(frame.encode_short_header().into());
         self.channel.close();
         // A pause in progress must not hold back `channel_closed`.
         self.pause_until = None;
@@ -1108,7 +1095,7 @@ impl Agent {
     fn control_now(&mut self, now: Instant, message_type: MessageType) {
         let frame = self.channel.unnumbered(now, message_type, 0, Vec::new());
         if let Some(link) = &self.link {
-            link.send_now(frame.encode());
+            link.send_now(frame.encode().into());
         }
     }
 

@@ -396,7 +396,7 @@ fn fail_later(events: mpsc::Sender<DestEvent>, code: Option<i32>, text: String, 
             let _ = events.blocking_send(DestEvent::CommandExitCode(code));
         }
         std::thread::sleep(Duration::from_secs(1));
-        let _ = events.blocking_send(DestEvent::Data(STDERR_STREAM, text.into_bytes()));
+        let _ = events.blocking_send(DestEvent::Data(STDERR_STREAM, text.into()));
         let _ = events.blocking_send(DestEvent::CommandEnded);
     });
 }
@@ -468,7 +468,7 @@ fn pipe_reader(
         need_prefix = data.last() == Some(&b'\n');
         // Sent even when empty (everything held back), as the agent does.
         let out = process_stdout_data(&mut held, data);
-        if events.blocking_send(DestEvent::Data(stream, out)).is_err() {
+        if events.blocking_send(DestEvent::Data(stream, out.into())).is_err() {
             return;
         }
     }
@@ -484,7 +484,10 @@ fn file_pump(mut file: impl Read, chunk: usize, pause: Option<Duration>, events:
             Ok(n) => n,
         };
         let out = process_stdout_data(&mut held, buf.get(..n).unwrap_or_default());
-        if events.blocking_send(DestEvent::Data(STDOUT_STREAM, out)).is_err() {
+        if events
+            .blocking_send(DestEvent::Data(STDOUT_STREAM, out.into()))
+            .is_err()
+        {
             return;
         }
         if let Some(p) = pause {

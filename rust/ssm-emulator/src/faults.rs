@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -129,18 +130,24 @@ pub(crate) fn decide(f: &DirectionFaults, rng: &mut impl Rng) -> Verdict {
 
 /// The faults on one frame the agent writes (`withhold_acks`, `nul_padded_types`,
 /// `corrupt_digest`); `None` when it is withheld.
-pub(crate) fn outgoing(f: &Faults, mut frame: Vec<u8>) -> Option<Vec<u8>> {
+pub(crate) fn outgoing(f: &Faults, frame: Bytes) -> Option<Bytes> {
     let is_ack = frame.get(4..15) == Some(b"acknowledge".as_slice());
     if is_ack && f.withhold_acks > 0.0 && rand::random_bool(f.withhold_acks.clamp(0.0, 1.0)) {
         return None;
     }
+    let corrupt = f.corrupt_digest > 0.0 && !is_ack && rand::random_bool(f.corrupt_digest.clamp(0.0, 1.0));
+    if !f.nul_padded_types && !corrupt {
+        return Some(frame);
+    }
+    // Altered on this transmission only: the channel keeps the frame as it was encoded.
+    let mut frame = Vec::from(frame);
     if f.nul_padded_types {
         nul_pad_type(&mut frame);
     }
-    if f.corrupt_digest > 0.0 && !is_ack && rand::random_bool(f.corrupt_digest.clamp(0.0, 1.0)) {
+    if corrupt {
         corrupt_digest(&mut frame);
     }
-    Some(frame)
+    Some(frame.into())
 }
 
 /// What `cut_after_frames` or `pause_after_frames` asks for after a frame.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
+use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ use crate::state::{Counters, Shared};
 /// What a link's reader hands the agent.
 pub(crate) enum Inbound {
     /// A frame from the client on link `id`.
-    Frame(u64, Vec<u8>),
+    Frame(u64, Bytes),
     /// Link `id` is closed.
     Closed(u64),
 }
@@ -35,13 +36,13 @@ const WRITE_BATCH: usize = 16;
 /// What MGS does to the socket, ahead of queued frames.
 enum LinkCtl {
     /// A frame MGS writes itself, ahead of the agent's (publication control).
-    Frame(Vec<u8>),
+    Frame(Bytes),
     /// Drop the socket abruptly.
     Cut,
     /// Stop reading and writing the socket without closing it: a blackholed link.
     Freeze,
     /// Write what is queued, then these frames, then a close frame.
-    Close(Vec<Vec<u8>>),
+    Close(Vec<Bytes>),
 }
 
 /// Result of [`Link::try_send`].
@@ -51,13 +52,13 @@ pub(crate) enum Sent {
     /// The socket has gone; the frame is lost.
     Gone,
     /// The socket is backed up: the agent's write would block. The frame comes back.
-    Blocked(Vec<u8>),
+    Blocked(Bytes),
 }
 
 /// The agent's handle on one socket.
 pub(crate) struct Link {
     pub(crate) id: u64,
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::Sender<Bytes>,
     ctl: mpsc::UnboundedSender<LinkCtl>,
     /// Frames written to this socket so far.
     pub(crate) frames_sent: u64,
@@ -66,7 +67,7 @@ pub(crate) struct Link {
 impl Link {
     /// Queues a frame for the client unless the socket is backed up. `counted` frames count
     /// in `frames_sent` (unnumbered control frames do not).
-    pub(crate) fn try_send(&mut self, frame: Vec<u8>, counted: bool) -> Sent {
+    pub(crate) fn try_send(&mut self, frame: Bytes, counted: bool) -> Sent {
         match self.out.try_send(frame) {
             Ok(()) => {
                 self.frames_sent += u64::from(counted);
@@ -83,7 +84,7 @@ impl Link {
     }
 
     /// Sends a frame MGS generates itself at once, ahead of anything queued.
-    pub(crate) fn send_now(&self, frame: Vec<u8>) {
+    pub(crate) fn send_now(&self, frame: Bytes) {
         let _ = self.ctl.send(LinkCtl::Frame(frame));
     }
 
@@ -98,16 +99,16 @@ impl Link {
     }
 
     /// Writes what is still queued, then `last`, then a close frame.
-    pub(crate) fn close(self, last: Vec<Vec<u8>>) {
+    pub(crate) fn close(self, last: Vec<Bytes>) {
         let _ = self.ctl.send(LinkCtl::Close(last));
     }
 }
 
 /// Delays, duplicates and reorders frames of one direction (§11.4).
 struct Shaper {
-    heap: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>>,
+    heap: BinaryHeap<Reverse<(Instant, u64, Bytes)>>,
     counter: u64,
-    held: Option<Vec<u8>>,
+    held: Option<Bytes>,
 }
 
 impl Shaper {
@@ -120,7 +121,7 @@ impl Shaper {
     }
 
     /// Applies `f` to `frame`; returns frames due now, in order.
-    fn push(&mut self, shared: &Shared, f: &DirectionFaults, frame: Vec<u8>) -> Vec<Vec<u8>> {
+    fn push(&mut self, shared: &Shared, f: &DirectionFaults, frame: Bytes) -> Vec<Bytes> {
         // No faults and nothing held back: the frame goes as it is (what the rest would decide,
         // without a clock read and a random draw for every frame).
         if !f.active() && self.heap.is_empty() && self.held.is_none() {
@@ -158,7 +159,7 @@ impl Shaper {
         ready
     }
 
-    fn pop_due(&mut self, now: Instant) -> Vec<Vec<u8>> {
+    fn pop_due(&mut self, now: Instant) -> Vec<Bytes> {
         let mut out = Vec::new();
         while let Some(Reverse((at, _, _))) = self.heap.peek() {
             if *at > now {
@@ -175,8 +176,8 @@ impl Shaper {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
-    fn drain_all(&mut self) -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
+    fn drain_all(&mut self) -> Vec<Bytes> {
+        let mut out: Vec<Bytes> = std::iter::from_fn(|| self.heap.pop().map(|Reverse((_, _, b))| b)).collect();
         out.extend(self.held.take());
         out
     }
@@ -199,7 +200,7 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
 /// Starts the reader and writer tasks of `socket`; client frames go to `inbound` as link `id`.
 pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Sender<Inbound>) -> Link {
     let (mut sink, mut stream) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<LinkCtl>();
     let (freeze_tx, mut freeze_rx) = tokio::sync::oneshot::channel::<()>();
     let reader_shared = shared.clone();
@@ -219,9 +220,9 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                 }
                 msg = stream.next() => {
                     let bytes = match msg {
-                        Some(Ok(Message::Binary(b))) => b.to_vec(),
+                        Some(Ok(Message::Binary(b))) => b,
                         // §2.3: text frames are parsed as binary messages too.
-                        Some(Ok(Message::Text(t))) => t.as_bytes().to_vec(),
+                        Some(Ok(Message::Text(t))) => Bytes::from(t),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                         Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     };
@@ -268,11 +269,11 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                         return;
                     }
                     Some(LinkCtl::Close(last)) => {
-                        let mut rest: Vec<Vec<u8>> = std::iter::from_fn(|| out_rx.try_recv().ok()).collect();
+                        let mut rest: Vec<Bytes> = std::iter::from_fn(|| out_rx.try_recv().ok()).collect();
                         rest.extend(shaper.drain_all());
                         rest.extend(last);
                         for frame in rest {
-                            let _ = sink.send(Message::Binary(frame.into())).await;
+                            let _ = sink.send(Message::Binary(frame)).await;
                         }
                         let _ = sink.send(Message::Close(None)).await;
                         let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
@@ -280,7 +281,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
                     }
                     None => {
                         for frame in shaper.drain_all() {
-                            let _ = sink.send(Message::Binary(frame.into())).await;
+                            let _ = sink.send(Message::Binary(frame)).await;
                         }
                         let _ = sink.send(Message::Close(None)).await;
                         let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
@@ -306,7 +307,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
             };
             let mut written = Ok(());
             for frame in frames {
-                written = sink.feed(Message::Binary(frame.into())).await;
+                written = sink.feed(Message::Binary(frame)).await;
                 if written.is_err() {
                     break;
                 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ssm_proto::smux::{Keepalive, Mux, MuxEvent, Side};
 use ssm_proto::{Channel, PayloadType, PortFlag, PortMode, PortProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +39,7 @@ const UNPACED_READ_AHEAD: usize = 64 << 10;
 /// (held while the data channel cannot take more); the rest on the completion queue.
 pub(crate) enum DestEvent {
     /// Bytes read from destination `id`.
-    Data(u32, Vec<u8>),
+    Data(u32, Bytes),
     /// Destination `id` reached EOF or failed.
     Eof(u32),
     /// A write that processes client message `seq` finished (`ok`: it reached the socket/pty).
@@ -125,8 +126,11 @@ impl DestConn {
                         return;
                     }
                     Ok(n) => {
-                        for piece in buf.get(..n).unwrap_or_default().chunks(chunk) {
-                            if events.send(DestEvent::Data(id, piece.to_vec())).await.is_err() {
+                        // One copy of the read, which its messages share.
+                        let read = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        for start in (0..n).step_by(chunk) {
+                            let piece = read.slice(start..n.min(start + chunk));
+                            if events.send(DestEvent::Data(id, piece)).await.is_err() {
                                 return;
                             }
                         }
@@ -509,7 +513,7 @@ impl PortPlugin {
                     Err(e) => {
                         tracing::debug!("mux stream {id}: dial failed: {e}");
                         self.slots.remove(&id);
-                        let _ = channel.send(now, PayloadType::Flag, PortFlag::ConnectToPortError.to_bytes().to_vec());
+                        let _ = channel.send(now, PayloadType::Flag, PortFlag::ConnectToPortError.to_bytes());
                         if let Some(mux) = self.mux.as_mut() {
                             mux.close_stream(id);
                         }

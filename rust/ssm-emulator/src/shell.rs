@@ -137,7 +137,7 @@ impl ShellPlugin {
             // §6.1: the agent waits before its first read so queued input can run first.
             std::thread::sleep(delay);
             pump_output(&mut reader, chunk, pause, |data| {
-                events.blocking_send(DestEvent::Data(SHELL_STREAM, data)).is_ok()
+                events.blocking_send(DestEvent::Data(SHELL_STREAM, data.into())).is_ok()
             });
             let code = child.wait().map(|s| s.exit_code() as i32).unwrap_or(-1);
             let _ = events.blocking_send(DestEvent::Exited(code));

@@ -17,6 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::error::{DecodeError, SendError};
 use crate::frame::{FLAG_SYN, FLAGS_ACK, Frame, MessageId, MessageType, PayloadType};
 use crate::payload::{Acknowledge, ChannelClosed};
@@ -197,7 +199,9 @@ pub struct Stats {
 
 #[derive(Debug)]
 struct Outgoing {
-    frame: Vec<u8>,
+    /// The encoded frame, shared with the transmit queue (each transmission is a reference,
+    /// not a copy).
+    frame: Bytes,
     /// When it first went out (kept across retransmissions).
     first_sent: Option<Instant>,
     last_sent: Option<Instant>,
@@ -275,7 +279,7 @@ pub struct Channel {
     receive_ready: bool,
     paused: bool,
     closed: bool,
-    transmit: VecDeque<Vec<u8>>,
+    transmit: VecDeque<Bytes>,
     events: VecDeque<Event>,
     stats: Stats,
 }
@@ -390,7 +394,13 @@ impl Channel {
 
     /// Numbers, buffers and (unless paused) transmits one stream message. Returns its sequence
     /// number. Empty payloads are accepted (flags and size messages are never empty anyway).
-    pub fn send(&mut self, now: Instant, payload_type: PayloadType, payload: Vec<u8>) -> Result<i64, SendError> {
+    /// The payload is read once, into the frame.
+    pub fn send(
+        &mut self,
+        now: Instant,
+        payload_type: PayloadType,
+        payload: impl AsRef<[u8]>,
+    ) -> Result<i64, SendError> {
         if self.closed {
             return Err(SendError::Closed);
         }
@@ -413,9 +423,10 @@ impl Channel {
             flags,
             message_id: self.ids.uuid(),
             payload_type,
-            payload,
+            payload: Vec::new(),
         }
-        .encode();
+        .encode_with_payload(payload.as_ref());
+        let frame = Bytes::from(frame);
         if untracked {
             self.stats.messages_sent += 1;
             self.stats.sent_untracked += 1;
@@ -496,7 +507,7 @@ impl Channel {
     fn ack(&mut self, now: Instant, message_type: &MessageType, message_id: MessageId, seq: i64) {
         let payload = Acknowledge::json_for(message_type.as_str(), &message_id, seq);
         let ack = self.unnumbered(now, MessageType::Acknowledge, FLAGS_ACK, payload);
-        self.transmit.push_back(ack.encode());
+        self.transmit.push_back(ack.encode().into());
     }
 
     /// Handles one received WebSocket message (text or binary, §2.3).
@@ -693,10 +704,21 @@ impl Channel {
         }
         match self.config.retransmit {
             RetransmitPolicy::PerMessage => self.timers.first().map(|(t, _)| *t),
-            RetransmitPolicy::HeadOnly { tick } => {
-                let next = *self.head_tick.get_or_insert_with(|| self.epoch + tick);
-                Some(next)
+            RetransmitPolicy::HeadOnly { .. } => self.next_round(),
+        }
+    }
+
+    /// With the head-only policy, when its next round is due, also while nothing is unacked
+    /// (the agent's resend scheduler is a loop that wakes every round whether or not there is
+    /// anything to resend: agent/session/datachannel/datachannel.go
+    /// `ResendStreamDataMessageScheduler`); [`Channel::handle_timeout`] at or after it starts
+    /// the round after. `None` with the per-message policy, while paused and once closed.
+    pub fn next_round(&mut self) -> Option<Instant> {
+        match self.config.retransmit {
+            RetransmitPolicy::HeadOnly { tick } if !self.paused && !self.closed => {
+                Some(*self.head_tick.get_or_insert_with(|| self.epoch + tick))
             }
+            _ => None,
         }
     }
 
@@ -748,7 +770,7 @@ impl Channel {
     }
 
     /// Next frame to write to the WebSocket, as one binary message.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
         self.transmit.pop_front()
     }
 
@@ -793,8 +815,8 @@ mod tests {
     #[test]
     fn the_agent_takes_a_wrong_digest_and_the_client_refuses_it() {
         let (mut c, mut a, now) = pair();
-        c.send(now, PayloadType::Output, b"hi".to_vec()).unwrap();
-        let mut wire = c.poll_transmit().unwrap();
+        c.send(now, PayloadType::Output, b"hi").unwrap();
+        let mut wire = Vec::from(c.poll_transmit().unwrap());
         wire[80] ^= 0x80;
         // agentmessage.go Validate: no digest check.
         a.handle_frame(now, &wire).unwrap();
@@ -809,7 +831,7 @@ mod tests {
     #[test]
     fn send_ack_round_trip_samples_rtt() {
         let (mut c, mut a, now) = pair();
-        c.send(now, PayloadType::Output, b"hi".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"hi").unwrap();
         pump(&mut c, &mut a, now);
         assert_eq!(
             a.poll_event(),
@@ -830,9 +852,9 @@ mod tests {
     fn ack_after_processing_holds_successors_and_failure_means_retransmission() {
         let (mut c, mut a, now) = pair();
         for b in [b"0", b"1", b"2"] {
-            c.send(now, PayloadType::Output, b.to_vec()).unwrap();
+            c.send(now, PayloadType::Output, b).unwrap();
         }
-        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit().map(Vec::from)).collect();
         a.handle_frame(now, &frames[0]).unwrap();
         a.handle_frame(now, &frames[2]).unwrap(); // out of order: acked on arrival
         a.handle_frame(now, &frames[1]).unwrap(); // in order, but 0 is still being processed
@@ -946,20 +968,17 @@ mod tests {
         let mut client_cfg = Config::client();
         client_cfg.send_window = 1;
         let mut c = Channel::new(client_cfg, now, 1, 2);
-        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"x").unwrap();
         assert!(!c.can_send());
-        assert_eq!(
-            c.send(now, PayloadType::Output, b"y".to_vec()),
-            Err(SendError::WindowFull)
-        );
+        assert_eq!(c.send(now, PayloadType::Output, b"y"), Err(SendError::WindowFull));
     }
 
     #[test]
     fn the_oldest_unacked_message_keeps_its_first_send_time_across_retransmissions() {
         let (mut c, mut a, now) = pair();
         assert_eq!(c.oldest_unacked_since(), None);
-        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
-        c.send(now, PayloadType::Output, b"y".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"x").unwrap();
+        c.send(now, PayloadType::Output, b"y").unwrap();
         assert_eq!(c.oldest_unacked_since(), Some(now));
         let later = now + Duration::from_secs(5);
         c.handle_timeout(later);
@@ -984,7 +1003,7 @@ mod tests {
     #[test]
     fn duplicate_is_reacked() {
         let (mut c, mut a, now) = pair();
-        c.send(now, PayloadType::Output, b"x".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"x").unwrap();
         let f = c.poll_transmit().unwrap();
         a.handle_frame(now, &f).unwrap();
         a.processed(now, 0, true);
@@ -1009,11 +1028,41 @@ mod tests {
         assert_eq!(c.unacked(), 2);
     }
 
+    /// The head-only policy's rounds go on while nothing is unacked (the agent's scheduler
+    /// wakes every round), stop while paused and once closed; poll_timeout still wants no
+    /// call while nothing is unacked.
     #[test]
-    fn paused_holds_new_data_and_resends_on_start() {
+    fn head_only_rounds_go_on_while_nothing_is_unacked() {
         let (mut c, mut a, now) = pair();
-        let pause = Frame {
-            message_type: MessageType::PausePublication,
+        let tick = Duration::from_millis(100);
+        assert_eq!(c.next_round(), None, "the client resends per message: no rounds");
+        assert_eq!(a.poll_timeout(), None);
+        assert_eq!(a.next_round(), Some(now + tick));
+        let later = now + tick + Duration::from_millis(7);
+        a.handle_timeout(later);
+        assert_eq!(
+            a.next_round(),
+            Some(later + tick),
+            "a round at its time starts the next"
+        );
+        assert_eq!(a.poll_transmit(), None, "nothing to resend");
+        a.send(later, PayloadType::Output, b"x").unwrap();
+        assert_eq!(a.poll_timeout(), Some(later + tick), "the same rounds look at the head");
+        a.handle_frame(later, &publication(MessageType::PausePublication))
+            .unwrap();
+        assert_eq!(a.next_round(), None, "paused");
+        a.handle_frame(later, &publication(MessageType::StartPublication))
+            .unwrap();
+        assert_eq!(a.next_round(), Some(later + tick));
+        a.close();
+        assert_eq!(a.next_round(), None, "closed");
+        assert_eq!(c.poll_transmit(), None);
+    }
+
+    /// An encoded publication control frame (§4.7).
+    fn publication(message_type: MessageType) -> Vec<u8> {
+        Frame {
+            message_type,
             schema_version: 1,
             created_date: 1,
             sequence_number: 0,
@@ -1021,17 +1070,21 @@ mod tests {
             message_id: MessageId::default(),
             payload_type: PayloadType::Null,
             payload: vec![],
-        };
-        c.handle_frame(now, &pause.encode()).unwrap();
+        }
+        .encode()
+    }
+
+    #[test]
+    fn paused_holds_new_data_and_resends_on_start() {
+        let (mut c, mut a, now) = pair();
+        c.handle_frame(now, &publication(MessageType::PausePublication))
+            .unwrap();
         assert_eq!(c.poll_event(), Some(Event::Paused));
-        c.send(now, PayloadType::Output, b"held".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"held").unwrap();
         assert_eq!(c.poll_transmit(), None);
         assert_eq!(c.poll_timeout(), None);
-        let start = Frame {
-            message_type: MessageType::StartPublication,
-            ..pause
-        };
-        c.handle_frame(now, &start.encode()).unwrap();
+        c.handle_frame(now, &publication(MessageType::StartPublication))
+            .unwrap();
         assert_eq!(c.poll_event(), Some(Event::Resumed));
         assert_eq!(pump(&mut c, &mut a, now), 1);
         assert!(matches!(a.poll_event(), Some(Event::Stream { .. })));
@@ -1041,7 +1094,7 @@ mod tests {
     fn not_ready_leaves_message_unacked_then_accepts_retransmission() {
         let (mut c, mut a, now) = pair();
         a.set_receive_ready(false);
-        c.send(now, PayloadType::Output, b"later".to_vec()).unwrap();
+        c.send(now, PayloadType::Output, b"later").unwrap();
         pump(&mut c, &mut a, now);
         assert_eq!(a.pending_transmit(), 0);
         assert_eq!(a.poll_event(), None);
@@ -1055,8 +1108,8 @@ mod tests {
     #[test]
     fn head_only_policy_resends_oldest_per_tick() {
         let (mut c, mut a, now) = pair();
-        a.send(now, PayloadType::Output, b"1".to_vec()).unwrap();
-        a.send(now, PayloadType::Output, b"2".to_vec()).unwrap();
+        a.send(now, PayloadType::Output, b"1").unwrap();
+        a.send(now, PayloadType::Output, b"2").unwrap();
         while a.poll_transmit().is_some() {}
         let mut t = now;
         for _ in 0..5 {
@@ -1080,9 +1133,9 @@ mod tests {
     fn retransmitted_copy_of_a_buffered_message_leaves_no_stale_entry() {
         let (mut c, mut a, now) = pair();
         for b in [b"0", b"1", b"2"] {
-            c.send(now, PayloadType::Output, b.to_vec()).unwrap();
+            c.send(now, PayloadType::Output, b).unwrap();
         }
-        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit()).collect();
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| c.poll_transmit().map(Vec::from)).collect();
         a.handle_frame(now, &frames[1]).unwrap(); // out of order: acked and stored
         a.handle_frame(now, &frames[0]).unwrap(); // in order: being processed
         a.set_receive_ready(false);

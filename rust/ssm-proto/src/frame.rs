@@ -267,13 +267,24 @@ impl Frame {
     /// Encodes with the writer rules of §3.6: header length 116, space padding, schema 1 as
     /// given, digest always filled. One pre-sized buffer (§9 item 24).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(FRAME_OVERHEAD + self.payload.len());
-        self.encode_into(&mut out);
+        self.encode_with_payload(&self.payload)
+    }
+
+    /// [`Frame::encode`] with `payload` in place of the frame's own (which is not read): a
+    /// sender whose payload is a slice of a larger buffer frames it without copying it into a
+    /// `Vec` of its own first.
+    pub(crate) fn encode_with_payload(&self, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_OVERHEAD + payload.len());
+        self.encode_parts(payload, &mut out);
         out
     }
 
     /// Appends the encoding to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        self.encode_parts(&self.payload, out);
+    }
+
+    fn encode_parts(&self, payload: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&HEADER_LENGTH.to_be_bytes());
         let name = self.message_type.as_str().as_bytes();
         let name = name.get(..TYPE_WIDTH).unwrap_or(name);
@@ -284,12 +295,12 @@ impl Frame {
         out.extend_from_slice(&self.sequence_number.to_be_bytes());
         out.extend_from_slice(&self.flags.to_be_bytes());
         out.extend_from_slice(&self.message_id.to_wire());
-        out.extend_from_slice(&Sha256::digest(&self.payload));
+        out.extend_from_slice(&Sha256::digest(payload));
         out.extend_from_slice(&self.payload_type.to_u32().to_be_bytes());
         // A payload never reaches 4 GiB: the channel limits message sizes far below that.
-        let len = u32::try_from(self.payload.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
         out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(&self.payload);
+        out.extend_from_slice(payload);
     }
 
     /// Encodes with `HeaderLength` 112: no `PayloadType` field, `PayloadLength` at offset 112.

@@ -286,7 +286,7 @@ proptest! {
         let mut ch = Channel::new(config, start, 1_700_000_000_000, 7);
         // Something of ours in flight so acks have something to match.
         for _ in 0..4 {
-            ch.send(start, PayloadType::Output, b"x".to_vec()).unwrap();
+            ch.send(start, PayloadType::Output, b"x").unwrap();
         }
         let mut now = start;
         let mut delivered = 0i64;

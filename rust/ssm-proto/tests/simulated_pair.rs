@@ -142,7 +142,7 @@ impl Peer {
                     self.sent_while_paused += 1;
                 }
             }
-            net.send(now, dir, bytes);
+            net.send(now, dir, bytes.into());
         }
     }
 
@@ -611,10 +611,7 @@ fn pause_holds_sends_and_retransmissions_until_start() {
     // The application keeps writing: accepted, numbered, held back.
     let held = rng.bytes(30 * CHUNK);
     for (i, chunk) in held.chunks(CHUNK).enumerate() {
-        assert_eq!(
-            sim.client.ch.send(now, PayloadType::Output, chunk.to_vec()),
-            Ok(41 + i as i64)
-        );
+        assert_eq!(sim.client.ch.send(now, PayloadType::Output, chunk), Ok(41 + i as i64));
     }
     assert_eq!(sim.client.ch.pending_transmit(), 0, "nothing written while paused");
     assert_eq!(sim.client.ch.unacked(), 31);
@@ -671,12 +668,12 @@ fn pause_is_lifted_by_peer_traffic() {
     let now = Instant::now();
     let mut c = Channel::new(Config::client(), now, UNIX_MS, 1);
     let mut a = Channel::new(Config::agent(), now, UNIX_MS, 2);
-    c.send(now, PayloadType::Output, b"one".to_vec()).unwrap();
+    c.send(now, PayloadType::Output, b"one").unwrap();
     let one = c.poll_transmit().unwrap();
     c.handle_frame(now, &publication(MessageType::PausePublication))
         .unwrap();
     assert_eq!(c.poll_event(), Some(Event::Paused));
-    c.send(now, PayloadType::Output, b"two".to_vec()).unwrap();
+    c.send(now, PayloadType::Output, b"two").unwrap();
     assert_eq!(c.poll_transmit(), None);
     a.handle_frame(now, &one).unwrap();
     a.processed(now, 0, true);

@@ -609,14 +609,14 @@ impl Soak {
                 let expected = self.client.ch.expected_sequence_number();
                 self.agent.held_by_peer.acked(seq, expected, &self.agent.sizes);
             }
-            self.net.send(self.now, Dir::ToAgent, bytes);
+            self.net.send(self.now, Dir::ToAgent, bytes.into());
         }
         while let Some(bytes) = self.agent.ch.poll_transmit() {
             if let Some(seq) = acked_seq(&bytes) {
                 let expected = self.agent.ch.expected_sequence_number();
                 self.client.held_by_peer.acked(seq, expected, &self.client.sizes);
             }
-            self.net.send(self.now, Dir::ToClient, bytes);
+            self.net.send(self.now, Dir::ToClient, bytes.into());
         }
     }
 
