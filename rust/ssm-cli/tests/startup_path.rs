@@ -7,10 +7,11 @@
 use object::{Object, ObjectSection, ObjectSymbol};
 
 /// Functions every port forward runs (legacy-mangled path, up to the hash): decoding and
-/// encoding frames, the channel's receive path, the port session's loop.
+/// framing a payload to send (`Channel::send`, generic: every instance), the channel's receive
+/// path, the port session's loop.
 const FORWARD_PATH: &[&str] = &[
     "_ZN9ssm_proto5frame5Frame11decode_with17h",
-    "_ZN9ssm_proto5frame5Frame11encode_into17h",
+    "_ZN9ssm_proto7channel7Channel4send17h",
     "_ZN9ssm_proto7channel7Channel14handle_decoded17h",
     "_ZN9ssm_proto7payload11Acknowledge8json_for17h",
 ];

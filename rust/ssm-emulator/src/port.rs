@@ -559,10 +559,14 @@ impl PortPlugin {
                 }
                 self.pump_at = Some(now + p);
             }
-            let Some(bytes) = mux.poll_output(chunk) else {
+            // Framed straight from smux's output (Channel::send copies the payload into the
+            // frame it encodes).
+            if mux
+                .poll_output_with(chunk, |bytes| channel.send(now, PayloadType::Output, bytes))
+                .is_none()
+            {
                 break;
-            };
-            let _ = channel.send(now, PayloadType::Output, bytes);
+            }
             if pause.is_some() {
                 return;
             }
