@@ -271,10 +271,23 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
                 Some(AgentCommand::Attach(conn)) => agent.attach(*conn),
                 Some(AgentCommand::Terminate) | None => agent.begin_close(String::new()),
             },
-            Some(msg) = inbound_rx.recv(), if reading => match msg {
-                Inbound::Frame(id, bytes) => agent.on_frame(id, &bytes).await,
-                Inbound::Closed(id) => agent.on_link_closed(id),
-            },
+            Some(msg) = inbound_rx.recv(), if reading => {
+                agent.on_inbound(msg).await;
+                // Frames already read are handled in the same turn, one after another as the
+                // agent's reader handles them (datachannel.go: the socket's message handler
+                // processes each frame, acks included, before it reads the next); output and
+                // timers are looked at after them. A turn of this loop per ack otherwise
+                // costs an unpaced transfer more than the acks do.
+                for _ in 1..INBOUND_QUEUE {
+                    if agent.processing.is_some() || agent.finished {
+                        break;
+                    }
+                    match inbound_rx.try_recv() {
+                        Ok(msg) => agent.on_inbound(msg).await,
+                        Err(_) => break,
+                    }
+                }
+            }
             Some(ev) = done_rx.recv() => agent.on_done(ev).await,
             Some(ev) = data_rx.recv(), if can_take_dest => agent.on_dest(ev),
             () = timer.sleep_until(wake.unwrap_or_else(Instant::now), precise), if wake.is_some() => {
@@ -518,6 +531,13 @@ impl Agent {
             payload.to_string().into_bytes(),
         );
         self.control.push_back(frame.encode().into());
+    }
+
+    async fn on_inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Frame(id, bytes) => self.on_frame(id, &bytes).await,
+            Inbound::Closed(id) => self.on_link_closed(id),
+        }
     }
 
     async fn on_frame(&mut self, link_id: u64, bytes: &[u8]) {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use ssm_proto::smux::{Keepalive, Mux, MuxEvent, Side};
 use ssm_proto::{Channel, PayloadType, PortFlag, PortMode, PortProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,17 +117,20 @@ impl DestConn {
         let events = queues.data;
         let reader = tokio::spawn(async move {
             let chunk = chunk.max(1);
-            let mut buf = vec![0u8; read_size.max(chunk)];
+            let size = read_size.max(chunk);
+            let mut buf = BytesMut::with_capacity(size);
             let timer = pause.map(|_| crate::timer::PreciseTimer::new());
             loop {
-                match rd.read(&mut buf).await {
+                buf.reserve(size);
+                match rd.read_buf(&mut (&mut buf).limit(size)).await {
                     Ok(0) | Err(_) => {
                         let _ = events.send(DestEvent::Eof(id)).await;
                         return;
                     }
                     Ok(n) => {
-                        // One copy of the read, which its messages share.
-                        let read = Bytes::copy_from_slice(buf.get(..n).unwrap_or_default());
+                        // Read into memory its messages then share: no copy of it here, and
+                        // none in smux (Mux::write_bytes).
+                        let read = buf.split().freeze();
                         for start in (0..n).step_by(chunk) {
                             let piece = read.slice(start..n.min(start + chunk));
                             if events.send(DestEvent::Data(id, piece)).await.is_err() {
@@ -478,7 +481,7 @@ impl PortPlugin {
             DestEvent::Data(id, data) => {
                 if let Some(mux) = self.mux.as_mut() {
                     if mux.is_open(id) {
-                        let _ = mux.write(id, &data);
+                        let _ = mux.write_bytes(id, data);
                     }
                 } else if matches!(&self.basic, Basic::Open(g, _) if *g == id) {
                     let _ = channel.send(now, PayloadType::Output, data);

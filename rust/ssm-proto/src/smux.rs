@@ -18,6 +18,8 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use bytes::{Buf, Bytes};
+
 use crate::error::SmuxError;
 
 /// smux protocol version spoken here.
@@ -127,7 +129,10 @@ pub struct Mux {
     next_id: u32,
     streams: BTreeSet<u32>,
     inbuf: Vec<u8>,
-    out: VecDeque<u8>,
+    /// Output in pieces (frame headers, and the data written, shared rather than copied),
+    /// `out_len` bytes in all.
+    out: VecDeque<Bytes>,
+    out_len: usize,
     events: VecDeque<MuxEvent>,
     keepalive: Option<Keepalive>,
     next_nop: Option<Instant>,
@@ -151,6 +156,7 @@ impl Mux {
             streams: BTreeSet::new(),
             inbuf: Vec::new(),
             out: VecDeque::new(),
+            out_len: 0,
             events: VecDeque::new(),
             keepalive,
             // A timing past the clock's range means "never" rather than a panic.
@@ -179,19 +185,26 @@ impl Mux {
         self.next_id = self.next_id.wrapping_add(2);
         let id = self.next_id;
         self.streams.insert(id);
-        self.push_frame(Cmd::Syn, id, &[]);
+        self.push_frame(Cmd::Syn, id, Bytes::new());
         Ok(id)
     }
 
     /// Queues `data` for stream `id`, split into PSH frames of at most [`MAX_FRAME_SIZE`].
     pub fn write(&mut self, id: u32, data: &[u8]) -> Result<(), SmuxError> {
+        self.write_bytes(id, Bytes::copy_from_slice(data))
+    }
+
+    /// [`Mux::write`] for data the caller already holds as `Bytes`: the frames carry it without
+    /// a copy until [`Mux::poll_output_with`] lends it out.
+    pub fn write_bytes(&mut self, id: u32, mut data: Bytes) -> Result<(), SmuxError> {
         if self.closed {
             return Err(SmuxError::Closed);
         }
         if !self.streams.contains(&id) {
             return Err(SmuxError::UnknownStream(id));
         }
-        for chunk in data.chunks(MAX_FRAME_SIZE) {
+        while !data.is_empty() {
+            let chunk = data.split_to(MAX_FRAME_SIZE.min(data.len()));
             self.push_frame(Cmd::Psh, id, chunk);
         }
         Ok(())
@@ -200,7 +213,7 @@ impl Mux {
     /// Closes stream `id` (FIN) and forgets it; there is no half-close in smux v1.
     pub fn close_stream(&mut self, id: u32) {
         if self.streams.remove(&id) && !self.closed {
-            self.push_frame(Cmd::Fin, id, &[]);
+            self.push_frame(Cmd::Fin, id, Bytes::new());
         }
     }
 
@@ -208,16 +221,21 @@ impl Mux {
     /// reads EOF and is then closed locally sends its own FIN, as the agent's streams do.
     pub fn answer_fin(&mut self, id: u32) {
         if !self.closed && !self.streams.contains(&id) {
-            self.push_frame(Cmd::Fin, id, &[]);
+            self.push_frame(Cmd::Fin, id, Bytes::new());
         }
     }
 
-    fn push_frame(&mut self, cmd: Cmd, id: u32, data: &[u8]) {
-        // Straight into the output ring: a frame built apart and then copied in was most of
-        // the emulator's copying in an unpaced download.
-        let (header, body) = frame_parts(cmd, id, data);
-        self.out.extend(header);
-        self.out.extend(body);
+    fn push_frame(&mut self, cmd: Cmd, id: u32, mut data: Bytes) {
+        // The header is queued apart and the body as it is: copying frames into one buffer
+        // was most of the emulator's copying in an unpaced download.
+        let (header, body) = frame_parts(cmd, id, &data);
+        let len = body.len();
+        data.truncate(len);
+        self.out.push_back(Bytes::copy_from_slice(&header));
+        if !data.is_empty() {
+            self.out.push_back(data);
+        }
+        self.out_len += HEADER_LEN + len;
     }
 
     /// Feeds bytes read from the data channel. A protocol error closes the session.
@@ -311,7 +329,7 @@ impl Mux {
 
     /// Bytes waiting to be written to the data channel.
     pub fn pending_output(&self) -> usize {
-        self.out.len()
+        self.out_len
     }
 
     /// Received bytes held back as the start of an incomplete frame between calls to
@@ -328,26 +346,42 @@ impl Mux {
 
     /// Up to `max` bytes to carry in one data-channel message, lent to `f` and then dropped
     /// from the output: for a caller that frames them at once, without a copy of its own.
-    /// Copied here only where the output ring wraps inside them.
+    /// Copied here only where they span pieces of the output (a frame's header and body).
     pub fn poll_output_with<R>(&mut self, max: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
-        if self.out.is_empty() || max == 0 {
+        if self.out_len == 0 || max == 0 {
             return None;
         }
-        let n = max.min(self.out.len());
-        let (front, back) = self.out.as_slices();
-        let taken = match front.get(..n) {
+        let n = max.min(self.out_len);
+        let taken = match self.out.front().and_then(|front| front.get(..n)) {
             Some(whole) => f(whole),
             None => {
-                // Copied a slice at a time: collecting the drain byte by byte was a tenth of
-                // the emulator's CPU in an unpaced download.
                 let mut chunk = Vec::with_capacity(n);
-                chunk.extend_from_slice(front);
-                chunk.extend_from_slice(back.get(..n.saturating_sub(front.len())).unwrap_or(back));
+                for piece in &self.out {
+                    let want = n - chunk.len();
+                    if want == 0 {
+                        break;
+                    }
+                    chunk.extend_from_slice(piece.get(..want).unwrap_or(piece));
+                }
                 f(&chunk)
             }
         };
-        self.out.drain(..n);
+        self.consume_output(n);
         Some(taken)
+    }
+
+    /// Drops the first `n` bytes of the output (at most all of it).
+    fn consume_output(&mut self, mut n: usize) {
+        self.out_len -= n.min(self.out_len);
+        while n > 0 {
+            let Some(front) = self.out.front_mut() else { break };
+            if front.len() > n {
+                front.advance(n);
+                break;
+            }
+            n -= front.len();
+            self.out.pop_front();
+        }
     }
 
     /// When [`Mux::handle_timeout`] wants to run next (keepalive only).
@@ -364,7 +398,7 @@ impl Mux {
             return Ok(());
         };
         if self.next_nop.is_some_and(|t| now >= t) {
-            self.push_frame(Cmd::Nop, 0, &[]);
+            self.push_frame(Cmd::Nop, 0, Bytes::new());
             self.next_nop = now.checked_add(keepalive.interval);
         }
         if self.next_check.is_some_and(|t| now >= t) {
@@ -434,8 +468,8 @@ mod tests {
         );
     }
 
-    /// Output taken in pieces while more is written wraps the output ring: every byte still
-    /// comes out once and in order.
+    /// Output taken in pieces while more is written, some from within one piece of the output
+    /// and some across pieces: every byte still comes out once and in order.
     #[test]
     fn output_taken_while_written_keeps_every_byte_in_order() {
         let now = Instant::now();
@@ -444,12 +478,14 @@ mod tests {
         let id = c.open_stream().unwrap();
         let sent: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut got = Vec::new();
-        let mut wrapped = false;
+        let (mut lent, mut gathered) = (false, false);
         for (i, piece) in sent.chunks(1_500).enumerate() {
             c.write(id, piece).unwrap();
-            wrapped |= !c.out.as_slices().1.is_empty();
-            // Take less than was written, in sizes that straddle the ring's end.
+            // Take less than was written, in sizes that straddle the pieces' ends.
             for _ in 0..(i % 3) {
+                let whole = c.out.front().is_some_and(|f| f.len() >= 1_021.min(c.out_len));
+                lent |= whole;
+                gathered |= !whole;
                 if let Some(chunk) = c.poll_output(1_021) {
                     s.handle_input(now, &chunk).unwrap();
                 }
@@ -468,7 +504,11 @@ mod tests {
                 got.extend_from_slice(&d);
             }
         }
-        assert!(wrapped, "the output ring never wrapped: the test proves nothing");
+        assert!(
+            lent && gathered,
+            "output not taken both from one piece and across pieces: the test proves nothing"
+        );
+        assert_eq!(c.pending_output(), 0);
         assert_eq!(got.len(), sent.len());
         assert!(got == sent, "bytes out of order or changed");
     }
