@@ -15,6 +15,7 @@
 //! the set of open streams. Per-stream buffering and back-pressure belong to the caller, so one
 //! slow local reader does not stall the others (§9 item 21).
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -341,19 +342,25 @@ impl Mux {
 
     /// Up to `max` bytes to carry in one data-channel message.
     pub fn poll_output(&mut self, max: usize) -> Option<Vec<u8>> {
-        self.poll_output_with(max, <[u8]>::to_vec)
+        self.take_output(max, |bytes| bytes.into_owned())
     }
 
     /// Up to `max` bytes to carry in one data-channel message, lent to `f` and then dropped
     /// from the output: for a caller that frames them at once, without a copy of its own.
     /// Copied here only where they span pieces of the output (a frame's header and body).
     pub fn poll_output_with<R>(&mut self, max: usize, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        self.take_output(max, |bytes| f(&bytes))
+    }
+
+    /// Hands `f` up to `max` bytes of output, borrowed from one piece or gathered from several
+    /// (so that [`Mux::poll_output`] copies each byte once either way), then drops them.
+    fn take_output<R>(&mut self, max: usize, f: impl FnOnce(Cow<'_, [u8]>) -> R) -> Option<R> {
         if self.out_len == 0 || max == 0 {
             return None;
         }
         let n = max.min(self.out_len);
         let taken = match self.out.front().and_then(|front| front.get(..n)) {
-            Some(whole) => f(whole),
+            Some(whole) => f(Cow::Borrowed(whole)),
             None => {
                 let mut chunk = Vec::with_capacity(n);
                 for piece in &self.out {
@@ -363,7 +370,7 @@ impl Mux {
                     }
                     chunk.extend_from_slice(piece.get(..want).unwrap_or(piece));
                 }
-                f(&chunk)
+                f(Cow::Owned(chunk))
             }
         };
         self.consume_output(n);
