@@ -274,9 +274,10 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
             Some(msg) = inbound_rx.recv(), if reading => {
                 agent.on_inbound(msg).await;
                 // Frames already read are handled in the same turn, one after another as the
-                // agent's reader handles them (datachannel.go: the socket's message handler
-                // processes each frame, acks included, before it reads the next); output and
-                // timers are looked at after them. A turn of this loop per ack otherwise
+                // agent's reader handles them (agent/session/communicator/websocketchannel.go:
+                // its read loop calls OnMessage, datachannel.go's handler, on each frame, acks
+                // included, before it reads the next); output and timers are looked at after
+                // them. A turn of this loop per ack otherwise
                 // costs an unpaced transfer more than the acks do.
                 for _ in 1..INBOUND_QUEUE {
                     if agent.processing.is_some() || agent.finished {
