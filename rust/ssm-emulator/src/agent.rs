@@ -19,13 +19,13 @@ use tokio::sync::mpsc;
 use crate::command::{CommandPlugin, CommandProperties, Input, STDERR_STREAM};
 use crate::config::{AgentRetransmit, Config};
 use crate::faults::{self, Interrupt, Interruptions};
-use crate::link::{self, Inbound, Link, Sent};
+use crate::link::{self, Inbound, InboundTx, Link, Sent};
 use crate::port::{DestEvent, DestQueues, Handled, PortPlugin};
 use crate::shell::ShellPlugin;
 use crate::state::{AgentCommand, Connection, Counters, SessionSpec, Shared};
 
-/// Client frames read ahead of the agent's processing.
-const INBOUND_QUEUE: usize = 16;
+/// Most queued client frames handled in one turn of the agent's loop.
+const INBOUND_TURN: usize = 256;
 /// How long the agent waits for its output to be acked before closing (§4.9, §6.6).
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// `channel_closed` output when MGS ends an idle session. The service's exact text is not
@@ -54,7 +54,7 @@ struct Agent {
     link_lost_at: Option<Instant>,
     interruptions: Interruptions,
     pause_until: Option<Instant>,
-    inbound_tx: mpsc::Sender<Inbound>,
+    inbound_tx: InboundTx,
     stage: Stage,
     dispatched: Instant,
     last_input: Instant,
@@ -203,9 +203,9 @@ pub(crate) fn attach(shared: &Arc<Shared>, spec: Arc<SessionSpec>, conn: Connect
 }
 
 async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::UnboundedReceiver<AgentCommand>) {
-    // Small: while the agent processes a message it reads nothing more from its socket
-    // (datachannel.go), so frames back up to the client's TCP connection.
-    let (inbound_tx, mut inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    // Small (link::INBOUND_BYTES): while the agent processes a message it reads nothing more
+    // from its socket (datachannel.go), so frames back up to the client's TCP connection.
+    let (inbound_tx, mut inbound_rx) = link::inbound_queue();
     let (data_tx, mut data_rx) = mpsc::channel(64);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
@@ -279,13 +279,13 @@ async fn run(shared: Arc<Shared>, spec: Arc<SessionSpec>, mut commands: mpsc::Un
                 // included, before it reads the next); output and timers are looked at after
                 // them. A turn of this loop per ack otherwise
                 // costs an unpaced transfer more than the acks do.
-                for _ in 1..INBOUND_QUEUE {
+                for _ in 1..INBOUND_TURN {
                     if agent.processing.is_some() || agent.finished {
                         break;
                     }
                     match inbound_rx.try_recv() {
-                        Ok(msg) => agent.on_inbound(msg).await,
-                        Err(_) => break,
+                        Some(msg) => agent.on_inbound(msg).await,
+                        None => break,
                     }
                 }
             }

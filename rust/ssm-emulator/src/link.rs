@@ -10,7 +10,7 @@ use axum::extract::ws::{Message, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
@@ -23,6 +23,83 @@ pub(crate) enum Inbound {
     Frame(u64, Bytes),
     /// Link `id` is closed.
     Closed(u64),
+}
+
+/// Bytes of client frames read ahead of the agent's processing. The agent reads a frame only
+/// after it has handled the one before (agent/session/communicator/websocketchannel.go:
+/// `ReadMessage`, then `OnMessage` on it), through gorilla/websocket's buffered reader, so
+/// what it holds read but unhandled is bounded in bytes, not frames: a few data frames, or
+/// many more of the small acks. The bound is larger than that reader's 4 KiB: each time the
+/// queue runs dry the agent's loop takes a turn (timers, output, the socket), and with room
+/// for only 16 frames those turns, one per 16 acks, cost an unpaced download more than the
+/// acks did (about a third of its throughput). A stalled agent still stops reading: what a
+/// client can write ahead of it is the TCP buffers (MiBs once the kernel has grown them) and
+/// at most these 64 KiB.
+const INBOUND_BYTES: usize = 64 * 1024;
+
+/// What a frame takes of [`INBOUND_BYTES`]; a larger frame takes all of it.
+fn inbound_cost(frame: &Bytes) -> u32 {
+    frame.len().clamp(1, INBOUND_BYTES) as u32
+}
+
+/// The queue from a session's link readers to its agent, bounded by [`INBOUND_BYTES`].
+pub(crate) fn inbound_queue() -> (InboundTx, InboundRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let room = Arc::new(Semaphore::new(INBOUND_BYTES));
+    (InboundTx { tx, room: room.clone() }, InboundRx { rx, room })
+}
+
+/// A link reader's end of [`inbound_queue`].
+#[derive(Clone)]
+pub(crate) struct InboundTx {
+    tx: mpsc::UnboundedSender<Inbound>,
+    room: Arc<Semaphore>,
+}
+
+impl InboundTx {
+    /// Waits for room, then queues `msg`; `Err` once the agent has gone.
+    async fn send(&self, msg: Inbound) -> Result<(), ()> {
+        if let Inbound::Frame(_, frame) = &msg {
+            self.room
+                .acquire_many(inbound_cost(frame))
+                .await
+                .map_err(|_| ())?
+                .forget();
+        }
+        self.tx.send(msg).map_err(|_| ())
+    }
+}
+
+/// The agent's end of [`inbound_queue`]; dropping it releases a reader waiting for room.
+pub(crate) struct InboundRx {
+    rx: mpsc::UnboundedReceiver<Inbound>,
+    room: Arc<Semaphore>,
+}
+
+impl InboundRx {
+    pub(crate) async fn recv(&mut self) -> Option<Inbound> {
+        let msg = self.rx.recv().await;
+        self.taken(msg)
+    }
+
+    pub(crate) fn try_recv(&mut self) -> Option<Inbound> {
+        let msg = self.rx.try_recv().ok();
+        self.taken(msg)
+    }
+
+    /// A frame taken off the queue makes room for the reader.
+    fn taken(&self, msg: Option<Inbound>) -> Option<Inbound> {
+        if let Some(Inbound::Frame(_, frame)) = &msg {
+            self.room.add_permits(inbound_cost(frame) as usize);
+        }
+        msg
+    }
+}
+
+impl Drop for InboundRx {
+    fn drop(&mut self) {
+        self.room.close();
+    }
 }
 
 /// Frames queued for one socket beyond what its buffers hold. The agent writes to its
@@ -198,7 +275,7 @@ async fn linger(stream: &mut SplitStream<WebSocket>) {
 }
 
 /// Starts the reader and writer tasks of `socket`; client frames go to `inbound` as link `id`.
-pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mpsc::Sender<Inbound>) -> Link {
+pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: InboundTx) -> Link {
     let (mut sink, mut stream) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
     let (ctl_tx, mut ctl_rx) = mpsc::unbounded_channel::<LinkCtl>();
@@ -323,5 +400,57 @@ pub(crate) fn spawn(shared: Arc<Shared>, socket: WebSocket, id: u64, inbound: mp
         out: out_tx,
         ctl: ctl_tx,
         frames_sent: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Inbound {
+        Inbound::Frame(1, Bytes::from(vec![0u8; len]))
+    }
+
+    /// Read-ahead is bounded in bytes: many small frames fit where few large ones do, a reader
+    /// waits for the agent to take frames, and it is let go once the agent has gone.
+    #[tokio::test]
+    async fn inbound_queue_is_bounded_in_bytes() {
+        let (tx, mut rx) = inbound_queue();
+        let ack = 256;
+        let acks = INBOUND_BYTES / ack;
+        for _ in 0..acks {
+            tx.send(frame(ack)).await.expect("room for the acks");
+        }
+        let more = tx.clone();
+        let mut waiting = tokio::spawn(async move { more.send(frame(1100)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a frame past the budget waits");
+        // Four acks' room is not enough for it; a fifth's is.
+        for _ in 0..4 {
+            assert!(matches!(rx.try_recv(), Some(Inbound::Frame(_, b)) if b.len() == ack));
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a frame went in with less room than it takes");
+        assert!(matches!(rx.try_recv(), Some(Inbound::Frame(_, b)) if b.len() == ack));
+        tokio::time::timeout(Duration::from_secs(5), &mut waiting)
+            .await
+            .expect("the reader goes on once frames are taken")
+            .unwrap()
+            .expect("queued");
+        // A frame larger than the whole budget takes all of it and still goes through.
+        while rx.try_recv().is_some() {}
+        tx.send(frame(3 * INBOUND_BYTES)).await.expect("a large frame");
+        let blocked = tx.clone();
+        let waiting = tokio::spawn(async move { blocked.send(frame(1)).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing else fits beside it");
+        drop(rx);
+        let sent = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("let go")
+            .unwrap();
+        assert!(sent.is_err(), "the agent has gone");
+        // Closing the link needs no room.
+        assert!(tx.send(Inbound::Closed(1)).await.is_err());
     }
 }
