@@ -533,6 +533,9 @@ pub struct ReadCounters {
     pub frames: AtomicU64,
     /// Times the driver woke to read the socket and found frames.
     pub wakes: AtomicU64,
+    /// Wakes after which TCP's ACK was sent at once, as nothing of ours answered the frames
+    /// read (see `Socket::quick_ack`).
+    pub quick_acks: AtomicU64,
 }
 
 /// Decides when reading is held for [`ChannelOptions::read_coalesce`].
@@ -873,6 +876,15 @@ impl Driver {
                     if frames > 0 {
                         self.counters.wakes.fetch_add(1, Ordering::Relaxed);
                         self.counters.frames.fetch_add(frames as u64, Ordering::Relaxed);
+                        // Nothing of ours to write in reply (the agent's acks of our input,
+                        // typically): TCP's ACK goes now, or the agent's next small write (a
+                        // keystroke's echo) waits for it behind Nagle's algorithm.
+                        if self.channel.pending_transmit() == 0
+                            && let Some(sock) = self.ws.as_mut().and_then(socket)
+                        {
+                            sock.quick_ack();
+                            self.counters.quick_acks.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     let now = Instant::now();
                     let trickle = self

@@ -54,6 +54,16 @@ impl Socket {
         }
     }
 
+    /// Sends TCP's ACK for what has been read now rather than after the kernel's delayed-ACK
+    /// wait (up to 40 ms on Linux), for a read we will not answer with data of our own: a
+    /// peer that runs Nagle's algorithm holds its next small write until that ACK, and the
+    /// kernel, having seen us answer promptly before (its "pingpong" mode), waits for an
+    /// answer that is not coming. Linux only (TCP_QUICKACK, which also sends an ACK already
+    /// due at once); elsewhere the kernel's timing stands.
+    pub(crate) fn quick_ack(&self) {
+        set_quickack(&self.tcp);
+    }
+
     /// Whether the mark is up.
     #[cfg(test)]
     pub(crate) fn is_held(&self) -> bool {
@@ -136,6 +146,26 @@ fn set_rcvlowat(tcp: &TcpStream, bytes: libc::c_int) {
     }
 }
 
+#[cfg(target_os = "linux")]
+fn set_quickack(tcp: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the socket is open (`tcp` owns it); TCP_QUICKACK reads one `c_int` through the
+    // valid pointer, of the length given.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            std::ptr::from_ref(&on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_quickack(_: &TcpStream) {}
+
 /// Linux's TCP signals readiness at once when the mark is lowered under bytes already waiting
 /// (`tcp_set_rcvlowat`); where that is not known to hold (BSD kqueue, Windows), the mark is
 /// left alone.
@@ -183,6 +213,59 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    /// Whether the kernel would ACK at once (1) or delay it for a reply (0, its "pingpong"
+    /// mode).
+    fn quickack_mode(tcp: &TcpStream) -> libc::c_int {
+        use std::os::fd::AsRawFd;
+        let mut val: libc::c_int = -1;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: the socket is open; the kernel writes at most `len` bytes to `val`.
+        let rc = unsafe {
+            libc::getsockopt(
+                tcp.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                std::ptr::from_mut(&mut val).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
+        val
+    }
+
+    /// A socket that has answered each read at once is one the kernel delays its ACKs on;
+    /// `quick_ack` takes it out of that mode, so the peer's Nagle is not left waiting.
+    #[tokio::test]
+    async fn quick_ack_ends_the_kernels_wait_for_a_reply() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut sock = Socket::new(tcp);
+        let mut buf = [0u8; 8];
+        for _ in 0..50 {
+            peer.write_all(b"k").await.unwrap();
+            sock.read_exact(&mut buf[..1]).await.unwrap();
+            sock.write_all(b"e").await.unwrap();
+            peer.read_exact(&mut buf[..1]).await.unwrap();
+            if quickack_mode(&sock.tcp) == 0 {
+                break;
+            }
+        }
+        assert_eq!(
+            quickack_mode(&sock.tcp),
+            0,
+            "prompt replies put the socket in pingpong mode"
+        );
+        peer.write_all(b"k").await.unwrap();
+        sock.read_exact(&mut buf[..1]).await.unwrap();
+        sock.quick_ack();
+        assert_eq!(
+            quickack_mode(&sock.tcp),
+            1,
+            "quick_ack left the kernel waiting for a reply"
+        );
+    }
 
     /// With the mark up, bytes below it do not make the socket readable, and a forced read
     /// still takes them; a forced read that finds nothing lowers the mark, so that the next

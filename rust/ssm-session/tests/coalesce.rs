@@ -44,6 +44,55 @@ async fn a_paced_download_is_read_several_messages_per_wake() {
         frames >= 3 * wakes,
         "{frames} frames in {wakes} wakes: the trickle was not coalesced"
     );
+    // Every data message is answered with an ack, which carries TCP's ACK: no extra system
+    // call per wake for it.
+    let quick = counters.quick_acks.load(Ordering::Relaxed);
+    assert!(quick <= 5, "{quick} immediate TCP ACKs in a download of {wakes} wakes");
+    emu.stop().await;
+}
+
+/// The emulator runs Nagle's algorithm (its default, as MGS may): after acking a keystroke it
+/// holds the keystroke's echo until TCP has acknowledged that ack, and a client whose kernel
+/// delays its ACK (up to 40 ms, expecting a reply) adds that to every keystroke. The agent's
+/// acks of our input need no reply, so the driver has the kernel ACK them at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_acks_of_keystrokes_are_acknowledged_at_once() {
+    use ssm_proto::PayloadType;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = echo.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 256];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let emu = emulator(Config::default()).await;
+    let api = api(&emu.endpoint()).await;
+    let dc = open_stdio(&api, port, ChannelOptions::default()).await;
+    let counters = dc.read_counters();
+    let (sender, mut rx, driver) = dc.into_parts();
+    const KEYS: u8 = 10;
+    for key in 0..KEYS {
+        sender
+            .send(PayloadType::Output, vec![b'a' + key])
+            .await
+            .expect("keystroke sent");
+        let (_, echoed) = within(10, "the keystroke's echo", rx.recv()).await.expect("an echo");
+        assert_eq!(echoed, vec![b'a' + key]);
+    }
+    let quick = counters.quick_acks.load(Ordering::Relaxed);
+    assert!(quick >= 1, "no immediate TCP ACK after {KEYS} acked keystrokes");
+    eprintln!("{quick} immediate TCP ACKs for {KEYS} keystrokes");
+    drop(sender);
+    let _ = within(30, "the driver's end", driver).await;
     emu.stop().await;
 }
 
