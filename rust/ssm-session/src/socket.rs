@@ -132,45 +132,38 @@ impl Socket {
 
 #[cfg(target_os = "linux")]
 fn set_rcvlowat(tcp: &TcpStream, bytes: libc::c_int) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the socket is open (`tcp` owns it); SO_RCVLOWAT reads one `c_int` through the
-    // valid pointer, of the length given.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            std::ptr::from_ref(&bytes).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    set_int_option(tcp, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes);
 }
-
-#[cfg(target_os = "linux")]
-fn set_quickack(tcp: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: the socket is open (`tcp` owns it); TCP_QUICKACK reads one `c_int` through the
-    // valid pointer, of the length given.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            std::ptr::from_ref(&on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_quickack(_: &TcpStream) {}
 
 /// Linux's TCP signals readiness at once when the mark is lowered under bytes already waiting
 /// (`tcp_set_rcvlowat`); where that is not known to hold (BSD kqueue, Windows), the mark is
 /// left alone.
 #[cfg(not(target_os = "linux"))]
 fn set_rcvlowat(_: &TcpStream, _: libc::c_int) {}
+
+#[cfg(target_os = "linux")]
+fn set_quickack(tcp: &TcpStream) {
+    set_int_option(tcp, libc::IPPROTO_TCP, libc::TCP_QUICKACK, 1);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_quickack(_: &TcpStream) {}
+
+#[cfg(target_os = "linux")]
+fn set_int_option(tcp: &TcpStream, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the socket is open (`tcp` owns it); the option reads one `c_int` through the
+    // valid pointer, of the length given.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 impl AsyncRead for Socket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
