@@ -27,14 +27,14 @@ pub(crate) enum Inbound {
 
 /// Bytes of client frames read ahead of the agent's processing. The agent reads a frame only
 /// after it has handled the one before (agent/session/communicator/websocketchannel.go:
-/// `ReadMessage`, then `OnMessage` on it), through gorilla/websocket's buffered reader, so
-/// what it holds read but unhandled is bounded in bytes, not frames: a few data frames, or
-/// many more of the small acks. The bound is larger than that reader's 4 KiB: each time the
-/// queue runs dry the agent's loop takes a turn (timers, output, the socket), and with room
-/// for only 16 frames those turns, one per 16 acks, cost an unpaced download more than the
-/// acks did (about a third of its throughput). A stalled agent still stops reading: what a
-/// client can write ahead of it is the TCP buffers (MiBs once the kernel has grown them) and
-/// at most these 64 KiB.
+/// `ReadMessage`, then `OnMessage` on it), through gorilla/websocket's buffered reader (its
+/// default 4 KiB: the agent's dialer sets none, websocketutil/websocketutil.go there), so what
+/// it holds read but unhandled is bounded in bytes, not frames: a few data frames, or many
+/// more of the small acks. The bound is larger than that buffer: each time the queue runs dry
+/// the agent's loop takes a turn (timers, output, the socket), and with room for only 16
+/// frames, a turn per 16 acks, an unpaced download ran at about two thirds of its rate with
+/// this bound. A stalled agent still stops reading: what a client can write ahead of it is the
+/// TCP buffers (MiBs once the kernel has grown them) and at most these 64 KiB.
 const INBOUND_BYTES: usize = 64 * 1024;
 
 /// What a frame takes of [`INBOUND_BYTES`]; a larger frame takes all of it.
