@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use common::figures::{Better, Expected, Row, Side, markdown_table, number};
-use common::{Child, EmulatorProc, TARGET, clean_command, cpu_seconds, descendant_named, status_kib};
+use common::{Child, CpuSample, EmulatorProc, TARGET, clean_command, descendant_named, status_kib};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -386,7 +386,7 @@ fn notes(ctx: &Ctx, elapsed: f64) -> String {
         "Medians over {} runs per client (n = runs measured); echo: median of {} round trips per run, {} ms apart (back to back: none); \
          keystroke: median of {} per run. Paced download: {} MiB per run, split evenly among its connections; \
          unpaced download {} MiB; upload {} MiB. MB/s = 10^6 bytes/s. CPU: the forwarding process's \
-         utime+stime during the transfer (for the plugin the session-manager-plugin process, not the AWS CLI), \
+         run time during the transfer, its threads' to the nanosecond (for the plugin the session-manager-plugin process, not the AWS CLI), \
          per 100 MiB moved; its floor is a relay process's CPU carrying half the paced download's bytes, \
          1 KiB each millisecond. Port ready includes the AWS CLI's own start for the plugin. Wall time {:.0} s.",
         a.runs,
@@ -593,9 +593,11 @@ async fn paced_floor_cpu(ctx: &Ctx, len: u64) -> Result<f64> {
         Ok(())
     });
     let (relay, port) = start_relay(source_port).await?;
-    let cpu0 = cpu_seconds(relay.pid).context("the relay is gone")?;
+    let cpu0 = CpuSample::take(relay.pid).context("the relay is gone")?;
     let moved = transfer(port, false, expected_of(&ctx.block, len), ctx.block.clone()).await;
-    let cpu = cpu_seconds(relay.pid).context("the relay is gone")? - cpu0;
+    let cpu = CpuSample::take(relay.pid)
+        .context("the relay is gone")?
+        .seconds_since(&cpu0);
     drop(relay);
     // Not joined after a failure: the source may still wait for a connection that never came
     // (it ends with the bench). After a success it has sent everything and sees the close.
@@ -789,8 +791,8 @@ async fn measure_transfer(
 ) -> Result<(f64, f64, f64)> {
     let each = total / conns;
     let want = ctx.expected.get(&each).cloned().context("no expected digest")?;
-    let cpu0 = cpu_seconds(fwd.pid).context("the forwarding process is gone")?;
-    let emu0 = cpu_seconds(emu.proc.pid).context("the emulator is gone")?;
+    let cpu0 = CpuSample::take(fwd.pid).context("the forwarding process is gone")?;
+    let emu0 = CpuSample::take(emu.proc.pid).context("the emulator is gone")?;
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..conns {
@@ -806,8 +808,12 @@ async fn measure_transfer(
         .await
         .context("the transfer took over 900 s")??;
     let secs = t0.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(fwd.pid).context("the forwarding process is gone")? - cpu0;
-    let emu_cpu = cpu_seconds(emu.proc.pid).context("the emulator is gone")? - emu0;
+    let cpu = CpuSample::take(fwd.pid)
+        .context("the forwarding process is gone")?
+        .seconds_since(&cpu0);
+    let emu_cpu = CpuSample::take(emu.proc.pid)
+        .context("the emulator is gone")?
+        .seconds_since(&emu0);
     let moved = (each * conns) as f64;
     Ok((
         moved / secs / 1e6,

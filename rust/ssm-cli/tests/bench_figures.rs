@@ -58,6 +58,30 @@ fn proc_fields_parse() {
 }
 
 #[test]
+fn cpu_time_comes_from_the_threads_run_times_when_they_account_for_it() {
+    use std::collections::BTreeMap;
+    assert_eq!(parse_schedstat_ns("183000421 52000 97\n"), Some(183_000_421));
+    assert_eq!(parse_schedstat_ns(""), None);
+    let tick = 0.01;
+    let before = BTreeMap::from([(10, 1_000_000_000), (11, 500_000_000)]);
+    // 0.183 s and 0.002 s run since, and a thread started since with 0.004 s: 0.189 s, where
+    // the ticks said 0.18 (or 0.19, 0.20: rounding at both ends).
+    let after = BTreeMap::from([(10, 1_183_000_000), (11, 502_000_000), (12, 4_000_000)]);
+    let exact = cpu_seconds_between((1.50, &before), (1.68, &after), tick);
+    assert!((exact - 0.189).abs() < 1e-9, "{exact}");
+    // A thread of the first sample has ended, taking its time with it: the ticks decide.
+    let ended = BTreeMap::from([(10, 1_183_000_000)]);
+    let ticks = cpu_seconds_between((1.50, &before), (1.70, &ended), tick);
+    assert!((ticks - 0.20).abs() < 1e-9, "{ticks}");
+    // The threads' sum far below the ticks (a thread came and went between the samples): the
+    // ticks decide; within two ticks of them, the sum stands.
+    let far = cpu_seconds_between((1.50, &before), (1.90, &after), tick);
+    assert!((far - 0.40).abs() < 1e-9, "{far}");
+    let near = cpu_seconds_between((1.50, &before), (1.70, &after), tick);
+    assert!((near - 0.189).abs() < 1e-9, "{near}");
+}
+
+#[test]
 fn numbers_keep_three_significant_digits() {
     assert_eq!(number(1234.6), "1,235");
     assert_eq!(number(1_234_567.0), "1,234,567");

@@ -201,6 +201,38 @@ pub fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// The time a thread has run, in nanoseconds: the first field of /proc/<pid>/task/<tid>/schedstat
+/// (the scheduler's `sum_exec_runtime`, which utime + stime are derived from, but not rounded to
+/// clock ticks).
+pub fn parse_schedstat_ns(schedstat: &str) -> Option<u64> {
+    schedstat.split_whitespace().next()?.parse().ok()
+}
+
+/// CPU seconds a process used between two samples of it: `ticks_s` its utime + stime
+/// (/proc/<pid>/stat, in seconds, counted in clock ticks: 10 ms at the usual 100 Hz, so a
+/// difference can be off by two of them), `threads` the run time of each of its threads then,
+/// by thread id, in ns. The threads' sum is exact and is used while it can be trusted: every
+/// thread of the first sample still there in the second (a thread that ended took its time with
+/// it) and the sum not below the ticks' figure by more than their rounding (a thread that came
+/// and went between the samples). Otherwise the ticks' figure.
+pub fn cpu_seconds_between(
+    before: (f64, &std::collections::BTreeMap<u32, u64>),
+    after: (f64, &std::collections::BTreeMap<u32, u64>),
+    tick_s: f64,
+) -> f64 {
+    let ticks = after.0 - before.0;
+    if before.1.keys().any(|tid| !after.1.contains_key(tid)) {
+        return ticks;
+    }
+    let ns: u64 = after
+        .1
+        .iter()
+        .map(|(tid, &t)| t.saturating_sub(before.1.get(tid).copied().unwrap_or(0)))
+        .sum();
+    let exact = ns as f64 / 1e9;
+    if exact < ticks - 2.0 * tick_s { ticks } else { exact }
+}
+
 /// utime + stime (fields 14 and 15, in clock ticks) of a /proc/<pid>/stat line; the command
 /// name in parentheses may hold spaces and parentheses itself.
 pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {

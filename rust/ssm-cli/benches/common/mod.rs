@@ -5,7 +5,7 @@
 
 pub mod figures;
 
-use figures::{parse_stat_cpu_ticks, parse_status_kib};
+use figures::{cpu_seconds_between, parse_schedstat_ns, parse_stat_cpu_ticks, parse_status_kib};
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -231,12 +231,63 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
-/// CPU seconds (user + system) `pid` has used so far (/proc/<pid>/stat); `None` when gone.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// Seconds per clock tick of /proc/<pid>/stat.
+fn tick_seconds() -> f64 {
     // SAFETY: sysconf has no memory effects.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    parse_stat_cpu_ticks(&stat).map(|t| t as f64 / ticks.max(1.0))
+    1.0 / ticks.max(1.0)
+}
+
+/// CPU seconds (user + system) `pid` has used so far (/proc/<pid>/stat, in clock ticks);
+/// `None` when gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu_ticks(&stat).map(|t| t as f64 * tick_seconds())
+}
+
+/// What a process has run so far, to take the CPU time of a stretch of its work
+/// ([`CpuSample::seconds_since`]): its utime + stime and each thread's run time in ns.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    ticks_s: f64,
+    threads: std::collections::BTreeMap<u32, u64>,
+}
+
+impl CpuSample {
+    /// `None` when the process is gone.
+    pub fn take(pid: u32) -> Option<Self> {
+        let mut threads = std::collections::BTreeMap::new();
+        if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for e in dir.flatten() {
+                let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                // A thread that ends between the listing and the read is left out; the
+                // ticks then decide (cpu_seconds_between).
+                if let Some(ns) = std::fs::read_to_string(e.path().join("schedstat"))
+                    .ok()
+                    .as_deref()
+                    .and_then(parse_schedstat_ns)
+                {
+                    threads.insert(tid, ns);
+                }
+            }
+        }
+        Some(Self {
+            ticks_s: cpu_seconds(pid)?,
+            threads,
+        })
+    }
+
+    /// CPU seconds used from `earlier` to this sample: to the nanosecond from its threads' run
+    /// times when they account for it, else in clock ticks (see `cpu_seconds_between`).
+    pub fn seconds_since(&self, earlier: &Self) -> f64 {
+        cpu_seconds_between(
+            (earlier.ticks_s, &earlier.threads),
+            (self.ticks_s, &self.threads),
+            tick_seconds(),
+        )
+    }
 }
 
 /// The parent pid of `pid` (field 4 of /proc/<pid>/stat).
